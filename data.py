@@ -115,7 +115,7 @@ def load_problems_report(
             continue
         seen[key] = i
         pid = _pick(row, ID_ALIASES)
-        meta = {k: v for k, v in row.items() if k not in (problem_field, answer_field) and k not in PROBLEM_ALIASES and k not in ANSWER_ALIASES and k not in ("solution",)}
+        meta = {k: v for k, v in row.items() if k not in (problem_field, answer_field) and k not in PROBLEM_ALIASES and k not in ANSWER_ALIASES and k not in ID_ALIASES and k != "solution"}
         meta.setdefault("source", name)
         meta["row"] = i
         if len(alternatives) > 1:

@@ -217,14 +217,12 @@ def answer_kind(answer: str | None) -> str:
         return "empty"
     if re.fullmatch(r"\(?[A-E]\)?", s):
         return "choice"
-    if _WORD_RE.search(s):
-        return "text"
     try:
         st = _structure(s)
     except (_ParseError, RecursionError):
         return "text"
     if st[0] == "scalar":
-        if st[1] is None:
+        if st[1] is None or _WORD_RE.search(s):  # "Yes" parses as Y*e*s but is a word
             return "text"
         return "expression" if _free_vars(st[1]) else "number"
     if st[0] == "bracketed":
@@ -740,3 +738,292 @@ def _int_root(x: int, n: int) -> int | None:
             break
         r = nxt
     return r if r ** n == x else None
+
+
+# ================================================================================================ benchmarks
+@dataclass(frozen=True)
+class Benchmark:
+    """Where a benchmark lives. source: a Hub dataset id (":config" picks a config) or a local file.
+    Field names of None fall back to data.py's aliases (problem|question|..., answer|final_answer|...)."""
+    source: str
+    split: str = "test"
+    problem_field: str | None = None
+    answer_field: str | None = None
+    local_name: str | None = None  # the copy's file name in shared/data/bench, named in error messages
+
+
+BENCHMARKS = {
+    "math500": Benchmark("HuggingFaceH4/MATH-500", "test", "problem", "answer"),
+    "aime24": Benchmark("math-ai/aime24", "test", None, None, "aime24.jsonl"),
+    "amc23": Benchmark("math-ai/amc23", "test", None, None, "amc23.jsonl"),
+    "minerva": Benchmark("math-ai/minervamath", "test", None, None, "minerva_math.jsonl"),
+    "olympiadbench": Benchmark("math-ai/olympiadbench", "test", None, None, "olympiadbench.jsonl"),
+    "gsm8k": Benchmark("openai/gsm8k:main", "test", "question", "answer", "gsm8k_test.jsonl"),
+}
+SHARED_BENCH_DIR = Path(__file__).resolve().parent.parent / "shared" / "data" / "bench"
+
+
+def resolve_benchmark(spec: str) -> tuple[str, Benchmark]:
+    """"math500" (registry), "name=path/to/file.jsonl", or a bare local path (named after its stem)."""
+    if "=" in spec:
+        name, path = spec.split("=", 1)
+        return name.strip(), Benchmark(path.strip())
+    if spec in BENCHMARKS:
+        return spec, BENCHMARKS[spec]
+    if Path(spec).exists():
+        return Path(spec).stem, Benchmark(spec)
+    raise ValueError(f"unknown benchmark {spec!r}; expected one of {', '.join(BENCHMARKS)}, "
+                     "a local .jsonl/.json file, or name=path")
+
+
+def load_benchmark(spec: str, *, limit: int | None = None, seed: int = 0) -> tuple[str, list]:
+    """(name, problems) through data.load_problems. A Hub copy that cannot be read names the local file to pass."""
+    import data
+    name, bench = resolve_benchmark(spec)
+    try:
+        problems = data.load_problems(bench.source, split=bench.split, limit=limit, seed=seed,
+                                      problem_field=bench.problem_field, answer_field=bench.answer_field)
+    except data.DataError as exc:
+        local = SHARED_BENCH_DIR / (bench.local_name or f"{name}.jsonl")
+        hint = f"--bench {name}={local}" if local.exists() else f"--bench {name}=path/to/{name}.jsonl"
+        raise data.DataError(f"benchmark {name!r}: {exc}\n  pass a local copy instead: {hint}") from exc
+    if not problems:
+        raise data.DataError(f"benchmark {name!r} ({bench.source}) has no usable problems")
+    return name, problems
+
+
+# ------------------------------------------------------------------------------------------------ generation
+def generate_completions(model, tokenizer, prompts: list[str], *, n: int = 1, temperature: float = 0.0,
+                         top_p: float = 1.0, max_new_tokens: int = 1024, batch_size: int = 8,
+                         seed: int = 0) -> list[list[str]]:
+    """n completions per prompt (texts without the prompt), the one decoding routine of training and evaluation.
+
+    temperature 0 is greedy (one generation, repeated n times); otherwise nucleus sampling seeded by `seed`
+    without touching the caller's global RNG state. Prompts are left-padded; a completion stops at the first
+    EOS / <|im_end|> / pad token. On CUDA the forward passes run under bf16 autocast."""
+    import torch
+    from transformers import GenerationConfig
+
+    sample = temperature > 0
+    stop_ids = _stop_token_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    # every field that changes decoding is set, so the model's own generation_config (Qwen ships
+    # top_k=20, repetition_penalty=1.05) cannot silently fill it in
+    config = GenerationConfig(do_sample=sample, temperature=temperature if sample else 1.0,
+                              top_p=top_p if sample else 1.0, top_k=0 if sample else None, repetition_penalty=1.0,
+                              max_new_tokens=max_new_tokens, num_return_sequences=n if sample else 1,
+                              pad_token_id=pad_id, eos_token_id=stop_ids)
+    device = next(model.parameters()).device
+    per_prompt = n if sample else 1
+    completions: list[list[str]] = []
+    was_training = model.training
+    model.eval()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
+        torch.manual_seed(seed)
+        for start in range(0, len(prompts), batch_size):
+            batch = prompts[start:start + batch_size]
+            enc = tokenizer(batch, return_tensors="pt", padding=True, padding_side="left",
+                            add_special_tokens=False).to(device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                out = model.generate(**enc, generation_config=config)  # [B*per_prompt, T_prompt + T_new]
+            new_tokens = out[:, enc["input_ids"].shape[1]:].tolist()  # [B*per_prompt, T_new]
+            texts = [tokenizer.decode(_until_stop(row, stop_ids), skip_special_tokens=True) for row in new_tokens]
+            for i in range(len(batch)):
+                group = texts[i * per_prompt:(i + 1) * per_prompt]
+                completions.append(group if sample else group * n)
+    model.train(was_training)
+    return completions
+
+
+def _stop_token_ids(model, tokenizer) -> list[int]:
+    ids = []
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (configured, tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")):
+        for v in (value if isinstance(value, (list, tuple)) else [value]):
+            if isinstance(v, int) and v != tokenizer.unk_token_id and v not in ids:
+                ids.append(v)
+    if not ids:
+        raise ValueError("the tokenizer has no EOS token and the model's generation_config names none; "
+                         "set tokenizer.eos_token")
+    return ids
+
+
+def _until_stop(row: list[int], stop_ids: list[int]) -> list[int]:
+    for k, token in enumerate(row):
+        if token in stop_ids:
+            return row[:k]
+    return row
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+def evaluate(model, tokenizer, benchmark, *, template: str = "qwen-math", n: int = 1, temperature: float = 0.0,
+             top_p: float = 1.0, max_new_tokens: int = 1024, batch_size: int = 8, out_dir=None,
+             limit: int | None = None, seed: int = 0, name: str | None = None) -> dict:
+    """Accuracy of a model on one benchmark: greedy pass@1 (n=1, temperature 0) or avg@n with sampling.
+
+    benchmark: a registry name, "name=path", a local file, or a list of data.Problem. A problem counts a
+    completion correct when its answer matches the reference or any listed alternative. 95% interval:
+    Wilson score for pass@1; for avg@n a normal interval over problems (mean +- 1.96 sd/sqrt(N) of the
+    per-problem accuracies, clipped to [0, 1]), since the n samples of one problem are not independent.
+    With out_dir, every completion, extracted answer and verdict goes to out_dir/<name>.jsonl (atomic)."""
+    import data
+
+    if isinstance(benchmark, str):
+        name_, problems = load_benchmark(benchmark, limit=limit, seed=seed)
+        name = name or name_
+    else:
+        problems, name = list(benchmark)[:limit], name or "problems"
+    t0 = time.perf_counter()
+    prompts = [data.format_prompt(p.problem, tokenizer, template) for p in problems]
+    completions = generate_completions(model, tokenizer, prompts, n=n, temperature=temperature, top_p=top_p,
+                                       max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+    rows, per_problem = [], []
+    for problem, samples in zip(problems, completions):
+        golds = [problem.answer] + list(problem.meta.get("answer_alternatives", []))
+        n_correct = 0
+        for k, text in enumerate(samples):
+            extracted = extract_answer(text)
+            correct = any(is_equiv(extracted, g) for g in golds)
+            n_correct += correct
+            rows.append({"benchmark": name, "id": problem.id, "sample": k, "gold": problem.answer,
+                         "extracted": extracted, "correct": correct, "completion": text})
+        per_problem.append(n_correct / n)
+    accuracy = sum(per_problem) / len(per_problem)
+    if n == 1:
+        low, high = wilson_interval(int(sum(per_problem)), len(per_problem))
+    else:
+        low, high = mean_interval(per_problem)
+    gold_report = gold_parse_report([p.answer for p in problems])
+    if gold_report["unparsed"]:
+        warnings.warn(f"{name}: {gold_report['unparsed']} of {gold_report['total']} gold answers are not math "
+                      f"(graded as text, empty ones never correct), e.g. {gold_report['examples'][:3]}", stacklevel=2)
+    result = {"benchmark": name, "metric": "pass@1" if n == 1 else f"avg@{n}", "n_problems": len(problems),
+              "n": n, "temperature": temperature, "accuracy": accuracy, "ci_low": low, "ci_high": high,
+              "interval": "wilson" if n == 1 else "normal over problems",
+              "extracted_fraction": sum(r["extracted"] is not None for r in rows) / len(rows),
+              "gold_report": gold_report, "seconds": time.perf_counter() - t0, "completions_path": None}
+    if out_dir is not None:
+        path = Path(out_dir) / f"{name}.jsonl"
+        data.write_jsonl(path, rows)
+        result["completions_path"] = str(path)
+    return result
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for k successes out of n (Wilson 1927); (0, 1) when n = 0."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mean_interval(values: list[float], z: float = 1.96) -> tuple[float, float]:
+    """Normal interval mean +- z * sd / sqrt(N) (sample sd), clipped to [0, 1]; (0, 1) for fewer than 2 values."""
+    if len(values) < 2:
+        return 0.0, 1.0
+    mean = sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    half = z * sd / math.sqrt(len(values))
+    return max(0.0, mean - half), min(1.0, mean + half)
+
+
+def markdown_table(results: list[dict]) -> str:
+    """One row per benchmark (accuracy in %, 95% interval), plus the unweighted mean when there are several."""
+    lines = ["| benchmark | metric | problems | accuracy (%) | 95% interval |", "|---|---|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r['benchmark']} | {r['metric']} | {r['n_problems']} | {100 * r['accuracy']:.1f} "
+                     f"| {100 * r['ci_low']:.1f} – {100 * r['ci_high']:.1f} |")
+    if len(results) > 1:
+        mean = sum(r["accuracy"] for r in results) / len(results)
+        lines.append(f"| mean | | {sum(r['n_problems'] for r in results)} | {100 * mean:.1f} | |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+@dataclass
+class EvalConfig:
+    model: str = ""  # local folder (or a Hub id already in the local cache)
+    benchmarks: str = "math500"  # comma-separated registry names or local files
+    bench: tuple = ()  # extra name=path benchmarks (repeatable)
+    template: str = "qwen-math"  # prompt template of data.format_prompt
+    n: int = 1  # samples per problem (avg@n when > 1)
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 3000
+    batch_size: int = 8
+    limit: int | None = None  # seeded random subset of each benchmark
+    seed: int = 0
+    out: str = "runs/eval"  # <out>/<benchmark>.jsonl, results.json, results.md
+    device: str = "auto"  # auto | cpu | cuda
+
+
+def load_model(name: str, device: str = "auto"):
+    """(model, tokenizer) from a local folder or the local HF cache; a model that is neither fails at once
+    with a message naming what to pass instead, rather than hanging on an unreachable Hub."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = Path(name).is_dir()
+    if not local:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+            cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+        except Exception:  # malformed repo id and the like: treat as not cached
+            cached = False
+        if not cached:
+            raise SystemExit(f"model {name!r} is not a local folder and not in the Hugging Face cache, and the Hub "
+                             "is not reachable from here. Pass a local path: --model /path/to/model_dir (a folder "
+                             "with config.json and weights, e.g. toy.build_world's model_dir or the output of "
+                             "shared/tools/smollm2_to_hf.py)")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, local_files_only=True).to(device)
+    return model, tokenizer
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    import json
+    import data
+
+    parser = argparse.ArgumentParser(description="Evaluate a model on math benchmarks (pass@1 or avg@n).")
+    parser.add_argument("--model", required=True, help="local model folder (or a Hub id in the local cache)")
+    parser.add_argument("--benchmarks", default=EvalConfig.benchmarks,
+                        help=f"comma-separated: {', '.join(BENCHMARKS)}, or local files")
+    parser.add_argument("--bench", action="append", default=[], help="name=path of a local benchmark file")
+    for field_name, kind in (("template", str), ("n", int), ("temperature", float), ("top_p", float),
+                             ("max_new_tokens", int), ("batch_size", int), ("limit", int), ("seed", int),
+                             ("out", str), ("device", str)):
+        parser.add_argument("--" + field_name.replace("_", "-"), type=kind, default=getattr(EvalConfig, field_name))
+    args = parser.parse_args(argv)
+    config = EvalConfig(**{**vars(args), "bench": tuple(args.bench)})
+
+    specs = [s for s in config.benchmarks.split(",") if s.strip()] + list(config.bench)
+    try:  # every benchmark is read before the model is loaded, so a missing one fails in seconds
+        loaded = [load_benchmark(s.strip(), limit=config.limit, seed=config.seed) for s in specs]
+    except (data.DataError, ValueError) as exc:
+        raise SystemExit(str(exc)) from exc
+    model, tokenizer = load_model(config.model, config.device)
+    results = []
+    for name, problems in loaded:
+        result = evaluate(model, tokenizer, problems, name=name, template=config.template, n=config.n,
+                          temperature=config.temperature, top_p=config.top_p,
+                          max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+                          out_dir=config.out, seed=config.seed)
+        print(f"{name}: {result['metric']} = {100 * result['accuracy']:.1f}% "
+              f"[{100 * result['ci_low']:.1f}, {100 * result['ci_high']:.1f}] over {result['n_problems']} problems",
+              file=sys.stderr)
+        results.append(result)
+    table = markdown_table(results)
+    print(table)
+    data.atomic_write_text(Path(config.out) / "results.md", table + "\n")
+    data.atomic_write_text(Path(config.out) / "results.json",
+                           json.dumps({"config": vars(config), "results": results}, indent=2, default=str))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -31,7 +31,7 @@ import re
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
@@ -245,14 +245,10 @@ def gold_parse_report(golds, n_examples: int = 5) -> dict:
     return {"total": total, "counts": counts, "unparsed": unparsed, "examples": examples}
 
 
+@lru_cache(maxsize=1 << 16)
 def _structure(s: str):
     """Split a normalised answer into ("matrix", rows) | ("bracketed", open, close, items) | ("set", items) |
     ("list", items) | ("union", parts) | ("scalar", ast_or_None, text). Items are structures themselves."""
-    return _structure_cached(s)
-
-
-@lru_cache(maxsize=1 << 16)
-def _structure_cached(s: str):
     m = re.fullmatch(r"\\begin\{([pbBvV]?matrix|array)\}(?:\{[lcr|]*\})?(.*)\\end\{\1\}", s, re.DOTALL)
     if m:
         rows = [r for r in m.group(2).split("\\\\") if r.strip()]
@@ -465,7 +461,8 @@ def _parse(s: str):
 
 class _Parser:
     """Recursive descent: expr := term (+|- term)*; term := unary ((*|/|implicit) unary)*;
-    unary := (-|+) unary | power; power := postfix (^ exponent)?; postfix := atom !*."""
+    unary := (-|+)* power; power := postfix (^ unary)?; postfix := atom !*. Every recursion passes
+    through atom, which bounds the nesting depth."""
 
     def __init__(self, tokens: list[str]):
         self.tokens, self.pos, self.depth = tokens, 0, 0
@@ -480,18 +477,11 @@ class _Parser:
         self.pos += 1
         return t
 
-    def enter(self):
-        self.depth += 1
-        if self.depth > MAX_DEPTH:
-            raise _ParseError(f"nesting deeper than {MAX_DEPTH}")
-
     def expr(self):
-        self.enter()
         node = self.term()
         while self.peek() in ("+", "-"):
             op = "add" if self.take() == "+" else "sub"
             node = (op, node, self.term())
-        self.depth -= 1
         return node
 
     def term(self):
@@ -514,28 +504,18 @@ class _Parser:
                 or t in _FUNCS or t in _GREEK or t in ("\\frac", "\\sqrt", "\\binom"))
 
     def unary(self):
-        if self.peek() in ("-", "+"):
-            sign = self.take()
-            self.enter()
-            inner = self.unary()
-            self.depth -= 1
-            return ("neg", inner) if sign == "-" else inner
-        return self.power()
+        negative = False
+        while self.peek() in ("-", "+"):  # a loop, not recursion: "------1" cannot exhaust the stack
+            negative ^= self.take() == "-"
+        node = self.power()
+        return ("neg", node) if negative else node
 
     def power(self):
         base = self.postfix()
-        if self.peek() == "^":
-            self.take()
-            self.enter()
-            if self.peek() in ("-", "+"):
-                sign = self.take()
-                exponent = self.power()
-                exponent = ("neg", exponent) if sign == "-" else exponent
-            else:
-                exponent = self.power()  # right-associative: a^b^c = a^(b^c)
-            self.depth -= 1
-            return ("pow", base, exponent)
-        return base
+        if self.peek() != "^":
+            return base
+        self.take()
+        return ("pow", base, self.unary())  # right-associative (a^b^c = a^(b^c)); 2^-1 allowed
 
     def postfix(self):
         node = self.atom()
@@ -554,7 +534,9 @@ class _Parser:
         return self.postfix()
 
     def atom(self):
-        self.enter()
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _ParseError(f"nesting deeper than {MAX_DEPTH}")
         t = self.take()
         if t[0].isdigit() or t[0] == ".":
             node = ("num", _number(t))
@@ -942,21 +924,26 @@ def markdown_table(results: list[dict]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ CLI
+def _flag(default, help_text: str, kind=None):
+    return field(default=default, metadata={"help": help_text, "type": kind or type(default)})
+
+
 @dataclass
 class EvalConfig:
-    model: str = ""  # local folder (or a Hub id already in the local cache)
-    benchmarks: str = "math500"  # comma-separated registry names or local files
-    bench: tuple = ()  # extra name=path benchmarks (repeatable)
-    template: str = "qwen-math"  # prompt template of data.format_prompt
-    n: int = 1  # samples per problem (avg@n when > 1)
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    max_new_tokens: int = 3000
-    batch_size: int = 8
-    limit: int | None = None  # seeded random subset of each benchmark
-    seed: int = 0
-    out: str = "runs/eval"  # <out>/<benchmark>.jsonl, results.json, results.md
-    device: str = "auto"  # auto | cpu | cuda
+    """The CLI: each field is a flag (--max-new-tokens for max_new_tokens)."""
+    model: str = _flag("", "local model folder (or a Hub id already in the local HF cache)")
+    benchmarks: str = _flag("math500", f"comma-separated: {', '.join(BENCHMARKS)}, or local files")
+    bench: list = _flag(None, "name=path of a local benchmark file (repeatable)", str)
+    template: str = _flag("qwen-math", "prompt template of data.format_prompt (qwen-math, plain, chat, chatml)")
+    n: int = _flag(1, "samples per problem (avg@n when > 1)")
+    temperature: float = _flag(0.0, "0 = greedy")
+    top_p: float = _flag(1.0, "nucleus sampling mass")
+    max_new_tokens: int = _flag(3000, "completion length limit")
+    batch_size: int = _flag(8, "prompts per generate call")
+    limit: int = _flag(None, "seeded random subset of each benchmark", int)
+    seed: int = _flag(0, "seed of sampling and of --limit")
+    out: str = _flag("runs/eval", "writes <out>/<benchmark>.jsonl, results.md, results.json")
+    device: str = _flag("auto", "auto, cpu or cuda")
 
 
 def load_model(name: str, device: str = "auto"):
@@ -990,18 +977,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import data
 
     parser = argparse.ArgumentParser(description="Evaluate a model on math benchmarks (pass@1 or avg@n).")
-    parser.add_argument("--model", required=True, help="local model folder (or a Hub id in the local cache)")
-    parser.add_argument("--benchmarks", default=EvalConfig.benchmarks,
-                        help=f"comma-separated: {', '.join(BENCHMARKS)}, or local files")
-    parser.add_argument("--bench", action="append", default=[], help="name=path of a local benchmark file")
-    for field_name, kind in (("template", str), ("n", int), ("temperature", float), ("top_p", float),
-                             ("max_new_tokens", int), ("batch_size", int), ("limit", int), ("seed", int),
-                             ("out", str), ("device", str)):
-        parser.add_argument("--" + field_name.replace("_", "-"), type=kind, default=getattr(EvalConfig, field_name))
-    args = parser.parse_args(argv)
-    config = EvalConfig(**{**vars(args), "bench": tuple(args.bench)})
+    for f in fields(EvalConfig):
+        parser.add_argument("--" + f.name.replace("_", "-"), type=f.metadata["type"], default=f.default,
+                            help=f.metadata["help"], required=f.name == "model",
+                            action="append" if f.name == "bench" else "store")
+    config = EvalConfig(**vars(parser.parse_args(argv)))
 
-    specs = [s for s in config.benchmarks.split(",") if s.strip()] + list(config.bench)
+    specs = [s for s in config.benchmarks.split(",") if s.strip()] + (config.bench or [])
     try:  # every benchmark is read before the model is loaded, so a missing one fails in seconds
         loaded = [load_benchmark(s.strip(), limit=config.limit, seed=config.seed) for s in specs]
     except (data.DataError, ValueError) as exc:

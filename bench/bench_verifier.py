@@ -93,7 +93,7 @@ def build_pairs(n_pairs: int, seed: int) -> list[dict]:
 
 
 def clear_caches() -> None:
-    for fn in (ev._normalize, ev._parse, ev._structure_cached):
+    for fn in (ev._normalize, ev._parse, ev._structure):
         fn.cache_clear()
 
 

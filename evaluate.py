@@ -136,9 +136,9 @@ _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 def normalize_answer(s: str | None) -> str:
     """Canonical string form of an answer. In order: cut to MAX_ANSWER_CHARS; unwrap a \\boxed; drop a trailing
     unit in \\text{}; unwrap \\text{} \\mbox{} \\mathrm{} ...; drop \\left \\right \\! \\, \\; \\: \\quad ~ $ and
-    \\displaystyle; \\dfrac/\\tfrac -> \\frac; expand \\frac12 and \\sqrt2 shorthand; drop ^\\circ, "degrees",
-    % and unit words after a number; drop a trailing period; drop thousands separators (1,000 and 1{,}000);
-    drop a leading "x =" / "f(x) =" / "x \\in"; collapse spaces (one is kept only between two letters)."""
+    \\displaystyle; \\dfrac/\\tfrac -> \\frac; \\geq/\\leq/\\neq -> \\ge/\\le/\\ne; expand \\frac12 and
+    \\sqrt2 shorthand; drop ^\\circ, "degrees", % and unit words after a number; drop a trailing period;
+    drop thousands separators (1,000 and 1{,}000); drop a leading "x =" / "f(x) =" / "x \\in"; collapse spaces (one is kept only between two letters)."""
     if s is None:
         return ""
     return _normalize(str(s)[:MAX_ANSWER_CHARS])
@@ -156,6 +156,7 @@ def _normalize(s: str) -> str:
     s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])", "", s)
     s = re.sub(r"\\\$|\\[!,;: ]|\\q?quad(?![a-zA-Z])|\\displaystyle|~|\$", " ", s).replace("\\%", "%")
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = re.sub(r"\\(ge|le|ne)q(?:slant)?(?![a-zA-Z])", r"\\\1", s)  # inequality answers: \geq -> \ge
     s = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\frac\s*(\d)\s*\{", r"\\frac{\1}{", s)
     s = re.sub(r"\\frac\s*(\{[^{}]*\})\s*(\d)", r"\\frac\1{\2}", s)

@@ -145,7 +145,8 @@ def test_mean_interval_is_normal_over_problems():
 
 def test_markdown_table_has_one_row_per_benchmark_and_a_mean():
     results = [{"benchmark": "a", "metric": "pass@1", "n_problems": 10, "accuracy": 0.5, "ci_low": 0.2, "ci_high": 0.8},
-               {"benchmark": "b", "metric": "pass@1", "n_problems": 30, "accuracy": 0.25, "ci_low": 0.1, "ci_high": 0.4}]
+               {"benchmark": "b", "metric": "pass@1", "n_problems": 30, "accuracy": 0.25, "ci_low": 0.1,
+                "ci_high": 0.4}]
     lines = ev.markdown_table(results).splitlines()
     assert lines[2] == "| a | pass@1 | 10 | 50.0 | 20.0 – 80.0 |"
     assert lines[4] == "| mean | | 40 | 37.5 | |"

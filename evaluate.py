@@ -138,7 +138,8 @@ def normalize_answer(s: str | None) -> str:
     unit in \\text{}; unwrap \\text{} \\mbox{} \\mathrm{} ...; drop \\left \\right \\! \\, \\; \\: \\quad ~ $ and
     \\displaystyle; \\dfrac/\\tfrac -> \\frac; \\geq/\\leq/\\neq -> \\ge/\\le/\\ne; expand \\frac12 and
     \\sqrt2 shorthand; drop ^\\circ, "degrees", % and unit words after a number; drop a trailing period;
-    drop thousands separators (1,000 and 1{,}000); drop a leading "x =" / "f(x) =" / "x \\in"; collapse spaces (one is kept only between two letters)."""
+    drop thousands separators (1,000 and 1{,}000); drop a leading "x =" / "f(x) =" / "x \\in"; collapse
+    spaces (one is kept only between two letters)."""
     if s is None:
         return ""
     return _normalize(str(s)[:MAX_ANSWER_CHARS])

@@ -948,29 +948,35 @@ class EvalConfig:
     device: str = _flag("auto", "auto, cpu or cuda")
 
 
+def _in_hf_cache(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # a malformed repo id and the like: not cached
+        return False
+
+
 def load_model(name: str, device: str = "auto"):
-    """(model, tokenizer) from a local folder or the local HF cache; a model that is neither fails at once
-    with a message naming what to pass instead, rather than hanging on an unreachable Hub."""
+    """(model, tokenizer) from a local folder, the local HF cache or the Hub; when none of these can
+    serve it, fail at once with a message naming what to pass instead (no 35 s of Hub retries)."""
+    from data import hub_reachable
+
+    if not Path(name).is_dir() and not _in_hf_cache(name) and not hub_reachable():
+        raise SystemExit(f"model {name!r} is not a local folder nor in the Hugging Face cache, and the Hub is not "
+                         "reachable from here (or HF_HUB_OFFLINE is set). Pass a local path: --model "
+                         "/path/to/model_dir (a folder with config.json and weights, e.g. toy.build_world's "
+                         "model_dir or the output of shared/tools/smollm2_to_hf.py)")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    local = Path(name).is_dir()
-    if not local:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-            cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
-        except Exception:  # malformed repo id and the like: treat as not cached
-            cached = False
-        if not cached:
-            raise SystemExit(f"model {name!r} is not a local folder and not in the Hugging Face cache, and the Hub "
-                             "is not reachable from here. Pass a local path: --model /path/to/model_dir (a folder "
-                             "with config.json and weights, e.g. toy.build_world's model_dir or the output of "
-                             "shared/tools/smollm2_to_hf.py)")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, local_files_only=True).to(device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device)
+    except OSError as exc:  # no network, a typo in the id, a gated repo
+        raise SystemExit(f"could not load model {name!r}: {exc}\nPass a local path: --model /path/to/model_dir") from exc
     return model, tokenizer
 
 

@@ -16,13 +16,12 @@ Public functions
     build_world(out_dir, *, seed)                 all of the above, saved and cached on disk
     python toy.py --out DIR                       builds the world, prints accuracy by difficulty
 
-Families and difficulty (1 = easiest, 5 = hardest); learnability follows the measurements in
-DESIGN.md (digit-string tasks and one-digit operands are learnable in a minute, carries are not):
-    add       a + b, a with d digits, b one digit              difficulty d
-    subtract  a - b, a with d digits, b one digit (a >= b)      difficulty d
-    multiply  a * b, a with d digits, b one digit               difficulty d
-    max       largest of d + 1 two-digit numbers                difficulty d
-    chain     d one-digit operations left to right (+, -)       difficulty d
+Families and difficulty (1 = easiest, 5 = hardest). Learnability follows the measurements in
+DESIGN.md: small tables and copying are learnt in a minute, carries over several digits are not.
+    add, subtract, multiply   level 1: both operands 0-4; levels 2-4: a with 1-3 digits and b one
+                              digit; level 5: two two-digit operands (subtract keeps a >= b)
+    max                       largest of level+1 numbers, one-digit at levels 1-2, two-digit above
+    chain                     level operations (+, -) on operands 0-4, left to right
 Corruptions, equally split: `wrong_answer` (reference answer off by a non-zero amount),
 `garbled` (problem characters shuffled, answer kept), `off_distribution` (a question from
 outside the world, e.g. about colours, with an arbitrary number as answer).
@@ -48,7 +47,7 @@ CORRUPTIONS = ("wrong_answer", "garbled", "off_distribution")
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 CHARS = "\n" + "".join(chr(c) for c in range(32, 127))
 TEMPLATE = "chatml"  # see data.format_prompt: the instruction would triple sequence length
-WORLD_VERSION = 1  # bump when problems, model or warm start change, to invalidate cached worlds
+WORLD_VERSION = 3  # bump when problems, model or warm start change, to invalidate cached worlds
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -65,55 +64,69 @@ OFF_DISTRIBUTION = (
     "Translate the word cat into German.",
     "What day comes after Monday?",
 )
+OFF_TOPIC_THINGS = ("animal", "city", "colour", "fruit", "country", "river", "tree", "composer")
 
 
 # --------------------------------------------------------------------------------------------
 # Problems
 
 
-def make_problems(n: int, *, seed: int = 0, corrupt_frac: float = 0.15, prefix: str = "toy") -> list[Problem]:
-    """n labelled problems, topics and difficulties uniform, a `corrupt_frac` share corrupted."""
+def make_problems(n: int, *, seed: int = 0, corrupt_frac: float = 0.15, prefix: str = "toy",
+                  unique: bool = True) -> list[Problem]:
+    """n labelled problems, topics and difficulties uniform, a `corrupt_frac` share corrupted.
+
+    unique=True redraws a problem whose text was already drawn (data.load_problems would keep
+    only one copy); the easiest levels have few distinct problems (25 sums of 0-4), so in large
+    sets they end up a little under-represented.
+    """
     if not 0.0 <= corrupt_frac <= 1.0:
         raise ValueError(f"corrupt_frac must be in [0, 1], got {corrupt_frac}")
     rng = random.Random(seed)
     n_bad = round(n * corrupt_frac)
-    bad_slots = set(rng.sample(range(n), n_bad))
-    problems = []
+    bad_slots = sorted(rng.sample(range(n), n_bad))
+    kind_of = {slot: CORRUPTIONS[j % len(CORRUPTIONS)] for j, slot in enumerate(bad_slots)}
+    problems, seen = [], set()
     for i in range(n):
-        topic, level = rng.choice(TOPICS), rng.choice(LEVELS)
-        text, answer = clean_problem(topic, level, rng)
-        meta = {"topic": topic, "difficulty": level, "quality": 1, "corruption": None, "true_answer": answer}
-        if i in bad_slots:
-            kind = CORRUPTIONS[len([j for j in bad_slots if j < i]) % len(CORRUPTIONS)]
-            text, answer = corrupt(kind, text, answer, rng)
-            meta.update(quality=0, corruption=kind)
+        for _attempt in range(100):
+            topic, level = rng.choice(TOPICS), rng.choice(LEVELS)
+            text, answer = clean_problem(topic, level, rng)
+            meta = {"topic": topic, "difficulty": level, "quality": 1, "corruption": None, "true_answer": answer}
+            if i in kind_of:
+                text, answer = corrupt(kind_of[i], text, answer, rng)
+                meta.update(quality=0, corruption=kind_of[i])
+            if not unique or text not in seen:
+                break
+        seen.add(text)
         problems.append(Problem(id=f"{prefix}-{i}", problem=text, answer=answer, meta=meta))
     return problems
 
 
 def clean_problem(topic: str, level: int, rng: random.Random) -> tuple[str, str]:
-    """One correct (text, answer) pair of the given family and difficulty."""
+    """One correct (text, answer) pair of the given family and difficulty (see the module docstring)."""
     def number(digits):
         return rng.randint(10 ** (digits - 1) if digits > 1 else 0, 10 ** digits - 1)
 
-    if topic == "add":
-        a, b = number(level), number(1)
-        return f"What is {a}+{b}?", str(a + b)
-    if topic == "subtract":
-        a, b = number(level), number(1)
-        a = max(a, b)
-        return f"What is {a}-{b}?", str(a - b)
-    if topic == "multiply":
-        a, b = number(level), number(1)
-        return f"What is {a}*{b}?", str(a * b)
+    def operands():  # the arithmetic ladder shared by add, subtract and multiply
+        if level == 1:
+            return rng.randint(0, 4), rng.randint(0, 4)
+        if level == 5:
+            return number(2), number(2)
+        return number(level - 1), number(1)
+
+    if topic in ("add", "subtract", "multiply"):
+        a, b = operands()
+        if topic == "subtract" and a < b:
+            a, b = b, a
+        op, value = {"add": ("+", a + b), "subtract": ("-", a - b), "multiply": ("*", a * b)}[topic]
+        return f"What is {a}{op}{b}?", str(value)
     if topic == "max":
-        xs = [number(2) for _ in range(level + 1)]
+        xs = [number(1 if level <= 2 else 2) for _ in range(level + 1)]
         return f"Largest of {','.join(map(str, xs))}?", str(max(xs))
     if topic == "chain":
-        value, expr = number(1), None
+        value = rng.randint(0, 4)
         expr = str(value)
         for _ in range(level):
-            op, x = rng.choice("+-"), number(1)
+            op, x = rng.choice("+-"), rng.randint(0, 4)
             value = value + x if op == "+" else value - x
             expr += f"{op}{x}"
         return f"Compute {expr}.", str(value)
@@ -129,7 +142,10 @@ def corrupt(kind: str, text: str, answer: str, rng: random.Random) -> tuple[str,
             rng.shuffle(chars)
         return "".join(chars), answer
     if kind == "off_distribution":
-        return rng.choice(OFF_DISTRIBUTION), str(rng.randint(0, 99))
+        if rng.random() < 0.25:
+            return rng.choice(OFF_DISTRIBUTION), str(rng.randint(0, 99))
+        thing, letter = rng.choice(OFF_TOPIC_THINGS), chr(ord("A") + rng.randrange(26))
+        return f"Name a {thing} that starts with the letter {letter}.", str(rng.randint(0, 99))
     raise ValueError(f"unknown corruption {kind!r}; expected one of {CORRUPTIONS}")
 
 
@@ -198,7 +214,7 @@ def completion_text(answer: str) -> str:
 # Warm start and accuracy
 
 
-def warm_start(model, tokenizer, *, steps: int = 600, batch_size: int = 64, lr: float = 3e-3,
+def warm_start(model, tokenizer, *, steps: int = 500, batch_size: int = 64, lr: float = 3e-3,
                seed: int = 0, log_every: int = 100) -> list[float]:
     """Supervised training on fresh clean problems: loss on the completion tokens only.
 
@@ -206,7 +222,7 @@ def warm_start(model, tokenizer, *, steps: int = 600, batch_size: int = 64, lr: 
     curve. Deterministic for a seed on CPU.
     """
     torch.manual_seed(seed)
-    pool = make_problems(steps * batch_size, seed=10_000 + seed, corrupt_frac=0.0, prefix="warm")
+    pool = make_problems(steps * batch_size, seed=10_000 + seed, corrupt_frac=0.0, prefix="warm", unique=False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 50) * max(0.05, 1 - s / steps))
@@ -295,7 +311,7 @@ class World:
 
 
 def build_world(out_dir, *, seed: int = 0, n_train: int = 1200, n_test: int = 500, corrupt_frac: float = 0.15,
-                warm_steps: int = 600, hidden: int = 128, layers: int = 2, verbose: bool = True) -> World:
+                warm_steps: int = 500, hidden: int = 128, layers: int = 2, verbose: bool = True) -> World:
     """Write (or reuse) the toy world in out_dir: model/, train.jsonl, test.jsonl, world.json.
 
     train.jsonl holds `corrupt_frac` corrupted problems; test.jsonl is clean. A world already in
@@ -361,7 +377,7 @@ def main(argv=None):
     ap.add_argument("--n-train", type=int, default=1200, help="training problems (corrupted ones included)")
     ap.add_argument("--n-test", type=int, default=500, help="clean held-out problems")
     ap.add_argument("--corrupt-frac", type=float, default=0.15, help="share of corrupted training problems")
-    ap.add_argument("--warm-steps", type=int, default=600, help="supervised warm-start steps (batch 64)")
+    ap.add_argument("--warm-steps", type=int, default=500, help="supervised warm-start steps (batch 64)")
     args = ap.parse_args(argv)
     world = build_world(args.out, seed=args.seed, n_train=args.n_train, n_test=args.n_test,
                         corrupt_frac=args.corrupt_frac, warm_steps=args.warm_steps)

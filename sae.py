@@ -117,10 +117,11 @@ class SAE(torch.nn.Module):
         if input_norm not in INPUT_NORMS:
             raise ValueError(f"input_norm={input_norm!r}; expected one of {INPUT_NORMS}")
         kw = dict(dtype=dtype, device=device)
-        self.W_enc = torch.nn.Parameter(torch.zeros(d_in, d_sae, **kw))
-        self.b_enc = torch.nn.Parameter(torch.zeros(d_sae, **kw))
-        self.W_dec = torch.nn.Parameter(torch.zeros(d_sae, d_in, **kw))
-        self.b_dec = torch.nn.Parameter(torch.zeros(d_in, **kw))
+        # inference objects by default; train_sae switches gradients on for its own run
+        self.W_enc = torch.nn.Parameter(torch.zeros(d_in, d_sae, **kw), requires_grad=False)
+        self.b_enc = torch.nn.Parameter(torch.zeros(d_sae, **kw), requires_grad=False)
+        self.W_dec = torch.nn.Parameter(torch.zeros(d_sae, d_in, **kw), requires_grad=False)
+        self.b_dec = torch.nn.Parameter(torch.zeros(d_in, **kw), requires_grad=False)
         if threshold is not None:
             threshold = torch.as_tensor(threshold, **kw).expand(d_sae).clone()
         self.register_buffer("threshold", threshold)
@@ -887,6 +888,7 @@ def train_sae(model, tokenizer, texts: Sequence[str], layer: int, *, d_sae: int,
         sae.W_enc.copy_(sae.W_dec.T)
         sae.b_dec.copy_(geometric_median(sample * scale))
     params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
+    sae.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=6.25e-10)
     steps_since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
     n_steps = max(1, tokens // batch_tokens)
@@ -922,13 +924,14 @@ def train_sae(model, tokenizer, texts: Sequence[str], layer: int, *, d_sae: int,
         with torch.no_grad():
             sae.W_dec.data /= sae.W_dec.data.norm(dim=1, keepdim=True).clamp_min(1e-8)
         if step % 20 == 0 or step == n_steps - 1:
-            bar.set_postfix(fvu=f"{float(fvu):.3f}", dead=int(dead.sum()))
+            bar.set_postfix(fvu=f"{fvu.item():.3f}", dead=int(dead.sum()))
     bar.close()
     sae.meta.update(format="saerl", hook_name=f"blocks.{layer}.hook_resid_post", layer=layer,
                     model_name=getattr(model.config, "_name_or_path", None))
+    sae.requires_grad_(False)
     held_out = torch.cat([next(batches) for _ in range(max(1, 4096 // batch_tokens))])
     sae.meta["check"] = sae_check(sae, held_out, verbose=progress)
-    return sae.requires_grad_(False)
+    return sae
 
 
 # ---------------------------------------------------------------------------------------------

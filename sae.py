@@ -77,7 +77,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +87,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
+
+from data import atomic_path, atomic_write_text, stable_hash
 
 ACTIVATIONS = ("relu", "topk", "jumprelu")
 INPUT_NORMS = ("scale", "token")
@@ -459,33 +460,9 @@ def _load_gemma_scope(path: Path) -> SAE:
     return sae
 
 
-def _atomic_target(path: Path):
-    """A temp file in path's directory; the caller os.replace()s it onto path when complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    return tmp
-
-
 def _atomic_save_safetensors(tensors: dict, path: Path, metadata: dict | None = None) -> None:
-    tmp = _atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = _atomic_target(path)
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_sae(sae: SAE, out_dir: str | os.PathLike) -> Path:
@@ -512,7 +489,7 @@ def save_sae(sae: SAE, out_dir: str | os.PathLike) -> Path:
     if sae.activation == "topk":
         cfg["k"] = sae.k
     _atomic_save_safetensors(tensors, out / "sae_weights.safetensors")
-    _atomic_write_text(json.dumps(cfg, indent=2), out / "cfg.json")
+    atomic_write_text(out / "cfg.json", json.dumps(cfg, indent=2))
     return out
 
 
@@ -745,10 +722,9 @@ def encode_problems(model, tokenizer, texts: Sequence[str], sae: SAE, layer: int
     N = len(texts)
     shard_dir = final = None
     if cache_dir is not None:
-        key = hashlib.sha256(json.dumps([model_fingerprint(model, tokenizer), sae.fingerprint(), layer,
-                                         pooling, m, max_length, list(texts),
-                                         [list(s) for s in char_spans] if char_spans else None,
-                                         list(map(str, cache_key_parts))]).encode()).hexdigest()[:24]
+        key = stable_hash(model_fingerprint(model, tokenizer), sae.fingerprint(), layer, pooling, m,
+                          max_length, list(texts), [list(s) for s in char_spans] if char_spans else None,
+                          list(map(str, cache_key_parts)))[:24]
         shard_dir = Path(cache_dir) / key
         final = shard_dir / "features.safetensors"
         if final.exists():
@@ -942,7 +918,7 @@ def _problem_texts(data_path: str, tokenizer, template: str, limit: int | None):
     """Each problem rendered with the prompt template the policy sees, plus the character span of
     the problem statement inside it: features pool over the problem's own tokens only, so the
     template's fixed tokens do not dilute them."""
-    import data  # project module; only the CLI needs it
+    import data
     problems = data.load_problems(data_path, limit=limit)
     texts, spans = [], []
     for p in problems:

@@ -641,7 +641,7 @@ class PooledFeatures:
         keep = self.values != 0
         row = torch.arange(len(self)).unsqueeze(1).expand_as(self.values)[keep]
         coo = torch.sparse_coo_tensor(torch.stack([row, self.indices[keep]]), self.values[keep],
-                                      (len(self), self.d_sae)).coalesce()
+                                      (len(self), self.d_sae), check_invariants=False).coalesce()
         return coo.to_sparse_csr()
 
     def save(self, path: str | os.PathLike, metadata: dict | None = None) -> None:
@@ -905,6 +905,7 @@ def train_sae(model, tokenizer, texts: Sequence[str], layer: int, *, d_sae: int,
     sae.meta.update(format="saerl", hook_name=f"blocks.{layer}.hook_resid_post", layer=layer,
                     model_name=getattr(model.config, "_name_or_path", None))
     sae.requires_grad_(False)
+    # the check reads batches the optimiser has not stepped on (later in the stream)
     held_out = torch.cat([next(batches) for _ in range(max(1, 4096 // batch_tokens))])
     sae.meta["check"] = sae_check(sae, held_out, verbose=progress)
     return sae

@@ -706,7 +706,7 @@ def encode_problems(model, tokenizer, texts: Sequence[str], sae: SAE, layer: int
     Batches run longest first. With cache_dir, finished batches are written as shards every
     `shard_batches` batches under cache_dir/<key>/ (key = hash of model, SAE, layer, pooling,
     top_m, max_length, texts, spans) and a killed run resumes from them; the assembled result is
-    cache_dir/<key>/features.safetensors."""
+    cache_dir/<key>/features.safetensors. `device` / `dtype` move the model (and the SAE) in place."""
     if pooling not in ("mean", "max"):
         raise ValueError(f"pooling={pooling!r}; expected 'mean' or 'max'")
     device = torch.device(device) if device is not None else _model_device(model)

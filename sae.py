@@ -250,8 +250,11 @@ def load_sae(path_or_repo: str | os.PathLike, *, subfolder: str | None = None,
         sae = _load_dictionary_learning(path)
     else:
         found = ", ".join(sorted(names)[:30]) or "no files"
+        markers = {"params.npz", "sae.safetensors", "sae_weights.safetensors", "hyperparams.json", "ae.pt"}
+        nested = sorted({str(Path(n).parent) for n in names if Path(n).name in markers} - {"."})
+        hint = f" Pass subfolder= one of: {', '.join(nested[:20])}." if nested else ""
         raise ValueError(
-            f"unknown SAE layout in {path}: found {found}. Expected one of: cfg.json + "
+            f"unknown SAE layout in {path}: found {found}.{hint} Expected one of: cfg.json + "
             "sae_weights.safetensors (SAELens), cfg.json + sae.safetensors (sparsify), ae.pt + "
             "config.json (dictionary_learning), hyperparams.json + checkpoints/final.safetensors "
             "(Llama Scope), params.npz (Gemma Scope)")

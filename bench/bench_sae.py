@@ -86,8 +86,11 @@ def main():
     p.add_argument("--n", type=int, default=1000, help="MATH problems for the SmolLM2 row")
     p.add_argument("--math", default="/work/shared/data/train/math_train.jsonl", help="MATH jsonl")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (1: on a shared 2-core machine more threads oversubscribe)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "sae.json"))
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
 
     rows = []
     model, tokenizer, desc = toy_model_and_tokenizer()

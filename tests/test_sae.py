@@ -251,6 +251,10 @@ def test_unknown_layout_lists_files(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(ValueError, match="notes.txt, weights.bin"):
         S.load_sae(tmp_path)
+    (tmp_path / "layer_3").mkdir()
+    (tmp_path / "layer_3" / "params.npz").write_bytes(b"")
+    with pytest.raises(ValueError, match="subfolder= one of: layer_3"):
+        S.load_sae(tmp_path)
 
 
 def test_hub_id_offline_fails_fast_with_advice(monkeypatch):

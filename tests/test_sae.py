@@ -314,9 +314,17 @@ def test_sae_check_reports_and_warns():
 
 # --- residual capture ---------------------------------------------------------------------
 
-def test_capture_equals_hidden_states_and_skips_later_layers():
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_capture_equals_hidden_states_and_skips_later_layers(arch):
     tok = char_tokenizer()
-    model = tiny_model(len(tok), layers=3)
+    if arch == "qwen2":
+        model = tiny_model(len(tok), layers=3)
+    else:
+        from transformers import LlamaConfig, LlamaForCausalLM
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=3, num_attention_heads=4,
+                                             num_key_value_heads=2)).eval()
     batch = tok(["What is 2+3?", "hi"], padding=True, return_tensors="pt")
     with torch.no_grad():
         ref = model(**batch, output_hidden_states=True).hidden_states

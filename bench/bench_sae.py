@@ -42,8 +42,9 @@ def random_topk_sae(d_in: int, d_sae: int, k: int, seed: int = 0) -> S.SAE:
 def toy_model_and_tokenizer():
     try:
         import toy
-        return toy.tiny_model(), toy.char_tokenizer(), "toy.tiny_model"
-    except (ImportError, AttributeError, TypeError):
+        tokenizer = toy.char_tokenizer()
+        return toy.tiny_model(tokenizer).eval(), tokenizer, "toy.tiny_model (random init)"
+    except ImportError:
         pass
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -94,7 +95,11 @@ def main():
 
     rows = []
     model, tokenizer, desc = toy_model_and_tokenizer()
-    texts = [f"What is {i} + {3 * i % 97}? Then reverse {i * 7919 % 100000}." for i in range(1000)]
+    try:
+        import toy
+        texts = [data.format_prompt(p.problem, tokenizer, "chatml") for p in toy.make_problems(1000, seed=0)]
+    except ImportError:
+        texts = [f"What is {i} + {3 * i % 97}? Then reverse {i * 7919 % 100000}." for i in range(1000)]
     sae = random_topk_sae(model.config.hidden_size, 1024, 32)
     rows.append(run(f"toy: {desc}, 1000 texts", model, tokenizer, texts, sae, 1,
                     batch_size=args.batch_size, max_length=512, repeats=2))

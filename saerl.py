@@ -1,0 +1,639 @@
+"""SAERL: data engineering for LLM RL driven by sparse-autoencoder features.
+
+Reference implementation of "Guiding LLM Post-training Data Engineering with Model Internals from
+Sparse Autoencoders". Each training problem is a pooled SAE feature row; three properties read off
+those rows drive three data operations before GRPO/DAPO training (DESIGN.md, "Data flow"):
+
+    quality    LogisticProbe (L2 logistic regression)  -> quality_filter: drop the lowest fraction
+    difficulty ElasticNet on a labelled subset          -> easy-to-hard order inside each cluster
+    diversity  kmeans on L2-normalised rows             -> build_schedule: cluster-first batches
+                                                           with moderate mixing
+
+Method (this top section; hand-written, each matching a well-known reference numerically):
+    kmeans(X, k, ...) -> (labels, centroids, inertia)      Lloyd + greedy k-means++ (scikit-learn)
+    l2_normalize_rows(X), silhouette_score(X, labels), choose_k(X, candidates, ...)
+    ElasticNet(alpha, l1_ratio, ...).fit/predict           coordinate descent, sklearn's objective
+    alpha_grid(X, y, ...), fit_alpha(X, y, ...), spearman(a, b), r2_score(y, yhat)
+    LogisticProbe(C, ...).fit/predict_proba                Newton on sklearn's L2 logistic objective
+    binary_metrics(y, scores), corrupt_copies(problems, ...), auto_quality_labels(problems, ...),
+    quality_filter(scores, drop)
+    build_schedule(cluster_ids, difficulty, batch_size, ...), random_schedule(n, batch_size, seed),
+    cluster_summary(cluster_ids, difficulty, features, problems, ...)
+
+Feature matrices are torch tensors, dense or torch sparse (COO or CSR); numpy arrays are accepted
+where noted. The end-to-end pipeline and the CLI follow the method below.
+"""
+from __future__ import annotations
+
+import math
+import random
+import warnings
+from collections import Counter
+from fractions import Fraction
+
+import numpy as np
+import torch
+
+# ================================================================================================
+# Diversity: k-means in SAE space
+# ================================================================================================
+
+
+def _as_features(X, device=None) -> torch.Tensor:
+    """A float tensor, dense or sparse CSR (COO is coalesced and converted; nothing is densified)."""
+    if isinstance(X, np.ndarray):
+        X = torch.from_numpy(X)
+    if not isinstance(X, torch.Tensor):
+        raise TypeError(f"features must be a torch tensor or numpy array, got {type(X).__name__}")
+    if X.dim() != 2:
+        raise ValueError(f"features must be a 2-D matrix [N, d], got shape {tuple(X.shape)}")
+    if device is not None:
+        X = X.to(device)
+    if not X.dtype.is_floating_point:
+        X = X.float()
+    if X.layout == torch.sparse_coo:
+        X = X.coalesce().to_sparse_csr()
+    elif X.layout == torch.strided:
+        X = X.contiguous()
+    elif X.layout != torch.sparse_csr:
+        raise ValueError(f"features layout {X.layout} not supported; expected dense, COO or CSR")
+    return X
+
+
+def _csr_parts(X: torch.Tensor):
+    return X.crow_indices(), X.col_indices(), X.values()
+
+
+def _row_chunk(X: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """Rows [start, end) of X as a matrix of the same kind (a CSR slice is built from the parts)."""
+    if X.layout == torch.strided:
+        return X[start:end]
+    crow, col, val = _csr_parts(X)
+    a, b = int(crow[start]), int(crow[end])
+    return torch.sparse_csr_tensor(crow[start:end + 1] - a, col[a:b], val[a:b],
+                                   size=(end - start, X.shape[1]))
+
+
+def _dense_rows(X: torch.Tensor, idx) -> torch.Tensor:
+    """Selected rows of X as a dense [len(idx), d] matrix (only these rows are densified)."""
+    idx = [int(i) for i in idx]
+    if X.layout == torch.strided:
+        return X[idx].clone()
+    crow, col, val = _csr_parts(X)
+    out = torch.zeros(len(idx), X.shape[1], dtype=X.dtype, device=X.device)
+    for r, i in enumerate(idx):
+        a, b = int(crow[i]), int(crow[i + 1])
+        out[r, col[a:b]] = val[a:b]
+    return out
+
+
+def _row_sq_norms(X: torch.Tensor) -> torch.Tensor:
+    """‖x_i‖² for every row, [N], accumulated in float64."""
+    if X.layout == torch.strided:
+        return (X.double() ** 2).sum(1)
+    crow, _, val = _csr_parts(X)
+    row_of_nnz = torch.repeat_interleave(torch.arange(X.shape[0], device=X.device), crow.diff())
+    out = torch.zeros(X.shape[0], dtype=torch.float64, device=X.device)
+    return out.index_add_(0, row_of_nnz, val.double() ** 2)
+
+
+def _mean_feature_variance(X: torch.Tensor, x_sq: torch.Tensor) -> float:
+    """mean_j Var(X[:, j]) = (Σ_ij x_ij² / N − Σ_j mean_j²) / d, without densifying sparse X."""
+    N, d = X.shape
+    if X.layout == torch.strided:
+        col_mean = X.double().mean(0)
+    else:
+        _, col, val = _csr_parts(X)
+        col_mean = torch.zeros(d, dtype=torch.float64, device=X.device)
+        col_mean.index_add_(0, col, val.double()).div_(N)
+    return float((x_sq.sum() / N - (col_mean ** 2).sum()) / d)
+
+
+def l2_normalize_rows(X, eps: float = 1e-12) -> torch.Tensor:
+    """Rows scaled to unit L2 norm (zero rows stay zero); dense stays dense, sparse stays CSR."""
+    X = _as_features(X)
+    norms = _row_sq_norms(X).sqrt().clamp_min(eps).to(X.dtype)  # [N]
+    if X.layout == torch.strided:
+        return X / norms[:, None]
+    crow, col, val = _csr_parts(X)
+    row_of_nnz = torch.repeat_interleave(torch.arange(X.shape[0], device=X.device), crow.diff())
+    return torch.sparse_csr_tensor(crow, col, val / norms[row_of_nnz], size=X.shape)
+
+
+def _sq_distances(Xc: torch.Tensor, xc_sq: torch.Tensor, C: torch.Tensor, c_sq: torch.Tensor):
+    """‖x − c‖² = ‖x‖² − 2x·c + ‖c‖² for a row chunk, [m, k], clipped at 0 (rounding)."""
+    cross = Xc @ C.t()  # [m, k]; sparse @ dense for CSR chunks
+    return (xc_sq[:, None] - 2.0 * cross.double() + c_sq[None, :]).clamp_min_(0.0)
+
+
+def _assign(X, x_sq, C, chunk_size):
+    """E-step: nearest centre and its squared distance for every row, in row chunks."""
+    N = X.shape[0]
+    c_sq = (C.double() ** 2).sum(1)
+    labels = torch.empty(N, dtype=torch.long, device=X.device)
+    dist = torch.empty(N, dtype=torch.float64, device=X.device)
+    for s in range(0, N, chunk_size):
+        e = min(N, s + chunk_size)
+        d2 = _sq_distances(_row_chunk(X, s, e), x_sq[s:e], C, c_sq)  # [m, k]
+        dist[s:e], labels[s:e] = d2.min(1)
+    return labels, dist
+
+
+def _cluster_sums(X, Xt, labels, k, chunk_size):
+    """M-step sums Σ_{i in c} x_i, [k, d], and counts, [k].
+
+    Dense rows are scattered with index_add; for sparse X the transposed CSR Xt [d, N] is multiplied
+    by a one-hot label matrix, a group of clusters at a time so the one-hot part stays bounded.
+    """
+    N, d = X.shape
+    counts = torch.bincount(labels, minlength=k).to(torch.float64)
+    sums = torch.zeros(k, d, dtype=X.dtype, device=X.device)
+    if X.layout == torch.strided:
+        for s in range(0, N, chunk_size):
+            sums.index_add_(0, labels[s:s + chunk_size], X[s:s + chunk_size])
+        return sums, counts
+    group = max(1, (chunk_size * 64) // max(N, 1))
+    for k0 in range(0, k, group):
+        k1 = min(k, k0 + group)
+        onehot = (labels[:, None] == torch.arange(k0, k1, device=X.device)[None, :]).to(X.dtype)
+        sums[k0:k1] = (Xt @ onehot).t()  # [k1-k0, d]
+    return sums, counts
+
+
+def _kmeans_plusplus(X, x_sq, k, gen, chunk_size, n_local_trials=None):
+    """Greedy k-means++ (scikit-learn's _kmeans_plusplus): the first centre uniformly at random;
+    then, per centre, 2 + ⌊ln k⌋ candidates drawn with probability ∝ D(x)² and the one that
+    lowers the potential Σ_i min_c D(x_i, c)² most is kept. Returns centres [k, d] and row ids."""
+    N = X.shape[0]
+    if n_local_trials is None:
+        n_local_trials = 2 + int(math.log(k))
+    first = int(torch.randint(N, (1,), generator=gen))
+    ids = [first]
+    centers = torch.empty(k, X.shape[1], dtype=X.dtype, device=X.device)
+    centers[0] = _dense_rows(X, [first])[0]
+    closest = _distances_to(X, x_sq, centers[:1], chunk_size)[:, 0]  # [N]
+    potential = float(closest.sum())
+    for c in range(1, k):
+        draws = torch.rand(n_local_trials, generator=gen, dtype=torch.float64) * potential
+        cum = torch.cumsum(closest, 0).cpu()
+        cand = torch.searchsorted(cum, draws).clamp_max_(N - 1)  # [trials]
+        cand_rows = _dense_rows(X, cand)  # [trials, d]
+        d_cand = torch.minimum(_distances_to(X, x_sq, cand_rows, chunk_size), closest[:, None])
+        pots = d_cand.sum(0)  # [trials]
+        best = int(torch.argmin(pots))
+        potential = float(pots[best])
+        closest = d_cand[:, best].contiguous()
+        centers[c] = cand_rows[best]
+        ids.append(int(cand[best]))
+    return centers, ids
+
+
+def _distances_to(X, x_sq, C, chunk_size):
+    """Full [N, m] squared distances to a few centres m (used by k-means++ only)."""
+    c_sq = (C.double() ** 2).sum(1)
+    return torch.cat([_sq_distances(_row_chunk(X, s, min(X.shape[0], s + chunk_size)),
+                                    x_sq[s:s + chunk_size], C, c_sq)
+                      for s in range(0, X.shape[0], chunk_size)])
+
+
+def _relocate_empty(X, centers_sum, counts, labels, dist):
+    """Re-seed empty clusters from the farthest points (scikit-learn's _relocate_empty_clusters).
+
+    Rule: points are ranked by their squared distance to the centre they were just assigned to
+    (descending, ties by lower index); the i-th empty cluster (in increasing id) receives the i-th
+    farthest point, which leaves its old cluster (its row is subtracted from that cluster's sum and
+    count) and is relabelled. If every point sits on its centre (more clusters than distinct
+    points) nothing is relocated and an empty cluster keeps its previous centre."""
+    empty = torch.nonzero(counts == 0).flatten().tolist()
+    if not empty or float(dist.max()) == 0.0:
+        return
+    order = torch.argsort(-dist, stable=True)[:len(empty)].tolist()
+    rows = _dense_rows(X, order)
+    for new_c, p, row in zip(empty, order, rows):
+        old_c = int(labels[p])
+        centers_sum[old_c] -= row
+        counts[old_c] -= 1
+        centers_sum[new_c] = row
+        counts[new_c] = 1
+        labels[p] = new_c
+
+
+def _lloyd(X, Xt, x_sq, centers, max_iter, tol_abs, chunk_size):
+    """Lloyd iterations from `centers`; returns labels, centres, inertia, iterations run.
+
+    Stops on strict convergence (labels unchanged) or when Σ_c ‖c_new − c_old‖² ≤ tol_abs
+    (scikit-learn's rule); a final E-step always runs so labels and inertia match the centres."""
+    k = centers.shape[0]
+    labels_old = None
+    n_iter = 0
+    for n_iter in range(1, max_iter + 1):
+        labels, dist = _assign(X, x_sq, centers, chunk_size)
+        sums, counts = _cluster_sums(X, Xt, labels, k, chunk_size)
+        _relocate_empty(X, sums, counts, labels, dist)
+        filled = counts > 0
+        new_centers = centers.clone()
+        new_centers[filled] = (sums[filled].double() / counts[filled, None]).to(X.dtype)
+        shift = float(((new_centers.double() - centers.double()) ** 2).sum())
+        centers = new_centers
+        if labels_old is not None and torch.equal(labels, labels_old):
+            break
+        if shift <= tol_abs:
+            break
+        labels_old = labels
+    labels, dist = _assign(X, x_sq, centers, chunk_size)
+    return labels, centers, float(dist.sum()), n_iter
+
+
+def kmeans(X, k: int, *, n_init: int = 1, max_iter: int = 100, tol: float = 1e-4, seed: int = 0,
+           device=None, init=None, chunk_size: int = 4096, return_n_iter: bool = False):
+    """Lloyd k-means with scikit-learn's semantics.
+
+    Objective: inertia = Σ_i min_c ‖x_i − c‖². Init: greedy k-means++ (see _kmeans_plusplus), or an
+    explicit `init` [k, d]; the best of `n_init` runs (by inertia) is returned. Stopping: labels
+    unchanged, or Σ_c ‖Δc‖² ≤ tol · mean_j Var(X[:, j]) (sklearn's _tolerance), or max_iter.
+    Empty clusters: see _relocate_empty. Distances ‖x‖² − 2x·c + ‖c‖² are computed in row chunks
+    of `chunk_size`, so besides X itself memory is O(chunk_size · k + k · d); sparse X (COO/CSR) is
+    never densified (a transposed CSR copy serves the centre update). Runs on X's device or `device`.
+
+    X: [N, d] dense or sparse. Returns labels LongTensor [N], centroids [k, d] (X's dtype), inertia
+    (float; also the iteration count when return_n_iter)."""
+    X = _as_features(X, device)
+    N, d = X.shape
+    if not 1 <= k <= N:
+        raise ValueError(f"k={k} must be between 1 and the number of rows N={N}")
+    if n_init < 1 or max_iter < 1:
+        raise ValueError(f"n_init={n_init} and max_iter={max_iter} must be >= 1")
+    Xt = X.t().to_sparse_csr() if X.layout == torch.sparse_csr else None  # [d, N]
+    x_sq = _row_sq_norms(X)  # [N]
+    tol_abs = tol * _mean_feature_variance(X, x_sq) if tol > 0 else 0.0
+    gen = torch.Generator().manual_seed(seed)
+    best = None
+    for _ in range(n_init):
+        if init is not None:
+            centers = torch.as_tensor(init, dtype=X.dtype, device=X.device).clone()
+            if centers.shape != (k, d):
+                raise ValueError(f"init has shape {tuple(centers.shape)}, expected ({k}, {d})")
+        else:
+            centers, _ = _kmeans_plusplus(X, x_sq, k, gen, chunk_size)
+        result = _lloyd(X, Xt, x_sq, centers, max_iter, tol_abs, chunk_size)
+        if best is None or result[2] < best[2]:
+            best = result
+    labels, centers, inertia, n_iter = best
+    return (labels, centers, inertia, n_iter) if return_n_iter else (labels, centers, inertia)
+
+
+def silhouette_score(X, labels, *, chunk_size: int = 1024) -> float:
+    """Mean silhouette (b − a) / max(a, b) with Euclidean distances; a = mean distance to the own
+    cluster (self excluded), b = smallest mean distance to another cluster; 0 for singletons
+    (scikit-learn's convention). O(n²) time, O(chunk_size · n) memory: use it on a sample."""
+    X = _as_features(X)
+    labels = torch.as_tensor(labels, device=X.device).long()
+    n = X.shape[0]
+    k = int(labels.max()) + 1
+    sizes = torch.bincount(labels, minlength=k).double()  # [k]
+    if int((sizes > 0).sum()) < 2:
+        raise ValueError("silhouette needs at least two non-empty clusters")
+    Xd = X.to_dense() if X.layout != torch.strided else X  # a sample: small by contract
+    Xd = Xd.double()
+    x_sq = (Xd ** 2).sum(1)
+    onehot = torch.nn.functional.one_hot(labels, k).double()  # [n, k]
+    total = 0.0
+    for s in range(0, n, chunk_size):
+        d = _sq_distances(Xd[s:s + chunk_size], x_sq[s:s + chunk_size], Xd, x_sq).sqrt()  # [m, n]
+        per_cluster = d @ onehot  # [m, k] summed distances
+        own = labels[s:s + chunk_size]
+        own_size = sizes[own]
+        a = per_cluster.gather(1, own[:, None])[:, 0] / (own_size - 1).clamp_min(1)
+        mean_other = per_cluster / sizes.clamp_min(1)[None, :]
+        mean_other[torch.arange(len(own)), own] = float("inf")
+        mean_other[:, sizes == 0] = float("inf")
+        b = mean_other.min(1).values
+        sil = (b - a) / torch.maximum(a, b).clamp_min(1e-300)
+        total += float(torch.where(own_size > 1, sil, torch.zeros_like(sil)).sum())
+    return total / n
+
+
+def choose_k(X, candidates=(8, 16, 32, 64), *, sample: int = 2000, seed: int = 0, **kmeans_kw):
+    """"--k auto": run kmeans for each candidate k on all rows, score each clustering by the
+    silhouette on one fixed random sample of `sample` rows, return (best k, {k: silhouette}).
+    Ties go to the smaller k. Candidates ≥ N are skipped."""
+    X = _as_features(X)
+    N = X.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(N, generator=gen)[:min(sample, N)].sort().values
+    Xs = _dense_rows(X, idx.tolist()) if X.layout != torch.strided else X[idx]
+    scores = {}
+    for k in sorted(set(int(c) for c in candidates)):
+        if not 2 <= k < N:
+            continue
+        labels, _, _ = kmeans(X, k, seed=seed, **kmeans_kw)
+        sub = labels[idx.to(labels.device)]
+        scores[k] = silhouette_score(Xs, sub) if len(torch.unique(sub)) > 1 else -1.0
+    if not scores:
+        raise ValueError(f"no candidate k in {list(candidates)} fits N={N} rows")
+    best = max(scores, key=lambda k: (scores[k], -k))
+    return best, scores
+
+
+# ================================================================================================
+# Difficulty: ElasticNet proxy
+# ================================================================================================
+
+
+def _as_numpy(X, name: str = "X") -> np.ndarray:
+    """A dense float64 numpy matrix from numpy / dense or sparse torch input (sparse is densified:
+    the labelled subset is small by design)."""
+    if isinstance(X, torch.Tensor):
+        X = (X.to_dense() if X.layout != torch.strided else X).detach().cpu().double().numpy()
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D matrix [n, d], got shape {X.shape}")
+    return X
+
+
+def _as_vector(y, n: int, name: str = "y") -> np.ndarray:
+    if isinstance(y, torch.Tensor):
+        y = y.detach().cpu().double().numpy()
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    if y.shape[0] != n:
+        raise ValueError(f"{name} has {y.shape[0]} entries, expected {n} (one per row of X)")
+    if not np.all(np.isfinite(y)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return y
+
+
+def _enet_gap(w, l1, l2, R_norm2, Ry, XtR):
+    """Duality gap of P(w) = ½‖y − Xw‖² + l1‖w‖₁ + ½ l2‖w‖² (scikit-learn's cd_fast gap_enet).
+
+    l1 > 0: dual point v = R·min(1, l1/‖XᵀR − l2·w‖∞) (formulation A); l1 = 0 < l2: formulation B;
+    l1 = l2 = 0 (OLS): the first-order condition ‖XᵀR‖²."""
+    w_l2 = float(w @ w)
+    if l1 == 0:
+        norm = float(XtR @ XtR)
+        if l2 == 0:
+            return norm
+        return R_norm2 + 0.5 * l2 * w_l2 - Ry + norm / (2 * l2)
+    dual_norm = float(np.max(np.abs(XtR - l2 * w))) if w.size else 0.0
+    scale = min(1.0, l1 / dual_norm) if dual_norm > 0 else 1.0
+    primal = 0.5 * (R_norm2 + l2 * w_l2) + l1 * float(np.abs(w).sum())
+    dual = -0.5 * scale ** 2 * (R_norm2 + l2 * w_l2) + scale * Ry
+    return primal - dual
+
+
+def enet_coordinate_descent(X, y, l1, l2, *, max_iter=1000, tol=1e-4, w=None, polish_max=400):
+    """Minimise ½‖y − Xw‖² + l1‖w‖₁ + ½ l2‖w‖² by cyclic coordinate descent (Friedman et al. 2010;
+    scikit-learn's enet_coordinate_descent; its objective is n_samples times ElasticNet's).
+
+    Update: w_j ← S(x_jᵀr + w_j‖x_j‖², l1) / (‖x_j‖² + l2), S the soft threshold. Stopping is
+    sklearn's: after a sweep whose largest update is ≤ tol·max|w|, the duality gap (over all
+    coordinates) is computed and the fit stops when gap ≤ tol·‖y‖². Three accelerations leave that
+    certificate untouched: (1) sweeps visit an active set — non-zero coefficients plus coordinates
+    violating the KKT condition |x_jᵀr| ≤ l1, re-checked at every gap evaluation (glmnet); (2)
+    when n > d the Gram matrix XᵀX is computed once and a coordinate update costs O(|A|) instead
+    of O(n) (sklearn's `precompute` rule); (3) when the sweeps settle on a support S of at most
+    `polish_max` coordinates, one solve (X_SᵀX_S + l2·I) w_S = X_Sᵀy − l1·sign(w_S) is accepted
+    if it keeps every sign: it is then the exact minimiser on that orthant face, so the objective
+    cannot rise. Returns (w, gap, tol·‖y‖², sweeps)."""
+    n, d = X.shape
+    w = np.zeros(d) if w is None else np.array(w, dtype=np.float64)
+    norm2 = np.einsum("ij,ij->j", X, X)  # [d]
+    usable = norm2 > 0  # all-zero columns keep w_j = 0, as in sklearn
+    w[~usable] = 0.0
+    tol_abs = tol * float(y @ y)
+    gram = X.T @ X if n > d else None  # [d, d]
+    XF = None if n > d else np.asfortranarray(X)  # columns contiguous for the O(n) updates
+    in_set = np.zeros(d, dtype=bool)
+    sweeps = 0
+    while True:
+        R = y - X @ w  # [n]
+        XtR = X.T @ R  # [d]
+        gap = _enet_gap(w, l1, l2, float(R @ R), float(R @ y), XtR)
+        if gap <= tol_abs or sweeps >= max_iter:
+            break
+        in_set |= usable & ((w != 0) | (np.abs(XtR) > l1) | (l1 == 0))
+        A = np.flatnonzero(in_set)
+        if A.size == 0:
+            break  # w = 0 already satisfies every KKT condition
+        wA = w[A].copy()
+        if gram is not None:
+            c = XtR[A].copy()  # X_Aᵀr, kept current as coordinates move
+            sweeps = _cd_sweeps_gram(gram[np.ix_(A, A)], c, wA, l1, l2, tol, max_iter - sweeps,
+                                     sweeps)
+        else:
+            sweeps = _cd_sweeps_residual(XF, A, norm2[A].tolist(), R, wA, l1, l2, tol,
+                                         max_iter - sweeps, sweeps)
+        w[A] = wA
+        S = np.flatnonzero(w)
+        if 0 < S.size <= polish_max:
+            G_SS = gram[np.ix_(S, S)] if gram is not None else X[:, S].T @ X[:, S]
+            w_S = _polish_support(G_SS, X[:, S].T @ y, w[S], l1, l2)
+            if w_S is not None:
+                w[S] = w_S
+    if gap > tol_abs:
+        warnings.warn(f"ElasticNet did not converge in {max_iter} sweeps: duality gap {gap:.3e} "
+                      f"> tolerance {tol_abs:.3e}; raise max_iter or tol", RuntimeWarning)
+    return w, gap, tol_abs, sweeps
+
+
+def _soft_update(tmp, l1, denom):
+    if tmp > l1:
+        return (tmp - l1) / denom
+    if tmp < -l1:
+        return (tmp + l1) / denom
+    return 0.0
+
+
+def _cd_sweeps_gram(G, c, w, l1, l2, tol, budget, sweeps):
+    """Cyclic sweeps with the active Gram matrix G [a, a] and c = X_Aᵀr, until the largest update
+    of a sweep is ≤ tol·max|w| (sklearn's trigger for a gap check) or the budget is spent."""
+    diag = np.diag(G).tolist()
+    for _ in range(max(1, budget)):
+        sweeps += 1
+        d_w_max = w_max = 0.0
+        for j, g_jj in enumerate(diag):
+            w_j = float(w[j])
+            new = _soft_update(float(c[j]) + w_j * g_jj, l1, g_jj + l2)
+            if new != w_j:
+                c -= (new - w_j) * G[j]  # r moves by −Δ·x_j, so X_Aᵀr moves by −Δ·G[j]
+                w[j] = new
+                d_w_max = max(d_w_max, abs(new - w_j))
+            w_max = max(w_max, abs(new))
+        if w_max == 0.0 or d_w_max / w_max <= tol:
+            break
+    return sweeps
+
+
+def _cd_sweeps_residual(XF, A, norm2_A, R, w, l1, l2, tol, budget, sweeps):
+    """Cyclic sweeps over columns A keeping the residual R current (O(n) per update); same
+    stopping trigger as _cd_sweeps_gram. R and w are updated in place."""
+    cols = [XF[:, j] for j in A]
+    for _ in range(max(1, budget)):
+        sweeps += 1
+        d_w_max = w_max = 0.0
+        for j, (x_j, nrm) in enumerate(zip(cols, norm2_A)):
+            w_j = float(w[j])
+            new = _soft_update(float(x_j @ R) + w_j * nrm, l1, nrm + l2)
+            if new != w_j:
+                R -= (new - w_j) * x_j
+                w[j] = new
+                d_w_max = max(d_w_max, abs(new - w_j))
+            w_max = max(w_max, abs(new))
+        if w_max == 0.0 or d_w_max / w_max <= tol:
+            break
+    return sweeps
+
+
+def _polish_support(G_SS, Xty_S, w_S, l1, l2):
+    """Solve the stationarity equations on the support with signs fixed; return the solution,
+    or None when a sign flips (see enet_coordinate_descent, acceleration 3)."""
+    signs = np.sign(w_S)
+    try:
+        sol = np.linalg.solve(G_SS + l2 * np.eye(len(w_S)), Xty_S - l1 * signs)
+    except np.linalg.LinAlgError:
+        return None
+    return sol if np.all(np.sign(sol) == signs) else None
+
+
+class ElasticNet:
+    """Linear regression with combined L1/L2 penalty, scikit-learn's objective:
+
+        1/(2n)‖y − Xw − b‖² + α·ρ‖w‖₁ + ½·α·(1 − ρ)‖w‖²,   ρ = l1_ratio,
+
+    solved by enet_coordinate_descent (sklearn's duality-gap stopping rule; `dual_gap_` is reported
+    divided by n, as sklearn does). The intercept is fitted by centring X and y (it is not
+    penalised). standardize=True (default) z-scores each feature with the training mean and
+    standard deviation (a constant feature gets scale 1) before the fit: coef_ lives in the
+    standardised space and predict applies the same transform. fit(X, y, coef_init=...) warm starts.
+    """
+
+    def __init__(self, alpha=1.0, l1_ratio=0.5, max_iter=1000, tol=1e-4, fit_intercept=True,
+                 standardize=True):
+        if alpha < 0 or not 0 <= l1_ratio <= 1:
+            raise ValueError(f"need alpha >= 0 and 0 <= l1_ratio <= 1, got {alpha}, {l1_ratio}")
+        self.alpha, self.l1_ratio = float(alpha), float(l1_ratio)
+        self.max_iter, self.tol = int(max_iter), float(tol)
+        self.fit_intercept, self.standardize = fit_intercept, standardize
+
+    def _transform(self, X: np.ndarray) -> np.ndarray:
+        return (X - self.shift_) / self.scale_ if self.standardize else X
+
+    def fit(self, X, y, coef_init=None):
+        X = _as_numpy(X)
+        y = _as_vector(y, X.shape[0])
+        n, d = X.shape
+        if self.standardize:
+            self.shift_ = X.mean(0)
+            std = X.std(0)
+            self.scale_ = np.where(std > 0, std, 1.0)
+        Z = self._transform(X)  # [n, d]
+        z_mean = Z.mean(0) if self.fit_intercept else np.zeros(d)
+        y_mean = float(y.mean()) if self.fit_intercept else 0.0
+        Zc = Z - z_mean if self.fit_intercept else Z
+        l1 = self.alpha * self.l1_ratio * n
+        l2 = self.alpha * (1.0 - self.l1_ratio) * n
+        w, gap, _, n_iter = enet_coordinate_descent(Zc, y - y_mean, l1, l2, max_iter=self.max_iter,
+                                                    tol=self.tol, w=coef_init)
+        self.coef_ = w
+        self.intercept_ = y_mean - float(z_mean @ w)
+        self.dual_gap_ = gap / n
+        self.n_iter_ = n_iter
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        X = _as_numpy(X)
+        if X.shape[1] != self.coef_.shape[0]:
+            raise ValueError(f"X has {X.shape[1]} features, the model was fit on "
+                             f"{self.coef_.shape[0]}")
+        return self._transform(X) @ self.coef_ + self.intercept_
+
+
+def alpha_grid(X, y, *, l1_ratio=0.5, n_alphas=30, eps=1e-3, standardize=True,
+               fit_intercept=True) -> np.ndarray:
+    """scikit-learn's _alpha_grid: α_max = max_j |x_jᵀ(y − ȳ)| / (n·ρ) on the (standardised,
+    centred) design — the smallest α with w = 0 — then n_alphas log-spaced values down to
+    eps·α_max."""
+    X = _as_numpy(X)
+    y = _as_vector(y, X.shape[0])
+    if standardize:
+        std = X.std(0)
+        X = (X - X.mean(0)) / np.where(std > 0, std, 1.0)
+    if fit_intercept:
+        X = X - X.mean(0)
+        y = y - y.mean()
+    alpha_max = float(np.max(np.abs(X.T @ y))) / (X.shape[0] * max(l1_ratio, 1e-3))
+    if alpha_max <= np.finfo(np.float64).resolution:
+        return np.full(n_alphas, np.finfo(np.float64).resolution)
+    return np.geomspace(alpha_max, alpha_max * eps, num=n_alphas)
+
+
+def fit_alpha(X, y, *, l1_ratio=0.5, n_alphas=30, eps=1e-3, val_frac=0.2, seed=0, max_iter=1000,
+              tol=1e-4, standardize=True):
+    """Choose α on a held-out split, then refit on all rows.
+
+    A seeded permutation puts ⌈val_frac·n⌉ rows in validation. Along alpha_grid (computed on the
+    training rows, largest α first) each fit warm-starts from the previous one. The α with the
+    lowest validation MSE wins (ties: the larger α, i.e. the sparser model); the returned model is
+    refit on all rows at that α. info: alphas, val_mse, val_r2, val_spearman, alpha, n_train,
+    n_val."""
+    X = _as_numpy(X)
+    y = _as_vector(y, X.shape[0])
+    n = X.shape[0]
+    n_val = int(math.ceil(val_frac * n))
+    if not 1 <= n_val < n - 1:
+        raise ValueError(f"val_frac={val_frac} leaves {n_val} validation rows out of {n}")
+    perm = np.random.default_rng(seed).permutation(n)
+    val, train = perm[:n_val], perm[n_val:]
+    alphas = alpha_grid(X[train], y[train], l1_ratio=l1_ratio, n_alphas=n_alphas, eps=eps,
+                        standardize=standardize)
+    mse, r2, rho = [], [], []
+    coef = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # path points may stop at max_iter
+        for a in alphas:
+            m = ElasticNet(a, l1_ratio, max_iter, tol, standardize=standardize)
+            m.fit(X[train], y[train], coef_init=coef)
+            coef = m.coef_
+            pred = m.predict(X[val])
+            mse.append(float(np.mean((pred - y[val]) ** 2)))
+            r2.append(r2_score(y[val], pred))
+            rho.append(spearman(y[val], pred))
+    best = int(np.argmin(mse))  # argmin takes the first minimum, i.e. the largest α
+    model = ElasticNet(alphas[best], l1_ratio, max_iter, tol, standardize=standardize)
+    model.fit(X, y)
+    info = dict(alphas=alphas.tolist(), val_mse=mse, val_r2=r2, val_spearman=rho,
+                alpha=float(alphas[best]), n_train=len(train), n_val=n_val)
+    return model, info
+
+
+def _average_ranks(a: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, ties sharing the mean of the ranks they span."""
+    order = np.argsort(a, kind="stable")
+    sorted_a = a[order]
+    ranks = np.empty(len(a))
+    i = 0
+    while i < len(a):
+        j = i
+        while j + 1 < len(a) and sorted_a[j + 1] == sorted_a[i]:
+            j += 1
+        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1.0
+        i = j + 1
+    return ranks
+
+
+def spearman(a, b) -> float:
+    """Spearman's ρ: Pearson correlation of average ranks (NaN when either side is constant)."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"spearman needs equal lengths, got {a.size} and {b.size}")
+    ra, rb = _average_ranks(a) - (a.size + 1) / 2, _average_ranks(b) - (b.size + 1) / 2
+    denom = math.sqrt(float(ra @ ra) * float(rb @ rb))
+    return float(ra @ rb) / denom if denom > 0 else float("nan")
+
+
+def r2_score(y, yhat) -> float:
+    """1 − Σ(y − ŷ)² / Σ(y − ȳ)² (NaN for constant y)."""
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    yhat = np.asarray(yhat, dtype=np.float64).reshape(-1)
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    return 1.0 - float(((y - yhat) ** 2).sum()) / ss_tot if ss_tot > 0 else float("nan")

@@ -637,3 +637,381 @@ def r2_score(y, yhat) -> float:
     yhat = np.asarray(yhat, dtype=np.float64).reshape(-1)
     ss_tot = float(((y - y.mean()) ** 2).sum())
     return 1.0 - float(((y - yhat) ** 2).sum()) / ss_tot if ss_tot > 0 else float("nan")
+
+
+# ================================================================================================
+# Quality: logistic probe, automatic labels, filter
+# ================================================================================================
+
+
+def _log1pexp(z: np.ndarray) -> np.ndarray:
+    return np.logaddexp(0.0, z)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return np.exp(-_log1pexp(-z))
+
+
+class LogisticProbe:
+    """L2-regularised logistic regression, scikit-learn's convention:
+
+        minimise  C · Σ_i [log(1 + e^{η_i}) − y_i·η_i] + ½‖w‖²,   η = Xw + b, b unpenalised,
+
+    solved by damped Newton (IRLS with a backtracking line search) until the largest Newton step
+    is ≤ tol·(1 + max|θ|). When d > n the problem is reduced exactly to n dimensions: with the
+    thin QR Xᵀ = Q·R, the optimal w lies in span(Q) (the loss only sees Xw and the penalty prefers
+    the row space), so w = Q·z and Xw = Rᵀz, ‖w‖ = ‖z‖. Newton then works with m = min(n, d)
+    unknowns: O(n·m²) time, O(m²) memory beyond X. standardize=True z-scores features with the
+    training mean/std (constant features get scale 1); coef_ lives in that standardised space.
+    """
+
+    def __init__(self, C=1.0, max_iter=100, tol=1e-8, standardize=True):
+        if C <= 0:
+            raise ValueError(f"C must be > 0, got {C}")
+        self.C, self.max_iter, self.tol, self.standardize = float(C), int(max_iter), tol, standardize
+
+    def _transform(self, X: np.ndarray) -> np.ndarray:
+        return (X - self.shift_) / self.scale_ if self.standardize else X
+
+    def fit(self, X, y):
+        X = _as_numpy(X)
+        y = _as_vector(y, X.shape[0])
+        if not np.all((y == 0) | (y == 1)):
+            raise ValueError("LogisticProbe labels must be 0 or 1")
+        if y.min() == y.max():
+            raise ValueError(f"LogisticProbe needs both classes, all {X.shape[0]} labels are "
+                             f"{int(y[0])}")
+        if self.standardize:
+            self.shift_ = X.mean(0)
+            std = X.std(0)
+            self.scale_ = np.where(std > 0, std, 1.0)
+        Z = self._transform(X)  # [n, d]
+        n, d = Z.shape
+        Q = None
+        if d > n:
+            Q, Rm = np.linalg.qr(Z.T)  # Zᵀ = Q·Rm, Q [d, n], Rm [n, n]
+            Z = Rm.T  # rows of Z in the basis Q: [n, n]
+        theta, self.n_iter_ = self._newton(Z, y)
+        z, self.intercept_ = theta[:-1], float(theta[-1])
+        self.coef_ = Q @ z if Q is not None else z
+        return self
+
+    def _newton(self, F, y):
+        n, m = F.shape
+        A = np.hstack([F, np.ones((n, 1))])  # [n, m+1]; last column is the intercept
+        penalty = np.ones(m + 1)
+        penalty[-1] = 0.0  # intercept unpenalised
+        theta = np.zeros(m + 1)
+
+        def objective(t):
+            eta = A @ t
+            return self.C * float(np.sum(_log1pexp(eta) - y * eta)) + 0.5 * float(
+                (penalty * t) @ t)
+
+        f = objective(theta)
+        for it in range(1, self.max_iter + 1):
+            p = _sigmoid(A @ theta)  # [n]
+            grad = self.C * (A.T @ (p - y)) + penalty * theta
+            H = self.C * (A.T * (p * (1 - p))) @ A + np.diag(penalty)  # [m+1, m+1]
+            H[-1, -1] += 1e-12 * n  # guards only the all-saturated corner case
+            step = np.linalg.solve(H, grad)
+            t = 1.0
+            while True:  # Armijo backtracking; Newton's full step is accepted near the optimum
+                cand = theta - t * step
+                f_new = objective(cand)
+                if f_new <= f - 1e-4 * t * float(grad @ step) or t < 1e-10:
+                    break
+                t *= 0.5
+            theta, f = cand, f_new
+            if t * np.max(np.abs(step)) <= self.tol * (1.0 + np.max(np.abs(theta))):
+                return theta, it
+        warnings.warn(f"LogisticProbe did not converge in {self.max_iter} Newton steps",
+                      RuntimeWarning)
+        return theta, self.max_iter
+
+    def decision_function(self, X) -> np.ndarray:
+        X = _as_numpy(X)
+        if X.shape[1] != self.coef_.shape[0]:
+            raise ValueError(f"X has {X.shape[1]} features, the probe was fit on "
+                             f"{self.coef_.shape[0]}")
+        return self._transform(X) @ self.coef_ + self.intercept_
+
+    def predict_proba(self, X) -> np.ndarray:
+        """P(y = 1 | x) for every row, [n]."""
+        return _sigmoid(self.decision_function(X))
+
+
+def auc_score(y_true, scores) -> float:
+    """ROC AUC by the Mann-Whitney statistic with average ranks: P(score⁺ > score⁻) + ½P(tie)."""
+    y = np.asarray(y_true).reshape(-1).astype(bool)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = _average_ranks(s)
+    return (float(ranks[y].sum()) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def binary_metrics(y_true, scores, threshold: float = 0.5) -> dict:
+    """precision and recall of `scores >= threshold` for class 1, and the threshold-free AUC."""
+    y = np.asarray(y_true).reshape(-1).astype(bool)
+    pred = np.asarray(scores, dtype=np.float64).reshape(-1) >= threshold
+    tp = int((pred & y).sum())
+    precision = tp / int(pred.sum()) if pred.any() else float("nan")
+    recall = tp / int(y.sum()) if y.any() else float("nan")
+    return dict(precision=precision, recall=recall, auc=auc_score(y, scores))
+
+
+CORRUPTIONS = ("shuffled", "truncated", "answer-swapped")
+
+
+def _make_problem(like, **fields):
+    """A Problem like `like` with some fields replaced (data.Problem when it is importable)."""
+    try:
+        from data import Problem
+    except ImportError:
+        Problem = type(like)
+    values = dict(id=like.id, problem=like.problem, answer=like.answer, meta=dict(like.meta or {}))
+    values.update(fields)
+    return Problem(**values)
+
+
+def corrupt_copies(problems, *, seed: int = 0, frac: float = 0.15) -> list:
+    """Corrupted copies of a seeded ⌈frac·N⌉ sample of problems, negatives for the quality probe.
+
+    Kinds cycle in a seeded order over the sample: "shuffled" (words of the statement permuted),
+    "truncated" (the first half of the words kept), "answer-swapped" (the reference answer of
+    another problem whose answer differs). A kind that cannot change the text (one word, or all
+    answers equal) falls through to the next kind; if none applies the problem gets no copy.
+    Copies have id "<id>#corrupt-<kind>" and meta {..., quality: 0, corruption: kind,
+    source_id: id}."""
+    if not 0 <= frac <= 1:
+        raise ValueError(f"frac must be in [0, 1], got {frac}")
+    rng = random.Random(seed)
+    n = len(problems)
+    picked = rng.sample(range(n), int(math.ceil(frac * n))) if n else []
+    answers = [p.answer for p in problems]
+    out = []
+    for rank, i in enumerate(picked):
+        p = problems[i]
+        words = p.problem.split()
+        first = (rank + rng.randrange(len(CORRUPTIONS))) % len(CORRUPTIONS)
+        for kind in CORRUPTIONS[first:] + CORRUPTIONS[:first]:
+            text, answer = p.problem, p.answer
+            if kind == "shuffled" and len(set(words)) > 1:
+                shuffled = words[:]
+                while shuffled == words:
+                    rng.shuffle(shuffled)
+                text = " ".join(shuffled)
+            elif kind == "truncated" and len(words) > 1:
+                text = " ".join(words[:len(words) // 2])
+            elif kind == "answer-swapped":
+                others = [a for a in answers if a != p.answer]
+                if not others:
+                    continue
+                answer = rng.choice(others)
+            else:
+                continue
+            meta = dict(p.meta or {}, quality=0, corruption=kind, source_id=p.id)
+            out.append(_make_problem(p, id=f"{p.id}#corrupt-{kind}", problem=text,
+                                     answer=answer, meta=meta))
+            break
+    return out
+
+
+def _same_answer(a: str, b: str) -> bool:
+    return " ".join(str(a).split()) == " ".join(str(b).split())
+
+
+def auto_quality_labels(problems, *, rollout_answers=None, parse_ok=None, agree: float = 0.75,
+                        min_rollouts: int = 2, same_answer=_same_answer) -> list[int]:
+    """Automatic quality labels (DESIGN.md, "Quality labels"), 1 = keep-worthy, 0 = suspect.
+
+    Label 0 when (a) parse_ok[i] is False — the reference answer does not parse; or (b) the
+    problem has ≥ min_rollouts rollout answers, the most common parsed answer (None = unparsed,
+    never a majority) is given by ≥ agree of all its rollouts, and it differs from the reference
+    (`same_answer`, by default whitespace-normalised string equality; the pipeline passes the
+    verifier's equivalence); or (c) meta["quality"] == 0 (e.g. corrupt_copies). Otherwise 1.
+    Pure: parse_ok and rollout_answers are lists aligned with problems."""
+    n = len(problems)
+    for name, seq in (("parse_ok", parse_ok), ("rollout_answers", rollout_answers)):
+        if seq is not None and len(seq) != n:
+            raise ValueError(f"{name} has {len(seq)} entries, expected {n} (one per problem)")
+    labels = []
+    for i, p in enumerate(problems):
+        bad = parse_ok is not None and not parse_ok[i]
+        bad = bad or (p.meta or {}).get("quality", 1) == 0
+        answers = rollout_answers[i] if rollout_answers is not None else None
+        if not bad and answers and len(answers) >= min_rollouts:
+            counts = Counter(a for a in answers if a is not None)
+            if counts:
+                top, votes = counts.most_common(1)[0]
+                bad = votes >= agree * len(answers) and not same_answer(top, p.answer)
+        labels.append(0 if bad else 1)
+    return labels
+
+
+def quality_filter(scores, drop: float) -> list[int]:
+    """Indices kept after dropping the ⌊drop·N⌋ lowest scores; ties are dropped in index order
+    (lower index first). The kept indices come back in increasing order."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if not 0 <= drop < 1:
+        raise ValueError(f"drop must be in [0, 1), got {drop}")
+    if np.isnan(s).any():
+        raise ValueError("quality scores contain NaN")
+    n_drop = int(math.floor(drop * len(s) + 1e-9))
+    order = np.lexsort((np.arange(len(s)), s))  # by score, then index
+    return sorted(order[n_drop:].tolist())
+
+
+# ================================================================================================
+# Schedule: cluster-first batches, easy to hard, moderate mixing
+# ================================================================================================
+
+
+def _int_list(values, name: str) -> list[int]:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().tolist()
+    out = [int(v) for v in np.asarray(values).reshape(-1).tolist()]
+    return out
+
+
+def build_schedule(cluster_ids, difficulty, batch_size: int, *, mix: float = 0.25,
+                   curriculum: bool = True, seed: int = 0) -> list[list[int]]:
+    """The SAERL batch schedule (DESIGN.md, "Schedule"): a list of batches of row indices into
+    cluster_ids / difficulty (the kept problems).
+
+    1. Inside each cluster, order problems easy first: stable sort by predicted difficulty, ties
+       by index (curriculum=False: a seeded shuffle instead; difficulty may then be None).
+    2. Cut each cluster of n_c problems into ⌊n_c / B⌋ full batches; full batch i of a cluster with
+       n_b of them gets progress (i + ½) / n_b.
+    3. Remainders (the last n_c mod B problems of each cluster) are pooled: each keeps its own
+       within-cluster progress (pos + ½) / n_c, the pool is sorted by (progress, cluster rank,
+       index) and cut into batches of B whose progress is the mean of their items'.
+    4. All complete batches are ordered by (progress, full before pooled, cluster rank), where the
+       cluster rank is a seeded permutation of the clusters, so batches of equal progress come
+       from different clusters in a seeded order; progress is compared as exact fractions. The
+       one possibly partial batch (the end of the pool, N mod B problems) goes last.
+    5. Mixing: s = ⌊mix·B/2⌋; for j = 0, 2, 4, … the last s items of batch j and of batch j+1 are
+       swapped (disjoint pairs, so no item moves twice; with a short final batch the tail is
+       min(s, its size)). mix=0 keeps pure cluster batches, mix=1 makes every paired batch half
+       and half.
+    Every index appears exactly once; every batch has B items except possibly the last one."""
+    clusters = _int_list(cluster_ids, "cluster_ids")
+    n = len(clusters)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0 <= mix <= 1:
+        raise ValueError(f"mix must be in [0, 1], got {mix}")
+    if curriculum:
+        if difficulty is None:
+            raise ValueError("difficulty is required when curriculum=True")
+        diff = np.asarray(difficulty.detach().cpu() if isinstance(difficulty, torch.Tensor)
+                          else difficulty, dtype=np.float64).reshape(-1)
+        if diff.shape[0] != n:
+            raise ValueError(f"difficulty has {diff.shape[0]} entries, cluster_ids has {n}")
+        if np.isnan(diff).any():
+            raise ValueError("difficulty contains NaN")
+    rng = np.random.default_rng(seed)
+    ids = sorted(set(clusters))
+    rank = {c: r for r, c in enumerate(np.asarray(ids)[rng.permutation(len(ids))].tolist())}
+    members = {c: [] for c in ids}
+    for i, c in enumerate(clusters):
+        members[c].append(i)
+
+    keyed, pool = [], []  # keyed: (sort key, batch); pool: (progress, rank, index)
+    B = batch_size
+    for c in ids:
+        items = members[c]
+        if curriculum:
+            items = sorted(items, key=lambda i: (diff[i], i))
+        else:
+            items = [items[j] for j in rng.permutation(len(items))]
+        n_full = len(items) // B
+        for b in range(n_full):
+            keyed.append(((Fraction(2 * b + 1, 2 * n_full), 0, rank[c]),
+                          items[b * B:(b + 1) * B]))
+        pool += [(Fraction(2 * pos + 1, 2 * len(items)), rank[c], i)
+                 for pos, i in enumerate(items) if pos >= n_full * B]
+    pool.sort()
+    tail = []
+    for r, s in enumerate(range(0, len(pool), B)):
+        chunk = pool[s:s + B]
+        if len(chunk) < B:
+            tail = [i for _, _, i in chunk]
+            break
+        progress = sum((p for p, _, _ in chunk), Fraction(0)) / len(chunk)
+        keyed.append(((progress, 1, r), [i for _, _, i in chunk]))
+    keyed.sort(key=lambda kb: kb[0])
+    batches = [list(b) for _, b in keyed] + ([tail] if tail else [])
+
+    s = int(math.floor(mix * B / 2))
+    for j in range(0, len(batches) - 1, 2):
+        t = min(s, len(batches[j]), len(batches[j + 1]))
+        if t > 0:
+            a, b = batches[j], batches[j + 1]
+            a[-t:], b[-t:] = b[-t:], a[-t:]
+    return batches
+
+
+def random_schedule(n: int, batch_size: int, seed: int = 0) -> list[list[int]]:
+    """Vanilla baseline: a seeded permutation of range(n) cut into batches (the last may be
+    short)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    perm = np.random.default_rng(seed).permutation(n).tolist()
+    return [perm[s:s + batch_size] for s in range(0, n, batch_size)]
+
+
+def _cluster_feature_means(features, clusters: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean activation of every feature over each cluster's rows, [k, d] (sparse-safe)."""
+    X = _as_features(features, device="cpu")
+    sizes = torch.bincount(clusters, minlength=k).clamp_min(1).double()
+    sums = torch.zeros(k, X.shape[1], dtype=torch.float64)
+    if X.layout == torch.strided:
+        sums.index_add_(0, clusters, X.double())
+    else:
+        crow, col, val = _csr_parts(X)
+        row_of_nnz = torch.repeat_interleave(torch.arange(X.shape[0]), crow.diff())
+        sums.view(-1).index_add_(0, clusters[row_of_nnz] * X.shape[1] + col, val.double())
+    return sums / sizes[:, None]
+
+
+def cluster_summary(cluster_ids, difficulty, features, problems, *, top: int = 8,
+                    examples: int = 3, max_chars: int = 160) -> str:
+    """Markdown for clusters.md: per cluster its size, mean predicted difficulty, the `top` SAE
+    features by mean activation over the cluster (feature id and mean), and `examples` problems
+    spread over the cluster's difficulty order (easiest, middle, hardest for 3), each truncated
+    to max_chars. features: [N, d_sae], dense or torch sparse."""
+    clusters = _int_list(cluster_ids, "cluster_ids")
+    n = len(clusters)
+    diff = np.asarray(difficulty.detach().cpu() if isinstance(difficulty, torch.Tensor)
+                      else difficulty, dtype=np.float64).reshape(-1)
+    if not diff.shape[0] == n == len(problems) == features.shape[0]:
+        raise ValueError(f"cluster_ids ({n}), difficulty ({diff.shape[0]}), features "
+                         f"({features.shape[0]}) and problems ({len(problems)}) must align")
+    ids = sorted(set(clusters))
+    dense_id = {c: r for r, c in enumerate(ids)}
+    means = _cluster_feature_means(features, torch.tensor([dense_id[c] for c in clusters]),
+                                   len(ids))
+    lines = [f"# Clusters\n\n{n} problems in {len(ids)} clusters.\n"]
+    for c in ids:
+        items = sorted((i for i in range(n) if clusters[i] == c), key=lambda i: (diff[i], i))
+        vals, feats = torch.topk(means[dense_id[c]], min(top, means.shape[1]))
+        feat_text = ", ".join(f"`{int(f)}` ({float(v):.3g})" for v, f in zip(vals, feats)
+                              if float(v) > 0)
+        lines.append(f"## Cluster {c}\n\n- size: {len(items)}\n"
+                     f"- mean predicted difficulty: {float(diff[items].mean()):.4g}\n"
+                     f"- top SAE features (id, mean activation): {feat_text or 'none active'}\n"
+                     f"- examples (easiest to hardest):")
+        picks = sorted(set(np.linspace(0, len(items) - 1, min(examples, len(items)))
+                           .round().astype(int).tolist()))
+        for pos in picks:
+            p = problems[items[pos]]
+            text = " ".join(str(p.problem).split())
+            if len(text) > max_chars:
+                text = text[:max_chars - 1] + "…"
+            answer = " ".join(str(p.answer).split())[:40]
+            lines.append(f"  - `{p.id}` (d̂ = {diff[items[pos]]:.3g}): {text} → {answer}")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,185 @@
+"""data.py: loading with aliases, answer forms, bad rows, strict mode, dedup, templates, atomic IO."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from data import (DataError, Problem, append_jsonl, format_prompt, load_problems, load_problems_report,
+                  read_jsonl, stable_hash, write_jsonl, write_problems)
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _jsonl(tmp_path, rows, name="p.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("pfield", ["problem", "question", "prompt", "query"])
+def test_problem_aliases(tmp_path, pfield):
+    [p] = load_problems(_jsonl(tmp_path, [{pfield: "What is 1+1?", "answer": "2"}]))
+    assert p.problem == "What is 1+1?" and p.answer == "2"
+
+
+@pytest.mark.parametrize("afield", ["answer", "final_answer", "gold", "expected_answer"])
+def test_answer_aliases(tmp_path, afield):
+    [p] = load_problems(_jsonl(tmp_path, [{"problem": "x", afield: "7"}]))
+    assert p.answer == "7"
+
+
+def test_answer_from_last_boxed_of_solution(tmp_path):
+    row = {"problem": "x", "solution": "First \\boxed{1}, then $\\boxed{\\frac{1}{2}}$."}
+    [p] = load_problems(_jsonl(tmp_path, [row]))
+    assert p.answer == "\\frac{1}{2}"
+
+
+def test_gsm8k_answer_after_hashes(tmp_path):
+    row = {"question": "q", "answer": "She sells 16 - 3 = 13.\n#### 1,018"}
+    [p] = load_problems(_jsonl(tmp_path, [row]))
+    assert p.answer == "1018"
+
+
+def test_list_and_numeric_answers(tmp_path):
+    rows = [{"problem": "a", "answer": ["2"]}, {"problem": "b", "answer": 27.0},
+            {"problem": "c", "answer": 2.5}, {"problem": "d", "answer": ["6630.65\n", "6630\n"]}]
+    a, b, c, d = load_problems(_jsonl(tmp_path, rows))
+    assert (a.answer, b.answer, c.answer, d.answer) == ("2", "27", "2.5", "6630.65")
+    assert d.meta["answer_alternatives"] == ["6630.65", "6630"]
+
+
+def test_field_override(tmp_path):
+    rows = [{"problem": "ignored", "answer": "no", "stem": "real text", "target": "5"}]
+    [p] = load_problems(_jsonl(tmp_path, rows), problem_field="stem", answer_field="target")
+    assert (p.problem, p.answer) == ("real text", "5")
+
+
+def test_bad_rows_reported_and_skipped(tmp_path, capsys):
+    rows = [{"problem": "ok", "answer": "1"}, {"problem": "", "answer": "1"}, {"problem": "no answer"},
+            "{not json", [1, 2], {"problem": "ok2", "answer": "2"}]
+    problems, report = load_problems_report(_jsonl(tmp_path, rows))
+    assert [p.problem for p in problems] == ["ok", "ok2"]
+    assert [i for i, _ in report["bad"]] == [1, 2, 3, 4]
+    err = capsys.readouterr().err
+    assert "skipped 4 of 6 rows" in err and "row 1" in err and "no answer" in err
+
+
+def test_strict_raises_naming_rows(tmp_path):
+    with pytest.raises(DataError, match=r"1 of 2 rows of p.jsonl.*row 1: no answer"):
+        load_problems(_jsonl(tmp_path, [{"problem": "a", "answer": "1"}, {"problem": "b"}]), strict=True)
+
+
+def test_duplicates_kept_once_and_reported(tmp_path, capsys):
+    rows = [{"problem": "What  is\n1+1?", "answer": "2"}, {"problem": "What is 1+1?", "answer": "2"},
+            {"problem": "other", "answer": "3"}]
+    problems, report = load_problems_report(_jsonl(tmp_path, rows))
+    assert len(problems) == 2 and report["duplicates"] == [(1, 0)]
+    assert "1 duplicate problems kept once" in capsys.readouterr().err
+
+
+def test_ids_from_field_or_row(tmp_path):
+    a = load_problems(_jsonl(tmp_path, [{"id": 5, "problem": "a", "answer": "1"}]))
+    b = load_problems(_jsonl(tmp_path, [{"problem": "a", "answer": "1"}, {"problem": "b", "answer": "1"}], "q.jsonl"))
+    assert a[0].id == "5" and [p.id for p in b] == ["q.jsonl:0", "q.jsonl:1"]
+
+
+def test_limit_is_seeded_subset(tmp_path):
+    path = _jsonl(tmp_path, [{"problem": f"p{i}", "answer": str(i)} for i in range(50)])
+    a = load_problems(path, limit=10, seed=1)
+    assert len(a) == 10 and [p.id for p in a] == [p.id for p in load_problems(path, limit=10, seed=1)]
+    assert [p.id for p in a] != [p.id for p in load_problems(path, limit=10, seed=2)]
+
+
+def test_json_list_and_missing_file(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps([{"problem": "a", "answer": 3}]))
+    assert load_problems(path)[0].answer == "3"
+    with pytest.raises(DataError, match="does not exist"):
+        load_problems(tmp_path / "missing.jsonl")
+
+
+def test_hub_id_without_network_fails_fast_with_advice():
+    with pytest.raises(DataError, match="local"):
+        load_problems("nobody/no-such-dataset-for-saerl")
+
+
+def test_write_problems_round_trip(tmp_path):
+    ps = [Problem("t-1", "What is 2+2?", "4", {"topic": "add", "difficulty": 1})]
+    write_problems(tmp_path / "w.jsonl", ps)
+    [p] = load_problems(tmp_path / "w.jsonl")
+    assert (p.id, p.problem, p.answer, p.meta["topic"], p.meta["difficulty"]) == ("t-1", "What is 2+2?", "4", "add", 1)
+
+
+def test_templates():
+    class Tok:
+        chat_template = "x"
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            return "<chat>" + messages[0]["content"] + "</chat>"
+
+    q = format_prompt("What is 1+1?", None, "qwen-math")
+    assert q == ("<|im_start|>system\nPlease reason step by step, and put your final answer within \\boxed{}."
+                 "<|im_end|>\n<|im_start|>user\nWhat is 1+1?<|im_end|>\n<|im_start|>assistant\n")
+    assert format_prompt("P", None, "plain") == "P\nPlease reason step by step, and put your final answer within \\boxed{}.\n"
+    assert format_prompt("P", Tok(), "chat").startswith("<chat>P\nPlease reason")
+    assert format_prompt("P", None, "chatml") == "<|im_start|>user\nP<|im_end|>\n<|im_start|>assistant\n"
+    with pytest.raises(ValueError, match="unknown prompt template 'nope'"):
+        format_prompt("P", None, "nope")
+    with pytest.raises(ValueError, match="chat_template"):
+        format_prompt("P", None, "chat")
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    path = tmp_path / "out.jsonl"
+    write_jsonl(path, [{"a": 1}])
+
+    class Boom:
+        def __iter__(self):
+            yield {"a": 2}
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        write_jsonl(path, Boom())
+    assert read_jsonl(path) == [{"a": 1}]
+    assert os.listdir(tmp_path) == ["out.jsonl"]  # no temp file left behind
+
+
+def test_read_jsonl_ignores_torn_last_line_only(tmp_path):
+    path = tmp_path / "log.jsonl"
+    append_jsonl(path, {"step": 0})
+    with open(path, "a") as f:
+        f.write('{"step": 1')
+    assert read_jsonl(path) == [{"step": 0}]
+    path.write_text('{"a"\n{"b": 1}\n')
+    with pytest.raises(DataError, match="line 1"):
+        read_jsonl(path)
+
+
+def test_stable_hash_is_order_independent_for_dicts():
+    assert stable_hash({"a": 1, "b": 2}) == stable_hash({"b": 2, "a": 1}) != stable_hash({"a": 1, "b": 3})
+
+
+# ---- integration: every file in ../shared/data loads with the right counts and answers ----
+
+EXPECTED = {  # file: (rows kept, first answer, duplicates, bad rows) counted from the files by hand
+    "train/math_train.jsonl": (7469, "0", 1, 4),  # rows 886, 1009 (answer null), 5328, 5330 (empty)
+    "train/aime_1983_2023.jsonl": (975, "60", 0, 0),
+    "bench/aime24.jsonl": (30, "204", 0, 0),
+    "bench/amc23.jsonl": (40, "27", 0, 0),
+    "bench/amc22_23.jsonl": (83, "142", 0, 0),
+    "bench/minerva_math.jsonl": (272, "9.6", 0, 0),
+    "bench/olympiadbench.jsonl": (675, "2", 0, 0),
+    "bench/gsm8k_test.jsonl": (1319, "18", 0, 0),
+}
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent")
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_shared_data_loads(name):
+    rows, first, dups, bad = EXPECTED[name]
+    problems, report = load_problems_report(SHARED / name, verbose=False)
+    assert len(report["bad"]) == bad
+    assert len(report["duplicates"]) == dups
+    assert len(problems) == rows and problems[0].answer == first
+    assert all(p.answer and p.problem for p in problems)

@@ -71,7 +71,7 @@ def _row_chunk(X: torch.Tensor, start: int, end: int) -> torch.Tensor:
     crow, col, val = _csr_parts(X)
     a, b = int(crow[start]), int(crow[end])
     return torch.sparse_csr_tensor(crow[start:end + 1] - a, col[a:b], val[a:b],
-                                   size=(end - start, X.shape[1]))
+                                   size=(end - start, X.shape[1]), check_invariants=False)
 
 
 def _dense_rows(X: torch.Tensor, idx) -> torch.Tensor:
@@ -117,7 +117,8 @@ def l2_normalize_rows(X, eps: float = 1e-12) -> torch.Tensor:
         return X / norms[:, None]
     crow, col, val = _csr_parts(X)
     row_of_nnz = torch.repeat_interleave(torch.arange(X.shape[0], device=X.device), crow.diff())
-    return torch.sparse_csr_tensor(crow, col, val / norms[row_of_nnz], size=X.shape)
+    return torch.sparse_csr_tensor(crow, col, val / norms[row_of_nnz], size=X.shape,
+                                   check_invariants=False)
 
 
 def _sq_distances(Xc: torch.Tensor, xc_sq: torch.Tensor, C: torch.Tensor, c_sq: torch.Tensor):

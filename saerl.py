@@ -392,11 +392,14 @@ def enet_coordinate_descent(X, y, l1, l2, *, max_iter=1000, tol=1e-4, w=None, po
     Update: w_j ← S(x_jᵀr + w_j‖x_j‖², l1) / (‖x_j‖² + l2), S the soft threshold. Stopping is
     sklearn's: after a sweep whose largest update is ≤ tol·max|w|, the duality gap (over all
     coordinates) is computed and the fit stops when gap ≤ tol·‖y‖². Three accelerations leave that
-    certificate untouched: (1) sweeps visit an active set — non-zero coefficients plus coordinates
-    violating the KKT condition |x_jᵀr| ≤ l1, re-checked at every gap evaluation (glmnet); (2)
-    when n > d the Gram matrix XᵀX is computed once and a coordinate update costs O(|A|) instead
-    of O(n) (sklearn's `precompute` rule); (3) when the sweeps settle on a support S of at most
-    `polish_max` coordinates, one solve (X_SᵀX_S + l2·I) w_S = X_Sᵀy − l1·sign(w_S) is accepted
+    certificate untouched: (1) sweeps visit a working set that only grows — coordinates that are
+    non-zero or violate the KKT condition |x_jᵀr| ≤ l1, re-checked at every gap evaluation
+    (glmnet's active set); at most max(16, |set|) of the worst violators join per check, so the
+    set stays near the support instead of holding every feature correlated with y at w = 0; (2)
+    sweeps use the working set's Gram matrix, grown block by block as coordinates join (sklearn's
+    `precompute`, restricted to the working set), so an update costs O(|A|) instead of O(n) and
+    c = X_Aᵀr is kept current instead of the residual; (3) when the sweeps settle on a support S
+    of at most `polish_max` coordinates, one solve (X_SᵀX_S + l2·I) w_S = X_Sᵀy − l1·sign(w_S) is accepted
     if it keeps every sign: it is then the exact minimiser on that orthant face, so the objective
     cannot rise. Returns (w, gap, tol·‖y‖², sweeps)."""
     n, d = X.shape
@@ -405,9 +408,9 @@ def enet_coordinate_descent(X, y, l1, l2, *, max_iter=1000, tol=1e-4, w=None, po
     usable = norm2 > 0  # all-zero columns keep w_j = 0, as in sklearn
     w[~usable] = 0.0
     tol_abs = tol * float(y @ y)
-    gram = X.T @ X if n > d else None  # [d, d]
-    XF = None if n > d else np.asfortranarray(X)  # columns contiguous for the O(n) updates
-    in_set = np.zeros(d, dtype=bool)
+    ws = np.zeros(0, dtype=np.int64)  # working set, in the order coordinates joined
+    XA_rows = np.zeros((0, n))  # its columns of X as contiguous rows, [a, n]
+    G = np.zeros((0, 0))  # its Gram matrix, [a, a]
     sweeps = 0
     while True:
         R = y - X @ w  # [n]
@@ -415,76 +418,67 @@ def enet_coordinate_descent(X, y, l1, l2, *, max_iter=1000, tol=1e-4, w=None, po
         gap = _enet_gap(w, l1, l2, float(R @ R), float(R @ y), XtR)
         if gap <= tol_abs or sweeps >= max_iter:
             break
-        in_set |= usable & ((w != 0) | (np.abs(XtR) > l1) | (l1 == 0))
-        A = np.flatnonzero(in_set)
-        if A.size == 0:
+        grow = usable & ((w != 0) | (np.abs(XtR) > l1) | (l1 == 0))
+        grow[ws] = False
+        new = np.flatnonzero(grow)
+        n_add = max(16, ws.size)  # the working set at most doubles per gap check
+        if l1 > 0 and new.size > n_add:
+            new = np.sort(new[np.argsort(-np.abs(XtR[new]), kind="stable")[:n_add]])
+        if new.size:
+            X_new = np.ascontiguousarray(X[:, new].T)  # [m, n]
+            cross = XA_rows @ X_new.T  # [a, m]
+            G = np.block([[G, cross], [cross.T, X_new @ X_new.T]])
+            XA_rows = np.concatenate([XA_rows, X_new])
+            ws = np.concatenate([ws, new])
+        if ws.size == 0:
             break  # w = 0 already satisfies every KKT condition
-        wA = w[A].copy()
-        if gram is not None:
-            c = XtR[A].copy()  # X_Aᵀr, kept current as coordinates move
-            sweeps = _cd_sweeps_gram(gram[np.ix_(A, A)], c, wA, l1, l2, tol, max_iter - sweeps,
-                                     sweeps)
-        else:
-            sweeps = _cd_sweeps_residual(XF, A, norm2[A].tolist(), R, wA, l1, l2, tol,
-                                         max_iter - sweeps, sweeps)
-        w[A] = wA
-        S = np.flatnonzero(w)
+        wA = w[ws].copy()
+        c = XtR[ws].copy()  # X_Aᵀr, kept current as coordinates move
+        sweeps = _cd_sweeps(G, c, wA, l1, l2, tol, max_iter - sweeps, sweeps)
+        S = np.flatnonzero(wA)  # positions in the working set
         if 0 < S.size <= polish_max:
-            G_SS = gram[np.ix_(S, S)] if gram is not None else X[:, S].T @ X[:, S]
-            w_S = _polish_support(G_SS, X[:, S].T @ y, w[S], l1, l2)
+            w_S = _polish_support(G[np.ix_(S, S)], XA_rows[S] @ y, wA[S], l1, l2)
             if w_S is not None:
-                w[S] = w_S
+                wA[S] = w_S
+        w[ws] = wA
     if gap > tol_abs:
         warnings.warn(f"ElasticNet did not converge in {max_iter} sweeps: duality gap {gap:.3e} "
                       f"> tolerance {tol_abs:.3e}; raise max_iter or tol", RuntimeWarning)
     return w, gap, tol_abs, sweeps
 
 
-def _soft_update(tmp, l1, denom):
-    if tmp > l1:
-        return (tmp - l1) / denom
-    if tmp < -l1:
-        return (tmp + l1) / denom
-    return 0.0
-
-
-def _cd_sweeps_gram(G, c, w, l1, l2, tol, budget, sweeps):
+def _cd_sweeps(G, c, w, l1, l2, tol, budget, sweeps):
     """Cyclic sweeps with the active Gram matrix G [a, a] and c = X_Aᵀr, until the largest update
-    of a sweep is ≤ tol·max|w| (sklearn's trigger for a gap check) or the budget is spent."""
+    of a sweep is ≤ tol·max|w| (sklearn's trigger for a gap check) or the budget is spent.
+    c and w are updated in place. (Scalars are plain Python floats: this loop is the hot path.)"""
+    rows = list(G)
+    denom = [g + l2 for g in np.diag(G).tolist()]
     diag = np.diag(G).tolist()
+    wl = w.tolist()
+    item = c.item
     for _ in range(max(1, budget)):
         sweeps += 1
         d_w_max = w_max = 0.0
-        for j, g_jj in enumerate(diag):
-            w_j = float(w[j])
-            new = _soft_update(float(c[j]) + w_j * g_jj, l1, g_jj + l2)
+        for j in range(len(wl)):
+            w_j = wl[j]
+            tmp = item(j) + w_j * diag[j]
+            if tmp > l1:
+                new = (tmp - l1) / denom[j]
+            elif tmp < -l1:
+                new = (tmp + l1) / denom[j]
+            else:
+                new = 0.0
             if new != w_j:
-                c -= (new - w_j) * G[j]  # r moves by −Δ·x_j, so X_Aᵀr moves by −Δ·G[j]
-                w[j] = new
-                d_w_max = max(d_w_max, abs(new - w_j))
-            w_max = max(w_max, abs(new))
+                c -= (new - w_j) * rows[j]  # r moves by −Δ·x_j, so X_Aᵀr moves by −Δ·G[j]
+                wl[j] = new
+                step = abs(new - w_j)
+                if step > d_w_max:
+                    d_w_max = step
+            if abs(new) > w_max:
+                w_max = abs(new)
         if w_max == 0.0 or d_w_max / w_max <= tol:
             break
-    return sweeps
-
-
-def _cd_sweeps_residual(XF, A, norm2_A, R, w, l1, l2, tol, budget, sweeps):
-    """Cyclic sweeps over columns A keeping the residual R current (O(n) per update); same
-    stopping trigger as _cd_sweeps_gram. R and w are updated in place."""
-    cols = [XF[:, j] for j in A]
-    for _ in range(max(1, budget)):
-        sweeps += 1
-        d_w_max = w_max = 0.0
-        for j, (x_j, nrm) in enumerate(zip(cols, norm2_A)):
-            w_j = float(w[j])
-            new = _soft_update(float(x_j @ R) + w_j * nrm, l1, nrm + l2)
-            if new != w_j:
-                R -= (new - w_j) * x_j
-                w[j] = new
-                d_w_max = max(d_w_max, abs(new - w_j))
-            w_max = max(w_max, abs(new))
-        if w_max == 0.0 or d_w_max / w_max <= tol:
-            break
+    w[:] = wl
     return sweeps
 
 
@@ -497,6 +491,16 @@ def _polish_support(G_SS, Xty_S, w_S, l1, l2):
     except np.linalg.LinAlgError:
         return None
     return sol if np.all(np.sign(sol) == signs) else None
+
+
+def _zscore(X: np.ndarray):
+    """(X − mean) / std per column in two passes (a constant column gets scale 1): Z, mean, scale."""
+    mean = X.mean(0)
+    Z = X - mean  # [n, d]
+    std = np.sqrt(np.einsum("ij,ij->j", Z, Z) / X.shape[0])
+    scale = np.where(std > 0, std, 1.0)
+    Z /= scale
+    return Z, mean, scale
 
 
 class ElasticNet:
@@ -527,13 +531,12 @@ class ElasticNet:
         y = _as_vector(y, X.shape[0])
         n, d = X.shape
         if self.standardize:
-            self.shift_ = X.mean(0)
-            std = X.std(0)
-            self.scale_ = np.where(std > 0, std, 1.0)
-        Z = self._transform(X)  # [n, d]
-        z_mean = Z.mean(0) if self.fit_intercept else np.zeros(d)
+            Zc, self.shift_, self.scale_ = _zscore(X)  # centred by construction
+            z_mean = np.zeros(d)
+        else:
+            z_mean = X.mean(0) if self.fit_intercept else np.zeros(d)
+            Zc = X - z_mean if self.fit_intercept else X
         y_mean = float(y.mean()) if self.fit_intercept else 0.0
-        Zc = Z - z_mean if self.fit_intercept else Z
         l1 = self.alpha * self.l1_ratio * n
         l2 = self.alpha * (1.0 - self.l1_ratio) * n
         w, gap, _, n_iter = enet_coordinate_descent(Zc, y - y_mean, l1, l2, max_iter=self.max_iter,
@@ -686,11 +689,9 @@ class LogisticProbe:
         if y.min() == y.max():
             raise ValueError(f"LogisticProbe needs both classes, all {X.shape[0]} labels are "
                              f"{int(y[0])}")
+        Z = X
         if self.standardize:
-            self.shift_ = X.mean(0)
-            std = X.std(0)
-            self.scale_ = np.where(std > 0, std, 1.0)
-        Z = self._transform(X)  # [n, d]
+            Z, self.shift_, self.scale_ = _zscore(X)  # [n, d]
         n, d = Z.shape
         Q = None
         if d > n:

@@ -93,9 +93,12 @@ def _row_sq_norms(X: torch.Tensor) -> torch.Tensor:
         return torch.cat([(X[s:s + 4096] * X[s:s + 4096]).sum(1, dtype=torch.float64)
                           for s in range(0, len(X), 4096)])
     crow, _, val = _csr_parts(X)
-    row_of_nnz = torch.repeat_interleave(torch.arange(X.shape[0], device=X.device), crow.diff())
     out = torch.zeros(X.shape[0], dtype=torch.float64, device=X.device)
-    return out.index_add_(0, row_of_nnz, val.double() ** 2)
+    for s in range(0, X.shape[0], 65536):  # in row chunks: no per-non-zero temporaries
+        e = min(X.shape[0], s + 65536)
+        rows = torch.repeat_interleave(torch.arange(s, e, device=X.device), crow[s:e + 1].diff())
+        out.index_add_(0, rows, val[int(crow[s]):int(crow[e])].double() ** 2)
+    return out
 
 
 def _mean_feature_variance(X: torch.Tensor, x_sq: torch.Tensor) -> float:
@@ -106,7 +109,9 @@ def _mean_feature_variance(X: torch.Tensor, x_sq: torch.Tensor) -> float:
     else:
         _, col, val = _csr_parts(X)
         col_mean = torch.zeros(d, dtype=torch.float64, device=X.device)
-        col_mean.index_add_(0, col, val.double()).div_(N)
+        for s in range(0, val.numel(), 1 << 22):
+            col_mean.index_add_(0, col[s:s + (1 << 22)], val[s:s + (1 << 22)].double())
+        col_mean.div_(N)
     return float((x_sq.sum() / N - (col_mean ** 2).sum()) / d)
 
 
@@ -122,21 +127,23 @@ def l2_normalize_rows(X, eps: float = 1e-12) -> torch.Tensor:
                                    check_invariants=False)
 
 
-def _sq_distances(Xc: torch.Tensor, xc_sq: torch.Tensor, C: torch.Tensor, c_sq: torch.Tensor):
-    """‖x − c‖² = ‖x‖² − 2x·c + ‖c‖² for a row chunk, [m, k], clipped at 0 (rounding)."""
-    cross = Xc @ C.t()  # [m, k]; sparse @ dense for CSR chunks
+def _sq_distances(Xc: torch.Tensor, xc_sq: torch.Tensor, Ct: torch.Tensor, c_sq: torch.Tensor):
+    """‖x − c‖² = ‖x‖² − 2x·c + ‖c‖² for a row chunk, [m, k], clipped at 0 (rounding).
+    Ct is the contiguous transpose of the centres, [d, k]."""
+    cross = Xc @ Ct  # [m, k]; sparse @ dense for CSR chunks
     return (xc_sq[:, None] - 2.0 * cross.double() + c_sq[None, :]).clamp_min_(0.0)
 
 
 def _assign(X, x_sq, C, chunk_size):
     """E-step: nearest centre and its squared distance for every row, in row chunks."""
     N = X.shape[0]
-    c_sq = (C.double() ** 2).sum(1)
+    c_sq = (C * C).sum(1, dtype=torch.float64)
+    Ct = C.t().contiguous()  # [d, k]
     labels = torch.empty(N, dtype=torch.long, device=X.device)
     dist = torch.empty(N, dtype=torch.float64, device=X.device)
     for s in range(0, N, chunk_size):
         e = min(N, s + chunk_size)
-        d2 = _sq_distances(_row_chunk(X, s, e), x_sq[s:e], C, c_sq)  # [m, k]
+        d2 = _sq_distances(_row_chunk(X, s, e), x_sq[s:e], Ct, c_sq)  # [m, k]
         dist[s:e], labels[s:e] = d2.min(1)
     return labels, dist
 
@@ -157,7 +164,7 @@ def _cluster_sums(X, Xt, labels, k, chunk_size):
             onehot = (labels[s:s + chunk_size, None] == arange_k[None, :]).to(X.dtype)  # [m, k]
             sums.addmm_(onehot.t(), X[s:s + chunk_size])
         return sums, counts
-    group = max(1, (chunk_size * 64) // max(N, 1))
+    group = max(1, (chunk_size * 4096) // max(N, 1))  # one-hot part ≤ chunk_size·4096 entries
     for k0 in range(0, k, group):
         k1 = min(k, k0 + group)
         onehot = (labels[:, None] == torch.arange(k0, k1, device=X.device)[None, :]).to(X.dtype)
@@ -195,9 +202,10 @@ def _kmeans_plusplus(X, x_sq, k, gen, chunk_size, n_local_trials=None):
 
 def _distances_to(X, x_sq, C, chunk_size):
     """Full [N, m] squared distances to a few centres m (used by k-means++ only)."""
-    c_sq = (C.double() ** 2).sum(1)
+    c_sq = (C * C).sum(1, dtype=torch.float64)
+    Ct = C.t().contiguous()  # [d, m]
     return torch.cat([_sq_distances(_row_chunk(X, s, min(X.shape[0], s + chunk_size)),
-                                    x_sq[s:s + chunk_size], C, c_sq)
+                                    x_sq[s:s + chunk_size], Ct, c_sq)
                       for s in range(0, X.shape[0], chunk_size)])
 
 
@@ -237,8 +245,8 @@ def _lloyd(X, Xt, x_sq, centers, max_iter, tol_abs, chunk_size):
         _relocate_empty(X, sums, counts, labels, dist)
         filled = counts > 0
         new_centers = centers.clone()
-        new_centers[filled] = (sums[filled].double() / counts[filled, None]).to(X.dtype)
-        shift = float(((new_centers.double() - centers.double()) ** 2).sum())
+        new_centers[filled] = sums[filled] / counts[filled, None].to(X.dtype)
+        shift = float(((new_centers - centers) ** 2).sum(dtype=torch.float64))
         centers = new_centers
         if labels_old is not None and torch.equal(labels, labels_old):
             break
@@ -301,10 +309,11 @@ def silhouette_score(X, labels, *, chunk_size: int = 1024) -> float:
     Xd = X.to_dense() if X.layout != torch.strided else X  # a sample: small by contract
     Xd = Xd.double()
     x_sq = (Xd ** 2).sum(1)
+    Xt = Xd.t().contiguous()  # [d, n]
     onehot = torch.nn.functional.one_hot(labels, k).double()  # [n, k]
     total = 0.0
     for s in range(0, n, chunk_size):
-        d = _sq_distances(Xd[s:s + chunk_size], x_sq[s:s + chunk_size], Xd, x_sq).sqrt()  # [m, n]
+        d = _sq_distances(Xd[s:s + chunk_size], x_sq[s:s + chunk_size], Xt, x_sq).sqrt()  # [m, n]
         per_cluster = d @ onehot  # [m, k] summed distances
         own = labels[s:s + chunk_size]
         own_size = sizes[own]
@@ -875,11 +884,10 @@ def quality_filter(scores, drop: float) -> list[int]:
 # ================================================================================================
 
 
-def _int_list(values, name: str) -> list[int]:
+def _int_list(values) -> list[int]:
     if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().tolist()
-    out = [int(v) for v in np.asarray(values).reshape(-1).tolist()]
-    return out
+        values = values.detach().cpu()
+    return [int(v) for v in np.asarray(values).reshape(-1).tolist()]
 
 
 def build_schedule(cluster_ids, difficulty, batch_size: int, *, mix: float = 0.25,
@@ -903,7 +911,7 @@ def build_schedule(cluster_ids, difficulty, batch_size: int, *, mix: float = 0.2
        min(s, its size)). mix=0 keeps pure cluster batches, mix=1 makes every paired batch half
        and half.
     Every index appears exactly once; every batch has B items except possibly the last one."""
-    clusters = _int_list(cluster_ids, "cluster_ids")
+    clusters = _int_list(cluster_ids)
     n = len(clusters)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -989,7 +997,7 @@ def cluster_summary(cluster_ids, difficulty, features, problems, *, top: int = 8
     features by mean activation over the cluster (feature id and mean), and `examples` problems
     spread over the cluster's difficulty order (easiest, middle, hardest for 3), each truncated
     to max_chars. features: [N, d_sae], dense or torch sparse."""
-    clusters = _int_list(cluster_ids, "cluster_ids")
+    clusters = _int_list(cluster_ids)
     n = len(clusters)
     diff = np.asarray(difficulty.detach().cpu() if isinstance(difficulty, torch.Tensor)
                       else difficulty, dtype=np.float64).reshape(-1)

@@ -10,7 +10,9 @@ sklearn's kmeans_plusplus) with tol = 0, so both run the same Lloyd iterations; 
 own k-means++ with the default tol. The peak resident memory of saerl's sparse k-means is taken in
 a child process (VmHWM after resetting it once the data is built, so data included, generation
 excluded). ElasticNet: coefficients (max abs diff) and time at the default tol and at tol = 1e-10,
-on z-scored features (saerl standardises internally; sklearn gets the same z-scored matrix).
+on z-scored features (saerl standardises internally; sklearn's time includes its StandardScaler).
+On a busy 2-core machine multi-threaded OpenBLAS can stall small solves by ~100x; the recorded
+numbers were run with OPENBLAS_NUM_THREADS=1 (torch's kernels are unaffected).
 
 Aims (issue 4): inertia within 1%, coefficients within 1e-4, no slower than sklearn, sparse k-means
 well under 4 GB. Results go to bench/results/method.json (atomic write) and a table on stdout.
@@ -130,6 +132,7 @@ def memory_child(args):
 
 def bench_elasticnet(name, n, d, sparse_like, seed, frac_alpha=0.1):
     from sklearn.linear_model import ElasticNet as SkEN
+    from sklearn.preprocessing import StandardScaler
     rng = np.random.default_rng(seed)
     if sparse_like:  # SAE-like: non-negative, mostly zero
         X = rng.exponential(size=(n, d)) * (rng.random((n, d)) < 0.05)
@@ -138,13 +141,13 @@ def bench_elasticnet(name, n, d, sparse_like, seed, frac_alpha=0.1):
     w = np.zeros(d)
     w[rng.choice(d, 30, replace=False)] = rng.normal(size=30)
     y = X @ w + 0.5 * rng.normal(size=n)
-    std = X.std(0)
-    Z = (X - X.mean(0)) / np.where(std > 0, std, 1.0)
     alpha = frac_alpha * saerl.alpha_grid(X, y, n_alphas=2)[0]
     out = {}
     for tol in (1e-4, 1e-10):
         ours, t_o = timed(lambda: saerl.ElasticNet(alpha, 0.5, max_iter=100000, tol=tol).fit(X, y))
-        sk, t_s = timed(lambda: SkEN(alpha=alpha, l1_ratio=0.5, max_iter=100000, tol=tol).fit(Z, y))
+        # sklearn's time includes its StandardScaler, as saerl's includes its own z-scoring
+        sk, t_s = timed(lambda: SkEN(alpha=alpha, l1_ratio=0.5, max_iter=100000, tol=tol).fit(
+            StandardScaler().fit_transform(X), y))
         out[f"tol={tol:g}"] = dict(
             alpha=alpha, nonzero=int((ours.coef_ != 0).sum()),
             max_abs_coef_diff=float(np.max(np.abs(ours.coef_ - sk.coef_))),
@@ -179,7 +182,8 @@ def main():
     dense_rows = 5_000 if args.quick else 20_000
     results = dict(machine=dict(cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
                                 loadavg_at_start=os.getloadavg(), torch=torch.__version__,
-                                sklearn=sklearn.__version__),
+                                sklearn=sklearn.__version__,
+                                OPENBLAS_NUM_THREADS=os.environ.get("OPENBLAS_NUM_THREADS")),
                    settings=dict(quick=args.quick, k=args.k, max_iter=args.max_iter,
                                  dense_shape=[dense_rows, 4096],
                                  sparse_shape=[args.sparse_rows, 65536], sparse_nnz_per_row=256,

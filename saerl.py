@@ -40,7 +40,7 @@ import torch
 
 
 def _as_features(X, device=None) -> torch.Tensor:
-    """A float tensor, dense or sparse CSR (COO is coalesced and converted; nothing is densified)."""
+    """A float tensor, dense or sparse CSR (COO is coalesced and converted, never densified)."""
     if isinstance(X, np.ndarray):
         X = torch.from_numpy(X)
     if not isinstance(X, torch.Tensor):
@@ -266,7 +266,8 @@ def kmeans(X, k: int, *, n_init: int = 1, max_iter: int = 100, tol: float = 1e-4
     unchanged, or Σ_c ‖Δc‖² ≤ tol · mean_j Var(X[:, j]) (sklearn's _tolerance), or max_iter.
     Empty clusters: see _relocate_empty. Distances ‖x‖² − 2x·c + ‖c‖² are computed in row chunks
     of `chunk_size`, so besides X itself memory is O(chunk_size · k + k · d); sparse X (COO/CSR) is
-    never densified (a transposed CSR copy serves the centre update). Runs on X's device or `device`.
+    never densified (a transposed CSR copy serves the centre update). Runs on X's device or on
+    `device`.
 
     X: [N, d] dense or sparse. Returns labels LongTensor [N], centroids [k, d] (X's dtype), inertia
     (float; also the iteration count when return_n_iter)."""
@@ -408,9 +409,9 @@ def enet_coordinate_descent(X, y, l1, l2, *, max_iter=1000, tol=1e-4, w=None, po
     sweeps use the working set's Gram matrix, grown block by block as coordinates join (sklearn's
     `precompute`, restricted to the working set), so an update costs O(|A|) instead of O(n) and
     c = X_Aᵀr is kept current instead of the residual; (3) when the sweeps settle on a support S
-    of at most `polish_max` coordinates, one solve (X_SᵀX_S + l2·I) w_S = X_Sᵀy − l1·sign(w_S) is accepted
-    if it keeps every sign: it is then the exact minimiser on that orthant face, so the objective
-    cannot rise. Returns (w, gap, tol·‖y‖², sweeps)."""
+    of at most `polish_max` coordinates, one solve (X_SᵀX_S + l2·I) w_S = X_Sᵀy − l1·sign(w_S)
+    is accepted if it keeps every sign: it is then the exact minimiser on that orthant face, so
+    the objective cannot rise. Returns (w, gap, tol·‖y‖², sweeps)."""
     n, d = X.shape
     w = np.zeros(d) if w is None else np.array(w, dtype=np.float64)
     norm2 = np.einsum("ij,ij->j", X, X)  # [d]
@@ -427,12 +428,15 @@ def enet_coordinate_descent(X, y, l1, l2, *, max_iter=1000, tol=1e-4, w=None, po
         gap = _enet_gap(w, l1, l2, float(R @ R), float(R @ y), XtR)
         if gap <= tol_abs or sweeps >= max_iter:
             break
-        grow = usable & ((w != 0) | (np.abs(XtR) > l1) | (l1 == 0))
+        grow = usable & ((np.abs(XtR) > l1) | (l1 == 0))
         grow[ws] = False
         new = np.flatnonzero(grow)
-        n_add = max(16, ws.size)  # the working set at most doubles per gap check
+        n_add = max(16, ws.size)  # violators join at most doubling the working set per check
         if l1 > 0 and new.size > n_add:
-            new = np.sort(new[np.argsort(-np.abs(XtR[new]), kind="stable")[:n_add]])
+            new = new[np.argsort(-np.abs(XtR[new]), kind="stable")[:n_add]]
+        warm = w != 0  # non-zero (warm-start) coordinates always join
+        warm[ws] = False
+        new = np.union1d(new, np.flatnonzero(warm))
         if new.size:
             X_new = np.ascontiguousarray(X[:, new].T)  # [m, n]
             cross = XA_rows @ X_new.T  # [a, m]
@@ -503,7 +507,7 @@ def _polish_support(G_SS, Xty_S, w_S, l1, l2):
 
 
 def _zscore(X: np.ndarray):
-    """(X − mean) / std per column in two passes (a constant column gets scale 1): Z, mean, scale."""
+    """(X − mean) / std per column in two passes (a constant column gets scale 1): Z, mean, std."""
     mean = X.mean(0)
     Z = X - mean  # [n, d]
     std = np.sqrt(np.einsum("ij,ij->j", Z, Z) / X.shape[0])
@@ -685,7 +689,8 @@ class LogisticProbe:
     def __init__(self, C=1.0, max_iter=100, tol=1e-8, standardize=True):
         if C <= 0:
             raise ValueError(f"C must be > 0, got {C}")
-        self.C, self.max_iter, self.tol, self.standardize = float(C), int(max_iter), tol, standardize
+        self.C, self.max_iter, self.tol = float(C), int(max_iter), float(tol)
+        self.standardize = standardize
 
     def _transform(self, X: np.ndarray) -> np.ndarray:
         return (X - self.shift_) / self.scale_ if self.standardize else X
@@ -799,7 +804,7 @@ def corrupt_copies(problems, *, seed: int = 0, frac: float = 0.15) -> list:
     another problem whose answer differs). A kind that cannot change the text (one word, or all
     answers equal) falls through to the next kind; if none applies the problem gets no copy.
     Copies have id "<id>#corrupt-<kind>" and meta {..., quality: 0, corruption: kind,
-    source_id: id}."""
+    corrupt_copy_of: id}."""
     if not 0 <= frac <= 1:
         raise ValueError(f"frac must be in [0, 1], got {frac}")
     rng = random.Random(seed)
@@ -827,7 +832,7 @@ def corrupt_copies(problems, *, seed: int = 0, frac: float = 0.15) -> list:
                 answer = rng.choice(others)
             else:
                 continue
-            meta = dict(p.meta or {}, quality=0, corruption=kind, source_id=p.id)
+            meta = dict(p.meta or {}, quality=0, corruption=kind, corrupt_copy_of=p.id)
             out.append(_make_problem(p, id=f"{p.id}#corrupt-{kind}", problem=text,
                                      answer=answer, meta=meta))
             break
@@ -846,7 +851,9 @@ def auto_quality_labels(problems, *, rollout_answers=None, parse_ok=None, agree:
     problem has ≥ min_rollouts rollout answers, the most common parsed answer (None = unparsed,
     never a majority) is given by ≥ agree of all its rollouts, and it differs from the reference
     (`same_answer`, by default whitespace-normalised string equality; the pipeline passes the
-    verifier's equivalence); or (c) meta["quality"] == 0 (e.g. corrupt_copies). Otherwise 1.
+    verifier's equivalence); or (c) it is a copy made by corrupt_copies (meta has
+    "corrupt_copy_of"). Otherwise 1. Any other meta field, e.g. a dataset's own 0/1 quality, is
+    ignored: using an explicit label instead is the caller's choice.
     Pure: parse_ok and rollout_answers are lists aligned with problems."""
     n = len(problems)
     for name, seq in (("parse_ok", parse_ok), ("rollout_answers", rollout_answers)):
@@ -855,7 +862,7 @@ def auto_quality_labels(problems, *, rollout_answers=None, parse_ok=None, agree:
     labels = []
     for i, p in enumerate(problems):
         bad = parse_ok is not None and not parse_ok[i]
-        bad = bad or (p.meta or {}).get("quality", 1) == 0
+        bad = bad or "corrupt_copy_of" in (p.meta or {})
         answers = rollout_answers[i] if rollout_answers is not None else None
         if not bad and answers and len(answers) >= min_rollouts:
             counts = Counter(a for a in answers if a is not None)

@@ -45,7 +45,7 @@ def dense_data(n, d, k_true, seed):
 
 def sparse_parts(n, d, nnz, k_true, seed):
     """SAE-like rows: half of each row's non-zeros from its topic's 512-column pool, half anywhere;
-    positive values; L2-normalised. Returns CSR parts (indptr, indices, data) with sorted columns."""
+    positive values; L2-normalised. Returns CSR parts (indptr, indices, data), sorted columns."""
     rng = np.random.default_rng(seed)
     pools = rng.integers(d, size=(k_true, 512))
     topic = rng.integers(k_true, size=n)

@@ -139,7 +139,8 @@ def test_silhouette_matches_a_loop():
         a = D[i, own].sum() / (own.sum() - 1)
         b = min(D[i, labels == c].mean() for c in set(labels) if c != labels[i])
         total += (b - a) / max(a, b)
-    assert saerl.silhouette_score(torch.tensor(X), torch.tensor(labels)) == pytest.approx(total / 30)
+    expected = total / 30
+    assert saerl.silhouette_score(torch.tensor(X), torch.tensor(labels)) == pytest.approx(expected)
 
 
 def test_choose_k_finds_three_blobs():
@@ -300,7 +301,7 @@ def test_corrupt_copies_kinds_and_labels():
     by_id = {p.id: p for p in problems}
     kinds = set()
     for c in copies:
-        src = by_id[c.meta["source_id"]]
+        src = by_id[c.meta["corrupt_copy_of"]]
         kind = c.meta["corruption"]
         kinds.add(kind)
         assert c.id == f"{src.id}#corrupt-{kind}" and c.meta["quality"] == 0
@@ -319,12 +320,13 @@ def test_corrupt_copies_kinds_and_labels():
 
 def test_auto_quality_labels_by_hand():
     problems = make_problems(5)
-    problems[4].meta["quality"] = 0
+    problems[4].meta["corrupt_copy_of"] = "p0"
+    problems[2].meta["quality"] = 0  # a dataset's own field: not this function's business
     rollouts = [["1", "1", "1", "7"],    # majority agrees with the reference "1": keep
                 ["9", "9", "9", "3"],    # 3/4 agree on 9 ≠ "3": suspect
                 ["9", "9", "4", None],   # only 2/4 agree: keep
                 ["5", "5"],              # agree with the reference: keep
-                ["9", "9"]]              # meta quality 0: suspect anyway
+                ["9", "9"]]              # a corrupted copy: suspect anyway
     parse_ok = [True, True, True, False, True]  # reference of row 3 does not parse
     labels = saerl.auto_quality_labels(problems, rollout_answers=rollouts, parse_ok=parse_ok)
     assert labels == [1, 0, 1, 0, 0]

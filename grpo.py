@@ -64,6 +64,10 @@ ADV_SCALES = ("std", "none")
 OVERLONG = ("none", "mask", "soft")
 
 
+class NonFiniteError(FloatingPointError):
+    """A reward, loss or gradient norm was NaN/inf; the step was not applied."""
+
+
 def _f(default, help: str):
     return field(default=default, metadata={"help": help})
 
@@ -385,8 +389,14 @@ def sample_rollouts(model, tokenizer, prompts: list[str], *, group_size: int, te
         for s in range(0, len(prompts), gen_batch_size):
             ids = prompt_ids[s:s + gen_batch_size].repeat_interleave(group_size, 0).to(device)
             att = prompt_att[s:s + gen_batch_size].repeat_interleave(group_size, 0).to(device)
-            with autocast or contextlib.nullcontext():
-                out = model.generate(input_ids=ids, attention_mask=att, generation_config=gen_cfg)
+            try:
+                with autocast or contextlib.nullcontext():
+                    out = model.generate(input_ids=ids, attention_mask=att, generation_config=gen_cfg)
+            except RuntimeError as e:
+                if "probability tensor" not in str(e):
+                    raise
+                raise NonFiniteError(f"sampling failed: the policy's next-token probabilities are non-finite "
+                                     f"(NaN/inf weights?) ({e})") from e
             comp = out[:, ids.shape[1]:]  # [n, c]
             is_stop = torch.isin(comp, stop).long()
             # keep tokens up to and including the first stop token; what follows is padding
@@ -491,10 +501,6 @@ def load_checkpoint(path: Path, policy, optimizer, cfg: GRPOConfig, schedule_has
 # ----------------------------------------------------------------------------------------------
 # One step: sample -> score -> advantage -> loss -> update
 # ----------------------------------------------------------------------------------------------
-class NonFiniteError(FloatingPointError):
-    """A reward, loss or gradient norm was NaN/inf; the step was not applied."""
-
-
 def _autocast(device: torch.device, cfg: GRPOConfig):
     if device.type == "cuda" and cfg.bf16:
         return torch.autocast("cuda", dtype=torch.bfloat16)

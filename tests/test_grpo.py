@@ -201,3 +201,201 @@ def test_overlong_penalty_follows_dapo_ramp():
     # L_max = 20, L_cache = 4: 0 up to 16, then (16 - |y|) / 4, -1 at 20
     pen = grpo.overlong_penalty(torch.tensor([3, 16, 17, 18, 20]), max_len=20, buffer=4)
     torch.testing.assert_close(pen, torch.tensor([0.0, 0.0, -0.25, -0.5, -1.0]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Log-probs and rollouts on a tiny model
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+def chatml(text):
+    return f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.fixture(scope="module")
+def rollouts(tok):
+    model = tiny_model()
+    prompts = [chatml(p.problem) for p in tiny_problems(3)] + [chatml("a much longer prompt 12+34")]
+    return model, grpo.sample_rollouts(model, tok, prompts, group_size=3, max_new_tokens=30,
+                                       gen_batch_size=3, seed=1)
+
+
+def test_sequence_logprobs_match_unpadded_forward(rollouts):
+    model, r = rollouts
+    lp = sequence_logprobs(model, r.input_ids, r.attention_mask, r.completion_mask)  # [N, C]
+    chunked = sequence_logprobs(model, r.input_ids, r.attention_mask, r.completion_mask, chunk_size=7)
+    torch.testing.assert_close(chunked, lp, rtol=0, atol=1e-6)
+    p = r.input_ids.shape[1] - r.completion_mask.shape[1]
+    for i in range(len(r.input_ids)):
+        # the obvious way: drop padding, run the full model, log-softmax, pick the sampled tokens
+        plen, n = int(r.attention_mask[i, :p].sum()), int(r.completion_mask[i].sum())
+        ids = torch.cat([r.input_ids[i, p - plen:p], r.input_ids[i, p:p + n]])[None]
+        with torch.no_grad():
+            logits = model(ids).logits[0].double().log_softmax(-1)
+        expected = torch.stack([logits[plen - 1 + t, ids[0, plen + t]] for t in range(n)]).float()
+        torch.testing.assert_close(lp[i, :n], expected, rtol=0, atol=2e-5)
+        assert (lp[i, n:] == 0).all()
+
+
+def test_rollout_mask_ends_at_first_stop_token_and_flags_truncation(rollouts, tok):
+    _, r = rollouts
+    stop = tok.convert_tokens_to_ids("<|im_end|>")
+    p = r.input_ids.shape[1] - r.completion_mask.shape[1]
+    comp = r.input_ids[:, p:]
+    assert r.truncated.any() and (~r.truncated).any(), "the case needs both kinds of rows"
+    for i in range(len(comp)):
+        n = int(r.completion_mask[i].sum())
+        assert r.completion_mask[i, :n].all() and not r.completion_mask[i, n:].any()  # a prefix
+        toks = comp[i, :n].tolist()
+        if r.truncated[i]:
+            assert n == 30 and stop not in toks
+        else:
+            assert toks[-1] == stop and stop not in toks[:-1]
+        assert r.texts[i] == tok.decode(toks, skip_special_tokens=True)
+
+
+def test_rollouts_depend_only_on_seed(rollouts, tok):
+    model, r = rollouts
+    prompts = [chatml(p.problem) for p in tiny_problems(3)] + [chatml("a much longer prompt 12+34")]
+    torch.manual_seed(12345)  # the global RNG must not matter
+    again = grpo.sample_rollouts(model, tok, prompts, group_size=3, max_new_tokens=30, gen_batch_size=3, seed=1)
+    other = grpo.sample_rollouts(model, tok, prompts, group_size=3, max_new_tokens=30, gen_batch_size=3, seed=2)
+    assert torch.equal(again.input_ids, r.input_ids)
+    assert not torch.equal(other.input_ids, r.input_ids)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
+def test_micro_batch_accumulation_equals_full_batch_gradient(rollouts, loss_type):
+    model, r = rollouts
+    cm = r.completion_mask.float()
+    n = len(cm)
+    adv = torch.linspace(-1.5, 1.5, n)
+    torch.manual_seed(3)
+    old = (sequence_logprobs(model, r.input_ids, r.attention_mask, cm).detach()
+           + 0.3 * torch.randn(cm.shape)) * cm  # off-policy, so some tokens clip
+
+    def grads(slices, normalizer):
+        model.zero_grad()
+        for s in slices:
+            lp = sequence_logprobs(model, r.input_ids[s], r.attention_mask[s], cm[s])
+            loss, _ = policy_loss(lp, old[s], adv[s], cm[s], loss_type=loss_type, max_len=30,
+                                  normalizer=normalizer)
+            loss.backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    full = grads([slice(0, n)], None)
+    micro = grads([slice(0, 5), slice(5, 7), slice(7, n)], loss_normalizer(cm, loss_type, 30))
+    for a, b in zip(full, micro):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
+    assert max(g.abs().max() for g in full) > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# The run: resume, non-finite values, config and CLI
+# ----------------------------------------------------------------------------------------------
+def small_cfg(**kw):
+    base = dict(batch_size=2, group_size=4, max_new_tokens=8, gen_batch_size=2, micro_batch_size=3, lr=3e-3,
+                save_every=2, template="chatml", num_iterations=2, warmup_steps=2)
+    return GRPOConfig(**{**base, **kw})
+
+
+def test_resumed_run_ends_with_bitwise_equal_weights(tmp_path, tok):
+    problems = tiny_problems(6)
+    schedule = grpo.random_schedule([p.id for p in problems], 2, 4, seed=0)
+    straight = tiny_model()
+    grpo.train(straight, tok, problems, schedule, small_cfg(), out_dir=tmp_path / "a", reward_fn=has_e_reward)
+
+    killed = tiny_model()  # "killed" after step 2: a first run that stops there
+    grpo.train(killed, tok, problems, schedule, small_cfg(max_steps=2), out_dir=tmp_path / "b",
+               reward_fn=has_e_reward)
+    resumed = tiny_model()  # a fresh object starting from the initial weights, as a new process would
+    grpo.train(resumed, tok, problems, schedule, small_cfg(), out_dir=tmp_path / "b", reward_fn=has_e_reward)
+
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not torch.equal(straight.state_dict()["model.norm.weight"], tiny_model().state_dict()["model.norm.weight"])
+    from data import read_jsonl
+    log_a, log_b = read_jsonl(tmp_path / "a" / "train_log.jsonl"), read_jsonl(tmp_path / "b" / "train_log.jsonl")
+    assert [r["step"] for r in log_b] == [0, 1, 2, 3]
+    for ra, rb in zip(log_a, log_b):
+        for k in ("problem_ids", "reward", "response_len", "grad_norm", "loss", "clip_frac"):
+            assert ra[k] == rb[k], k
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["step_000002", "step_000004"]
+
+
+def test_nan_reward_stops_with_clear_message_and_keeps_checkpoint(tmp_path, tok):
+    problems = tiny_problems(4)
+    schedule = [["p0", "p1"], ["p2", "p3"]]
+    calls = []
+
+    def reward(text, gold):
+        calls.append(text)
+        return float("nan") if len(calls) > 8 else 1.0  # step 0 fine, step 1 returns NaN
+
+    model = tiny_model()
+    with pytest.raises(FloatingPointError, match=r"step 1: reward nan for problem 'p2'.*step_000001"):
+        grpo.train(model, tok, problems, schedule, small_cfg(save_every=1, num_iterations=1),
+                   out_dir=tmp_path, reward_fn=reward)
+    assert grpo.latest_checkpoint(tmp_path / "checkpoints").name == "step_000001"
+
+
+def test_nan_loss_stops_before_the_update(tmp_path, tok):
+    model = tiny_model()
+    # a fault injected only into the training forward (sampling runs without grad and stays finite)
+    model.model.norm.register_forward_hook(lambda mod, inp, out: out * float("nan") if torch.is_grad_enabled() else out)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(FloatingPointError, match="loss is nan"):
+        grpo.train(model, tok, tiny_problems(2), [["p0", "p1"]], small_cfg(num_iterations=1),
+                   out_dir=tmp_path, reward_fn=has_e_reward)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_nan_weights_while_sampling_stop_with_clear_message(tmp_path, tok):
+    model = tiny_model()
+    with torch.no_grad():
+        model.lm_head.weight[5, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        grpo.train(model, tok, tiny_problems(2), [["p0", "p1"]], small_cfg(), out_dir=tmp_path,
+                   reward_fn=has_e_reward)
+
+
+def test_config_validates_and_presets_apply_overrides():
+    with pytest.raises(ValueError, match="loss_type='ppo'"):
+        GRPOConfig(loss_type="ppo")
+    dapo = GRPOConfig.preset("dapo", lr=2e-6)
+    assert (dapo.loss_type, dapo.eps_high, dapo.skip_zero_std, dapo.lr) == ("dapo", 0.28, True, 2e-6)
+    assert GRPOConfig.toy().max_new_tokens == 16
+    with pytest.raises(ValueError, match="unknown GRPOConfig preset"):
+        GRPOConfig.preset("ppo")
+
+
+def test_cli_flags_are_the_config_fields():
+    args = grpo.build_parser().parse_args(
+        ["--model", "m", "--train-data", "d.jsonl", "--loss-type", "dapo", "--no-bf16", "--max-steps", "none",
+         "--eps-high", "0.28", "--group-size", "4", "--skip-zero-std"])
+    assert (args.loss_type, args.bf16, args.max_steps, args.eps_high, args.group_size, args.skip_zero_std) == \
+        ("dapo", False, None, 0.28, 4, True)
+    assert not hasattr(args, "lr")  # unset flags leave the preset's value
+    flags = {a.dest for a in grpo.build_parser()._actions}
+    assert {f.name for f in grpo.fields(GRPOConfig)} <= flags
+
+
+def test_schedule_file_round_trip_and_errors(tmp_path):
+    from data import write_jsonl
+    write_jsonl(tmp_path / "s.jsonl", [{"step": 1, "ids": ["b", "c"]}, {"step": 0, "ids": ["a", 7]}])
+    assert grpo.read_schedule(tmp_path / "s.jsonl") == [["a", "7"], ["b", "c"]]
+    write_jsonl(tmp_path / "gap.jsonl", [{"step": 0, "ids": ["a"]}, {"step": 2, "ids": ["b"]}])
+    with pytest.raises(ValueError, match="without gaps"):
+        grpo.read_schedule(tmp_path / "gap.jsonl")
+    sched = grpo.random_schedule(["a", "b", "c", "d", "e"], 2, 5, seed=0)
+    assert len(sched) == 5 and sorted(sum(sched[:2], []) + sched[2][:1]) == ["a", "b", "c", "d", "e"]
+
+
+def test_unknown_problem_id_in_schedule_is_named(tmp_path, tok):
+    with pytest.raises(KeyError, match="step 1 names problem id 'zz'"):
+        grpo.train(tiny_model(), tok, tiny_problems(2), [["p0"], ["zz"]], small_cfg(), out_dir=tmp_path,
+                   reward_fn=has_e_reward)

@@ -765,25 +765,26 @@ def _parse_optional(kind):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description="GRPO / DAPO / Dr. GRPO on a batch schedule.",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(description="GRPO / DAPO / Dr. GRPO on a batch schedule.")
     ap.add_argument("--model", required=True, help="policy: HF model id or folder")
     ap.add_argument("--train-data", required=True, help="problems: jsonl / json / parquet / Hub id")
     ap.add_argument("--schedule", default=None, help="schedule.jsonl to follow (default: random batches)")
     ap.add_argument("--out", default="runs/grpo", help="output folder (logs, checkpoints, final model)")
     ap.add_argument("--preset", default="qwen-math-1.5b", choices=sorted(GRPOConfig.PRESETS))
     ap.add_argument("--limit", type=int, default=None, help="use only the first N training problems")
-    ap.add_argument("--no-resume", action="store_true", help="refuse to continue from checkpoints in --out")
-    cfg_group = ap.add_argument_group("GRPOConfig (defaults shown are the qwen-math-1.5b preset's)")
+    ap.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                    help="continue from the latest checkpoint in --out (--no-resume refuses a used --out)")
+    cfg_group = ap.add_argument_group("GRPOConfig ([default] of the qwen-math-1.5b preset; --preset changes it)")
     for f in fields(GRPOConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = type(f.default)
         if f.type in ("bool",) or kind is bool:
             cfg_group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                   help=f.metadata["help"])
+                                   help=f"{f.metadata['help']} [{f.default}]")
         else:
             parse = _parse_optional(int) if f.default is None else kind
-            cfg_group.add_argument(flag, type=parse, default=argparse.SUPPRESS, help=f.metadata["help"])
+            cfg_group.add_argument(flag, type=parse, default=argparse.SUPPRESS,
+                                   help=f"{f.metadata['help']} [{f.default}]")
     return ap
 
 
@@ -807,7 +808,7 @@ def main(argv: list[str] | None = None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         if not (out / "schedule.jsonl").exists():
             write_jsonl(out / "schedule.jsonl", [{"step": i, "ids": b} for i, b in enumerate(schedule)])
-    last = train(policy, tokenizer, problems, schedule, cfg, out_dir=out, resume=not args.no_resume)
+    last = train(policy, tokenizer, problems, schedule, cfg, out_dir=out, resume=args.resume)
     final = out / "final"
     policy.save_pretrained(final)
     tokenizer.save_pretrained(final)

@@ -193,9 +193,15 @@ def heldout_reward(model, tok, problems, cfg, *, samples: int, seed: int = 1234)
     roll = grpo.sample_rollouts(model, tok, prompts, group_size=samples, temperature=1.0,
                                 max_new_tokens=cfg.max_new_tokens, gen_batch_size=64, seed=seed)
     sampled = sum(math_reward(x, problems[i // samples].answer) for i, x in enumerate(roll.texts)) / len(roll.texts)
-    greedy = grpo.sample_rollouts(model, tok, prompts, group_size=1, temperature=1e-4,
-                                  max_new_tokens=cfg.max_new_tokens, gen_batch_size=64, seed=seed)
-    greedy_acc = sum(math_reward(x, p.answer) for x, p in zip(greedy.texts, problems)) / len(problems)
+    texts = []
+    with torch.no_grad():
+        for s in range(0, len(prompts), 128):
+            enc = [tok(x, add_special_tokens=False)["input_ids"] for x in prompts[s:s + 128]]
+            ids, att = grpo._left_pad(enc, tok.pad_token_id)
+            out = model.generate(input_ids=ids, attention_mask=att, do_sample=False, max_new_tokens=cfg.max_new_tokens,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+            texts += tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+    greedy_acc = sum(math_reward(x, p.answer) for x, p in zip(texts, problems)) / len(problems)
     return {"sampled_reward": sampled, "greedy_accuracy": greedy_acc}
 
 

@@ -31,7 +31,7 @@ import re
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
@@ -136,9 +136,10 @@ _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 def normalize_answer(s: str | None) -> str:
     """Canonical string form of an answer. In order: cut to MAX_ANSWER_CHARS; unwrap a \\boxed; drop a trailing
     unit in \\text{}; unwrap \\text{} \\mbox{} \\mathrm{} ...; drop \\left \\right \\! \\, \\; \\: \\quad ~ $ and
-    \\displaystyle; \\dfrac/\\tfrac -> \\frac; expand \\frac12 and \\sqrt2 shorthand; drop ^\\circ, "degrees",
-    % and unit words after a number; drop a trailing period; drop thousands separators (1,000 and 1{,}000);
-    drop a leading "x =" / "f(x) =" / "x \\in"; collapse spaces (one is kept only between two letters)."""
+    \\displaystyle; \\dfrac/\\tfrac -> \\frac; \\geq/\\leq/\\neq -> \\ge/\\le/\\ne; expand \\frac12 and
+    \\sqrt2 shorthand; drop ^\\circ, "degrees", % and unit words after a number; drop a trailing period;
+    drop thousands separators (1,000 and 1{,}000); drop a leading "x =" / "f(x) =" / "x \\in"; collapse
+    spaces (one is kept only between two letters)."""
     if s is None:
         return ""
     return _normalize(str(s)[:MAX_ANSWER_CHARS])
@@ -156,6 +157,7 @@ def _normalize(s: str) -> str:
     s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])", "", s)
     s = re.sub(r"\\\$|\\[!,;: ]|\\q?quad(?![a-zA-Z])|\\displaystyle|~|\$", " ", s).replace("\\%", "%")
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = re.sub(r"\\(ge|le|ne)q(?:slant)?(?![a-zA-Z])", r"\\\1", s)  # inequality answers: \geq -> \ge
     s = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\frac\s*(\d)\s*\{", r"\\frac{\1}{", s)
     s = re.sub(r"\\frac\s*(\{[^{}]*\})\s*(\d)", r"\\frac\1{\2}", s)
@@ -217,14 +219,12 @@ def answer_kind(answer: str | None) -> str:
         return "empty"
     if re.fullmatch(r"\(?[A-E]\)?", s):
         return "choice"
-    if _WORD_RE.search(s):
-        return "text"
     try:
         st = _structure(s)
     except (_ParseError, RecursionError):
         return "text"
     if st[0] == "scalar":
-        if st[1] is None:
+        if st[1] is None or _WORD_RE.search(s):  # "Yes" parses as Y*e*s but is a word
             return "text"
         return "expression" if _free_vars(st[1]) else "number"
     if st[0] == "bracketed":
@@ -247,14 +247,10 @@ def gold_parse_report(golds, n_examples: int = 5) -> dict:
     return {"total": total, "counts": counts, "unparsed": unparsed, "examples": examples}
 
 
+@lru_cache(maxsize=1 << 16)
 def _structure(s: str):
     """Split a normalised answer into ("matrix", rows) | ("bracketed", open, close, items) | ("set", items) |
     ("list", items) | ("union", parts) | ("scalar", ast_or_None, text). Items are structures themselves."""
-    return _structure_cached(s)
-
-
-@lru_cache(maxsize=1 << 16)
-def _structure_cached(s: str):
     m = re.fullmatch(r"\\begin\{([pbBvV]?matrix|array)\}(?:\{[lcr|]*\})?(.*)\\end\{\1\}", s, re.DOTALL)
     if m:
         rows = [r for r in m.group(2).split("\\\\") if r.strip()]
@@ -467,7 +463,8 @@ def _parse(s: str):
 
 class _Parser:
     """Recursive descent: expr := term (+|- term)*; term := unary ((*|/|implicit) unary)*;
-    unary := (-|+) unary | power; power := postfix (^ exponent)?; postfix := atom !*."""
+    unary := (-|+)* power; power := postfix (^ unary)?; postfix := atom !*. Every recursion passes
+    through atom, which bounds the nesting depth."""
 
     def __init__(self, tokens: list[str]):
         self.tokens, self.pos, self.depth = tokens, 0, 0
@@ -482,18 +479,11 @@ class _Parser:
         self.pos += 1
         return t
 
-    def enter(self):
-        self.depth += 1
-        if self.depth > MAX_DEPTH:
-            raise _ParseError(f"nesting deeper than {MAX_DEPTH}")
-
     def expr(self):
-        self.enter()
         node = self.term()
         while self.peek() in ("+", "-"):
             op = "add" if self.take() == "+" else "sub"
             node = (op, node, self.term())
-        self.depth -= 1
         return node
 
     def term(self):
@@ -516,28 +506,18 @@ class _Parser:
                 or t in _FUNCS or t in _GREEK or t in ("\\frac", "\\sqrt", "\\binom"))
 
     def unary(self):
-        if self.peek() in ("-", "+"):
-            sign = self.take()
-            self.enter()
-            inner = self.unary()
-            self.depth -= 1
-            return ("neg", inner) if sign == "-" else inner
-        return self.power()
+        negative = False
+        while self.peek() in ("-", "+"):  # a loop, not recursion: "------1" cannot exhaust the stack
+            negative ^= self.take() == "-"
+        node = self.power()
+        return ("neg", node) if negative else node
 
     def power(self):
         base = self.postfix()
-        if self.peek() == "^":
-            self.take()
-            self.enter()
-            if self.peek() in ("-", "+"):
-                sign = self.take()
-                exponent = self.power()
-                exponent = ("neg", exponent) if sign == "-" else exponent
-            else:
-                exponent = self.power()  # right-associative: a^b^c = a^(b^c)
-            self.depth -= 1
-            return ("pow", base, exponent)
-        return base
+        if self.peek() != "^":
+            return base
+        self.take()
+        return ("pow", base, self.unary())  # right-associative (a^b^c = a^(b^c)); 2^-1 allowed
 
     def postfix(self):
         node = self.atom()
@@ -556,7 +536,9 @@ class _Parser:
         return self.postfix()
 
     def atom(self):
-        self.enter()
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _ParseError(f"nesting deeper than {MAX_DEPTH}")
         t = self.take()
         if t[0].isdigit() or t[0] == ".":
             node = ("num", _number(t))
@@ -740,3 +722,298 @@ def _int_root(x: int, n: int) -> int | None:
             break
         r = nxt
     return r if r ** n == x else None
+
+
+# ================================================================================================ benchmarks
+@dataclass(frozen=True)
+class Benchmark:
+    """Where a benchmark lives. source: a Hub dataset id (":config" picks a config) or a local file.
+    Field names of None fall back to data.py's aliases (problem|question|..., answer|final_answer|...)."""
+    source: str
+    split: str = "test"
+    problem_field: str | None = None
+    answer_field: str | None = None
+    local_name: str | None = None  # the copy's file name in shared/data/bench, named in error messages
+
+
+BENCHMARKS = {
+    "math500": Benchmark("HuggingFaceH4/MATH-500", "test", "problem", "answer"),
+    "aime24": Benchmark("math-ai/aime24", "test", None, None, "aime24.jsonl"),
+    "amc23": Benchmark("math-ai/amc23", "test", None, None, "amc23.jsonl"),
+    "minerva": Benchmark("math-ai/minervamath", "test", None, None, "minerva_math.jsonl"),
+    "olympiadbench": Benchmark("math-ai/olympiadbench", "test", None, None, "olympiadbench.jsonl"),
+    "gsm8k": Benchmark("openai/gsm8k:main", "test", "question", "answer", "gsm8k_test.jsonl"),
+}
+SHARED_BENCH_DIR = Path(__file__).resolve().parent.parent / "shared" / "data" / "bench"
+
+
+def resolve_benchmark(spec: str) -> tuple[str, Benchmark]:
+    """"math500" (registry), "name=path/to/file.jsonl", or a bare local path (named after its stem)."""
+    if "=" in spec:
+        name, path = spec.split("=", 1)
+        return name.strip(), Benchmark(path.strip())
+    if spec in BENCHMARKS:
+        return spec, BENCHMARKS[spec]
+    if Path(spec).exists():
+        return Path(spec).stem, Benchmark(spec)
+    raise ValueError(f"unknown benchmark {spec!r}; expected one of {', '.join(BENCHMARKS)}, "
+                     "a local .jsonl/.json file, or name=path")
+
+
+def load_benchmark(spec: str, *, limit: int | None = None, seed: int = 0) -> tuple[str, list]:
+    """(name, problems) through data.load_problems. A Hub copy that cannot be read names the local file to pass."""
+    import data
+    name, bench = resolve_benchmark(spec)
+    try:
+        problems = data.load_problems(bench.source, split=bench.split, limit=limit, seed=seed,
+                                      problem_field=bench.problem_field, answer_field=bench.answer_field)
+    except data.DataError as exc:
+        local = SHARED_BENCH_DIR / (bench.local_name or f"{name}.jsonl")
+        hint = f"--bench {name}={local}" if local.exists() else f"--bench {name}=path/to/{name}.jsonl"
+        raise data.DataError(f"benchmark {name!r}: {exc}\n  pass a local copy instead: {hint}") from exc
+    if not problems:
+        raise data.DataError(f"benchmark {name!r} ({bench.source}) has no usable problems")
+    return name, problems
+
+
+# ------------------------------------------------------------------------------------------------ generation
+def generate_completions(model, tokenizer, prompts: list[str], *, n: int = 1, temperature: float = 0.0,
+                         top_p: float = 1.0, max_new_tokens: int = 1024, batch_size: int = 8,
+                         seed: int = 0) -> list[list[str]]:
+    """n completions per prompt (texts without the prompt), the one decoding routine of training and evaluation.
+
+    temperature 0 is greedy (one generation, repeated n times); otherwise nucleus sampling seeded by `seed`
+    without touching the caller's global RNG state. Prompts are left-padded; a completion stops at the first
+    EOS / <|im_end|> / pad token. On CUDA the forward passes run under bf16 autocast."""
+    import torch
+    from transformers import GenerationConfig
+
+    sample = temperature > 0
+    stop_ids = _stop_token_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    # every field that changes decoding is set, so the model's own generation_config (Qwen ships
+    # top_k=20, repetition_penalty=1.05) cannot silently fill it in
+    config = GenerationConfig(do_sample=sample, temperature=temperature if sample else 1.0,
+                              top_p=top_p if sample else 1.0, top_k=0 if sample else None, repetition_penalty=1.0,
+                              max_new_tokens=max_new_tokens, num_return_sequences=n if sample else 1,
+                              pad_token_id=pad_id, eos_token_id=stop_ids)
+    device = next(model.parameters()).device
+    per_prompt = n if sample else 1
+    completions: list[list[str]] = []
+    was_training = model.training
+    model.eval()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
+        torch.manual_seed(seed)
+        for start in range(0, len(prompts), batch_size):
+            batch = prompts[start:start + batch_size]
+            enc = tokenizer(batch, return_tensors="pt", padding=True, padding_side="left",
+                            add_special_tokens=False).to(device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                out = model.generate(**enc, generation_config=config)  # [B*per_prompt, T_prompt + T_new]
+            new_tokens = out[:, enc["input_ids"].shape[1]:].tolist()  # [B*per_prompt, T_new]
+            texts = [tokenizer.decode(_until_stop(row, stop_ids), skip_special_tokens=True) for row in new_tokens]
+            for i in range(len(batch)):
+                group = texts[i * per_prompt:(i + 1) * per_prompt]
+                completions.append(group if sample else group * n)
+    model.train(was_training)
+    return completions
+
+
+def _stop_token_ids(model, tokenizer) -> list[int]:
+    ids = []
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (configured, tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")):
+        for v in (value if isinstance(value, (list, tuple)) else [value]):
+            if isinstance(v, int) and v != tokenizer.unk_token_id and v not in ids:
+                ids.append(v)
+    if not ids:
+        raise ValueError("the tokenizer has no EOS token and the model's generation_config names none; "
+                         "set tokenizer.eos_token")
+    return ids
+
+
+def _until_stop(row: list[int], stop_ids: list[int]) -> list[int]:
+    for k, token in enumerate(row):
+        if token in stop_ids:
+            return row[:k]
+    return row
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+def evaluate(model, tokenizer, benchmark, *, template: str = "qwen-math", n: int = 1, temperature: float = 0.0,
+             top_p: float = 1.0, max_new_tokens: int = 1024, batch_size: int = 8, out_dir=None,
+             limit: int | None = None, seed: int = 0, name: str | None = None) -> dict:
+    """Accuracy of a model on one benchmark: greedy pass@1 (n=1, temperature 0) or avg@n with sampling.
+
+    benchmark: a registry name, "name=path", a local file, or a list of data.Problem. A problem counts a
+    completion correct when its answer matches the reference or any listed alternative. 95% interval:
+    Wilson score for pass@1; for avg@n a normal interval over problems (mean +- 1.96 sd/sqrt(N) of the
+    per-problem accuracies, clipped to [0, 1]), since the n samples of one problem are not independent.
+    With out_dir, every completion, extracted answer and verdict goes to out_dir/<name>.jsonl (atomic)."""
+    import data
+
+    if isinstance(benchmark, str):
+        name_, problems = load_benchmark(benchmark, limit=limit, seed=seed)
+        name = name or name_
+    else:
+        problems, name = list(benchmark)[:limit], name or "problems"
+    t0 = time.perf_counter()
+    prompts = [data.format_prompt(p.problem, tokenizer, template) for p in problems]
+    completions = generate_completions(model, tokenizer, prompts, n=n, temperature=temperature, top_p=top_p,
+                                       max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+    rows, per_problem = [], []
+    for problem, samples in zip(problems, completions):
+        golds = [problem.answer] + list(problem.meta.get("answer_alternatives", []))
+        n_correct = 0
+        for k, text in enumerate(samples):
+            extracted = extract_answer(text)
+            correct = any(is_equiv(extracted, g) for g in golds)
+            n_correct += correct
+            rows.append({"benchmark": name, "id": problem.id, "sample": k, "gold": problem.answer,
+                         "extracted": extracted, "correct": correct, "completion": text})
+        per_problem.append(n_correct / n)
+    accuracy = sum(per_problem) / len(per_problem)
+    if n == 1:
+        low, high = wilson_interval(int(sum(per_problem)), len(per_problem))
+    else:
+        low, high = mean_interval(per_problem)
+    gold_report = gold_parse_report([p.answer for p in problems])
+    if gold_report["unparsed"]:
+        warnings.warn(f"{name}: {gold_report['unparsed']} of {gold_report['total']} gold answers are not math "
+                      f"(graded as text, empty ones never correct), e.g. {gold_report['examples'][:3]}", stacklevel=2)
+    result = {"benchmark": name, "metric": "pass@1" if n == 1 else f"avg@{n}", "n_problems": len(problems),
+              "n": n, "temperature": temperature, "accuracy": accuracy, "ci_low": low, "ci_high": high,
+              "interval": "wilson" if n == 1 else "normal over problems",
+              "extracted_fraction": sum(r["extracted"] is not None for r in rows) / len(rows),
+              "gold_report": gold_report, "seconds": time.perf_counter() - t0, "completions_path": None}
+    if out_dir is not None:
+        path = Path(out_dir) / f"{name}.jsonl"
+        data.write_jsonl(path, rows)
+        result["completions_path"] = str(path)
+    return result
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for k successes out of n (Wilson 1927); (0, 1) when n = 0."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mean_interval(values: list[float], z: float = 1.96) -> tuple[float, float]:
+    """Normal interval mean +- z * sd / sqrt(N) (sample sd), clipped to [0, 1]; (0, 1) for fewer than 2 values."""
+    if len(values) < 2:
+        return 0.0, 1.0
+    mean = sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    half = z * sd / math.sqrt(len(values))
+    return max(0.0, mean - half), min(1.0, mean + half)
+
+
+def markdown_table(results: list[dict]) -> str:
+    """One row per benchmark (accuracy in %, 95% interval), plus the unweighted mean when there are several."""
+    lines = ["| benchmark | metric | problems | accuracy (%) | 95% interval |", "|---|---|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r['benchmark']} | {r['metric']} | {r['n_problems']} | {100 * r['accuracy']:.1f} "
+                     f"| {100 * r['ci_low']:.1f} – {100 * r['ci_high']:.1f} |")
+    if len(results) > 1:
+        mean = sum(r["accuracy"] for r in results) / len(results)
+        lines.append(f"| mean | | {sum(r['n_problems'] for r in results)} | {100 * mean:.1f} | |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def _flag(default, help_text: str, kind=None):
+    return field(default=default, metadata={"help": help_text, "type": kind or type(default)})
+
+
+@dataclass
+class EvalConfig:
+    """The CLI: each field is a flag (--max-new-tokens for max_new_tokens)."""
+    model: str = _flag("", "local model folder (or a Hub id already in the local HF cache)")
+    benchmarks: str = _flag("math500", f"comma-separated: {', '.join(BENCHMARKS)}, or local files")
+    bench: list = _flag(None, "name=path of a local benchmark file (repeatable)", str)
+    template: str = _flag("qwen-math", "prompt template of data.format_prompt (qwen-math, plain, chat, chatml)")
+    n: int = _flag(1, "samples per problem (avg@n when > 1)")
+    temperature: float = _flag(0.0, "0 = greedy")
+    top_p: float = _flag(1.0, "nucleus sampling mass")
+    max_new_tokens: int = _flag(3000, "completion length limit")
+    batch_size: int = _flag(8, "prompts per generate call")
+    limit: int = _flag(None, "seeded random subset of each benchmark", int)
+    seed: int = _flag(0, "seed of sampling and of --limit")
+    out: str = _flag("runs/eval", "writes <out>/<benchmark>.jsonl, results.md, results.json")
+    device: str = _flag("auto", "auto, cpu or cuda")
+
+
+def _in_hf_cache(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # a malformed repo id and the like: not cached
+        return False
+
+
+def load_model(name: str, device: str = "auto"):
+    """(model, tokenizer) from a local folder, the local HF cache or the Hub; when none of these can
+    serve it, fail at once with a message naming what to pass instead (no 35 s of Hub retries)."""
+    from data import hub_reachable
+
+    if not Path(name).is_dir() and not _in_hf_cache(name) and not hub_reachable():
+        raise SystemExit(f"model {name!r} is not a local folder nor in the Hugging Face cache, and the Hub is not "
+                         "reachable from here (or HF_HUB_OFFLINE is set). Pass a local path: --model "
+                         "/path/to/model_dir (a folder with config.json and weights, e.g. toy.build_world's "
+                         "model_dir or the output of shared/tools/smollm2_to_hf.py)")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device)
+    except OSError as exc:  # no network, a typo in the id, a gated repo
+        raise SystemExit(f"could not load model {name!r}: {exc}\nPass a local path: --model /path/to/model_dir") from exc
+    return model, tokenizer
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    import json
+    import data
+
+    parser = argparse.ArgumentParser(description="Evaluate a model on math benchmarks (pass@1 or avg@n).")
+    for f in fields(EvalConfig):
+        parser.add_argument("--" + f.name.replace("_", "-"), type=f.metadata["type"], default=f.default,
+                            help=f.metadata["help"], required=f.name == "model",
+                            action="append" if f.name == "bench" else "store")
+    config = EvalConfig(**vars(parser.parse_args(argv)))
+
+    specs = [s for s in config.benchmarks.split(",") if s.strip()] + (config.bench or [])
+    try:  # every benchmark is read before the model is loaded, so a missing one fails in seconds
+        loaded = [load_benchmark(s.strip(), limit=config.limit, seed=config.seed) for s in specs]
+    except (data.DataError, ValueError) as exc:
+        raise SystemExit(str(exc)) from exc
+    model, tokenizer = load_model(config.model, config.device)
+    results = []
+    for name, problems in loaded:
+        result = evaluate(model, tokenizer, problems, name=name, template=config.template, n=config.n,
+                          temperature=config.temperature, top_p=config.top_p,
+                          max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+                          out_dir=config.out, seed=config.seed)
+        print(f"{name}: {result['metric']} = {100 * result['accuracy']:.1f}% "
+              f"[{100 * result['ci_low']:.1f}, {100 * result['ci_high']:.1f}] over {result['n_problems']} problems",
+              file=sys.stderr)
+        results.append(result)
+    table = markdown_table(results)
+    print(table)
+    data.atomic_write_text(Path(config.out) / "results.md", table + "\n")
+    data.atomic_write_text(Path(config.out) / "results.json",
+                           json.dumps({"config": vars(config), "results": results}, indent=2, default=str))
+    return results
+
+
+if __name__ == "__main__":
+    main()

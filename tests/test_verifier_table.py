@@ -235,6 +235,8 @@ TABLE = [
     ("\\text{odd}", "even", False),
     ("Monday", "\\text{monday}", True),
     ("SRAC=LRAC", "SRAC=LRAC", True),
+    ("x \\geq 3", "x\\ge 3", True),
+    ("x \\leq 3", "x \\geq 3", False),
     ("no solution", "No Solution", True),
     # --- complex numbers written with i
     ("1+\\sqrt{3}i", "1+i\\sqrt{3}", True),

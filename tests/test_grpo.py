@@ -219,7 +219,7 @@ def chatml(text):
 def rollouts(tok):
     model = tiny_model()
     prompts = [chatml(p.problem) for p in tiny_problems(3)] + [chatml("a much longer prompt 12+34")]
-    return model, grpo.sample_rollouts(model, tok, prompts, group_size=3, max_new_tokens=30,
+    return model, grpo.sample_rollouts(model, tok, prompts, group_size=3, max_new_tokens=20,
                                        gen_batch_size=3, seed=1)
 
 
@@ -251,7 +251,7 @@ def test_rollout_mask_ends_at_first_stop_token_and_flags_truncation(rollouts, to
         assert r.completion_mask[i, :n].all() and not r.completion_mask[i, n:].any()  # a prefix
         toks = comp[i, :n].tolist()
         if r.truncated[i]:
-            assert n == 30 and stop not in toks
+            assert n == 20 and stop not in toks
         else:
             assert toks[-1] == stop and stop not in toks[:-1]
         assert r.texts[i] == tok.decode(toks, skip_special_tokens=True)
@@ -261,8 +261,8 @@ def test_rollouts_depend_only_on_seed(rollouts, tok):
     model, r = rollouts
     prompts = [chatml(p.problem) for p in tiny_problems(3)] + [chatml("a much longer prompt 12+34")]
     torch.manual_seed(12345)  # the global RNG must not matter
-    again = grpo.sample_rollouts(model, tok, prompts, group_size=3, max_new_tokens=30, gen_batch_size=3, seed=1)
-    other = grpo.sample_rollouts(model, tok, prompts, group_size=3, max_new_tokens=30, gen_batch_size=3, seed=2)
+    again = grpo.sample_rollouts(model, tok, prompts, group_size=3, max_new_tokens=20, gen_batch_size=3, seed=1)
+    other = grpo.sample_rollouts(model, tok, prompts, group_size=3, max_new_tokens=20, gen_batch_size=3, seed=2)
     assert torch.equal(again.input_ids, r.input_ids)
     assert not torch.equal(other.input_ids, r.input_ids)
 
@@ -281,13 +281,13 @@ def test_micro_batch_accumulation_equals_full_batch_gradient(rollouts, loss_type
         model.zero_grad()
         for s in slices:
             lp = sequence_logprobs(model, r.input_ids[s], r.attention_mask[s], cm[s])
-            loss, _ = policy_loss(lp, old[s], adv[s], cm[s], loss_type=loss_type, max_len=30,
+            loss, _ = policy_loss(lp, old[s], adv[s], cm[s], loss_type=loss_type, max_len=20,
                                   normalizer=normalizer)
             loss.backward()
         return [p.grad.clone() for p in model.parameters()]
 
     full = grads([slice(0, n)], None)
-    micro = grads([slice(0, 5), slice(5, 7), slice(7, n)], loss_normalizer(cm, loss_type, 30))
+    micro = grads([slice(0, 5), slice(5, 7), slice(7, n)], loss_normalizer(cm, loss_type, 20))
     for a, b in zip(full, micro):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
     assert max(g.abs().max() for g in full) > 0
@@ -297,7 +297,7 @@ def test_micro_batch_accumulation_equals_full_batch_gradient(rollouts, loss_type
 # The run: resume, non-finite values, config and CLI
 # ----------------------------------------------------------------------------------------------
 def small_cfg(**kw):
-    base = dict(batch_size=2, group_size=4, max_new_tokens=8, gen_batch_size=2, micro_batch_size=3, lr=3e-3,
+    base = dict(batch_size=2, group_size=4, max_new_tokens=6, gen_batch_size=2, micro_batch_size=3, lr=3e-3,
                 save_every=2, template="chatml", num_iterations=2, warmup_steps=2)
     return GRPOConfig(**{**base, **kw})
 
@@ -399,3 +399,23 @@ def test_unknown_problem_id_in_schedule_is_named(tmp_path, tok):
     with pytest.raises(KeyError, match="step 1 names problem id 'zz'"):
         grpo.train(tiny_model(), tok, tiny_problems(2), [["p0"], ["zz"]], small_cfg(), out_dir=tmp_path,
                    reward_fn=has_e_reward)
+
+
+def test_zero_variance_groups_are_dropped_from_the_loss(tok):
+    model = tiny_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    row = grpo.grpo_step(model, tok, tiny_problems(2), small_cfg(skip_zero_std=True, num_iterations=1), opt,
+                         step=0, reward_fn=lambda text, gold: 1.0)
+    assert row["frac_zero_std"] == 1.0 and row["n_loss_seqs"] == 0 and row["skipped"]
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_overlong_mask_drops_exactly_the_truncated_completions(tok):
+    model = tiny_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    cfg = small_cfg(overlong="mask", num_iterations=1, max_new_tokens=20, batch_size=4)
+    row = grpo.grpo_step(model, tok, tiny_problems(4), cfg, opt, step=0, reward_fn=has_e_reward)
+    n = 4 * cfg.group_size
+    assert 0 < row["truncated"] < 1, "the case needs both kinds of rows"
+    assert row["n_loss_seqs"] == round(n * (1 - row["truncated"]))

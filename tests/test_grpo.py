@@ -302,21 +302,28 @@ def small_cfg(**kw):
     return GRPOConfig(**{**base, **kw})
 
 
-def test_resumed_run_ends_with_bitwise_equal_weights(tmp_path, tok):
-    problems = tiny_problems(6)
+def test_resumed_run_on_toy_world_ends_with_bitwise_equal_weights(tmp_path):
+    import toy
+
+    tok = toy.char_tokenizer()  # the toy world's byte-level char tokenizer and problems, a smaller model
+    problems = toy.make_problems(6, seed=0)
     schedule = grpo.random_schedule([p.id for p in problems], 2, 4, seed=0)
-    straight = tiny_model()
+
+    def fresh():
+        return toy.tiny_model(tok, seed=0, hidden=32)
+
+    straight = fresh()
     grpo.train(straight, tok, problems, schedule, small_cfg(), out_dir=tmp_path / "a", reward_fn=has_e_reward)
 
-    killed = tiny_model()  # "killed" after step 2: a first run that stops there
+    killed = fresh()  # "killed" after step 2: a first run that stops there
     grpo.train(killed, tok, problems, schedule, small_cfg(max_steps=2), out_dir=tmp_path / "b",
                reward_fn=has_e_reward)
-    resumed = tiny_model()  # a fresh object starting from the initial weights, as a new process would
+    resumed = fresh()  # a new object from the initial weights, as a new process would build
     grpo.train(resumed, tok, problems, schedule, small_cfg(), out_dir=tmp_path / "b", reward_fn=has_e_reward)
 
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
-    assert not torch.equal(straight.state_dict()["model.norm.weight"], tiny_model().state_dict()["model.norm.weight"])
+    assert not torch.equal(straight.state_dict()["model.norm.weight"], fresh().state_dict()["model.norm.weight"])
     from data import read_jsonl
     log_a, log_b = read_jsonl(tmp_path / "a" / "train_log.jsonl"), read_jsonl(tmp_path / "b" / "train_log.jsonl")
     assert [r["step"] for r in log_b] == [0, 1, 2, 3]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 import os
 import resource
 import subprocess
@@ -253,6 +254,7 @@ def main() -> None:
     ap.add_argument("--smollm", type=Path, default=SMOLLM_DEFAULT if SMOLLM_DEFAULT.exists() else None)
     ap.add_argument("--steps", type=int, default=3, help="measured steps (after one warm-up step)")
     ap.add_argument("--no-trl", action="store_true")
+    ap.add_argument("--models", nargs="+", default=["toy", "smollm"], help="which step timings to run")
     ap.add_argument("--learn", action="store_true", help="the learning measurement instead of timings")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--learn-steps", type=int, default=40)
@@ -265,8 +267,16 @@ def main() -> None:
         print(json.dumps({"ours": worker_ours, "trl": worker_trl, "learn": worker_learn}[kind](spec)))
         return
 
-    world = _toy_world(args.toy)
-    base = {"model_dir": str(world.model_dir), "train_path": str(world.train_path), "tmp": str(args.tmp)}
+    if args.learn or "toy" in args.models:
+        world = _toy_world(args.toy)
+        base = {"model_dir": str(world.model_dir), "train_path": str(world.train_path), "tmp": str(args.tmp)}
+    else:  # SmolLM alone needs only problems, not the trained toy model
+        import toy
+        from data import write_problems
+
+        args.tmp.mkdir(parents=True, exist_ok=True)
+        write_problems(args.tmp / "problems.jsonl", toy.make_problems(256, seed=0))
+        base = {"train_path": str(args.tmp / "problems.jsonl"), "tmp": str(args.tmp)}
     if args.learn:
         runs = [run_worker("learn", {**base, "test_path": str(world.test_path), "seed": s,
                                      "steps": args.learn_steps, "samples": args.samples}) for s in args.seeds]
@@ -284,20 +294,23 @@ def main() -> None:
                        "end_greedy_per_seed": [r["after"]["greedy_accuracy"] for r in ok],
                        "sec_per_step": st.mean(r["sec_per_step"] for r in ok)}
             print(json.dumps(summary, indent=2))
-            _merge_results("learn", {"config": grpo.dataclasses.asdict(grpo.GRPOConfig.toy()),
+            _merge_results("learn", {"config": asdict(grpo.GRPOConfig.toy()),
                                      "steps": args.learn_steps, "runs": runs, "summary": summary})
         return
 
-    models = [("toy", str(world.model_dir), world.train_path, grpo.GRPOConfig.toy())]
-    if args.smollm:
-        models.append(("smollm2-135m", str(args.smollm), world.train_path,
+    models = []
+    if "toy" in args.models:
+        models.append(("toy", base["model_dir"], base["train_path"], grpo.GRPOConfig.toy()))
+    if "smollm" in args.models and args.smollm:
+        # SmolLM2 has no ChatML-trained answer format, so "chatml" prompts; the step cost is what counts
+        models.append(("smollm2-135m", str(args.smollm), base["train_path"],
                        grpo.GRPOConfig.toy(batch_size=4, group_size=8, max_new_tokens=64, micro_batch_size=8,
-                                           template="qwen-math", lr=1e-6)))
+                                           gen_batch_size=4, lr=1e-6)))
     trl_ok = not args.no_trl and _trl_available()
-    table = {}
+    table = json.loads(RESULTS.read_text()).get("step", {}) if RESULTS.exists() else {}
     for name, mdir, train_path, cfg in models:
         spec = {**base, "model_dir": mdir, "train_path": str(train_path), "steps": args.steps,
-                "batch_size": cfg.batch_size, "cfg": grpo.dataclasses.asdict(cfg)}
+                "batch_size": cfg.batch_size, "cfg": asdict(cfg)}
         ours = run_worker("ours", spec)
         entry = {"ours": ours, "settings": {k: spec["cfg"][k] for k in
                                             ("batch_size", "group_size", "max_new_tokens", "micro_batch_size")}}

@@ -1036,3 +1036,17 @@ def cluster_summary(cluster_ids, difficulty, features, problems, *, top: int = 8
             lines.append(f"  - `{p.id}` (d̂ = {diff[items[pos]]:.3g}): {text} → {answer}")
         lines.append("")
     return "\n".join(lines)
+
+
+# ================================================================================================
+# Entry point: `python saerl.py [flags]` runs the end-to-end pipeline (pipeline.py), which calls the
+# method above stage by stage; `python saerl.py --help` lists every flag.
+# ================================================================================================
+def main(argv=None):
+    from pipeline import main as run_pipeline
+
+    return run_pipeline(argv)
+
+
+if __name__ == "__main__":
+    main()

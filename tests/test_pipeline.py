@@ -1,0 +1,99 @@
+"""pipeline.py / `python saerl.py`: the whole pipeline on a miniature toy world, its outputs, caching
+and resume after a kill."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import toy
+from data import load_problems, read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+MINI = ["--preset", "toy", "--sae-width", "64", "--sae-k", "8", "--sae-tokens", "20000", "--label-size", "80",
+        "--k", "3", "--steps", "4", "--batch-size", "8", "--group-size", "4", "--eval-every", "2",
+        "--eval-limit", "40", "--save-every", "1", "--probe-features", "64"]
+
+
+@pytest.fixture(scope="module")
+def mini_world(tmp_path_factory):
+    return toy.build_world(tmp_path_factory.mktemp("mini_world"), n_train=160, n_test=40, warm_steps=40,
+                           verbose=False)
+
+
+def saerl_cmd(world, out, *extra):
+    return [sys.executable, str(ROOT / "saerl.py"), "--model", str(world.model_dir), "--train-data",
+            str(world.train_path), "--benchmarks", f"toy={world.test_path}", "--out", str(out),
+            "--name", "mini", *MINI, *extra]
+
+
+def run_saerl(cmd, **kw):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, **kw)
+
+
+def test_end_to_end_outputs(mini_world, tmp_path):
+    proc = run_saerl(saerl_cmd(mini_world, tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "mini"
+    problems = load_problems(mini_world.train_path, verbose=False)
+    n = len(problems)
+    config = json.loads((run / "config.json").read_text())
+    assert config["pipeline"]["mix"] == 0.25 and config["grpo"]["group_size"] == 4
+
+    scores = read_jsonl(run / "scores.jsonl")
+    assert [s["id"] for s in scores] == [p.id for p in problems]
+    kept = {s["id"] for s in scores if s["kept"]}
+    assert len(kept) == n - int(0.1 * n)  # --quality-drop 0.1 drops floor(0.1 N)
+    assert all(s["cluster"] in (0, 1, 2) for s in scores if s["kept"])
+
+    schedule = read_jsonl(run / "schedule.jsonl")
+    assert [row["step"] for row in schedule] == [0, 1, 2, 3]
+    ids = [i for row in schedule for i in row["ids"]]
+    assert all(len(row["ids"]) == 8 for row in schedule)
+    assert len(ids) == len(set(ids)) and set(ids) <= kept  # within the budget, each kept problem at most once
+
+    for arm in ("vanilla-s0", "saerl-s0"):
+        log = read_jsonl(run / "arms" / arm / "train_log.jsonl")
+        assert [row["step"] for row in log] == [0, 1, 2, 3]
+        evals = read_jsonl(run / "arms" / arm / "eval_log.jsonl")
+        assert [row["step"] for row in evals] == [0, 2, 4] and all(0 <= row["toy"] <= 1 for row in evals)
+    saerl_log = read_jsonl(run / "arms" / "saerl-s0" / "train_log.jsonl")
+    assert [row["problem_ids"] for row in saerl_log] == [row["ids"] for row in schedule]
+
+    report = (run / "report.md").read_text()
+    assert "vanilla" in report and "saerl" in report and "Spearman" in report and "Kept" in report
+    assert "| 4 |" in report  # the accuracy table reaches the last step
+    assert (run / "clusters.md").read_text().count("## Cluster") == 3 or "Cluster" in (run / "clusters.md").read_text()
+
+    again = run_saerl(saerl_cmd(mini_world, tmp_path))  # same command: every stage is cached
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "computing" not in again.stderr and again.stderr.count("cached") >= 8
+
+
+def test_killed_run_resumes(mini_world, tmp_path):
+    cmd = saerl_cmd(mini_world, tmp_path, "--steps", "6")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "mini" / "arms" / "vanilla-s0" / "train_log.jsonl"
+    deadline = time.time() + 500
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(read_jsonl(log)) >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(read_jsonl(log))
+    assert 2 <= done_before < 6
+
+    again = run_saerl(cmd)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resum" in again.stderr.lower()
+    steps = [row["step"] for row in read_jsonl(log)]
+    assert steps == list(range(6))  # each step once: resumed, not restarted
+    assert "sae: cached" in again.stderr and "features: cached" in again.stderr

@@ -115,7 +115,7 @@ def load_problems_report(
             continue
         seen[key] = i
         pid = _pick(row, ID_ALIASES)
-        meta = {k: v for k, v in row.items() if k not in (problem_field, answer_field) and k not in PROBLEM_ALIASES and k not in ANSWER_ALIASES and k not in ("solution",)}
+        meta = {k: v for k, v in row.items() if k not in (problem_field, answer_field) and k not in PROBLEM_ALIASES and k not in ANSWER_ALIASES and k not in ID_ALIASES and k != "solution"}
         meta.setdefault("source", name)
         meta["row"] = i
         if len(alternatives) > 1:
@@ -234,7 +234,28 @@ def _read_file(path: Path) -> list:
     raise DataError(f"{path}: unknown file type {path.suffix!r}; expected .jsonl, .json or .parquet")
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers, checked once in seconds; offline mode counts as no.
+
+    huggingface_hub retries an unreachable host for about 35 s; asking first lets every Hub path
+    fail at once with advice instead."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _read_hub(name: str, split: str) -> list:
+    if not hub_reachable():
+        raise DataError(f"{name!r} is not a local file and the Hugging Face Hub is not reachable from here "
+                        "(or HF_HUB_OFFLINE is set): download it elsewhere and pass a local .jsonl/.json/.parquet path")
     config = None
     if ":" in name:  # "openai/gsm8k:main" selects a dataset config
         name, config = name.split(":", 1)

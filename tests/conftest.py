@@ -6,3 +6,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def toy_world(tmp_path_factory):
+    """The default toy world (warm-started model + labelled problems), built once per test session."""
+    import toy
+
+    return toy.build_world(tmp_path_factory.mktemp("toy_world"), verbose=False)

@@ -1,0 +1,819 @@
+"""grpo.py -- a plain PyTorch GRPO / DAPO / Dr. GRPO trainer that follows a batch schedule.
+
+SAERL decides *which* problems go into *which* step (saerl.py writes schedule.jsonl, one batch of
+problem ids per line); this file turns each scheduled batch into one policy update. A step is five
+named stages, visible in `grpo_step`:
+
+    sample    B prompts x G completions with HF `generate` (left padding, temperature, stop at EOS)
+    score     reward = evaluate.math_reward(completion text, gold answer)  (1.0 / 0.0)
+    advantage group-relative: (r - mean_g) / (std_g + eps)  or  r - mean_g
+    loss      clipped surrogate on token log-probs, aggregated per `loss_type`
+    update    micro-batches with gradient accumulation, grad clipping, AdamW
+
+Objective (per token t of completion i, ratio rho = exp(logp - old_logp)):
+
+    l_it = -min(rho * A_i, clip(rho, 1 - eps_low, 1 + eps_high) * A_i) + beta * k3_it
+    k3_it = exp(ref - logp) - (ref - logp) - 1                         (>= 0, Schulman's k3)
+
+    grpo    : mean_i [ sum_t m_it l_it / sum_t m_it ]       DeepSeekMath (Shao et al. 2024, §4.1, eq. 3)
+    dapo    : sum_it m_it l_it / sum_it m_it                 DAPO (Yu et al. 2025, token-level loss)
+    dr_grpo : sum_it m_it l_it / (N * max_len)               Dr. GRPO (Liu et al. 2025, "Understanding
+                                                             R1-Zero-Like Training"), with A = r - mean
+
+DAPO extras: clip-higher (eps_high = 0.28), zero-variance groups dropped from the loss (a "lite"
+dynamic sampling: the batch is not refilled), overlong filtering (truncated completions dropped from
+the loss) or the soft overlong punishment added to the reward (DAPO §3.4).
+
+Public API
+    GRPOConfig                      dataclass; fields are the CLI flags; presets via GRPOConfig.preset
+    group_advantages(rewards, *, scale, eps)
+    loss_normalizer(mask, loss_type, max_len)  /  policy_loss(logp, old_logp, adv, mask, ...)
+    sequence_logprobs(model, input_ids, attention_mask, completion_mask, *, temperature, chunk_size)
+    sample_rollouts(model, tokenizer, prompts, *, group_size, ..., seed) -> Rollouts
+    train(policy, tokenizer, problems, schedule, cfg, *, out_dir, eval_fn=None, resume=True)
+    random_schedule(ids, batch_size, num_steps, seed) / read_schedule(path)
+    python grpo.py --model M --train-data FILE [--schedule schedule.jsonl] [--out DIR] [--preset toy]
+
+The file reads bottom-up: config, the math, log-probs, sampling, checkpoints, the step, the run, CLI.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
+ADV_SCALES = ("std", "none")
+OVERLONG = ("none", "mask", "soft")
+
+
+class NonFiniteError(FloatingPointError):
+    """A reward, loss or gradient norm was NaN/inf; the step was not applied."""
+
+
+def _f(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+# ----------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class GRPOConfig:
+    """Every knob of the trainer; each field is a CLI flag (`--field-name`).
+
+    Defaults target Qwen2.5-Math-1.5B zero-RL as in the public recipes (SimpleRL-Zoo, Dr. GRPO's
+    oat-zero, Open-Reasoner-Zero): G = 8, lr 1e-6 constant, beta = 0, temperature 1.0, top-p 1.0,
+    3000 new tokens, the Qwen2.5-Math CoT template. B = 64 prompts per step (512 rollouts) is our
+    choice: the recipes use 64-128 and the SAERL paper does not say.
+    """
+    # what a step is
+    batch_size: int = _f(64, "problems per step (B); a schedule's batches may differ, the schedule wins")
+    group_size: int = _f(8, "completions sampled per problem (G)")
+    num_steps: int = _f(500, "steps of the random (vanilla GRPO) schedule built when no schedule is given")
+    max_steps: int | None = _f(None, "stop after this many schedule steps (None: the whole schedule)")
+    template: str = _f("qwen-math", "prompt template for data.format_prompt: qwen-math | plain | chat")
+    # sampling
+    temperature: float = _f(1.0, "sampling temperature; log-probs use the same temperature")
+    top_p: float = _f(1.0, "nucleus sampling; log-probs ignore it (as TRL), so keep 1.0 for exact ratios")
+    max_new_tokens: int = _f(3000, "completion budget; also Dr. GRPO's max_len and DAPO's L_max")
+    gen_batch_size: int = _f(64, "prompts per generate call (each expanded to G rows)")
+    # objective
+    loss_type: str = _f("grpo", "aggregation: grpo (per-sequence mean) | dapo (token mean) | dr_grpo")
+    adv_scale: str = _f("std", "advantage: std = (r-mean)/(std+eps) (GRPO) | none = r-mean (Dr. GRPO)")
+    eps_low: float = _f(0.2, "lower clip range: ratio >= 1 - eps_low")
+    eps_high: float = _f(0.2, "upper clip range: ratio <= 1 + eps_high (DAPO clip-higher: 0.28)")
+    beta: float = _f(0.0, "k3 KL weight to the initial policy; 0 loads no reference model")
+    num_iterations: int = _f(1, "optimisation passes (optimizer steps) per sampled batch (GRPO's mu)")
+    skip_zero_std: bool = _f(False, "drop groups whose rewards are all equal from the loss (DAPO-lite)")
+    overlong: str = _f("none", "truncated completions: none | mask (drop from loss) | soft (DAPO penalty)")
+    overlong_buffer: int = _f(512, "DAPO L_cache: the soft penalty ramps over the last this-many tokens")
+    # optimisation
+    lr: float = _f(1e-6, "AdamW learning rate (constant after warmup)")
+    warmup_steps: int = _f(0, "linear warmup steps from lr/warmup_steps to lr")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    adam_beta1: float = _f(0.9, "AdamW beta1")
+    adam_beta2: float = _f(0.999, "AdamW beta2")
+    max_grad_norm: float = _f(1.0, "gradient clipping by global norm (<= 0 disables)")
+    micro_batch_size: int = _f(4, "sequences per forward/backward; gradients accumulate to the step")
+    logprob_chunk: int = _f(1024, "completion positions per lm-head + log-softmax chunk (memory)")
+    gradient_checkpointing: bool = _f(False, "recompute decoder activations in backward (memory)")
+    bf16: bool = _f(True, "bf16 autocast on CUDA (weights stay fp32); ignored on CPU")
+    # bookkeeping
+    seed: int = _f(0, "seed of the random schedule and of every step's sampling")
+    save_every: int = _f(50, "checkpoint every this many steps (and always at the end)")
+    keep_checkpoints: int = _f(2, "number of most recent checkpoints kept")
+    eval_every: int = _f(0, "call eval_fn every this many steps (0: never)")
+
+    def __post_init__(self):
+        for name, allowed in (("loss_type", LOSS_TYPES), ("adv_scale", ADV_SCALES), ("overlong", OVERLONG)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"GRPOConfig.{name}={getattr(self, name)!r}; expected one of {allowed}")
+        for name in ("batch_size", "group_size", "max_new_tokens", "gen_batch_size", "num_iterations",
+                     "micro_batch_size", "logprob_chunk", "save_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"GRPOConfig.{name}={getattr(self, name)}; expected an integer >= 1")
+        if self.overlong == "soft" and not 0 < self.overlong_buffer <= self.max_new_tokens:
+            raise ValueError(f"GRPOConfig.overlong_buffer={self.overlong_buffer}; expected 1..max_new_tokens"
+                             f" ({self.max_new_tokens}) for the soft overlong penalty")
+
+    PRESETS = {
+        "qwen-math-1.5b": {},
+        # DAPO (Yu et al. 2025): clip-higher, token-level loss, dynamic sampling (lite), soft overlong.
+        "dapo": dict(loss_type="dapo", eps_high=0.28, skip_zero_std=True, overlong="soft"),
+        # Dr. GRPO (Liu et al. 2025): no std scaling, token sum over a constant length.
+        "dr_grpo": dict(loss_type="dr_grpo", adv_scale="none"),
+        # The toy world (toy.py): ~1M-param char model, completions "\\boxed{N}<|im_end|>" (~12 tokens).
+        # Tuned so 40 steps on a 2-core CPU clearly raise held-out reward (bench/bench_grpo.py --learn).
+        "toy": dict(batch_size=16, group_size=8, num_steps=40, template="chatml", max_new_tokens=16,
+                    gen_batch_size=16, micro_batch_size=128, lr=5e-4, warmup_steps=0, save_every=10,
+                    logprob_chunk=64),
+    }
+
+    @classmethod
+    def preset(cls, name: str = "qwen-math-1.5b", **overrides) -> "GRPOConfig":
+        """A named preset (`qwen-math-1.5b`, `dapo`, `dr_grpo`, `toy`) with field overrides on top."""
+        if name not in cls.PRESETS:
+            raise ValueError(f"unknown GRPOConfig preset {name!r}; expected one of {sorted(cls.PRESETS)}")
+        return cls(**{**cls.PRESETS[name], **overrides})
+
+    @classmethod
+    def toy(cls, **overrides) -> "GRPOConfig":
+        return cls.preset("toy", **overrides)
+
+
+
+# ----------------------------------------------------------------------------------------------
+# The math: advantages and the clipped surrogate
+# ----------------------------------------------------------------------------------------------
+def group_advantages(rewards: torch.Tensor, *, scale: str = "std", eps: float = 1e-6) -> torch.Tensor:
+    """Group-relative advantages. rewards [B, G] -> [B, G].
+
+    scale="std":  (r - mean_g) / (std_g + eps), std the *unbiased* (G - 1) sample std, as torch.std
+                  and TRL; GRPO (DeepSeekMath §4.1.2).
+    scale="none": r - mean_g (Dr. GRPO: the std division over-weights near-solved / near-failed groups).
+    A group with equal rewards gets advantage 0 either way.
+    """
+    if rewards.dim() != 2:
+        raise ValueError(f"rewards must be [B, G]; got shape {tuple(rewards.shape)}")
+    if scale not in ADV_SCALES:
+        raise ValueError(f"scale={scale!r}; expected one of {ADV_SCALES}")
+    centred = rewards - rewards.mean(dim=1, keepdim=True)  # [B, G]
+    if scale == "none":
+        return centred
+    if rewards.shape[1] < 2:
+        raise ValueError("scale='std' needs group size >= 2 (the unbiased std of one sample is undefined)")
+    return centred / (rewards.std(dim=1, keepdim=True) + eps)
+
+
+def loss_normalizer(mask: torch.Tensor, loss_type: str, max_len: int | None = None) -> float:
+    """The denominator of the step's loss, from the step's completion mask [N, T].
+
+    grpo: N sequences (each contributes its own token mean); dapo: number of completion tokens;
+    dr_grpo: N * max_len (max_len defaults to T). Computed once per step and passed to every
+    micro-batch, so that accumulated micro-batch gradients equal the full-batch gradient.
+    """
+    if loss_type == "grpo":
+        return float(mask.shape[0])
+    if loss_type == "dapo":
+        return float(max(mask.sum().item(), 1.0))
+    if loss_type == "dr_grpo":
+        return float(mask.shape[0] * (mask.shape[1] if max_len is None else max_len))
+    raise ValueError(f"loss_type={loss_type!r}; expected one of {LOSS_TYPES}")
+
+
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *,
+                loss_type: str = "grpo", eps_low: float = 0.2, eps_high: float = 0.2,
+                ref_logp: torch.Tensor | None = None, beta: float = 0.0, max_len: int | None = None,
+                normalizer: float | None = None) -> tuple[torch.Tensor, dict]:
+    """Clipped surrogate + k3 KL, aggregated per `loss_type` (see the module docstring).
+
+    logp, old_logp, ref_logp, mask: [N, T]; adv: [N]. `normalizer` is the step's denominator
+    (`loss_normalizer` of the whole step's mask); None computes it from this call's mask, i.e. the
+    call is the whole step. Returns (scalar loss, stats) where stats are detached token means over
+    this call's mask: clip_frac (tokens whose gradient is zeroed by the clip), kl (k3; 0 without a
+    reference), ratio_mean, ratio_max, and tokens (the count the means are over).
+    """
+    if not (logp.shape == old_logp.shape == mask.shape) or adv.shape != logp.shape[:1]:
+        raise ValueError(f"shape mismatch: logp {tuple(logp.shape)}, old_logp {tuple(old_logp.shape)}, "
+                         f"mask {tuple(mask.shape)} must be [N, T] and adv {tuple(adv.shape)} must be [N]")
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type={loss_type!r}; expected one of {LOSS_TYPES}")
+    mask = mask.to(logp.dtype)
+    a = adv.to(logp.dtype).unsqueeze(1)  # [N, 1]
+    ratio = torch.exp(logp - old_logp)  # [N, T]
+    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)  # [N, T]
+    per_token = -torch.minimum(ratio * a, clipped * a)  # [N, T]
+    kl = torch.zeros_like(logp)
+    if beta != 0.0:
+        if ref_logp is None:
+            raise ValueError("beta != 0 needs ref_logp (log-probs of the reference policy)")
+        kl = k3_kl(logp, ref_logp)
+        per_token = per_token + beta * kl
+    elif ref_logp is not None:
+        kl = k3_kl(logp, ref_logp)  # reported only
+
+    if normalizer is None:
+        normalizer = loss_normalizer(mask, loss_type, max_len)
+    if loss_type == "grpo":
+        per_seq = (per_token * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # [N]
+        loss = per_seq.sum() / normalizer
+    else:  # dapo and dr_grpo differ only in the denominator
+        loss = (per_token * mask).sum() / normalizer
+
+    with torch.no_grad():
+        n_tok = mask.sum().clamp(min=1.0)
+        # The clip bites (zero gradient) where the clipped branch is the smaller one and differs:
+        # ratio above the band with A > 0, or below it with A < 0.
+        bites = ((ratio > 1 + eps_high) & (a > 0)) | ((ratio < 1 - eps_low) & (a < 0))
+        on = mask > 0
+        stats = {
+            "clip_frac": float((bites.to(mask.dtype) * mask).sum() / n_tok),
+            "kl": float((kl * mask).sum() / n_tok),
+            "ratio_mean": float((ratio * mask).sum() / n_tok),
+            "ratio_max": float(ratio[on].max()) if on.any() else 1.0,
+            "tokens": float(mask.sum()),
+        }
+    return loss, stats
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """k3 estimator of KL(pi || ref) per token: exp(ref - logp) - (ref - logp) - 1 >= 0."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1.0
+
+
+def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int) -> torch.Tensor:
+    """DAPO soft overlong punishment (§3.4): 0 up to max_len - buffer, then a linear ramp to -1 at max_len."""
+    start = max_len - buffer
+    return torch.clamp((start - lengths.to(torch.float32)) / buffer, min=-1.0, max=0.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Token log-probs of what was sampled
+# ----------------------------------------------------------------------------------------------
+def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module,
+                    temperature: float) -> torch.Tensor:
+    logits = head(hidden).float() / temperature  # [N, c, V] float32 whatever the autocast dtype
+    return logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [N, c]
+
+
+def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      completion_mask: torch.Tensor, *, temperature: float = 1.0,
+                      chunk_size: int = 1024) -> torch.Tensor:
+    """Log-probs of the completion tokens under `model`. Returns [N, C], 0 where completion_mask is 0.
+
+    input_ids, attention_mask: [N, P + C], prompts left-padded, completions in the last C columns;
+    completion_mask: [N, C]. Positions follow the attention mask (as in `generate`), so left padding
+    does not shift them. The decoder runs once; the lm head and a float32 log-softmax run only over
+    the C completion positions, in chunks of `chunk_size` that are recomputed in backward (so the
+    [N, C, V] logits never sit in memory at once).
+    """
+    n, width = input_ids.shape
+    c = completion_mask.shape[1]
+    if completion_mask.shape[0] != n or c >= width:
+        raise ValueError(f"completion_mask {tuple(completion_mask.shape)} does not fit input_ids "
+                         f"{tuple(input_ids.shape)}: expected [N, C] with C < sequence length")
+    decoder, head = model.base_model, model.get_output_embeddings()
+    if decoder is model or head is None:
+        raise TypeError(f"{type(model).__name__} needs a base model and an output embedding (a *ForCausalLM)")
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [N, P + C]
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                     use_cache=False).last_hidden_state  # [N, P + C, H]
+    p = width - c
+    hidden = hidden[:, p - 1: width - 1]  # [N, C, H]: the state at t predicts token t + 1
+    targets = input_ids[:, p:]  # [N, C]
+    chunks = []
+    for s in range(0, c, chunk_size):
+        args = (hidden[:, s:s + chunk_size], targets[:, s:s + chunk_size], head, temperature)
+        if torch.is_grad_enabled() and c > chunk_size:
+            chunks.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False))
+        else:
+            chunks.append(_chunk_logprobs(*args))
+    return torch.cat(chunks, dim=1) * completion_mask.to(torch.float32)  # [N, C]
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling rollouts on token ids
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Rollouts:
+    """B x G completions, rows prompt-major (row b * G + g)."""
+    input_ids: torch.Tensor        # [N, P + C] left-padded prompt + right-padded completion
+    attention_mask: torch.Tensor   # [N, P + C]
+    completion_mask: torch.Tensor  # [N, C] 1 up to and including the first stop token
+    truncated: torch.Tensor        # [N] bool: no stop token within max_new_tokens
+    texts: list[str]               # decoded completions, special tokens skipped
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.completion_mask.sum(1)  # [N]
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Tokens that end a completion: the tokenizer's EOS, the model's generation EOS ids, and
+    <|im_end|> when the vocabulary has it (chat-formatted prompts end the answer with it)."""
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for i in ([gen_eos] if isinstance(gen_eos, int) else gen_eos or []):
+        ids.add(int(i))
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        ids.add(im_end)
+    if not ids:
+        raise ValueError("no stop token: the tokenizer has no eos_token and the model's generation_config none")
+    return sorted(ids)
+
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    att = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        att[i, width - len(r):] = 1
+    return ids, att
+
+
+@torch.no_grad()
+def sample_rollouts(model, tokenizer, prompts: list[str], *, group_size: int, temperature: float = 1.0,
+                    top_p: float = 1.0, max_new_tokens: int, gen_batch_size: int, seed: int,
+                    stop_ids: list[int] | None = None, autocast: contextlib.AbstractContextManager | None = None
+                    ) -> Rollouts:
+    """Sample `group_size` completions per prompt on token ids (never re-tokenising decoded text).
+
+    Sampling is pure temperature (+ optional top-p): top-k, repetition penalty and the other
+    processors a model's generation_config may carry are switched off, so the sampling distribution
+    is softmax(logits / temperature) -- the one `sequence_logprobs` scores. The torch RNG is forked
+    and seeded with `seed`, so a step's samples depend only on (weights, prompts, seed).
+    """
+    from transformers import GenerationConfig
+
+    stop_ids = stop_ids or stop_token_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    if any(len(e) == 0 for e in encoded):
+        raise ValueError("an empty prompt was given to sample_rollouts")
+    prompt_ids, prompt_att = _left_pad(encoded, pad_id)  # [B, P]
+    gen_cfg = GenerationConfig(
+        do_sample=True, temperature=temperature, top_p=top_p, top_k=0, min_p=0.0, typical_p=1.0,
+        epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1,
+        max_new_tokens=max_new_tokens, min_new_tokens=0, eos_token_id=stop_ids, pad_token_id=pad_id)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    stop = torch.tensor(stop_ids, device=device)
+    completions, masks = [], []
+    fork_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(seed)
+        for s in range(0, len(prompts), gen_batch_size):
+            ids = prompt_ids[s:s + gen_batch_size].repeat_interleave(group_size, 0).to(device)
+            att = prompt_att[s:s + gen_batch_size].repeat_interleave(group_size, 0).to(device)
+            try:
+                with autocast or contextlib.nullcontext():
+                    out = model.generate(input_ids=ids, attention_mask=att, generation_config=gen_cfg)
+            except RuntimeError as e:
+                if "probability tensor" not in str(e):
+                    raise
+                raise NonFiniteError(f"sampling failed: the policy's next-token probabilities are non-finite "
+                                     f"(NaN/inf weights?) ({e})") from e
+            comp = out[:, ids.shape[1]:]  # [n, c]
+            is_stop = torch.isin(comp, stop).long()
+            # keep tokens up to and including the first stop token; what follows is padding
+            masks.append(((is_stop.cumsum(1) - is_stop) == 0).long())
+            completions.append(comp)
+    model.train(was_training)
+    c = max(x.shape[1] for x in completions)
+    comp = torch.cat([F.pad(x, (0, c - x.shape[1]), value=pad_id) for x in completions])  # [N, C]
+    cmask = torch.cat([F.pad(m, (0, c - m.shape[1]), value=0) for m in masks])  # [N, C]
+    truncated = ~torch.isin(comp, stop).logical_and(cmask.bool()).any(1)  # [N]
+    prompt_ids = prompt_ids.repeat_interleave(group_size, 0).to(device)
+    prompt_att = prompt_att.repeat_interleave(group_size, 0).to(device)
+    texts = tokenizer.batch_decode([row[m.bool()].tolist() for row, m in zip(comp, cmask)],
+                                   skip_special_tokens=True)
+    return Rollouts(input_ids=torch.cat([prompt_ids, comp], 1),
+                    attention_mask=torch.cat([prompt_att, cmask], 1),
+                    completion_mask=cmask, truncated=truncated, texts=texts)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: one directory per step, written under a temporary name and renamed (atomic)
+# ----------------------------------------------------------------------------------------------
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                       "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+             "python": {"version": py_state[0], "state": list(py_state[1])}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    random.setstate((state["python"]["version"], tuple(state["python"]["state"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(ckpt_dir: Path, step: int, policy, optimizer, cfg: GRPOConfig, schedule_hash: str) -> Path:
+    """Write checkpoints/step_{step:06d}/ {model.safetensors, optimizer.pt, state.pt}; `step` is the
+    number of schedule steps completed. Older checkpoints beyond cfg.keep_checkpoints are removed."""
+    from safetensors.torch import save_model
+
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    final = ckpt_dir / f"step_{step:06d}"
+    tmp = ckpt_dir / f".tmp_step_{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(policy, str(tmp / "model.safetensors"))  # save_model handles tied embeddings
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save({"step": step, "rng": _rng_state(), "config": asdict(cfg), "schedule_hash": schedule_hash},
+               tmp / "state.pt")
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():  # only after a crash between rename and the next step; same step, same content
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(ckpt_dir)
+    for old in sorted(ckpt_dir.glob("step_*"))[:-cfg.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    done = sorted(p for p in Path(ckpt_dir).glob("step_*") if (p / "state.pt").exists())
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: Path, policy, optimizer, cfg: GRPOConfig, schedule_hash: str) -> int:
+    """Restore weights, optimizer and RNG states in place; returns the number of steps completed."""
+    from safetensors.torch import load_model
+
+    state = torch.load(path / "state.pt", weights_only=True)
+    if state["schedule_hash"] != schedule_hash:
+        raise ValueError(f"checkpoint {path} was written for a different schedule (hash "
+                         f"{state['schedule_hash'][:12]} vs {schedule_hash[:12]}); use a new out_dir")
+    length_only = {"max_steps", "num_steps", "save_every", "keep_checkpoints", "eval_every"}
+    changed = [k for k, v in state["config"].items() if k not in length_only and getattr(cfg, k, v) != v]
+    if changed:
+        warnings.warn(f"resuming from {path} with changed settings: "
+                      + ", ".join(f"{k}: {state['config'][k]!r} -> {getattr(cfg, k)!r}" for k in changed))
+    load_model(policy, str(path / "model.safetensors"), device=str(next(policy.parameters()).device))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    _set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+# ----------------------------------------------------------------------------------------------
+# One step: sample -> score -> advantage -> loss -> update
+# ----------------------------------------------------------------------------------------------
+def _autocast(device: torch.device, cfg: GRPOConfig):
+    if device.type == "cuda" and cfg.bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _trim(ids, att, cmask):
+    """Drop columns that are padding for every row of a micro-batch (left of prompts, right of completions)."""
+    first = int(att.any(0).long().argmax())
+    c_keep = int(cmask.any(0).nonzero().max()) + 1 if cmask.any() else 1
+    p = ids.shape[1] - cmask.shape[1]
+    cut = p + c_keep
+    return ids[:, first:cut], att[:, first:cut], cmask[:, :c_keep]
+
+
+def _logprobs(model, ids, att, cmask, cfg, device, grad: bool) -> torch.Tensor:
+    ids_t, att_t, cm_t = _trim(ids, att, cmask)
+    with torch.set_grad_enabled(grad), _autocast(device, cfg):
+        lp = sequence_logprobs(model, ids_t, att_t, cm_t, temperature=cfg.temperature,
+                               chunk_size=cfg.logprob_chunk)
+    return F.pad(lp, (0, cmask.shape[1] - lp.shape[1]))  # back to [n, C]
+
+
+def step_seed(seed: int, step: int) -> int:
+    """Sampling seed of schedule step `step`: a function of (seed, step) only, so resume is exact."""
+    return (seed * 1_000_003 + step * 7_919 + 1) % (2 ** 63)
+
+
+def grpo_step(policy, tokenizer, batch: list, cfg: GRPOConfig, optimizer, *, step: int,
+              reward_fn: Callable[[str, str], float], ref_model=None, stop_ids=None) -> dict:
+    """One scheduled batch -> cfg.num_iterations optimizer updates. Returns the step's log row."""
+    from data import format_prompt
+
+    device = next(policy.parameters()).device
+    g = cfg.group_size
+    t0 = time.perf_counter()
+
+    # 1. sample
+    prompts = [format_prompt(p.problem, tokenizer, cfg.template) for p in batch]
+    roll = sample_rollouts(policy, tokenizer, prompts, group_size=g, temperature=cfg.temperature,
+                           top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                           gen_batch_size=cfg.gen_batch_size, seed=step_seed(cfg.seed, step),
+                           stop_ids=stop_ids, autocast=_autocast(device, cfg))
+    t_gen = time.perf_counter() - t0
+
+    # 2. score
+    correct = torch.tensor([float(reward_fn(text, batch[i // g].answer)) for i, text in enumerate(roll.texts)])
+    bad = (~torch.isfinite(correct)).nonzero()
+    if len(bad):
+        raise NonFiniteError(f"step {step}: reward {correct[bad[0, 0]].item()} for problem "
+                             f"{batch[int(bad[0, 0]) // g].id!r}; the reward function must return a finite number")
+    lengths = roll.lengths.cpu()
+    rewards = correct.clone()
+    if cfg.overlong == "soft":
+        rewards = rewards + overlong_penalty(lengths, cfg.max_new_tokens, cfg.overlong_buffer)
+
+    # 3. advantage
+    groups = rewards.view(-1, g)  # [B, G]
+    zero_std = (groups.max(1).values == groups.min(1).values)  # [B]
+    adv = group_advantages(groups, scale=cfg.adv_scale).view(-1)  # [N]
+    keep = torch.ones_like(adv, dtype=torch.bool)
+    if cfg.skip_zero_std:
+        keep &= ~zero_std.repeat_interleave(g)
+    if cfg.overlong == "mask":
+        keep &= ~roll.truncated.cpu()
+    rows = keep.nonzero().squeeze(1)  # sequences that enter the loss
+
+    # 4. loss + 5. update
+    t1 = time.perf_counter()
+    agg = {"clip_frac": 0.0, "kl": 0.0, "ratio_mean": 0.0, "ratio_max": 0.0, "tokens": 0.0}
+    loss_total, grad_norm = 0.0, 0.0
+    lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else cfg.lr
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    if len(rows):
+        ids, att = roll.input_ids[rows], roll.attention_mask[rows]
+        cmask, adv_k = roll.completion_mask[rows].float(), adv[rows].to(device)
+        norm = loss_normalizer(cmask, cfg.loss_type, cfg.max_new_tokens)
+        mbs = [slice(s, s + cfg.micro_batch_size) for s in range(0, len(rows), cfg.micro_batch_size)]
+        old = ref = None
+        if cfg.num_iterations > 1:  # the policy that sampled, frozen for all passes
+            old = torch.cat([_logprobs(policy, ids[m], att[m], cmask[m], cfg, device, False) for m in mbs])
+        if ref_model is not None:
+            ref = torch.cat([_logprobs(ref_model, ids[m], att[m], cmask[m], cfg, device, False) for m in mbs])
+        policy.train()
+        for _ in range(cfg.num_iterations):
+            optimizer.zero_grad(set_to_none=True)
+            agg = {k: 0.0 for k in agg}
+            loss_total = 0.0
+            for m in mbs:
+                logp = _logprobs(policy, ids[m], att[m], cmask[m], cfg, device, True)  # [n, C]
+                old_m = logp.detach() if old is None else old[m]
+                loss, st = policy_loss(logp, old_m, adv_k[m], cmask[m], loss_type=cfg.loss_type,
+                                       eps_low=cfg.eps_low, eps_high=cfg.eps_high,
+                                       ref_logp=None if ref is None else ref[m], beta=cfg.beta,
+                                       max_len=cfg.max_new_tokens, normalizer=norm)
+                if not torch.isfinite(loss):
+                    raise NonFiniteError(f"step {step}: loss is {loss.item()} (micro-batch of rows "
+                                         f"{m.start}..{m.stop}); the update was not applied")
+                loss.backward()
+                loss_total += loss.item()
+                for k in ("clip_frac", "kl", "ratio_mean"):
+                    agg[k] += st[k] * st["tokens"]
+                agg["ratio_max"] = max(agg["ratio_max"], st["ratio_max"])
+                agg["tokens"] += st["tokens"]
+            params = [p for p in policy.parameters() if p.grad is not None]
+            clip_to = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_to))
+            if not math.isfinite(grad_norm):
+                raise NonFiniteError(f"step {step}: gradient norm is {grad_norm}; the update was not applied")
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    t_train = time.perf_counter() - t1
+    n_tok = max(agg["tokens"], 1.0)
+    gen_tokens = float(lengths.sum())
+    return {
+        "step": step, "problem_ids": [p.id for p in batch],
+        "reward": float(rewards.mean()), "accuracy": float(correct.mean()),
+        "frac_zero_std": float(zero_std.float().mean()), "response_len": float(lengths.float().mean()),
+        "truncated": float(roll.truncated.float().mean()), "n_loss_seqs": int(len(rows)),
+        "loss": loss_total, "clip_frac": agg["clip_frac"] / n_tok, "kl": agg["kl"] / n_tok,
+        "ratio_mean": agg["ratio_mean"] / n_tok if agg["tokens"] else 1.0, "ratio_max": agg["ratio_max"],
+        "grad_norm": grad_norm, "lr": lr, "gen_s": t_gen, "train_s": t_train,
+        "tokens_per_s": gen_tokens / max(t_gen + t_train, 1e-9), "skipped": len(rows) == 0,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
+def _truncate_log(path: Path, key_ok: Callable[[dict], bool]) -> None:
+    """After a resume, drop log rows written after the checkpoint (they will be written again)."""
+    from data import read_jsonl, write_jsonl
+
+    if path.exists():
+        rows = list(read_jsonl(path))
+        kept = [r for r in rows if key_ok(r)]
+        if len(kept) != len(rows):
+            write_jsonl(path, kept)
+
+
+def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRPOConfig, *, out_dir,
+          eval_fn: Callable[[int], dict] | None = None, resume: bool = True,
+          reward_fn: Callable[[str, str], float] | None = None) -> dict:
+    """Train `policy` in place on `schedule`, in order.
+
+    problems: data.Problem list; schedule: list of batches, each a list of problem ids (the rows of
+    schedule.jsonl, see `read_schedule`); step i of train_log.jsonl is schedule[i]. eval_fn(step) is
+    called with the number of completed steps (0 before training when starting fresh) every
+    cfg.eval_every steps and at the end; its dict goes to eval_log.jsonl. reward_fn(text, gold)
+    defaults to evaluate.math_reward. With resume=True the latest checkpoint under
+    out_dir/checkpoints is loaded into `policy` (weights, optimizer, RNG) and the run continues
+    after it; resume=False refuses an out_dir that already has checkpoints.
+    Returns the last step's log row (or {} when nothing was left to do).
+    """
+    from data import append_jsonl, atomic_write_text, stable_hash
+
+    if reward_fn is None:
+        from evaluate import math_reward as reward_fn
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    by_id = {p.id: p for p in problems}
+    for i, ids in enumerate(schedule):
+        if not ids:
+            raise ValueError(f"schedule step {i} is an empty batch")
+        missing = [pid for pid in ids if pid not in by_id]
+        if missing:
+            raise KeyError(f"schedule step {i} names problem id {missing[0]!r}, not among the {len(problems)} "
+                           "training problems")
+    n_steps = len(schedule) if cfg.max_steps is None else min(cfg.max_steps, len(schedule))
+    sched_hash = stable_hash([list(map(str, b)) for b in schedule])
+    device = next(policy.parameters()).device
+
+    # The reference is the policy as given (before any resume), frozen; none at beta = 0.
+    ref_model = copy.deepcopy(policy).eval().requires_grad_(False) if cfg.beta > 0 else None
+    if cfg.gradient_checkpointing:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=cfg.weight_decay)
+    train_log, eval_log = out_dir / "train_log.jsonl", out_dir / "eval_log.jsonl"
+    start = 0
+    last = latest_checkpoint(ckpt_dir)
+    if last is not None and not resume:
+        raise FileExistsError(f"{ckpt_dir} holds checkpoints ({last.name}); pass resume=True or a new out_dir")
+    if last is not None:
+        start = load_checkpoint(last, policy, optimizer, cfg, sched_hash)
+        _truncate_log(train_log, lambda r: r["step"] < start)
+        _truncate_log(eval_log, lambda r: r["step"] <= start)
+    else:
+        for f in (train_log, eval_log):
+            f.unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "grpo_config.json", json.dumps(asdict(cfg), indent=2) + "\n")
+    stop_ids = stop_token_ids(policy, tokenizer)
+
+    def run_eval(done: int):
+        if eval_fn is not None:
+            append_jsonl(eval_log, {"step": done, **eval_fn(done)})
+
+    if start == 0 and cfg.eval_every > 0:
+        run_eval(0)
+    row: dict = {}
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(start, n_steps), initial=start, total=n_steps, desc="grpo", dynamic_ncols=True)
+    for step in bar:
+        batch = [by_id[pid] for pid in schedule[step]]
+        try:
+            row = grpo_step(policy, tokenizer, batch, cfg, optimizer, step=step, reward_fn=reward_fn,
+                            ref_model=ref_model, stop_ids=stop_ids)
+        except NonFiniteError as e:
+            kept = latest_checkpoint(ckpt_dir)
+            raise NonFiniteError(f"{e}. Training stopped; last checkpoint kept: {kept or 'none'}") from e
+        except torch.OutOfMemoryError as e:
+            raise torch.OutOfMemoryError(
+                f"out of memory at step {step} (B={len(batch)}, G={cfg.group_size}): lower "
+                f"--micro-batch-size ({cfg.micro_batch_size}), --gen-batch-size ({cfg.gen_batch_size}) or "
+                f"--max-new-tokens ({cfg.max_new_tokens}), or pass --gradient-checkpointing") from e
+        append_jsonl(train_log, row)
+        bar.set_postfix(reward=f"{row['reward']:.3f}", len=f"{row['response_len']:.0f}",
+                        gnorm=f"{row['grad_norm']:.2f}", zero_std=f"{row['frac_zero_std']:.2f}")
+        done = step + 1
+        if cfg.eval_every > 0 and (done % cfg.eval_every == 0 or done == n_steps):
+            run_eval(done)
+        if done % cfg.save_every == 0 or done == n_steps:
+            save_checkpoint(ckpt_dir, done, policy, optimizer, cfg, sched_hash)
+    return row
+
+
+# ----------------------------------------------------------------------------------------------
+# Schedules and the CLI
+# ----------------------------------------------------------------------------------------------
+def random_schedule(ids: list[str], batch_size: int, num_steps: int, seed: int) -> list[list[str]]:
+    """Vanilla GRPO's data order: shuffled epochs (a fresh permutation each epoch), cut into batches."""
+    if len(ids) < batch_size:
+        raise ValueError(f"{len(ids)} problems cannot fill a batch of {batch_size}")
+    rng = np.random.default_rng(seed)
+    order: list[str] = []
+    while len(order) < num_steps * batch_size:
+        order += [ids[i] for i in rng.permutation(len(ids))]
+    return [order[i * batch_size:(i + 1) * batch_size] for i in range(num_steps)]
+
+
+def read_schedule(path) -> list[list[str]]:
+    """schedule.jsonl rows {"step": i, "ids": [...]} -> batches ordered by step (steps must be 0..S-1)."""
+    from data import read_jsonl
+
+    rows = list(read_jsonl(path))
+    for n, r in enumerate(rows):
+        if "step" not in r or "ids" not in r:
+            raise ValueError(f"row {n + 1} of {path} needs keys 'step' and 'ids'; got {sorted(r)}")
+    rows.sort(key=lambda r: r["step"])
+    if [r["step"] for r in rows] != list(range(len(rows))):
+        raise ValueError(f"{path}: steps must be 0..{len(rows) - 1} without gaps or repeats")
+    return [[str(i) for i in r["ids"]] for r in rows]
+
+
+def _parse_optional(kind):
+    def parse(text: str):
+        return None if text.lower() == "none" else kind(text)
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description="GRPO / DAPO / Dr. GRPO on a batch schedule.")
+    ap.add_argument("--model", required=True, help="policy: HF model id or folder")
+    ap.add_argument("--train-data", required=True, help="problems: jsonl / json / parquet / Hub id")
+    ap.add_argument("--schedule", default=None, help="schedule.jsonl to follow (default: random batches)")
+    ap.add_argument("--out", default="runs/grpo", help="output folder (logs, checkpoints, final model)")
+    ap.add_argument("--preset", default="qwen-math-1.5b", choices=sorted(GRPOConfig.PRESETS))
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N training problems")
+    ap.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                    help="continue from the latest checkpoint in --out (--no-resume refuses a used --out)")
+    cfg_group = ap.add_argument_group("GRPOConfig ([default] of the qwen-math-1.5b preset; --preset changes it)")
+    for f in fields(GRPOConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = type(f.default)
+        if f.type in ("bool",) or kind is bool:
+            cfg_group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                   help=f"{f.metadata['help']} [{f.default}]")
+        else:
+            parse = _parse_optional(int) if f.default is None else kind
+            cfg_group.add_argument(flag, type=parse, default=argparse.SUPPRESS,
+                                   help=f"{f.metadata['help']} [{f.default}]")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from data import load_problems, write_jsonl
+
+    args = build_parser().parse_args(argv)
+    overrides = {f.name: getattr(args, f.name) for f in fields(GRPOConfig) if hasattr(args, f.name)}
+    cfg = GRPOConfig.preset(args.preset, **overrides)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    policy = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(device)
+    problems = load_problems(args.train_data, limit=args.limit)
+    out = Path(args.out)
+    if args.schedule:
+        schedule = read_schedule(args.schedule)
+    else:
+        schedule = random_schedule([p.id for p in problems], cfg.batch_size, cfg.num_steps, cfg.seed)
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / "schedule.jsonl").exists():
+            write_jsonl(out / "schedule.jsonl", [{"step": i, "ids": b} for i, b in enumerate(schedule)])
+    last = train(policy, tokenizer, problems, schedule, cfg, out_dir=out, resume=args.resume)
+    final = out / "final"
+    policy.save_pretrained(final)
+    tokenizer.save_pretrained(final)
+    print(json.dumps({k: v for k, v in last.items() if k != "problem_ids"}, indent=None))
+    print(f"final model: {final}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,390 @@
+"""The toy world: synthetic arithmetic problems with known labels, a tiny Qwen2 model, a warm start.
+
+SAERL's three data operations need something real to act on, and tests need the truth to score
+them against. In this world every problem carries its topic (operation family), its difficulty
+(operand digits / list length / number of operations) and its quality (clean, or one of three
+corruptions), and the policy is a real `Qwen2ForCausalLM` saved in Hugging Face format, loaded
+through the same `from_pretrained` path as Qwen2.5-Math-1.5B.
+
+Public functions
+    make_problems(n, *, seed, corrupt_frac=0.15)  labelled problems (meta: topic, difficulty,
+                                                  quality, corruption, true_answer)
+    char_tokenizer()                              character-level fast tokenizer, ChatML specials
+    tiny_model(tokenizer, *, seed)                a ~1M-parameter Qwen2ForCausalLM
+    warm_start(model, tokenizer, *, steps, seed)  supervised fine-tuning to partial accuracy
+    greedy_accuracy(model, tokenizer, problems)   per-problem correctness of greedy answers
+    build_world(out_dir, *, seed)                 all of the above, saved and cached on disk
+    python toy.py --out DIR                       builds the world, prints accuracy by difficulty
+
+Families and difficulty (1 = easiest, 5 = hardest). Learnability follows the measurements in
+DESIGN.md: small tables and copying are learnt in a minute, carries over several digits are not.
+    add, subtract, multiply   level 1: both operands 0-4; levels 2-4: a with 1-3 digits and b one
+                              digit; level 5: two two-digit operands (subtract keeps a >= b)
+    max                       largest of level+1 numbers, one-digit at levels 1-2, two-digit above
+    chain                     level operations (+, -) on operands 0-4, left to right
+Corruptions, equally split: `wrong_answer` (reference answer off by a non-zero amount),
+`garbled` (problem characters shuffled, answer kept), `off_distribution` (a question from
+outside the world, e.g. about colours, with an arbitrary number as answer).
+The completion the model learns is `\\boxed{N}` then `<|im_end|>`: the real verifier applies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from data import Problem, atomic_path, format_prompt, load_problems, stable_hash, write_problems
+
+TOPICS = ("add", "subtract", "multiply", "max", "chain")
+LEVELS = (1, 2, 3, 4, 5)
+CORRUPTIONS = ("wrong_answer", "garbled", "off_distribution")
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+CHARS = "\n" + "".join(chr(c) for c in range(32, 127))
+TEMPLATE = "chatml"  # see data.format_prompt: the instruction would triple sequence length
+WORLD_VERSION = 3  # bump when problems, model or warm start change, to invalidate cached worlds
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+OFF_DISTRIBUTION = (
+    "What colour is the sky on a clear day?",
+    "Name the capital city of France.",
+    "Which animal says moo?",
+    "Write a haiku about the sea.",
+    "Who wrote the play Hamlet?",
+    "Is a tomato a fruit or a vegetable?",
+    "Translate the word cat into German.",
+    "What day comes after Monday?",
+)
+OFF_TOPIC_THINGS = ("animal", "city", "colour", "fruit", "country", "river", "tree", "composer")
+
+
+# --------------------------------------------------------------------------------------------
+# Problems
+
+
+def make_problems(n: int, *, seed: int = 0, corrupt_frac: float = 0.15, prefix: str = "toy",
+                  unique: bool = True) -> list[Problem]:
+    """n labelled problems, topics and difficulties uniform, a `corrupt_frac` share corrupted.
+
+    unique=True redraws a problem whose text was already drawn (data.load_problems would keep
+    only one copy); the easiest levels have few distinct problems (25 sums of 0-4), so in large
+    sets they end up a little under-represented.
+    """
+    if not 0.0 <= corrupt_frac <= 1.0:
+        raise ValueError(f"corrupt_frac must be in [0, 1], got {corrupt_frac}")
+    rng = random.Random(seed)
+    n_bad = round(n * corrupt_frac)
+    bad_slots = sorted(rng.sample(range(n), n_bad))
+    kind_of = {slot: CORRUPTIONS[j % len(CORRUPTIONS)] for j, slot in enumerate(bad_slots)}
+    problems, seen = [], set()
+    for i in range(n):
+        for _attempt in range(100):
+            topic, level = rng.choice(TOPICS), rng.choice(LEVELS)
+            text, answer = clean_problem(topic, level, rng)
+            meta = {"topic": topic, "difficulty": level, "quality": 1, "corruption": None, "true_answer": answer}
+            if i in kind_of:
+                text, answer = corrupt(kind_of[i], text, answer, rng)
+                meta.update(quality=0, corruption=kind_of[i])
+            if not unique or text not in seen:
+                break
+        seen.add(text)
+        problems.append(Problem(id=f"{prefix}-{i}", problem=text, answer=answer, meta=meta))
+    return problems
+
+
+def clean_problem(topic: str, level: int, rng: random.Random) -> tuple[str, str]:
+    """One correct (text, answer) pair of the given family and difficulty (see the module docstring)."""
+    def number(digits):
+        return rng.randint(10 ** (digits - 1) if digits > 1 else 0, 10 ** digits - 1)
+
+    def operands():  # the arithmetic ladder shared by add, subtract and multiply
+        if level == 1:
+            return rng.randint(0, 4), rng.randint(0, 4)
+        if level == 5:
+            return number(2), number(2)
+        return number(level - 1), number(1)
+
+    if topic in ("add", "subtract", "multiply"):
+        a, b = operands()
+        if topic == "subtract" and a < b:
+            a, b = b, a
+        op, value = {"add": ("+", a + b), "subtract": ("-", a - b), "multiply": ("*", a * b)}[topic]
+        return f"What is {a}{op}{b}?", str(value)
+    if topic == "max":
+        xs = [number(1 if level <= 2 else 2) for _ in range(level + 1)]
+        return f"Largest of {','.join(map(str, xs))}?", str(max(xs))
+    if topic == "chain":
+        value = rng.randint(0, 4)
+        expr = str(value)
+        for _ in range(level):
+            op, x = rng.choice("+-"), rng.randint(0, 4)
+            value = value + x if op == "+" else value - x
+            expr += f"{op}{x}"
+        return f"Compute {expr}.", str(value)
+    raise ValueError(f"unknown topic {topic!r}; expected one of {TOPICS}")
+
+
+def corrupt(kind: str, text: str, answer: str, rng: random.Random) -> tuple[str, str]:
+    if kind == "wrong_answer":
+        return text, str(int(answer) + rng.choice([-1, 1]) * rng.randint(1, 9))
+    if kind == "garbled":
+        chars = list(text)
+        while "".join(chars) == text:
+            rng.shuffle(chars)
+        return "".join(chars), answer
+    if kind == "off_distribution":
+        if rng.random() < 0.25:
+            return rng.choice(OFF_DISTRIBUTION), str(rng.randint(0, 99))
+        thing, letter = rng.choice(OFF_TOPIC_THINGS), chr(ord("A") + rng.randrange(26))
+        return f"Name a {thing} that starts with the letter {letter}.", str(rng.randint(0, 99))
+    raise ValueError(f"unknown corruption {kind!r}; expected one of {CORRUPTIONS}")
+
+
+# --------------------------------------------------------------------------------------------
+# Model and tokenizer
+
+
+def char_tokenizer():
+    """A character-level PreTrainedTokenizerFast with Qwen's special tokens and ChatML template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    # Byte-level symbols (space -> "Ġ", newline -> "Ċ") as in Qwen's own tokenizer, and no merges:
+    # every character is one token, and transformers may rebuild it as a Qwen2Tokenizer on load
+    # (it does for model_type qwen2) without changing a single id.
+    byte_char = _bytes_to_unicode()
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    vocab.update({byte_char[ord(c)]: len(SPECIAL_TOKENS) + i for i, c in enumerate(CHARS)})
+    vocab["<unk>"] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", ignore_merges=True))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<unk>",
+        additional_special_tokens=["<|im_start|>"], padding_side="left",
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from bytes to printable characters (used by byte-level BPE)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    mapping, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            mapping[b] = chr(b)
+        else:
+            mapping[b] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+def tiny_model(tokenizer, *, seed: int = 0, hidden: int = 128, layers: int = 2):
+    """A Qwen2ForCausalLM of about 1M parameters, the same class as Qwen2.5-Math."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden,
+        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=512, tie_word_embeddings=True, rope_theta=10000.0,
+        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def completion_text(answer: str) -> str:
+    return f"\\boxed{{{answer}}}"
+
+
+# --------------------------------------------------------------------------------------------
+# Warm start and accuracy
+
+
+def warm_start(model, tokenizer, *, steps: int = 500, batch_size: int = 64, lr: float = 3e-3,
+               seed: int = 0, log_every: int = 100) -> list[float]:
+    """Supervised training on fresh clean problems: loss on the completion tokens only.
+
+    Problems come from a seed stream disjoint from the world's train/test sets. Returns the loss
+    curve. Deterministic for a seed on CPU.
+    """
+    torch.manual_seed(seed)
+    pool = make_problems(steps * batch_size, seed=10_000 + seed, corrupt_frac=0.0, prefix="warm", unique=False)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 50) * max(0.05, 1 - s / steps))
+    model.train()
+    losses = []
+    for step in range(steps):
+        batch = pool[step * batch_size:(step + 1) * batch_size]
+        input_ids, labels, attn = _sft_batch(batch, tokenizer)
+        loss = model(input_ids=input_ids, attention_mask=attn, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if log_every and (step + 1) % log_every == 0:
+            print(f"[toy] warm start step {step + 1}/{steps} loss {sum(losses[-log_every:]) / log_every:.3f}")
+    model.eval()
+    return losses
+
+
+def _sft_batch(problems, tokenizer):
+    """Right-padded [B, T] ids with labels = -100 outside the completion."""
+    seqs, labs = [], []
+    for p in problems:
+        prompt = tokenizer(format_prompt(p.problem, tokenizer, TEMPLATE), add_special_tokens=False).input_ids
+        target = tokenizer(completion_text(p.answer), add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        seqs.append(prompt + target)
+        labs.append([-100] * len(prompt) + target)
+    T = max(map(len, seqs))
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([s + [pad] * (T - len(s)) for s in seqs])          # [B, T]
+    labels = torch.tensor([l + [-100] * (T - len(l)) for l in labs])          # [B, T]
+    attn = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in seqs])     # [B, T]
+    return input_ids, labels, attn
+
+
+@torch.no_grad()
+def greedy_answers(model, tokenizer, problems, *, batch_size: int = 256, max_new_tokens: int = 16) -> list[str]:
+    """Greedy completions (decoded, without the prompt) for each problem."""
+    out = []
+    for i in range(0, len(problems), batch_size):
+        prompts = [format_prompt(p.problem, tokenizer, TEMPLATE) for p in problems[i:i + batch_size]]
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        out += tokenizer.batch_decode(gen[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
+    return out
+
+
+def greedy_accuracy(model, tokenizer, problems, **kw) -> list[bool]:
+    """Per problem: did the greedy completion box the reference answer exactly?
+
+    The toy world's answers are integers, so exact string match of the boxed content is the
+    right check here; the general verifier lives in evaluate.py.
+    """
+    return [completion == completion_text(p.answer) for p, completion in
+            zip(problems, greedy_answers(model, tokenizer, problems, **kw))]
+
+
+def accuracy_table(problems, correct) -> str:
+    """Markdown table of accuracy by difficulty (rows) and topic (columns)."""
+    cell = {}
+    for p, ok in zip(problems, correct):
+        for key in ((p.meta["difficulty"], p.meta["topic"]), (p.meta["difficulty"], "all"), ("all", "all")):
+            cell.setdefault(key, []).append(ok)
+    cols = list(TOPICS) + ["all"]
+    lines = ["| difficulty | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for level in list(LEVELS) + ["all"]:
+        row = [f"{sum(v) / len(v):.2f}" if (v := cell.get((level, c))) else "-" for c in cols]
+        lines.append(f"| {level} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# The world on disk
+
+
+@dataclass
+class World:
+    root: Path
+    model_dir: Path
+    train_path: Path
+    test_path: Path
+    info: dict
+
+
+def build_world(out_dir, *, seed: int = 0, n_train: int = 1200, n_test: int = 500, corrupt_frac: float = 0.15,
+                warm_steps: int = 500, hidden: int = 128, layers: int = 2, verbose: bool = True) -> World:
+    """Write (or reuse) the toy world in out_dir: model/, train.jsonl, test.jsonl, world.json.
+
+    train.jsonl holds `corrupt_frac` corrupted problems; test.jsonl is clean. A world already in
+    out_dir with the same settings is reused; any other content there is an error, never
+    overwritten silently.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = Path(out_dir)
+    settings = dict(version=WORLD_VERSION, seed=seed, n_train=n_train, n_test=n_test,
+                    corrupt_frac=corrupt_frac, warm_steps=warm_steps, hidden=hidden, layers=layers)
+    key = stable_hash(settings)
+    info_path = root / "world.json"
+    world = World(root, root / "model", root / "train.jsonl", root / "test.jsonl", {})
+    if info_path.exists():
+        info = json.loads(info_path.read_text())
+        if info.get("key") == key:
+            world.info = info
+            return world
+        if verbose:
+            print(f"[toy] {root} holds a world built with other settings; rebuilding it")
+
+    t0 = time.time()
+    tokenizer = char_tokenizer()
+    model = tiny_model(tokenizer, seed=seed, hidden=hidden, layers=layers)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    losses = warm_start(model, tokenizer, steps=warm_steps, seed=seed, log_every=100 if verbose else 0)
+    train = make_problems(n_train, seed=seed, corrupt_frac=corrupt_frac, prefix="train")
+    test = make_problems(n_test, seed=seed + 1, corrupt_frac=0.0, prefix="test")
+    correct = greedy_accuracy(model, tokenizer, test)
+
+    model.save_pretrained(world.model_dir)
+    tokenizer.save_pretrained(world.model_dir)
+    write_problems(world.train_path, train)
+    write_problems(world.test_path, test)
+    # Loading back through from_pretrained proves the world works on the real-model path.
+    AutoModelForCausalLM.from_pretrained(world.model_dir)
+    AutoTokenizer.from_pretrained(world.model_dir)
+    info = dict(key=key, settings=settings, params=sum(p.numel() for p in model.parameters()),
+                seconds=round(time.time() - t0, 1), final_loss=sum(losses[-50:]) / 50,
+                test_accuracy=sum(correct) / len(correct), table=accuracy_table(test, correct))
+    with atomic_path(info_path) as tmp:
+        Path(tmp).write_text(json.dumps(info, indent=1))
+    world.info = info
+    return world
+
+
+def load_world(root) -> tuple:
+    """(model, tokenizer, train problems, test problems) of a world built by `build_world`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = Path(root)
+    model = AutoModelForCausalLM.from_pretrained(root / "model")
+    tokenizer = AutoTokenizer.from_pretrained(root / "model")
+    return (model, tokenizer, load_problems(root / "train.jsonl", verbose=False),
+            load_problems(root / "test.jsonl", verbose=False))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="runs/toy_world", help="directory for model/, train.jsonl, test.jsonl")
+    ap.add_argument("--seed", type=int, default=0, help="seed of problems, model init and warm start")
+    ap.add_argument("--n-train", type=int, default=1200, help="training problems (corrupted ones included)")
+    ap.add_argument("--n-test", type=int, default=500, help="clean held-out problems")
+    ap.add_argument("--corrupt-frac", type=float, default=0.15, help="share of corrupted training problems")
+    ap.add_argument("--warm-steps", type=int, default=500, help="supervised warm-start steps (batch 64)")
+    args = ap.parse_args(argv)
+    world = build_world(args.out, seed=args.seed, n_train=args.n_train, n_test=args.n_test,
+                        corrupt_frac=args.corrupt_frac, warm_steps=args.warm_steps)
+    print(f"toy world in {world.root} ({world.info['params']:,} parameters, built in {world.info['seconds']} s)")
+    print(f"greedy accuracy on clean test problems: {world.info['test_accuracy']:.3f}")
+    print(world.info["table"])
+
+
+if __name__ == "__main__":
+    main()

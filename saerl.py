@@ -413,7 +413,9 @@ def enet_coordinate_descent(X, y, l1, l2, *, max_iter=1000, tol=1e-4, w=None, po
     is accepted if it keeps every sign: it is then the exact minimiser on that orthant face, so
     the objective cannot rise. Returns (w, gap, tol·‖y‖², sweeps)."""
     n, d = X.shape
-    w = np.zeros(d) if w is None else np.array(w, dtype=np.float64)
+    w = np.zeros(d) if w is None else np.array(w, dtype=np.float64).reshape(-1)
+    if w.shape != (d,):
+        raise ValueError(f"warm-start coefficients have {w.size} entries, X has {d} features")
     norm2 = np.einsum("ij,ij->j", X, X)  # [d]
     usable = norm2 > 0  # all-zero columns keep w_j = 0, as in sklearn
     w[~usable] = 0.0

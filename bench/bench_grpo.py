@@ -215,7 +215,7 @@ def worker_learn(spec: dict) -> dict:
     train = load_problems(spec["train_path"])
     test = [p for p in load_problems(spec["test_path"]) if int(p.meta.get("quality", 1)) == 1]
     cfg = grpo.GRPOConfig.toy(seed=spec["seed"], **spec.get("overrides", {}))
-    before = heldout_reward(model, tok, test, cfg, samples=spec["samples"])
+    before = heldout_reward(model, tok, test, cfg, samples=spec["samples"]) if spec["eval_before"] else None
     schedule = grpo.random_schedule([p.id for p in train], cfg.batch_size, spec["steps"], seed=spec["seed"])
     out = Path(spec["tmp"]) / f"learn_{spec['seed']}"
     shutil.rmtree(out, ignore_errors=True)
@@ -278,8 +278,10 @@ def main() -> None:
         write_problems(args.tmp / "problems.jsonl", toy.make_problems(256, seed=0))
         base = {"train_path": str(args.tmp / "problems.jsonl"), "tmp": str(args.tmp)}
     if args.learn:
-        runs = [run_worker("learn", {**base, "test_path": str(world.test_path), "seed": s,
-                                     "steps": args.learn_steps, "samples": args.samples}) for s in args.seeds]
+        # the starting model is the same for every seed, so its held-out reward is measured once
+        runs = [run_worker("learn", {**base, "test_path": str(world.test_path), "seed": s, "eval_before": i == 0,
+                                     "steps": args.learn_steps, "samples": args.samples})
+                for i, s in enumerate(args.seeds)]
         for r in runs:
             print(json.dumps(r))
         ok = [r for r in runs if "error" not in r]

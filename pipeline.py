@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import json
 import math
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -514,8 +513,6 @@ class Run:
 
     def _fresh_policy(self):
         """The policy as it was before any arm trained (arms must not share weights)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         from evaluate import load_model
 
         return load_model(self.cfg.model, device=self.device.type)

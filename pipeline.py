@@ -697,7 +697,7 @@ def parse_args(argv=None) -> tuple[Config, dict]:
     for f in dataclasses.fields(Config):
         _add_flag(ap, f, f.default)
     g = ap.add_argument_group("GRPO (passed to grpo.GRPOConfig; default: the preset's value)")
-    grpo_fields = [f for f in dataclasses.fields(grpo.GRPOConfig) if f.name not in own and f.name not in ("max_steps",)]
+    grpo_fields = [f for f in dataclasses.fields(grpo.GRPOConfig) if f.name not in own and f.name not in ("max_steps", "num_steps")]
     for f in grpo_fields:
         _add_flag(g, f, None)
     ns = vars(ap.parse_args(argv))
@@ -708,10 +708,11 @@ def parse_args(argv=None) -> tuple[Config, dict]:
 
 def _add_flag(ap, f, default):
     flag = "--" + f.name.replace("_", "-")
-    help_text = f.metadata.get("help", "")
+    help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
     typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str")
     if "bool" in typ:
-        ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        action = "store_true" if f.name.startswith("no_") else argparse.BooleanOptionalAction
+        ap.add_argument(flag, action=action, default=default, help=help_text)
         return
     conv = int if typ.startswith("int") else float if typ.startswith("float") else str
     ap.add_argument(flag, type=conv, default=default, help=help_text)

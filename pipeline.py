@@ -95,8 +95,13 @@ class Config:
 
 
 def main(argv=None) -> Path:
+    from data import DataError
+
     cfg, grpo_overrides = parse_args(argv)
-    return run(cfg, grpo_overrides)
+    try:
+        return run(cfg, grpo_overrides)
+    except DataError as e:  # bad input: say what and where, without a traceback
+        raise SystemExit(f"saerl: {e}") from e
 
 
 def run(cfg: Config, grpo_overrides: dict | None = None) -> Path:

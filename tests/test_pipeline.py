@@ -97,3 +97,20 @@ def test_killed_run_resumes(mini_world, tmp_path):
     steps = [row["step"] for row in read_jsonl(log)]
     assert steps == list(range(6))  # each step once: resumed, not restarted
     assert "sae: cached" in again.stderr and "features: cached" in again.stderr
+
+
+def test_help_lists_every_flag_with_a_line():
+    proc = run_saerl([sys.executable, str(ROOT / "saerl.py"), "--help"])
+    assert proc.returncode == 0, proc.stderr
+    for flag in ("--model", "--sae-model", "--sae-layer", "--train-data", "--k", "--mix", "--quality-drop",
+                 "--difficulty-labels", "--schedule", "--no-curriculum", "--no-cluster", "--no-quality-filter",
+                 "--compare", "--seeds", "--benchmarks", "--stage", "--lr", "--group-size", "--loss-type"):
+        assert flag in proc.stdout, flag
+
+
+def test_hub_ids_fail_fast_offline_naming_a_local_path(tmp_path):
+    start = time.time()
+    proc = run_saerl([sys.executable, str(ROOT / "saerl.py"), "--model", "Qwen/Qwen2.5-Math-1.5B",
+                      "--out", str(tmp_path), "--stage", "problems"])
+    assert proc.returncode != 0 and "local" in proc.stderr and "Traceback" not in proc.stderr
+    assert time.time() - start < 60

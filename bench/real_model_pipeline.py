@@ -223,8 +223,8 @@ def analyse(args, run_dir: Path) -> dict:
     from data import read_jsonl
 
     probs = list(read_jsonl(run_dir / "problems.jsonl"))
-    level = np.array([float(p["meta"]["difficulty"]) for p in probs])
-    subject = [p["meta"]["type"] for p in probs]
+    level = np.array([float(p["difficulty"]) for p in probs])
+    subject = [p["type"] for p in probs]
     labels = json.loads((run_dir / "labels.json").read_text())
     quality = json.loads((run_dir / "quality.json").read_text())
     difficulty = json.loads((run_dir / "difficulty.json").read_text())

@@ -326,10 +326,22 @@ def main(argv=None) -> dict | None:
         "total_wall_s": time.time() - t_start,
     }
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.results, json.dumps(results, indent=1) + "\n")
+    atomic_write_text(args.results, json.dumps(_finite(results), indent=1, allow_nan=False) + "\n")
     print_table(results)
     print(f"results: {args.results}")
     return results
+
+
+def _finite(x):
+    """NaN/inf -> None, so the results file is strict JSON (the probe's precision is NaN when it
+    flags nothing on the held-out split)."""
+    if isinstance(x, float):
+        return x if x == x and abs(x) != float("inf") else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
 
 
 def print_table(r: dict) -> None:

@@ -511,7 +511,8 @@ class Run:
                 + (f", resuming from {last.name}" if last else ""))
             arm_cfg = dataclasses.replace(g, seed=seed)
             grpo.train(policy, tok, problems, batches, arm_cfg, out_dir=arm_dir, eval_fn=eval_fn, resume=True)
-            results[arm_name] = {"eval": read_jsonl(arm_dir / "eval_log.jsonl"),
+            eval_log = arm_dir / "eval_log.jsonl"  # absent when --eval-every 0 (no evaluation asked for)
+            results[arm_name] = {"eval": read_jsonl(eval_log) if eval_log.exists() else [],
                                  "train": read_jsonl(arm_dir / "train_log.jsonl")}
         self.done("train", stable_hash("train", self.schedule_key))
         return results

@@ -566,7 +566,9 @@ def held_out_probe_metrics(X, y, *, seed: int) -> dict:
     # The probe's job is to find bad problems: report precision/recall of label 0 (low quality).
     p_bad = 1.0 - probe.predict_proba(X[test])
     m = saerl.binary_metrics((y[test] == 0).astype(int), p_bad)
-    return {k: float(v) for k, v in m.items()} | {"n": int(len(test)), "negatives": int((y[test] == 0).sum())}
+    # NaN (e.g. precision when nothing is flagged) becomes null: the file stays strict JSON
+    return ({k: (float(v) if math.isfinite(float(v)) else None) for k, v in m.items()}
+            | {"n": int(len(test)), "negatives": int((y[test] == 0).sum())})
 
 
 def cluster_purity(labels, metas) -> dict | None:

@@ -485,7 +485,8 @@ class Run:
         results = {}
         for arm_name, batches in schedules.items():
             arm_dir = self.root / "arms" / arm_name
-            key = stable_hash("train", self.schedule_key, dataclasses.asdict(g), c.benchmarks, c.eval_limit)
+            # keyed by this arm's own batches, so adding seeds or arms keeps the finished ones
+            key = stable_hash("train", batches, dataclasses.asdict(g), c.benchmarks, c.eval_limit, max_eval)
             marker = arm_dir / "key.txt"
             if marker.exists() and marker.read_text() != key:  # settings changed: keep the old arm aside
                 stale = arm_dir.with_name(f"{arm_name}.stale-{int(time.time())}")
@@ -638,7 +639,11 @@ def write_report(r: Run, problems, quality, difficulty, clusters, results) -> No
         p = problems[i]
         tag = f" [{p.meta.get('corruption') or 'clean'}]" if "quality" in p.meta else ""
         lines.append(f"- `{_short(p.problem)}` → `{_short(p.answer, 30)}` (score {quality['scores'][i]:.3f}){tag}")
-    lines += ["", "## Training", ""]
+    n_eval = c.eval_limit or "all"
+    lines += ["", "## Training", "",
+              f"Held-out accuracy: greedy pass@1 on {n_eval} problems of each of `{c.benchmarks}` (mean over "
+              f"benchmarks), every {c.eval_every} steps; {c.steps} GRPO steps of {r.gcfg.batch_size} problems × "
+              f"{r.gcfg.group_size} samples per arm (lr {r.gcfg.lr:g}, loss {r.gcfg.loss_type}).", ""]
     steps = sorted({s for seeds in curves.values() for pts in seeds.values() for s, _ in pts})
     lines += ["| step | " + " | ".join(f"{arm} (mean ± sd over {len(seeds)} seed{'s' * (len(seeds) > 1)})"
                                        for arm, seeds in curves.items()) + " |",
@@ -649,7 +654,12 @@ def write_report(r: Run, problems, quality, difficulty, clusters, results) -> No
             vals = [a for pts in seeds.values() for st, a in pts if st == s]
             cells.append(f"{np.mean(vals):.3f} ± {np.std(vals):.3f}" if vals else "-")
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
-    if target is not None:
+    start = [pts[0][1] for seeds in curves.values() for pts in seeds.values() if pts and pts[0][0] == 0]
+    if target is not None and start and target <= max(start) + 1e-12:
+        lines += ["", f"Target accuracy {target:.3f}" + (" (vanilla's final accuracy)" if c.target is None else "")
+                  + f" is not above the starting accuracy {max(start):.3f}: no arm needed training to reach it, "
+                  "so steps-to-target is not informative here (pass --target)."]
+    elif target is not None:
         lines += ["", f"Steps to reach the target accuracy {target:.3f}"
                   + (" (vanilla's final accuracy)" if c.target is None else "") + ":", ""]
         for arm, seeds in curves.items():

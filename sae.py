@@ -645,7 +645,9 @@ class PooledFeatures:
         row = torch.arange(len(self)).unsqueeze(1).expand_as(self.values)[keep]
         coo = torch.sparse_coo_tensor(torch.stack([row, self.indices[keep]]), self.values[keep],
                                       (len(self), self.d_sae), check_invariants=False).coalesce()
-        return coo.to_sparse_csr()
+        with warnings.catch_warnings():  # torch calls CSR "beta" on every first use; it is what we need
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return coo.to_sparse_csr()
 
     def save(self, path: str | os.PathLike, metadata: dict | None = None) -> None:
         meta = {"d_sae": str(self.d_sae), **{k: str(v) for k, v in (metadata or {}).items()}}

@@ -146,6 +146,8 @@ def answer_from_row(row: dict, *, answer_field: str | None = None) -> tuple[str 
     """The reference answer of one raw row, and every alternative form it lists."""
     value = row.get(answer_field) if answer_field else _pick(row, ANSWER_ALIASES)
     if value is None and not answer_field and isinstance(row.get("solution"), str):
+        from evaluate import last_boxed  # the verifier's bounded reader, one implementation
+
         value = last_boxed(row["solution"])
     if isinstance(value, list):
         alternatives = [a for a in (_canonical(v) for v in value) if a]
@@ -154,19 +156,6 @@ def answer_from_row(row: dict, *, answer_field: str | None = None) -> tuple[str 
     if answer is not None and "####" in answer:  # GSM8K: the answer follows the last ####
         answer = answer.rsplit("####", 1)[1].strip().replace(",", "") or None
     return answer, [answer] if answer else []
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last balanced \\boxed{...} in text, or None."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    i, depth = start + len("\\boxed{"), 1
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i:j].strip()
-    return None
 
 
 def _canonical(value) -> str | None:

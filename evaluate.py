@@ -53,13 +53,15 @@ def extract_answer(text: str | None) -> str | None:
     if not text:
         return None
     text = text[-MAX_COMPLETION_CHARS:]
-    boxed = _last_boxed(text)
+    boxed = last_boxed(text)
     if boxed is not None:
         return boxed
     return _answer_phrase(text)
 
 
-def _last_boxed(text: str, max_candidates: int = 8) -> str | None:
+def last_boxed(text: str, max_candidates: int = 8) -> str | None:
+    """Content of the last balanced \\boxed{...} / \\fbox{...} (or `\\boxed 5`), or None; also data.py's
+    reader of reference solutions."""
     pos = len(text)
     for _ in range(max_candidates):  # bounded: an adversary can write \boxed{ ten thousand times
         start = max(text.rfind("\\boxed", 0, pos), text.rfind("\\fbox", 0, pos))
@@ -149,7 +151,7 @@ def normalize_answer(s: str | None) -> str:
 def _normalize(s: str) -> str:
     s = s.strip()
     if "\\boxed" in s or "\\fbox" in s:
-        s = _last_boxed(s) or s
+        s = last_boxed(s) or s
     s = s.replace("\\\\", "\x00")  # matrix row breaks: keep them out of the way of the single-\ rules
     s = _TRAILING_TEXT_RE.sub("", s)
     for _ in range(3):  # \text{\textbf{x}} nests at most a little in practice

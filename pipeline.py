@@ -508,8 +508,9 @@ class Run:
                 return row
 
             last = grpo.latest_checkpoint(arm_dir / "checkpoints")
+            done = int(last.name.rsplit("_", 1)[-1]) if last else 0
             log(f"training arm {arm_name}: {len(batches)} steps of {g.batch_size} problems x {g.group_size}"
-                + (f", resuming from {last.name}" if last else ""))
+                + ("" if not last else " (finished)" if done >= len(batches) else f", resuming from {last.name}"))
             arm_cfg = dataclasses.replace(g, seed=seed)
             grpo.train(policy, tok, problems, batches, arm_cfg, out_dir=arm_dir, eval_fn=eval_fn, resume=True)
             eval_log = arm_dir / "eval_log.jsonl"  # absent when --eval-every 0 (no evaluation asked for)

@@ -146,7 +146,7 @@ def answer_from_row(row: dict, *, answer_field: str | None = None) -> tuple[str 
     """The reference answer of one raw row, and every alternative form it lists."""
     value = row.get(answer_field) if answer_field else _pick(row, ANSWER_ALIASES)
     if value is None and not answer_field and isinstance(row.get("solution"), str):
-        from evaluate import last_boxed  # the verifier's bounded reader, one implementation
+        from verifier import last_boxed  # the verifier's bounded reader, one implementation
 
         value = last_boxed(row["solution"])
     if isinstance(value, list):

@@ -5,7 +5,7 @@ problem ids per line); this file turns each scheduled batch into one policy upda
 named stages, visible in `grpo_step`:
 
     sample    B prompts x G completions with HF `generate` (left padding, temperature, stop at EOS)
-    score     reward = evaluate.math_reward(completion text, gold answer)  (1.0 / 0.0)
+    score     reward = verifier.math_reward(completion text, gold answer)  (1.0 / 0.0)
     advantage group-relative: (r - mean_g) / (std_g + eps)  or  r - mean_g
     loss      clipped surrogate on token log-probs, aggregated per `loss_type`
     update    micro-batches with gradient accumulation, grad clipping, AdamW
@@ -651,7 +651,7 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
     schedule.jsonl, see `read_schedule`); step i of train_log.jsonl is schedule[i]. eval_fn(step) is
     called with the number of completed steps (0 before training when starting fresh) every
     cfg.eval_every steps and at the end; its dict goes to eval_log.jsonl. reward_fn(text, gold)
-    defaults to evaluate.math_reward. With resume=True the latest checkpoint under
+    defaults to verifier.math_reward. With resume=True the latest checkpoint under
     out_dir/checkpoints is loaded into `policy` (weights, optimizer, RNG) and the run continues
     after it; resume=False refuses an out_dir that already has checkpoints.
     Returns the last step's log row (or {} when nothing was left to do).
@@ -659,7 +659,7 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
     from data import append_jsonl, atomic_write_text, stable_hash
 
     if reward_fn is None:
-        from evaluate import math_reward as reward_fn
+        from verifier import math_reward as reward_fn
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
     by_id = {p.id: p for p in problems}

@@ -314,7 +314,8 @@ class Run:
 
     def rollout_labels(self, subset, group: int) -> dict:
         """Difficulty = 1 - pass rate of `group` sampled answers of the policy (the signal the proxy replaces)."""
-        from evaluate import extract_answer, generate_completions, verify
+        from evaluate import generate_completions
+        from verifier import extract_answer, verify
 
         model, tok = self.model(self.cfg.model)
         prompts = [self.prompt_text(p, tok) for p in subset]
@@ -331,7 +332,7 @@ class Run:
     def stage_quality(self, problems, feats, labels, sae_obj) -> dict:
         """Fit the probe on the labelled subset (explicit `quality` field, else automatic labels)
         and score every problem; keep all but the lowest `quality_drop` fraction."""
-        from evaluate import gold_parse_report, is_equiv
+        from verifier import gold_parse_report, is_equiv
 
         c = self.cfg
         key = stable_hash("quality", self.features_key, self.labels_key, c.quality_drop, c.no_quality_filter,

@@ -104,7 +104,7 @@ def timed_step(model, tok, batch, cfg, optimizer, step, reward_fn, device) -> di
 
 
 def worker_ours(spec: dict) -> dict:
-    from evaluate import math_reward
+    from verifier import math_reward
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tok = _load(spec["model_dir"], device)
@@ -131,7 +131,7 @@ def worker_trl(spec: dict) -> dict:
     from transformers import TrainerCallback
 
     from data import format_prompt
-    from evaluate import math_reward
+    from verifier import math_reward
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tok = _load(spec["model_dir"], device)
@@ -188,7 +188,7 @@ def run_worker(kind: str, spec: dict, timeout: int = 1800) -> dict:
 def heldout_reward(model, tok, problems, cfg, *, samples: int, seed: int = 1234) -> dict:
     """Mean reward of `samples` sampled completions per problem (temperature 1), and greedy accuracy."""
     from data import format_prompt
-    from evaluate import math_reward
+    from verifier import math_reward
 
     prompts = [format_prompt(p.problem, tok, cfg.template) for p in problems]
     roll = grpo.sample_rollouts(model, tok, prompts, group_size=samples, temperature=1.0,

@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import data  # noqa: E402
-import evaluate as ev  # noqa: E402
+import verifier as ev  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 

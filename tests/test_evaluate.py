@@ -1,4 +1,4 @@
-"""evaluate.py: answer extraction, safety bounds, reward, gold reports, intervals, generation and evaluation.
+"""verifier.py and evaluate.py: answer extraction, safety bounds, reward, gold reports, intervals, generation and evaluation.
 
 The equivalence rules themselves are specified by the hand-judged table in test_verifier_table.py. Here the
 end-to-end tests use a ~40k-parameter Qwen2 with a character tokenizer, trained for a fraction of a second to
@@ -14,7 +14,7 @@ import torch
 
 import data
 import evaluate as ev
-from evaluate import extract_answer, gold_parse_report, is_equiv, math_reward, normalize_answer, verify
+from verifier import extract_answer, gold_parse_report, is_equiv, math_reward, normalize_answer, verify
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_BENCH = REPO.parent / "shared" / "data" / "bench"
@@ -92,8 +92,9 @@ def test_large_exact_powers_stay_exact():
 
 def test_no_code_execution_primitives_in_source():
     pattern = re.compile(r"(^|[^.\w])(eval|exec|sympify|parse_expr)\(")
-    source = (REPO / "evaluate.py").read_text()
-    assert not [line for line in source.splitlines() if pattern.search(line)]
+    for path in REPO.glob("*.py"):  # model output reaches verifier.py, but no module may run text as code
+        hits = [line for line in path.read_text().splitlines() if pattern.search(line)]
+        assert not hits, (path.name, hits)
 
 
 # ------------------------------------------------------------------------------------------------ reward

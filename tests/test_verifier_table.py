@@ -6,7 +6,7 @@ and is dropped, so 28% equals 28 and 10% does not equal 0.1.
 """
 import pytest
 
-from evaluate import is_equiv
+from verifier import is_equiv
 
 TABLE = [
     # --- integers: exact, no tolerance

@@ -1,0 +1,719 @@
+"""The math-answer verifier: the reward of every GRPO step and the judge of every reported number.
+
+SAERL (DESIGN.md, "Verifier and evaluation") trains with a 1/0 correctness reward and reports accuracy on
+math benchmarks; both call this file, so training reward, in-loop evaluation and the final report share
+one verifier. Model output is untrusted text: no eval/exec/sympify anywhere, and everything is bounded.
+
+    extract_answer(text) -> str | None      last balanced \\boxed{...} / \\fbox{...}; "answer is X" fallbacks
+    last_boxed(text) -> str | None          the last balanced \\boxed{...} alone (also data.py's reader)
+    normalize_answer(s) -> str              canonical string form (rules listed at the function)
+    is_equiv(pred, gold) -> bool            string, numeric, expression, tuple/interval/set/matrix equivalence
+    verify(completion, gold) -> bool        extract + is_equiv
+    math_reward(completion, gold) -> float  1.0 / 0.0 for the trainer
+    gold_parse_report(golds) -> dict        how many reference answers are numbers, expressions, text, empty
+
+Numbers are exact (fractions.Fraction) wherever the input is rational: integers, decimals, fractions, mixed
+numbers, scientific notation and perfect roots compare exactly (28801 != 28800, 0.33 != 1/3). Values that
+need floats (pi, e, irrational roots, logs, trig) compare with relative tolerance REL_TOL. Expressions with
+free variables compare by value at several points.
+
+Percentage rule: "%" is a unit and is dropped, so 28% == 28 and 10% != 0.1.
+Scientific notation: a digit run followed by e/E and an exponent is a number (2e-1 is 0.2, not 2*e-1).
+Bare comma lists (1, 2, 10) are answer lists and compare order-free; bracketed ones are tuples/intervals.
+"""
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from fractions import Fraction
+from functools import lru_cache
+
+# ------------------------------------------------------------------------------------------------ limits
+MAX_COMPLETION_CHARS = 20_000  # extract_answer reads only this tail: the answer is at the end
+MAX_ANSWER_CHARS = 1_000  # answers are cut to this before normalisation and parsing
+MAX_DEPTH = 60  # parser nesting depth
+MAX_RESULT_BITS = 20_000  # exact powers / factorials / sci exponents beyond this size are not evaluated
+MAX_LIST_ITEMS = 64  # tuples, sets, matrix cells
+REL_TOL = 1e-9  # relative tolerance for values that need floating point (round-off only)
+N_POINTS = 6  # evaluation points for expressions with free variables
+
+
+# ------------------------------------------------------------------------------------------------ extraction
+def extract_answer(text: str | None) -> str | None:
+    """The content of the last balanced \\boxed{...} (or \\fbox{...}, or \\boxed X for one token);
+    else the text after the last "final answer" / "answer is" / "####"; else None (never a stray number)."""
+    if not text:
+        return None
+    text = text[-MAX_COMPLETION_CHARS:]
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed
+    return _answer_phrase(text)
+
+
+def last_boxed(text: str, max_candidates: int = 8) -> str | None:
+    """Content of the last balanced \\boxed{...} / \\fbox{...} (or `\\boxed 5`), or None; also data.py's
+    reader of reference solutions."""
+    pos = len(text)
+    for _ in range(max_candidates):  # bounded: an adversary can write \boxed{ ten thousand times
+        start = max(text.rfind("\\boxed", 0, pos), text.rfind("\\fbox", 0, pos))
+        if start < 0:
+            return None
+        j = start + (6 if text.startswith("\\boxed", start) else 5)
+        k = j
+        while k < len(text) and text[k] == " ":
+            k += 1
+        if k < len(text) and text[k] == "{":
+            content = _braced(text, k)
+            if content is not None:
+                return content.strip()
+        elif k > j:  # "\boxed 5": a single token up to the next space or $
+            m = re.match(r"[^\s$]{1,100}", text[k:k + 100])
+            if m:
+                return m.group(0)
+        pos = start
+    return None
+
+
+def _braced(text: str, open_pos: int) -> str | None:
+    """Content of the {...} group opening at open_pos, or None if it does not close within MAX_ANSWER_CHARS."""
+    depth, i, end = 0, open_pos, min(len(text), open_pos + MAX_ANSWER_CHARS + 2)
+    while i < end:
+        c = text[i]
+        if c == "\\":  # \{ and \} are literal braces (sets), not grouping
+            i += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return text[open_pos + 1:i]
+        i += 1
+    return None
+
+
+_PHRASES = ("final answer", "answer is", "answer:", "####")
+
+
+def _answer_phrase(text: str) -> str | None:
+    tail = text[-2_000:]
+    low = tail.lower()
+    best = max(((low.rfind(p), p) for p in _PHRASES), key=lambda t: t[0])
+    if best[0] < 0:
+        return None
+    rest = tail[best[0] + len(best[1]):]
+    rest = re.sub(r"^\s*(is\b)?\s*[:=]?\s*", "", rest, flags=re.IGNORECASE)
+    rest = rest.split("\n", 1)[0].strip()
+    math_span = re.search(r"\$([^$]+)\$", rest)
+    if math_span:
+        rest = math_span.group(1)
+    rest = rest.strip().rstrip(".").strip()
+    return rest[:MAX_ANSWER_CHARS] or None
+
+
+# ------------------------------------------------------------------------------------------------ normalisation
+_UNIT_WORDS = (
+    "square units|sq units|units|unit|square feet|square inches|square meters|square centimeters|sq ft|"
+    "cm|mm|km|meters|meter|metres|inches|inch|feet|foot|ft|yards|yard|miles|mile|mph|kmh|"
+    "dollars|dollar|cents|cent|hours|hour|hrs|minutes|minute|mins|min|seconds|second|sec|days|day|"
+    "weeks|week|months|month|years|year|kg|grams|gram|pounds|pound|lbs|liters|liter|litres|ml|"
+    "degrees|degree|percent|students|people|ways|points|cubic units"
+)
+_UNIT_RE = re.compile(r"(?<=[\d}).%])\s*(?:" + _UNIT_WORDS + r")(?:\^\{?[23]\}?)?\s*$", re.IGNORECASE)
+_TEXT_CMD_RE = re.compile(r"\\(?:text|textbf|textit|textnormal|mbox|mathrm|mathbf|mathit|operatorname)\s*\{([^{}]*)\}")
+_TRAILING_TEXT_RE = re.compile(r"(?<=[\d}])\s*\\(?:text|mbox|mathrm)\s*\{\s*[a-zA-Z][a-zA-Z .]*\}(?:\^\{?[23]\}?)?\s*$")
+_LHS_RE = re.compile(r"^(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?[a-zA-Z0-9]+\}?)?(?:\([a-zA-Z]\))?\s*(?:=|\\in)\s*")
+_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+
+
+def normalize_answer(s: str | None) -> str:
+    """Canonical string form of an answer. In order: cut to MAX_ANSWER_CHARS; unwrap a \\boxed; drop a trailing
+    unit in \\text{}; unwrap \\text{} \\mbox{} \\mathrm{} ...; drop \\left \\right \\! \\, \\; \\: \\quad ~ $ and
+    \\displaystyle; \\dfrac/\\tfrac -> \\frac; \\geq/\\leq/\\neq -> \\ge/\\le/\\ne; expand \\frac12 and
+    \\sqrt2 shorthand; drop ^\\circ, "degrees", % and unit words after a number; drop a trailing period;
+    drop thousands separators (1,000 and 1{,}000); drop a leading "x =" / "f(x) =" / "x \\in"; collapse
+    spaces (one is kept only between two letters)."""
+    if s is None:
+        return ""
+    return _normalize(str(s)[:MAX_ANSWER_CHARS])
+
+
+@lru_cache(maxsize=1 << 16)
+def _normalize(s: str) -> str:
+    s = s.strip()
+    if "\\boxed" in s or "\\fbox" in s:
+        s = last_boxed(s) or s
+    s = s.replace("\\\\", "\x00")  # matrix row breaks: keep them out of the way of the single-\ rules
+    s = _TRAILING_TEXT_RE.sub("", s)
+    for _ in range(3):  # \text{\textbf{x}} nests at most a little in practice
+        s = _TEXT_CMD_RE.sub(r"\1", s)
+    s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])", "", s)
+    s = re.sub(r"\\\$|\\[!,;: ]|\\q?quad(?![a-zA-Z])|\\displaystyle|~|\$", " ", s).replace("\\%", "%")
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = re.sub(r"\\(ge|le|ne)q(?:slant)?(?![a-zA-Z])", r"\\\1", s)  # inequality answers: \geq -> \ge
+    s = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\frac\s*(\d)\s*\{", r"\\frac{\1}{", s)
+    s = re.sub(r"\\frac\s*(\{[^{}]*\})\s*(\d)", r"\\frac\1{\2}", s)
+    s = re.sub(r"\\sqrt\s*(\d)", r"\\sqrt{\1}", s)
+    s = re.sub(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°", "", s)
+    for _ in range(2):  # "5 cm^2", "30 degrees", "12 %" (the percentage rule: % is dropped)
+        s = _UNIT_RE.sub("", s).strip()
+        s = s.rstrip("%").strip() if re.search(r"[\d}]\s*%$", s) else s
+    s = s.strip().rstrip(".").strip()
+    s = s.replace("{,}", "")
+    if _THOUSANDS_RE.fullmatch(s.replace(" ", "")):
+        s = s.replace(" ", "").replace(",", "")
+    if s.count("=") == 1 or "\\in" in s[:12]:
+        s = _LHS_RE.sub("", s, count=1)
+    s = re.sub(r"\s+", " ", s).strip()
+    s = re.sub(r"(?<![a-zA-Z]) | (?![a-zA-Z])", "", s)
+    return s.replace("\x00", "\\\\")
+
+
+# ------------------------------------------------------------------------------------------------ equivalence
+_INT_RE = re.compile(r"-?\d+")
+_WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3}")  # a word (not a command): the answer is text
+
+
+def is_equiv(pred: str | None, gold: str | None) -> bool:
+    """True when pred and gold denote the same answer (see the module docstring for the rules)."""
+    if pred is None or gold is None:
+        return False
+    p, g = normalize_answer(pred), normalize_answer(gold)
+    if not p or not g:
+        return False
+    if p == g:
+        return True
+    if _INT_RE.fullmatch(p) and _INT_RE.fullmatch(g):  # the trainer's common case, without the parser
+        return int(p) == int(g)
+    try:
+        return _structures_equiv(_structure(p), _structure(g))
+    except (_ParseError, RecursionError):
+        return False
+
+
+def verify(completion: str | None, gold: str | None) -> bool:
+    """Does the completion's final answer match the reference answer? An empty gold never rewards."""
+    if gold is None or not normalize_answer(gold):
+        warnings.warn(f"gold answer {gold!r} is empty after normalisation; no completion is rewarded", stacklevel=2)
+        return False
+    return is_equiv(extract_answer(completion), gold)
+
+
+def math_reward(completion: str | None, gold: str | None) -> float:
+    """1.0 if the completion's final answer is correct, else 0.0 (the GRPO reward)."""
+    return 1.0 if verify(completion, gold) else 0.0
+
+
+def answer_kind(answer: str | None) -> str:
+    """One of number, expression, tuple, interval, set, list, matrix, choice, text, empty."""
+    s = normalize_answer(answer)
+    if not s:
+        return "empty"
+    if re.fullmatch(r"\(?[A-E]\)?", s):
+        return "choice"
+    try:
+        st = _structure(s)
+    except (_ParseError, RecursionError):
+        return "text"
+    if st[0] == "scalar":
+        if st[1] is None or _WORD_RE.search(s):  # "Yes" parses as Y*e*s but is a word
+            return "text"
+        return "expression" if _free_vars(st[1]) else "number"
+    if st[0] == "bracketed":
+        return "tuple" if st[1:3] == ("(", ")") else "interval"
+    return st[0]
+
+
+def gold_parse_report(golds, n_examples: int = 5) -> dict:
+    """Counts of reference answers by kind, plus the first examples of those that did not parse as math
+    (text, empty). Text golds are still graded (case-insensitive string match); empty ones never reward."""
+    counts: dict[str, int] = {}
+    examples: list[str] = []
+    for g in golds:
+        kind = answer_kind(g)
+        counts[kind] = counts.get(kind, 0) + 1
+        if kind in ("text", "empty") and len(examples) < n_examples:
+            examples.append(str(g))
+    total = sum(counts.values())
+    unparsed = counts.get("text", 0) + counts.get("empty", 0)
+    return {"total": total, "counts": counts, "unparsed": unparsed, "examples": examples}
+
+
+@lru_cache(maxsize=1 << 16)
+def _structure(s: str):
+    """Split a normalised answer into ("matrix", rows) | ("bracketed", open, close, items) | ("set", items) |
+    ("list", items) | ("union", parts) | ("scalar", ast_or_None, text). Items are structures themselves."""
+    m = re.fullmatch(r"\\begin\{([pbBvV]?matrix|array)\}(?:\{[lcr|]*\})?(.*)\\end\{\1\}", s, re.DOTALL)
+    if m:
+        rows = [r for r in m.group(2).split("\\\\") if r.strip()]
+        cells = [[_scalar(c) for c in r.split("&")] for r in rows[:MAX_LIST_ITEMS]]
+        if sum(len(r) for r in cells) > MAX_LIST_ITEMS:
+            raise _ParseError("matrix too large")
+        return ("matrix", tuple(tuple(r) for r in cells))
+    parts = _split_top(s, "\\cup")
+    if len(parts) > 1:
+        return ("union", tuple(_structure(p) for p in parts))
+    if s.startswith("\\{") and s.endswith("\\}") and _wraps(s[2:-2]):
+        return ("set", tuple(_structure(p) for p in _split_top(s[2:-2], ",")))
+    if len(s) >= 2 and s[0] in "([" and s[-1] in ")]" and _wraps(s[1:-1]):
+        items = _split_top(s[1:-1], ",")
+        if len(items) > 1:
+            return ("bracketed", s[0], s[-1], tuple(_structure(p) for p in items))
+    items = _split_top(s, ",")
+    if len(items) > 1:
+        return ("list", tuple(_structure(p) for p in items))
+    return _scalar(s)
+
+
+def _wraps(inner: str) -> bool:
+    """Is the inner text balanced, i.e. did the outer brackets belong together? ("(1,2),(3,4)" is not one.)"""
+    depth = 0
+    for c in inner:
+        depth += c in "([{"
+        depth -= c in ")]}"
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def _split_top(s: str, sep: str) -> list[str]:
+    out, depth, start, i = [], 0, 0, 0
+    while i < len(s):
+        c = s[i]
+        if c == "\\" and s.startswith(sep, i) and sep.startswith("\\") and depth == 0:
+            out.append(s[start:i])
+            i += len(sep)
+            start = i
+            continue
+        if c == "\\":
+            i += 2
+            continue
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif c == sep and depth == 0:
+            out.append(s[start:i])
+            start = i + 1
+        i += 1
+        if len(out) > MAX_LIST_ITEMS:
+            raise _ParseError(f"more than {MAX_LIST_ITEMS} items")
+    out.append(s[start:])
+    return [p.strip() for p in out]
+
+
+def _scalar(s: str):
+    s = s.strip()
+    if s.count("=") == 1:  # "x=3" inside a list or tuple item
+        s = _LHS_RE.sub("", s, count=1)
+    try:
+        return ("scalar", _parse(s), s)
+    except _ParseError:
+        return ("scalar", None, s)
+
+
+def _structures_equiv(a, b) -> bool:
+    if a[0] == "matrix" and b[0] == "matrix":
+        return len(a[1]) == len(b[1]) and all(
+            len(ra) == len(rb) and all(map(_structures_equiv, ra, rb)) for ra, rb in zip(a[1], b[1]))
+    if {a[0], b[0]} == {"matrix", "bracketed"}:  # a vector written as a one-row/column matrix vs as a tuple
+        mat, tup = (a, b) if a[0] == "matrix" else (b, a)
+        cells = [c for row in mat[1] for c in row]
+        vector = len(mat[1]) == 1 or all(len(row) == 1 for row in mat[1])
+        return vector and tup[1] == "(" and len(cells) == len(tup[3]) and all(map(_structures_equiv, cells, tup[3]))
+    if a[0] != b[0]:
+        return False
+    if a[0] == "bracketed":  # tuples and intervals: bracket kinds must match, order matters
+        return a[1:3] == b[1:3] and len(a[3]) == len(b[3]) and all(map(_structures_equiv, a[3], b[3]))
+    if a[0] in ("set", "list", "union"):  # order-free, as multisets
+        return _multiset_equiv(a[1], b[1])
+    return _scalars_equiv(a, b)
+
+
+def _multiset_equiv(xs, ys) -> bool:
+    if len(xs) != len(ys):
+        return False
+    unused = list(ys)
+    for x in xs:
+        for k, y in enumerate(unused):
+            if _structures_equiv(x, y):
+                del unused[k]
+                break
+        else:
+            return False
+    return True
+
+
+def _scalars_equiv(a, b) -> bool:
+    (_, ast_a, text_a), (_, ast_b, text_b) = a, b
+    if text_a == text_b:
+        return True
+    choice_a, choice_b = _choice(text_a), _choice(text_b)
+    if choice_a or choice_b:
+        return choice_a is not None and choice_a == choice_b
+    if text_a.lower() == text_b.lower() and _WORD_RE.search(text_a):
+        return True  # text answers ("Yes", "\text{even}") compare case-insensitively
+    if ast_a is None or ast_b is None:
+        return False
+    vars_a, vars_b = _free_vars(ast_a), _free_vars(ast_b)
+    if vars_a != vars_b:
+        return False
+    try:
+        if not vars_a:
+            return _close(_value(ast_a, {}), _value(ast_b, {}), points=False)
+        return _equal_at_points(ast_a, ast_b, sorted(vars_a))
+    except (_Undefined, _ParseError, OverflowError, ZeroDivisionError, ValueError, RecursionError):
+        return False
+
+
+def _choice(text: str) -> str | None:
+    """Multiple-choice letter: "(B)", "B", "B)" or "(B) 12" -> "B"; None for anything else."""
+    m = re.fullmatch(r"\(?([A-Ea-e])\)(?:\s*\S.*)?|\(?([A-E])\)?", text)
+    return (m.group(1) or m.group(2)).upper() if m else None
+
+
+def _equal_at_points(ast_a, ast_b, names: list[str]) -> bool:
+    compared = 0
+    for p in range(N_POINTS):
+        # distinct, non-integer, mixed-sign values so that e.g. x and |x| or x^2 and 2x differ somewhere
+        env = {n: Fraction(13 + 17 * p + 7 * j, 10 + j) * (-1 if (p + j) % 3 == 2 else 1) for j, n in enumerate(names)}
+        try:
+            va = _value(ast_a, env)
+        except (_Undefined, ZeroDivisionError, ValueError, OverflowError):
+            va = None
+        try:
+            vb = _value(ast_b, env)
+        except (_Undefined, ZeroDivisionError, ValueError, OverflowError):
+            vb = None
+        if (va is None) != (vb is None):
+            return False
+        if va is not None:
+            if not _close(va, vb, points=True):
+                return False
+            compared += 1
+    return compared >= 2
+
+
+def _close(x, y, *, points: bool) -> bool:
+    if isinstance(x, Fraction) and isinstance(y, Fraction):
+        return x == y  # exact: integers, decimals, fractions, perfect roots
+    fx, fy = float(x), float(y)  # OverflowError for astronomically large exact values: not equal
+    if fx == fy:
+        return True
+    if not (math.isfinite(fx) and math.isfinite(fy)):
+        return False
+    if fx == 0 or fy == 0 or points:  # values near zero (sin(pi) = 1e-16) need an absolute floor
+        return abs(fx - fy) <= max(REL_TOL * max(abs(fx), abs(fy)), 1e-12)
+    return math.isclose(fx, fy, rel_tol=REL_TOL, abs_tol=0.0)
+
+
+# ------------------------------------------------------------------------------------------------ parser
+class _ParseError(ValueError):
+    """The text is not simple LaTeX arithmetic."""
+
+
+class _Undefined(ArithmeticError):
+    """The value does not exist (division by zero, sqrt of a negative) or is too large to compute."""
+
+
+_TOKEN_RE = re.compile(r"\s*(?:(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)|(\\[a-zA-Z]+|\\[{}|])|([a-zA-Z])"
+                       r"|([-+*/^!(){}\[\]_|]))")
+_CONSTS = {"\\pi": math.pi, "\\infty": math.inf, "\\inf": math.inf, "e": math.e}
+_FUNCS = {"\\sin": math.sin, "\\cos": math.cos, "\\tan": math.tan, "\\cot": lambda v: 1 / math.tan(v),
+          "\\sec": lambda v: 1 / math.cos(v), "\\csc": lambda v: 1 / math.sin(v), "\\arcsin": math.asin,
+          "\\arccos": math.acos, "\\arctan": math.atan, "\\ln": math.log, "\\log": math.log, "\\exp": math.exp,
+          "\\sinh": math.sinh, "\\cosh": math.cosh, "\\tanh": math.tanh}
+_GREEK = {"\\alpha", "\\beta", "\\gamma", "\\delta", "\\theta", "\\lambda", "\\mu", "\\sigma", "\\phi", "\\omega",
+          "\\rho", "\\tau", "\\epsilon", "\\varepsilon", "\\varphi", "\\psi", "\\eta", "\\nu", "\\xi", "\\zeta"}
+_MUL = {"*", "\\cdot", "\\times"}
+_DIV = {"/", "\\div"}
+_CLOSER = {"(": ")", "{": "}", "[": "]"}
+
+
+@lru_cache(maxsize=1 << 16)
+def _parse(s: str):
+    """Parse simple LaTeX arithmetic into a tuple AST: ("num", Fraction) ("var", name) ("const", float)
+    ("add"|"sub"|"mul"|"div"|"pow", a, b) ("neg"|"abs"|"fact", a) ("root", a, n) ("func", name, a, base)."""
+    tokens, pos = [], 0
+    s = s.strip()
+    while pos < len(s):
+        m = _TOKEN_RE.match(s, pos)
+        if not m or m.end() == pos:
+            if s[pos:].strip() == "":
+                break
+            raise _ParseError(f"unexpected character {s[pos]!r} at {pos}")
+        tokens.append(m.group(m.lastindex))
+        pos = m.end()
+    if not tokens:
+        raise _ParseError("empty")
+    parser = _Parser(tokens)
+    node = parser.expr()
+    if parser.pos != len(tokens):
+        raise _ParseError(f"unexpected {tokens[parser.pos]!r}")
+    return node
+
+
+class _Parser:
+    """Recursive descent: expr := term (+|- term)*; term := unary ((*|/|implicit) unary)*;
+    unary := (-|+)* power; power := postfix (^ unary)?; postfix := atom !*. Every recursion passes
+    through atom, which bounds the nesting depth."""
+
+    def __init__(self, tokens: list[str]):
+        self.tokens, self.pos, self.depth = tokens, 0, 0
+
+    def peek(self) -> str | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def take(self, expected: str | None = None) -> str:
+        t = self.peek()
+        if t is None or (expected is not None and t != expected):
+            raise _ParseError(f"expected {expected or 'a token'}, found {t!r}")
+        self.pos += 1
+        return t
+
+    def expr(self):
+        node = self.term()
+        while self.peek() in ("+", "-"):
+            op = "add" if self.take() == "+" else "sub"
+            node = (op, node, self.term())
+        return node
+
+    def term(self):
+        node = self.unary()
+        while True:
+            t = self.peek()
+            if t in _MUL:
+                self.take()
+                node = ("mul", node, self.unary())
+            elif t in _DIV:
+                self.take()
+                node = ("div", node, self.unary())
+            elif t is not None and self.starts_atom(t):
+                node = ("mul", node, self.power())
+            else:
+                return node
+
+    def starts_atom(self, t: str) -> bool:
+        return (t[0].isdigit() or t[0] == "." or t.isalpha() or t in ("(", "{", "[") or t in _CONSTS
+                or t in _FUNCS or t in _GREEK or t in ("\\frac", "\\sqrt", "\\binom"))
+
+    def unary(self):
+        negative = False
+        while self.peek() in ("-", "+"):  # a loop, not recursion: "------1" cannot exhaust the stack
+            negative ^= self.take() == "-"
+        node = self.power()
+        return ("neg", node) if negative else node
+
+    def power(self):
+        base = self.postfix()
+        if self.peek() != "^":
+            return base
+        self.take()
+        return ("pow", base, self.unary())  # right-associative (a^b^c = a^(b^c)); 2^-1 allowed
+
+    def postfix(self):
+        node = self.atom()
+        while self.peek() == "!":
+            self.take()
+            node = ("fact", node)
+        return node
+
+    def group(self):
+        """A {...} / (...) / [...] group, or a single atom (LaTeX arguments like \\frac{1}{2} or \\sqrt x)."""
+        if self.peek() in _CLOSER:
+            opener = self.take()
+            node = self.expr()
+            self.take(_CLOSER[opener])
+            return node
+        return self.postfix()
+
+    def atom(self):
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _ParseError(f"nesting deeper than {MAX_DEPTH}")
+        t = self.take()
+        if t[0].isdigit() or t[0] == ".":
+            node = ("num", _number(t))
+            if t.isdigit() and self.peek() == "\\frac":  # mixed number 2\frac{1}{3} = 7/3
+                save = self.pos
+                self.take()
+                num, den = self.group(), self.group()
+                if num[0] == "num" and den[0] == "num" and num[1].denominator == den[1].denominator == 1 != den[1]:
+                    node = ("num", node[1] + num[1] / den[1])
+                else:
+                    self.pos = save
+        elif t in _CLOSER:
+            node = self.expr()
+            self.take(_CLOSER[t])
+        elif t == "|":
+            node = ("abs", self.expr())
+            self.take("|")
+        elif t in _CONSTS:
+            node = ("const", _CONSTS[t])
+        elif t.isalpha() or t in _GREEK:
+            name = t
+            if self.peek() == "_":  # subscripted variable a_1, x_{n}
+                self.take()
+                sub = self.take()
+                if sub == "{":
+                    while self.peek() not in ("}", None):
+                        sub += self.take()
+                    sub += self.take("}")
+                name += "_" + sub
+            node = ("var", name)
+        elif t == "\\frac":
+            node = ("div", self.group(), self.group())
+        elif t == "\\binom":
+            node = ("binom", self.group(), self.group())
+        elif t == "\\sqrt":
+            index = None
+            if self.peek() == "[":
+                self.take()
+                index = self.expr()
+                self.take("]")
+            node = ("root", self.group(), index or ("num", Fraction(2)))
+        elif t in _FUNCS:
+            base = power = None
+            if t == "\\log" and self.peek() == "_":
+                self.take()
+                base = self.group()
+            if self.peek() == "^":  # \sin^2 x
+                self.take()
+                power = self.group()
+            node = ("func", t, self.group(), base)
+            if power is not None:
+                node = ("pow", node, power)
+        else:
+            raise _ParseError(f"unsupported token {t!r}")
+        self.depth -= 1
+        return node
+
+
+def _number(t: str) -> Fraction:
+    mantissa, _, exponent = t.lower().partition("e")
+    value = Fraction(mantissa)
+    if exponent:
+        e = int(exponent)
+        if abs(e) * 4 > MAX_RESULT_BITS:
+            raise _ParseError(f"exponent {e} too large")
+        value *= Fraction(10) ** e
+    return value
+
+
+def _free_vars(node) -> frozenset:
+    if node[0] == "var":
+        return frozenset([node[1]])
+    out = frozenset()
+    for child in node[1:]:
+        if isinstance(child, tuple):
+            out |= _free_vars(child)
+    return out
+
+
+def _value(node, env: dict):
+    """Value of an AST: Fraction where exact, float otherwise. Raises _Undefined where there is none."""
+    kind = node[0]
+    if kind == "num":
+        return node[1]
+    if kind == "const":
+        return node[1]
+    if kind == "var":
+        if node[1] not in env:
+            raise _Undefined(f"free variable {node[1]}")
+        return env[node[1]]
+    if kind == "neg":
+        return -_value(node[1], env)
+    if kind == "abs":
+        return abs(_value(node[1], env))
+    if kind == "func":
+        result = _FUNCS[node[1]](float(_value(node[2], env)))
+        return result / math.log(float(_value(node[3], env))) if node[3] is not None else result
+    a = _value(node[1], env)
+    if kind == "fact":
+        if not (isinstance(a, Fraction) and a.denominator == 1 and 0 <= a <= 2_000):
+            raise _Undefined("factorial of a non-integer or too large")
+        return Fraction(math.factorial(int(a)))
+    b = _value(node[2], env)
+    if kind == "add":
+        return a + b
+    if kind == "sub":
+        return a - b
+    if kind == "mul":
+        return a * b
+    if kind == "div":
+        if b == 0:
+            raise _Undefined("division by zero")
+        return a / b
+    if kind == "pow":
+        return _pow(a, b)
+    if kind == "root":
+        if b == 0:
+            raise _Undefined("zeroth root")
+        return _pow(a, 1 / b if isinstance(b, float) else Fraction(1) / b)
+    if kind == "binom":
+        if not all(isinstance(v, Fraction) and v.denominator == 1 and 0 <= v <= 2_000 for v in (a, b)):
+            raise _Undefined("binomial of non-integers or too large")
+        return Fraction(math.comb(int(a), int(b)))
+    raise _ParseError(f"unknown node {kind}")
+
+
+def _pow(a, b):
+    if isinstance(b, Fraction) and isinstance(a, Fraction):
+        if b.denominator == 1:
+            e = b.numerator
+            if a == 0 and e < 0:
+                raise _Undefined("0 to a negative power")
+            if a in (0, 1) or e == 0:
+                return a ** e
+            if a == -1:
+                return Fraction(-1 if e % 2 else 1)
+            if abs(e) * max(a.numerator.bit_length(), a.denominator.bit_length()) > MAX_RESULT_BITS:
+                raise _Undefined(f"power with exponent {e} is too large")
+            return a ** e
+        if b.denominator <= 64:  # exact roots: 8^{2/3} = 4, \sqrt{12} is not exact and falls through
+            root = _exact_root(a, b.denominator)
+            if root is not None:
+                return _pow(root, Fraction(b.numerator))
+    fa, fb = float(a), float(b)
+    if fa < 0:
+        odd = isinstance(b, Fraction) and b.denominator % 2 == 1
+        if not odd:
+            raise _Undefined("even root of a negative number")
+        return -((-fa) ** fb)  # real odd root: (-8)^{1/3} with an irrational result
+    if fa == 0:
+        if fb <= 0:
+            raise _Undefined("0 to a non-positive power")
+        return 0.0
+    try:
+        result = math.pow(fa, fb)
+    except OverflowError as exc:
+        raise _Undefined("power overflows") from exc
+    if not math.isfinite(result):
+        raise _Undefined("power overflows")
+    return result
+
+
+def _exact_root(a: Fraction, n: int) -> Fraction | None:
+    if a < 0:
+        if n % 2 == 0:
+            return None
+        r = _exact_root(-a, n)
+        return -r if r is not None else None
+    num, den = _int_root(a.numerator, n), _int_root(a.denominator, n)
+    return Fraction(num, den) if num is not None and den is not None else None
+
+
+def _int_root(x: int, n: int) -> int | None:
+    """The integer r with r**n == x, or None. Newton's method on integers, so big values stay exact."""
+    if x < 2:
+        return x
+    r = 1 << ((x.bit_length() + n - 1) // n)  # an upper bound of the root
+    while True:
+        nxt = ((n - 1) * r + x // r ** (n - 1)) // n
+        if nxt >= r:
+            break
+        r = nxt
+    return r if r ** n == x else None

@@ -672,7 +672,6 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
                            "training problems")
     n_steps = len(schedule) if cfg.max_steps is None else min(cfg.max_steps, len(schedule))
     sched_hash = stable_hash([list(map(str, b)) for b in schedule])
-    device = next(policy.parameters()).device
 
     # The reference is the policy as given (before any resume), frozen; none at beta = 0.
     ref_model = copy.deepcopy(policy).eval().requires_grad_(False) if cfg.beta > 0 else None

@@ -144,7 +144,7 @@ def main() -> None:
     print(f"pairs: {len(pairs)}   ours: {ours_cold:,.0f} calls/s cold, {ours_warm:,.0f} warm, "
           f"{ours_int:,.0f} on integer golds" + (f"   math-verify: {theirs_rate:,.0f} calls/s" if theirs else
                                                  "   (math-verify not installed: pip install math-verify)"))
-    print(f"\n| kind | pairs | expected | ours accept | ours right |"
+    print("\n| kind | pairs | expected | ours accept | ours right |"
           + (" math-verify accept | math-verify right | agree |" if theirs else ""))
     print("|---|---:|---|---:|---:|" + ("---:|---:|---:|" if theirs else ""))
     for kind in dict.fromkeys(p["kind"] for p in pairs):

@@ -698,7 +698,10 @@ def plot_curves(curves, path) -> str:
     ax.set_ylabel("held-out accuracy")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    from data import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
     return f"![accuracy curves]({Path(path).name})"
 

@@ -110,6 +110,10 @@ def run(cfg: Config, grpo_overrides: dict | None = None) -> Path:
 
     if cfg.stage not in STAGES:
         raise SystemExit(f"--stage {cfg.stage!r}; expected one of {', '.join(STAGES)}")
+    if cfg.schedule not in ("saerl", "random"):
+        raise SystemExit(f"--schedule {cfg.schedule!r}; expected saerl or random")
+    if cfg.k != "auto" and not (cfg.k.isdigit() and int(cfg.k) >= 1):
+        raise SystemExit(f"--k {cfg.k!r}; expected a positive integer or 'auto'")
     toy_world = cfg.model is None
     run_dir = Path(cfg.out) / (cfg.name or ("toy" if toy_world else Path(cfg.model.rstrip("/")).name))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -135,8 +139,10 @@ def run(cfg: Config, grpo_overrides: dict | None = None) -> Path:
     if cfg.stage == "features":
         return run_dir
     labels = r.stage_labels(problems)
+    if cfg.stage == "labels":
+        return run_dir
     quality = r.stage_quality(problems, feats, labels, sae_obj)
-    if cfg.stage in ("labels", "quality"):
+    if cfg.stage == "quality":
         return run_dir
     difficulty = r.stage_difficulty(problems, feats, labels, quality)
     if cfg.stage == "difficulty":
@@ -157,6 +163,7 @@ def run(cfg: Config, grpo_overrides: dict | None = None) -> Path:
 def resolve_defaults(cfg: Config, run_dir: Path) -> Config:
     """Fill the None fields: the toy world's settings without --model, the paper's with it."""
     c = dataclasses.replace(cfg)
+    toy_sized = c.model is None or c.preset == "toy"
     if c.model is None:
         import toy
 
@@ -165,12 +172,12 @@ def resolve_defaults(cfg: Config, run_dir: Path) -> Config:
         c.train_data = c.train_data or str(world.train_path)
         c.benchmarks = c.benchmarks or f"toy={world.test_path}"
         c.preset = c.preset or "toy"
-    if c.preset == "toy":  # toy-sized everything: a 0.5M-parameter model on a CPU
+    c.train_data = c.train_data or DEEPMATH
+    c.benchmarks = c.benchmarks or "math500,aime24,amc23"
+    if toy_sized:  # a 0.5M-parameter model on a CPU
         defaults = dict(sae_width=512, sae_k=16, sae_tokens=300_000, label_size=400, steps=40,
                         eval_every=10, eval_limit=300, compare=True)
     else:
-        c.train_data = c.train_data or DEEPMATH
-        c.benchmarks = c.benchmarks or "math500,aime24,amc23"
         defaults = dict(sae_width=16384, sae_k=64, sae_tokens=20_000_000, label_size=None, steps=500,
                         eval_every=50, eval_limit=None, preset="qwen-math-1.5b", compare=False)
     for key, value in defaults.items():
@@ -235,18 +242,26 @@ class Run:
         c = self.cfg
         model, tok = self.model(c.sae_model)
         n_layers = model.config.num_hidden_layers
-        layer = c.sae_layer if c.sae_layer is not None else n_layers // 2
+        sae_obj = load_sae(c.sae, device=self.device) if c.sae else None
+        hook_layer = _hook_layer(sae_obj.meta.get("hook_name") or sae_obj.meta.get("layer")) if c.sae else None
+        if c.sae_layer is not None and hook_layer is not None and c.sae_layer != hook_layer:
+            raise SystemExit(f"--sae-layer {c.sae_layer}, but SAE {c.sae} was trained on layer {hook_layer} "
+                             f"({sae_obj.meta.get('hook_name')}); drop --sae-layer or pass {hook_layer}")
+        layer = next(x for x in (c.sae_layer, hook_layer, n_layers // 2) if x is not None)
         if not 0 <= layer < n_layers:
             raise SystemExit(f"--sae-layer {layer}: {c.sae_model} has decoder layers 0..{n_layers - 1}")
         self.layer = layer
+        template = self.gcfg.template  # the SAE sees the prompts the policy sees
         if c.sae:
-            sae_obj = load_sae(c.sae, device=self.device)
             hidden = model.config.hidden_size
             if sae_obj.d_in != hidden:
                 raise SystemExit(f"SAE {c.sae} has d_in={sae_obj.d_in} but layer {layer} of {c.sae_model} "
                                  f"has hidden size {hidden}; pass the SAE trained on that model")
-            return sae_obj, stable_hash("sae", c.sae, layer)
-        key = stable_hash("sae", c.sae_model, layer, c.sae_width, c.sae_k, c.sae_tokens, c.seed, self.problems_key)
+            files = sorted(p for p in Path(c.sae).rglob("*") if p.is_file()) if Path(c.sae).is_dir() else []
+            return sae_obj, stable_hash("sae", c.sae, c.sae_model, layer, template,
+                                        [(str(p), _file_stamp(p)) for p in files])
+        key = stable_hash("sae", c.sae_model, layer, c.sae_width, c.sae_k, c.sae_tokens, c.seed, template,
+                          self.problems_key)
         if not self.cached("sae", key, "sae/cfg.json"):
             texts = [self.prompt_text(p, tok) for p in problems]
             sae_obj = train_sae(model, tok, texts, layer, d_sae=c.sae_width, k=c.sae_k, tokens=c.sae_tokens,
@@ -342,13 +357,17 @@ class Run:
             return json.loads((self.root / "quality.json").read_text())
         subset = labels["subset"]
         cols = frequent_features(feats, subset, c.probe_features)
-        explicit = all(problems[i].meta.get("quality") in (0, 1) for i in subset)
+        given = [problems[i].meta.get("quality") for i in subset]
+        explicit = all(q in (0, 1) for q in given) and len(set(given)) == 2
+        groups = [problems[i].id for i in subset]  # held-out split by original problem (copies follow it)
         if explicit:
             source = "the problems' own 'quality' field"
             X = feats_columns(feats, subset, cols)
-            y = np.array([problems[i].meta["quality"] for i in subset], dtype=np.float64)
+            y = np.array(given, dtype=np.float64)
         else:
             source = "automatic labels (unparseable answers, confident rollout disagreement, corrupted copies)"
+            if all(q in (0, 1) for q in given):
+                source += "; the 'quality' field holds one class only in the labelled subset"
             picked = [problems[i] for i in subset]
             parse = gold_parse_report([p.answer for p in picked])
             ok = set(range(len(picked))) - set(parse.get("unparsed_indices", []))
@@ -360,7 +379,11 @@ class Run:
             X = np.concatenate([feats_columns(feats, subset, cols)]
                                + ([feats_columns(copy_feats, range(len(copies)), cols)] if copies else []))
             y = np.array(auto + [0] * len(copies), dtype=np.float64)
-        metrics = held_out_probe_metrics(X, y, seed=c.seed)
+            groups += [q.meta["corrupt_copy_of"] for q in copies]
+        if len(set(y.tolist())) < 2:
+            raise SystemExit(f"quality labels of the {len(y)} labelled problems are all {int(y[0])}: the probe "
+                             "needs both classes; pass --no-quality-filter or a larger --label-size")
+        metrics = held_out_probe_metrics(X, y, groups, seed=c.seed)
         probe = saerl.LogisticProbe(C=1.0).fit(X, y)
         scores = predict_columns(probe.predict_proba, feats, cols)
         drop = 0.0 if c.no_quality_filter else c.quality_drop
@@ -388,10 +411,14 @@ class Run:
             pred_test = held.predict(X[test])
             model, info = saerl.fit_alpha(X, y, seed=c.seed)
             pred = predict_columns(model.predict, feats, cols)
+            if np.ptp(y) == 0:
+                log(f"difficulty: all {len(y)} labels equal {y[0]:g}; the proxy is constant and the "
+                    "curriculum has no order to follow (use other labels or more rollouts)")
             out = {"predicted": pred.tolist(), "alpha": float(info["alpha"]),
-                   "held_out": {"spearman": float(saerl.spearman(y[test], pred_test)),
-                                "r2": float(saerl.r2_score(y[test], pred_test)), "n": int(n_test)},
-                   "n_labelled": int(len(y)), "nonzero_coefficients": int(np.count_nonzero(model.coef_))}
+                   "held_out": {"spearman": _finite(saerl.spearman(y[test], pred_test)),
+                                "r2": _finite(saerl.r2_score(y[test], pred_test)), "n": int(n_test)},
+                   "n_labelled": int(len(y)), "nonzero_coefficients": int(np.count_nonzero(model.coef_)),
+                   "constant_labels": bool(np.ptp(y) == 0)}
             atomic_write_text(self.root / "difficulty.json", json.dumps(out))
             self.done("difficulty", key)
         self.difficulty_key = key
@@ -416,6 +443,8 @@ class Run:
                     k, silhouettes = saerl.choose_k(X, [x for x in (4, 8, 16, 32) if x < len(kept)], seed=c.seed)
                 else:
                     k = int(c.k)
+                    if k > len(kept):
+                        raise SystemExit(f"--k {k}: only {len(kept)} problems are kept; pass a smaller k")
                 labels, _, inertia = saerl.kmeans(X, k, seed=c.seed, device=self.device)
             diff = [difficulty["predicted"][i] for i in kept]
             md = saerl.cluster_summary(labels.tolist(), diff, sub.sparse(), [problems[i] for i in kept])
@@ -442,27 +471,36 @@ class Run:
         """One schedule per (arm, seed), each as long as the step budget (epochs repeat, reshuffled)."""
         c, B = self.cfg, self.gcfg.batch_size
         key = stable_hash("schedule", self.clusters_key, B, c.mix, c.no_curriculum, c.steps, self.arms())
-        if not self.cached("schedule", key, "schedule.jsonl", "scores.jsonl"):
+        if not self.cached("schedule", key, "schedule.jsonl", "schedules.json", "scores.jsonl"):
             kept = quality["kept"]
+            if len(kept) < B:
+                raise SystemExit(f"only {len(kept)} problems are kept, fewer than one batch of {B}; lower "
+                                 "--quality-drop or --batch-size, or add problems")
+            diff = [difficulty["predicted"][i] for i in kept]
+
+            def epoch(arm: str, seed: int) -> list[list[str]]:
+                """One pass over the arm's problems, as batches of ids (the last one may be short)."""
+                if arm == "saerl":
+                    pool = kept
+                    rows = saerl.build_schedule(clusters["labels"], diff, B, mix=c.mix,
+                                                curriculum=not c.no_curriculum, seed=seed)
+                else:
+                    pool = kept if arm == "saerl-random" else list(range(len(problems)))
+                    rows = saerl.random_schedule(len(pool), B, seed=seed)
+                return [[problems[pool[j]].id for j in b] for b in rows]
+
             out = {}
             for arm, seed in self.arms():
-                batches, epoch = [], 0
-                while len(batches) < c.steps:
-                    s = seed * 1000 + epoch
-                    if arm == "saerl":
-                        diff = [difficulty["predicted"][i] for i in kept]
-                        rows = saerl.build_schedule(clusters["labels"], diff, B, mix=c.mix,
-                                                    curriculum=not c.no_curriculum, seed=s)
-                        pool = kept
-                    else:
-                        pool = kept if arm == "saerl-random" else list(range(len(problems)))
-                        rows = saerl.random_schedule(len(pool), B, seed=s)
-                    batches += [[problems[pool[j]].id for j in b] for b in rows if len(b) == B]
-                    epoch += 1
+                batches, n = [], 0
+                while len(batches) < c.steps:  # the budget: full batches, epochs reshuffled by seed
+                    batches += [b for b in epoch(arm, seed * 1000 + n) if len(b) == B]
+                    n += 1
                 out[f"{arm}-s{seed}"] = batches[:c.steps]
-            # schedule.jsonl: the SAERL arm of the first seed, one batch per line, for other trainers.
-            main_arm = next(name for name in out if name.startswith("saerl"))
-            write_jsonl(self.root / "schedule.jsonl", [{"step": i, "ids": b} for i, b in enumerate(out[main_arm])])
+            # schedule.jsonl: one whole engineered epoch over the kept problems (each exactly once,
+            # the last batch possibly short), for any trainer; the first arm's steps start with it.
+            engineered = next(arm for arm, _ in self.arms() if arm != "vanilla")
+            write_jsonl(self.root / "schedule.jsonl",
+                        [{"step": i, "ids": b} for i, b in enumerate(epoch(engineered, c.seed * 1000))])
             atomic_write_text(self.root / "schedules.json", json.dumps(out))
             kept_set = set(kept)
             cluster_of = dict(zip(kept, clusters["labels"]))
@@ -487,7 +525,7 @@ class Run:
         for arm_name, batches in schedules.items():
             arm_dir = self.root / "arms" / arm_name
             # keyed by this arm's own batches, so adding seeds or arms keeps the finished ones
-            key = stable_hash("train", batches, dataclasses.asdict(g), c.benchmarks, c.eval_limit, max_eval)
+            key = stable_hash("train", batches, c.model, dataclasses.asdict(g), c.benchmarks, c.eval_limit, max_eval)
             marker = arm_dir / "key.txt"
             if marker.exists() and marker.read_text() != key:  # settings changed: keep the old arm aside
                 stale = arm_dir.with_name(f"{arm_name}.stale-{int(time.time())}")
@@ -521,10 +559,13 @@ class Run:
         return results
 
     def _fresh_policy(self):
-        """The policy as it was before any arm trained (arms must not share weights)."""
+        """The policy as it was before any arm trained (arms must not share weights), in fp32:
+        load_model gives bf16 on CUDA for inference, but AdamW on bf16 weights loses small updates
+        (grpo's bf16 flag autocasts the compute, the weights stay fp32)."""
         from evaluate import load_model
 
-        return load_model(self.cfg.model, device=self.device.type)
+        policy, tok = load_model(self.cfg.model, device=self.device.type)
+        return policy.float(), tok
 
 
 # --------------------------------------------------------------------------------------------
@@ -558,11 +599,16 @@ def predict_columns(predict, feats, cols, chunk: int = 4096) -> np.ndarray:
                            for i in range(0, n, chunk)])
 
 
-def held_out_probe_metrics(X, y, *, seed: int) -> dict:
-    """Precision/recall/AUC of the quality probe on a 20% held-out split of its labels."""
-    n = len(y)
-    perm = np.random.default_rng(seed + 2).permutation(n)
-    test, train = perm[: max(2, n // 5)], perm[max(2, n // 5):]
+def held_out_probe_metrics(X, y, groups, *, seed: int) -> dict:
+    """Precision/recall/AUC of the quality probe on a held-out 20% of its label groups.
+
+    A group is an original problem with its corrupted copies: they fall on the same side of the
+    split, so the metric does not reward telling a problem from its own near-duplicate."""
+    names = sorted(set(groups))
+    order = np.random.default_rng(seed + 2).permutation(len(names))
+    held = {names[i] for i in order[: max(1, len(names) // 5)]}
+    test = np.array([i for i, g in enumerate(groups) if g in held])
+    train = np.array([i for i, g in enumerate(groups) if g not in held])
     if len(set(y[train].tolist())) < 2 or len(set(y[test].tolist())) < 2:
         return {"note": "held-out split lacks one class; no metrics", "n": int(len(test))}
     probe = saerl.LogisticProbe(C=1.0).fit(X[train], y[train])
@@ -624,8 +670,9 @@ def write_report(r: Run, problems, quality, difficulty, clusters, results) -> No
              + f". Kept {len(kept)} of {len(problems)}, dropped {len(dropped)} (lowest {quality['drop']:.0%}).",
              f"- Difficulty proxy: ElasticNet (alpha {difficulty['alpha']:.3g}, {difficulty['nonzero_coefficients']} "
              f"non-zero features) on {difficulty['n_labelled']} labels ({c.difficulty_labels}); held-out "
-             f"Spearman {difficulty['held_out']['spearman']:.3f}, R² {difficulty['held_out']['r2']:.3f} "
-             f"(n = {difficulty['held_out']['n']}).",
+             f"Spearman {_fmt(difficulty['held_out']['spearman'])}, R² {_fmt(difficulty['held_out']['r2'])} "
+             f"(n = {difficulty['held_out']['n']})"
+             + ("; all labels were equal, so the curriculum had no order to follow." if difficulty.get("constant_labels") else "."),
              f"- Clusters: k = {clusters['k']}" + (f" (silhouette sweep {clusters['silhouettes']})" if clusters['silhouettes'] else "")
              + (f"; NMI with the `{clusters['purity']['field']}` field {clusters['purity']['nmi']:.3f}" if clusters["purity"] else "")
              + ". Per-cluster table: clusters.md.", ""]
@@ -642,6 +689,11 @@ def write_report(r: Run, problems, quality, difficulty, clusters, results) -> No
         tag = f" [{p.meta.get('corruption') or 'clean'}]" if "quality" in p.meta else ""
         lines.append(f"- `{_short(p.problem)}` → `{_short(p.answer, 30)}` (score {quality['scores'][i]:.3f}){tag}")
     n_eval = c.eval_limit or "all"
+    if not any(pts for seeds in curves.values() for pts in seeds.values()):
+        lines += ["", "## Training", "", "No evaluation was requested (--eval-every 0); see arms/*/train_log.jsonl.", ""]
+        atomic_write_text(r.root / "report.md", "\n".join(lines))
+        log(f"report: {r.root / 'report.md'}")
+        return
     lines += ["", "## Training", "",
               f"Held-out accuracy: greedy pass@1 on {n_eval} problems of each of `{c.benchmarks}` (mean over "
               f"benchmarks), every {c.eval_every} steps; {c.steps} GRPO steps of {r.gcfg.batch_size} problems × "
@@ -747,11 +799,32 @@ def _file_stamp(source) -> list:
 
 
 def _as_float(v):
+    """A number from a label: 3, 3.0, "3" or MATH's "Level 3"; None otherwise."""
+    if isinstance(v, str) and v.strip().lower().startswith("level "):
+        v = v.strip()[6:]
     try:
         x = float(v)
     except (TypeError, ValueError):
         return None
     return x if math.isfinite(x) else None
+
+
+def _fmt(x) -> str:
+    return "undefined" if x is None else f"{x:.3f}"
+
+
+def _finite(x) -> float | None:
+    """x as a float, or None (null in JSON) when it is NaN or infinite: output files stay strict JSON."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _hook_layer(hook) -> int | None:
+    """The decoder layer a hook name points at ("blocks.12.hook_resid_post" -> 12), else None."""
+    if isinstance(hook, int):
+        return hook
+    digits = [part for part in str(hook or "").split(".") if part.isdigit()]
+    return int(digits[0]) if digits else None
 
 
 def _short(text: str, n: int = 70) -> str:

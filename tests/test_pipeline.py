@@ -51,11 +51,11 @@ def test_end_to_end_outputs(mini_world, tmp_path):
     assert len(kept) == n - int(0.1 * n)  # --quality-drop 0.1 drops floor(0.1 N)
     assert all(s["cluster"] in (0, 1, 2) for s in scores if s["kept"])
 
-    schedule = read_jsonl(run / "schedule.jsonl")
-    assert [row["step"] for row in schedule] == [0, 1, 2, 3]
+    schedule = read_jsonl(run / "schedule.jsonl")  # one engineered epoch: every kept problem exactly once
     ids = [i for row in schedule for i in row["ids"]]
-    assert all(len(row["ids"]) == 8 for row in schedule)
-    assert len(ids) == len(set(ids)) and set(ids) <= kept  # within the budget, each kept problem at most once
+    assert sorted(ids) == sorted(kept)
+    assert [row["step"] for row in schedule] == list(range(len(schedule)))
+    assert all(len(row["ids"]) == 8 for row in schedule[:-1]) and 1 <= len(schedule[-1]["ids"]) <= 8
 
     for arm in ("vanilla-s0", "saerl-s0"):
         log = read_jsonl(run / "arms" / arm / "train_log.jsonl")
@@ -63,7 +63,9 @@ def test_end_to_end_outputs(mini_world, tmp_path):
         evals = read_jsonl(run / "arms" / arm / "eval_log.jsonl")
         assert [row["step"] for row in evals] == [0, 2, 4] and all(0 <= row["toy"] <= 1 for row in evals)
     saerl_log = read_jsonl(run / "arms" / "saerl-s0" / "train_log.jsonl")
-    assert [row["problem_ids"] for row in saerl_log] == [row["ids"] for row in schedule]
+    assert [row["problem_ids"] for row in saerl_log] == [row["ids"] for row in schedule[:4]]
+    vanilla_ids = {i for row in read_jsonl(run / "arms" / "vanilla-s0" / "train_log.jsonl") for i in row["problem_ids"]}
+    assert vanilla_ids <= {p.id for p in problems}
 
     report = (run / "report.md").read_text()
     assert "vanilla" in report and "saerl" in report and "Spearman" in report and "Kept" in report
@@ -114,3 +116,17 @@ def test_hub_ids_fail_fast_offline_naming_a_local_path(tmp_path):
                       "--out", str(tmp_path), "--stage", "problems"])
     assert proc.returncode != 0 and "local" in proc.stderr and "Traceback" not in proc.stderr
     assert time.time() - start < 60
+
+
+@pytest.mark.parametrize("flags,arm", [(["--no-cluster", "--no-compare"], "saerl"),
+                                       (["--schedule", "random", "--no-compare"], "saerl-random")])
+def test_ablations_write_their_schedule(mini_world, tmp_path, flags, arm):
+    proc = run_saerl(saerl_cmd(mini_world, tmp_path, "--stage", "schedule", *flags))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "mini"
+    assert list(json.loads((run / "schedules.json").read_text())) == [f"{arm}-s0"]
+    clusters = json.loads((run / "clusters.json").read_text())
+    assert clusters["k"] == (1 if "--no-cluster" in flags else 3)
+    assert not (run / "arms").exists()  # --stage schedule stops before training
+    kept = {s["id"] for s in read_jsonl(run / "scores.jsonl") if s["kept"]}
+    assert sorted(i for row in read_jsonl(run / "schedule.jsonl") for i in row["ids"]) == sorted(kept)

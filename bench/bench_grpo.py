@@ -326,6 +326,8 @@ def main() -> None:
     print(f"{'model':14s} {'gen s':>7s} {'logp s':>7s} {'bwd s':>7s} {'opt s':>7s} {'total s':>8s} "
           f"{'peak MB':>8s} {'trl s':>7s} {'trl/ours':>8s}")
     for name, e in table.items():
+        if not isinstance(e, dict) or "ours" not in e:  # e.g. a "note" string
+            continue
         o = e["ours"]
         if "error" in o:
             print(f"{name:14s} error: {o['error']}")

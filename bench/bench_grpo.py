@@ -258,7 +258,7 @@ def main() -> None:
     ap.add_argument("--learn", action="store_true", help="the learning measurement instead of timings")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--learn-steps", type=int, default=40)
-    ap.add_argument("--samples", type=int, default=8, help="sampled completions per held-out problem")
+    ap.add_argument("--samples", type=int, default=4, help="sampled completions per held-out problem")
     ap.add_argument("--tmp", type=Path, default=Path("/tmp/bench_grpo"))
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -326,6 +326,8 @@ def main() -> None:
     print(f"{'model':14s} {'gen s':>7s} {'logp s':>7s} {'bwd s':>7s} {'opt s':>7s} {'total s':>8s} "
           f"{'peak MB':>8s} {'trl s':>7s} {'trl/ours':>8s}")
     for name, e in table.items():
+        if not isinstance(e, dict) or "ours" not in e:  # e.g. a "note" string
+            continue
         o = e["ours"]
         if "error" in o:
             print(f"{name:14s} error: {o['error']}")

@@ -784,10 +784,17 @@ def encode_problems(model, tokenizer, texts: Sequence[str], sae: SAE, layer: int
 def _activation_stream(model, tokenizer, texts: Sequence[str], layer: int, *, batch_size: int,
                        max_length: int, seed: int, device) -> Iterator[torch.Tensor]:
     """Endless stream of [n, d] residual tokens (valid positions only, as in pooling), epoch after
-    epoch over the texts in a seeded random order; nothing beyond one model batch is held."""
+    epoch over the texts in a seeded random order, sorted by length inside windows of 32 batches
+    so that batches carry little padding (the shuffle buffer downstream mixes the tokens again);
+    nothing beyond one model batch is held."""
     gen = torch.Generator().manual_seed(seed)
+    lengths = [len(x) for x in tokenizer(list(texts), add_special_tokens=True, truncation=True,
+                                         max_length=max_length)["input_ids"]]
+    window = 32 * batch_size  # sort by length inside random windows: little padding, still random
     while True:
         order = torch.randperm(len(texts), generator=gen).tolist()
+        order = [i for w in range(0, len(order), window)
+                 for i in sorted(order[w:w + window], key=lambda i: -lengths[i])]
         for _, ids, mask, valid in _token_batches(tokenizer, texts, batch_size=batch_size,
                                                   max_length=max_length, order=order):
             hidden = capture_residuals(model, ids.to(device), mask.to(device), layer)

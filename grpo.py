@@ -139,7 +139,7 @@ class GRPOConfig:
         "dapo": dict(loss_type="dapo", eps_high=0.28, skip_zero_std=True, overlong="soft"),
         # Dr. GRPO (Liu et al. 2025): no std scaling, token sum over a constant length.
         "dr_grpo": dict(loss_type="dr_grpo", adv_scale="none"),
-        # The toy world (toy.py): ~1M-param char model, completions "\\boxed{N}<|im_end|>" (~12 tokens).
+        # The toy world (toy.py): 0.5M-param char model, completions "\\boxed{N}<|im_end|>" (~12 tokens).
         # lr: 5e-4..2e-3 collapsed the policy (Adam turns the sparse, noisy reward into full-size
         # steps); 5e-5..2e-4 with 256 rollouts per step improved held-out reward (bench --learn).
         "toy": dict(batch_size=16, group_size=16, num_steps=40, template="chatml", max_new_tokens=16,

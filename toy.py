@@ -10,7 +10,7 @@ Public functions
     make_problems(n, *, seed, corrupt_frac=0.15)  labelled problems (meta: topic, difficulty,
                                                   quality, corruption, true_answer)
     char_tokenizer()                              character-level fast tokenizer, ChatML specials
-    tiny_model(tokenizer, *, seed)                a ~1M-parameter Qwen2ForCausalLM
+    tiny_model(tokenizer, *, seed)                a 0.5M-parameter Qwen2ForCausalLM
     warm_start(model, tokenizer, *, steps, seed)  supervised fine-tuning to partial accuracy
     greedy_accuracy(model, tokenizer, problems)   per-problem correctness of greedy answers
     build_world(out_dir, *, seed)                 all of the above, saved and cached on disk
@@ -190,7 +190,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 def tiny_model(tokenizer, *, seed: int = 0, hidden: int = 128, layers: int = 2):
-    """A Qwen2ForCausalLM of about 1M parameters, the same class as Qwen2.5-Math."""
+    """A Qwen2ForCausalLM of 0.5M parameters (2 layers, d=128), the same class as Qwen2.5-Math."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     config = Qwen2Config(

@@ -7,7 +7,8 @@ file, so that a killed run never leaves a half-written file behind.
 Public functions
     Problem                        one problem: id, problem text, reference answer, meta
     load_problems(source, ...)     a local .jsonl / .json / .parquet file or a Hub dataset id
-    format_prompt(text, tok, t)    the `qwen-math`, `plain` or `chat` template
+    format_prompt(text, tok, t)    the `qwen-math`, `plain`, `chat` or `chatml` template
+    stop_token_ids(model, tok)     where a completion ends (training and evaluation alike)
     answer_from_row(row, ...)      the reference answer of one raw row (aliases, \\boxed, ####)
     atomic_write_text / atomic_write_bytes / atomic_path / write_jsonl / append_jsonl / read_jsonl
     stable_hash(*parts)            sha256 of JSON-serialised parts, for cache keys
@@ -288,6 +289,24 @@ def format_prompt(problem: str | Problem, tokenizer=None, template: str = "qwen-
         messages = [{"role": "user", "content": f"{text}\n{SYSTEM_PROMPT}"}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     raise ValueError(f"unknown prompt template {template!r}; expected one of {', '.join(TEMPLATES)}")
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Tokens that end a completion, shared by training rollouts and evaluation: the tokenizer's
+    EOS, the model's generation-config EOS ids, and <|im_end|> when the vocabulary has it (the
+    chat templates end an answer with it)."""
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for i in ([gen_eos] if isinstance(gen_eos, int) else gen_eos or []):
+        ids.add(int(i))
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        ids.add(im_end)
+    if not ids:
+        raise ValueError("no stop token: the tokenizer has no eos_token and the model's generation_config none")
+    return sorted(ids)
 
 
 # --------------------------------------------------------------------------------------------

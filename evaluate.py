@@ -20,6 +20,7 @@ import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import data
 from verifier import extract_answer, gold_parse_report, is_equiv
 
 # ================================================================================================ benchmarks
@@ -60,7 +61,6 @@ def resolve_benchmark(spec: str) -> tuple[str, Benchmark]:
 
 def load_benchmark(spec: str, *, limit: int | None = None, seed: int = 0) -> tuple[str, list]:
     """(name, problems) through data.load_problems. A Hub copy that cannot be read names the local file to pass."""
-    import data
     name, bench = resolve_benchmark(spec)
     try:
         problems = data.load_problems(bench.source, split=bench.split, limit=limit, seed=seed,
@@ -87,7 +87,7 @@ def generate_completions(model, tokenizer, prompts: list[str], *, n: int = 1, te
     from transformers import GenerationConfig
 
     sample = temperature > 0
-    stop_ids = _stop_token_ids(model, tokenizer)
+    stop_ids = data.stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     # every field that changes decoding is set, so the model's own generation_config (Qwen ships
     # top_k=20, repetition_penalty=1.05) cannot silently fill it in
@@ -117,19 +117,6 @@ def generate_completions(model, tokenizer, prompts: list[str], *, n: int = 1, te
     return completions
 
 
-def _stop_token_ids(model, tokenizer) -> list[int]:
-    ids = []
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (configured, tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")):
-        for v in (value if isinstance(value, (list, tuple)) else [value]):
-            if isinstance(v, int) and v != tokenizer.unk_token_id and v not in ids:
-                ids.append(v)
-    if not ids:
-        raise ValueError("the tokenizer has no EOS token and the model's generation_config names none; "
-                         "set tokenizer.eos_token")
-    return ids
-
-
 def _until_stop(row: list[int], stop_ids: list[int]) -> list[int]:
     for k, token in enumerate(row):
         if token in stop_ids:
@@ -148,8 +135,6 @@ def evaluate(model, tokenizer, benchmark, *, template: str = "qwen-math", n: int
     Wilson score for pass@1; for avg@n a normal interval over problems (mean +- 1.96 sd/sqrt(N) of the
     per-problem accuracies, clipped to [0, 1]), since the n samples of one problem are not independent.
     With out_dir, every completion, extracted answer and verdict goes to out_dir/<name>.jsonl (atomic)."""
-    import data
-
     if isinstance(benchmark, str):
         name_, problems = load_benchmark(benchmark, limit=limit, seed=seed)
         name = name or name_
@@ -280,8 +265,6 @@ def load_model(name: str, device: str = "auto"):
 
 def main(argv: list[str] | None = None) -> list[dict]:
     import json
-    import data
-
     parser = argparse.ArgumentParser(description="Evaluate a model on math benchmarks (pass@1 or avg@n).")
     for f in fields(EvalConfig):
         parser.add_argument("--" + f.name.replace("_", "-"), type=f.metadata["type"], default=f.default,

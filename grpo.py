@@ -58,6 +58,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from data import stop_token_ids
+
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 ADV_SCALES = ("std", "none")
 OVERLONG = ("none", "mask", "soft")
@@ -326,23 +328,6 @@ class Rollouts:
     @property
     def lengths(self) -> torch.Tensor:
         return self.completion_mask.sum(1)  # [N]
-
-
-def stop_token_ids(model, tokenizer) -> list[int]:
-    """Tokens that end a completion: the tokenizer's EOS, the model's generation EOS ids, and
-    <|im_end|> when the vocabulary has it (chat-formatted prompts end the answer with it)."""
-    ids = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for i in ([gen_eos] if isinstance(gen_eos, int) else gen_eos or []):
-        ids.add(int(i))
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
-        ids.add(im_end)
-    if not ids:
-        raise ValueError("no stop token: the tokenizer has no eos_token and the model's generation_config none")
-    return sorted(ids)
 
 
 def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -518,6 +518,14 @@ def _zscore(X: np.ndarray):
     return Z, mean, scale
 
 
+def _linear_scores(model, X) -> np.ndarray:
+    """X (standardised as at fit time) @ coef_ + intercept_, for ElasticNet and LogisticProbe."""
+    X = _as_numpy(X)
+    if X.shape[1] != model.coef_.shape[0]:
+        raise ValueError(f"X has {X.shape[1]} features, {type(model).__name__} was fit on {model.coef_.shape[0]}")
+    return model._transform(X) @ model.coef_ + model.intercept_
+
+
 class ElasticNet:
     """Linear regression with combined L1/L2 penalty, scikit-learn's objective:
 
@@ -563,11 +571,7 @@ class ElasticNet:
         return self
 
     def predict(self, X) -> np.ndarray:
-        X = _as_numpy(X)
-        if X.shape[1] != self.coef_.shape[0]:
-            raise ValueError(f"X has {X.shape[1]} features, the model was fit on "
-                             f"{self.coef_.shape[0]}")
-        return self._transform(X) @ self.coef_ + self.intercept_
+        return _linear_scores(self, X)
 
 
 def alpha_grid(X, y, *, l1_ratio=0.5, n_alphas=30, eps=1e-3, standardize=True,
@@ -752,11 +756,7 @@ class LogisticProbe:
         return theta, self.max_iter
 
     def decision_function(self, X) -> np.ndarray:
-        X = _as_numpy(X)
-        if X.shape[1] != self.coef_.shape[0]:
-            raise ValueError(f"X has {X.shape[1]} features, the probe was fit on "
-                             f"{self.coef_.shape[0]}")
-        return self._transform(X) @ self.coef_ + self.intercept_
+        return _linear_scores(self, X)
 
     def predict_proba(self, X) -> np.ndarray:
         """P(y = 1 | x) for every row, [n]."""

@@ -267,9 +267,7 @@ def test_save_roundtrip_folds_input_scale(tmp_path):
     a = rng_arrays(9)
     sae = S.SAE(D_IN, D_SAE, activation="jumprelu", threshold=st(a["threshold"]), input_scale=0.3,
                 apply_b_dec_to_input=True)
-    with torch.no_grad():
-        for n in ("W_enc", "b_enc", "W_dec", "b_dec"):
-            getattr(sae, n).copy_(st(a[n]))
+    set_weights(sae, a)
     S.save_sae(sae, tmp_path)
     cfg = json.loads((tmp_path / "cfg.json").read_text())
     assert cfg["architecture"] == "jumprelu" and cfg["normalize_activations"] == "none"
@@ -287,12 +285,17 @@ def test_dtype_follows_to_and_inputs_are_cast():
         sae.encode(torch.randn(3, D_IN + 1))
 
 
-def test_chunked_encode_equals_one_shot():
-    a = rng_arrays(10)
-    sae = S.SAE(D_IN, D_SAE, activation="topk", k=4)
+def set_weights(sae, a):
+    """Copy the synthetic arrays W_enc, b_enc, W_dec, b_dec into an SAE."""
     with torch.no_grad():
         for n in ("W_enc", "b_enc", "W_dec", "b_dec"):
             getattr(sae, n).copy_(st(a[n]))
+
+
+def test_chunked_encode_equals_one_shot():
+    a = rng_arrays(10)
+    sae = S.SAE(D_IN, D_SAE, activation="topk", k=4)
+    set_weights(sae, a)
     x = torch.randn(2, 50, D_IN)
     assert torch.equal(sae.encode(x, chunk_rows=7), sae.encode(x))
 
@@ -300,9 +303,7 @@ def test_chunked_encode_equals_one_shot():
 def test_sae_check_reports_and_warns():
     a = rng_arrays(11)
     sae = S.SAE(D_IN, D_SAE, activation="topk", k=4)
-    with torch.no_grad():
-        for n in ("W_enc", "b_enc", "W_dec", "b_dec"):
-            getattr(sae, n).copy_(st(a[n]))
+    set_weights(sae, a)
     x = torch.randn(200, D_IN)
     codes = sae.encode(x)
     fvu = float((x - sae.decode(codes)).pow(2).sum() / (x - x.mean(0)).pow(2).sum())

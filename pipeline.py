@@ -119,7 +119,7 @@ def run(cfg: Config, grpo_overrides: dict | None = None) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
-    cfg = resolve_defaults(cfg, run_dir)
+    cfg = resolve_defaults(cfg)
     gcfg = grpo.GRPOConfig.preset(cfg.preset, **(grpo_overrides or {}))
     gcfg.max_steps = cfg.steps
     if cfg.eval_every:
@@ -160,7 +160,7 @@ def run(cfg: Config, grpo_overrides: dict | None = None) -> Path:
     return run_dir
 
 
-def resolve_defaults(cfg: Config, run_dir: Path) -> Config:
+def resolve_defaults(cfg: Config) -> Config:
     """Fill the None fields: the toy world's settings without --model, the paper's with it."""
     c = dataclasses.replace(cfg)
     toy_sized = c.model is None or c.preset == "toy"
@@ -519,6 +519,9 @@ class Run:
         from evaluate import evaluate, load_benchmark
 
         c, g = self.cfg, self.gcfg
+        self._models.clear()  # the SAE model's copy is no longer needed: free it before training
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
         benches = [load_benchmark(spec, limit=c.eval_limit, seed=c.seed) for spec in c.benchmarks.split(",")]
         max_eval = c.max_eval_tokens or g.max_new_tokens
         results = {}

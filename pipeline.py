@@ -82,6 +82,10 @@ class Config:
     eval_every: int | None = _f(None, "evaluate every this many steps (default 50; toy 10)")
     eval_limit: int | None = _f(None, "problems per benchmark for in-loop evaluation (default all; toy 300)")
     max_eval_tokens: int | None = _f(None, "completion budget at evaluation (default: the training one)")
+    eval_samples: int | None = _f(None, "completions per problem at evaluation: 1 = greedy pass@1, N = avg@N "
+                                        "sampled at --eval-temperature (default 1; toy 4)")
+    eval_temperature: float | None = _f(None, "sampling temperature of avg@N evaluation (default 1.0, the "
+                                              "training temperature, so avg@N is the mean reward)")
     preset: str | None = _f(None, "GRPOConfig preset: qwen-math-1.5b, dapo, dr_grpo, toy")
     seed: int = _f(0, "base seed (arm seeds are seed, seed+1, ...)")
     out: str = _f("runs", "parent folder of runs")
@@ -114,6 +118,10 @@ def run(cfg: Config, grpo_overrides: dict | None = None) -> Path:
         raise SystemExit(f"--schedule {cfg.schedule!r}; expected saerl or random")
     if cfg.k != "auto" and not (cfg.k.isdigit() and int(cfg.k) >= 1):
         raise SystemExit(f"--k {cfg.k!r}; expected a positive integer or 'auto'")
+    if cfg.eval_samples is not None and cfg.eval_samples < 1:
+        raise SystemExit(f"--eval-samples {cfg.eval_samples}; expected an integer >= 1")
+    if cfg.eval_temperature is not None and not cfg.eval_temperature > 0:
+        raise SystemExit(f"--eval-temperature {cfg.eval_temperature}; expected > 0 (greedy is --eval-samples 1)")
     toy_world = cfg.model is None
     run_dir = Path(cfg.out) / (cfg.name or ("toy" if toy_world else Path(cfg.model.rstrip("/")).name))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -160,6 +168,13 @@ def run(cfg: Config, grpo_overrides: dict | None = None) -> Path:
     return run_dir
 
 
+def eval_metric(c: Config) -> str:
+    """The in-loop evaluation metric in words."""
+    if c.eval_samples == 1:
+        return "greedy pass@1"
+    return f"avg@{c.eval_samples} (mean reward of {c.eval_samples} samples at temperature {c.eval_temperature:g})"
+
+
 def resolve_defaults(cfg: Config) -> Config:
     """Fill the None fields: the toy world's settings without --model, the paper's with it."""
     c = dataclasses.replace(cfg)
@@ -175,11 +190,13 @@ def resolve_defaults(cfg: Config) -> Config:
     c.train_data = c.train_data or DEEPMATH
     c.benchmarks = c.benchmarks or "math500,aime24,amc23"
     if toy_sized:  # a 0.5M-parameter model on a CPU
+        # avg@4: what 40 toy steps learn first is the answer format, which greedy decoding already has
         defaults = dict(sae_width=512, sae_k=16, sae_tokens=300_000, label_size=400, steps=40,
-                        eval_every=10, eval_limit=300, compare=True)
+                        eval_every=10, eval_limit=300, eval_samples=4, compare=True)
     else:
         defaults = dict(sae_width=16384, sae_k=64, sae_tokens=20_000_000, label_size=None, steps=500,
-                        eval_every=50, eval_limit=None, preset="qwen-math-1.5b", compare=False)
+                        eval_every=50, eval_limit=None, eval_samples=1, preset="qwen-math-1.5b", compare=False)
+    defaults["eval_temperature"] = 1.0
     for key, value in defaults.items():
         if getattr(c, key) is None:
             setattr(c, key, value)
@@ -528,7 +545,8 @@ class Run:
         for arm_name, batches in schedules.items():
             arm_dir = self.root / "arms" / arm_name
             # keyed by this arm's own batches, so adding seeds or arms keeps the finished ones
-            key = stable_hash("train", batches, c.model, dataclasses.asdict(g), c.benchmarks, c.eval_limit, max_eval)
+            key = stable_hash("train", batches, c.model, dataclasses.asdict(g), c.benchmarks, c.eval_limit, max_eval,
+                              *([c.eval_samples, c.eval_temperature] if c.eval_samples > 1 else []))
             marker = arm_dir / "key.txt"
             if marker.exists() and marker.read_text() != key:  # settings changed: keep the old arm aside
                 stale = arm_dir.with_name(f"{arm_name}.stale-{int(time.time())}")
@@ -542,7 +560,9 @@ class Run:
             def eval_fn(step, policy=policy, tok=tok):
                 row = {}
                 for name, bench in benches:
-                    r = evaluate(policy, tok, bench, template=g.template, n=1, temperature=0.0,
+                    greedy = c.eval_samples == 1
+                    r = evaluate(policy, tok, bench, template=g.template, n=c.eval_samples,
+                                 temperature=0.0 if greedy else c.eval_temperature,
                                  max_new_tokens=max_eval, batch_size=max(8, g.gen_batch_size),
                                  name=name, seed=seed)
                     row[name] = r["accuracy"]
@@ -698,7 +718,7 @@ def write_report(r: Run, problems, quality, difficulty, clusters, results) -> No
         log(f"report: {r.root / 'report.md'}")
         return
     lines += ["", "## Training", "",
-              f"Held-out accuracy: greedy pass@1 on {n_eval} problems of each of `{c.benchmarks}` (mean over "
+              f"Held-out accuracy: {eval_metric(c)} on {n_eval} problems of each of `{c.benchmarks}` (mean over "
               f"benchmarks), every {c.eval_every} steps; {c.steps} GRPO steps of {r.gcfg.batch_size} problems × "
               f"{r.gcfg.group_size} samples per arm (lr {r.gcfg.lr:g}, loss {r.gcfg.loss_type}).", ""]
     steps = sorted({s for seeds in curves.values() for pts in seeds.values() for s, _ in pts})

@@ -26,6 +26,11 @@ Corruptions, equally split: `wrong_answer` (reference answer off by a non-zero a
 `garbled` (problem characters shuffled, answer kept), `off_distribution` (a question from
 outside the world, e.g. about colours, with an arbitrary number as answer).
 The completion the model learns is `\\boxed{N}` then `<|im_end|>`: the real verifier applies.
+A `bare_frac` share (0.3) of the warm-start demonstrations answers with the bare number `N`
+instead, as a base model trained on mixed-format text does; the verifier scores a bare number 0
+(no box, no "the answer is"), so the first thing RL can learn here is the format, as zero-RL on
+real base models does. Without it (bare_frac=0) 40 GRPO steps move this 0.5M-parameter policy by
+less than evaluation noise: its policy gradient is noise-dominated (README, bench_grpo.py --learn).
 """
 
 from __future__ import annotations
@@ -47,8 +52,9 @@ CORRUPTIONS = ("wrong_answer", "garbled", "off_distribution")
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 CHARS = "\n" + "".join(chr(c) for c in range(32, 127))
 TEMPLATE = "chatml"  # see data.format_prompt: the instruction would triple sequence length
-WORLD_VERSION = 3  # bump when problems, model or warm start change, to invalidate cached worlds
+WORLD_VERSION = 4  # bump when problems, model or warm start change, to invalidate cached worlds
 
+BARE_FRAC = 0.3  # share of warm-start demonstrations that answer "N" instead of "\\boxed{N}"
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -215,14 +221,19 @@ def completion_text(answer: str) -> str:
 
 
 def warm_start(model, tokenizer, *, steps: int = 500, batch_size: int = 64, lr: float = 3e-3,
-               seed: int = 0, log_every: int = 100) -> list[float]:
+               seed: int = 0, bare_frac: float = BARE_FRAC, log_every: int = 100) -> list[float]:
     """Supervised training on fresh clean problems: loss on the completion tokens only.
 
-    Problems come from a seed stream disjoint from the world's train/test sets. Returns the loss
-    curve. Deterministic for a seed on CPU.
+    Problems come from a seed stream disjoint from the world's train/test sets; a `bare_frac`
+    share of them is answered `N` rather than `\\boxed{N}` (drawn from its own stream, so the
+    problems do not depend on it). Returns the loss curve. Deterministic for a seed on CPU.
     """
+    if not 0.0 <= bare_frac < 1.0:
+        raise ValueError(f"bare_frac must be in [0, 1), got {bare_frac}")
     torch.manual_seed(seed)
     pool = make_problems(steps * batch_size, seed=10_000 + seed, corrupt_frac=0.0, prefix="warm", unique=False)
+    fmt = random.Random(20_000 + seed)
+    bare = [fmt.random() < bare_frac for _ in pool]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 50) * max(0.05, 1 - s / steps))
@@ -230,7 +241,7 @@ def warm_start(model, tokenizer, *, steps: int = 500, batch_size: int = 64, lr: 
     losses = []
     for step in range(steps):
         batch = pool[step * batch_size:(step + 1) * batch_size]
-        input_ids, labels, attn = _sft_batch(batch, tokenizer)
+        input_ids, labels, attn = _sft_batch(batch, tokenizer, bare[step * batch_size:(step + 1) * batch_size])
         loss = model(input_ids=input_ids, attention_mask=attn, labels=labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -244,12 +255,13 @@ def warm_start(model, tokenizer, *, steps: int = 500, batch_size: int = 64, lr: 
     return losses
 
 
-def _sft_batch(problems, tokenizer):
-    """Right-padded [B, T] ids with labels = -100 outside the completion."""
+def _sft_batch(problems, tokenizer, bare: list[bool]):
+    """Right-padded [B, T] ids with labels = -100 outside the completion (bare[i]: answer `N` unboxed)."""
     seqs, labs = [], []
-    for p in problems:
+    for p, plain in zip(problems, bare, strict=True):
         prompt = tokenizer(format_prompt(p.problem, tokenizer, TEMPLATE), add_special_tokens=False).input_ids
-        target = tokenizer(completion_text(p.answer), add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        answer = p.answer if plain else completion_text(p.answer)
+        target = tokenizer(answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
         seqs.append(prompt + target)
         labs.append([-100] * len(prompt) + target)
     T = max(map(len, seqs))
@@ -311,7 +323,8 @@ class World:
 
 
 def build_world(out_dir, *, seed: int = 0, n_train: int = 1200, n_test: int = 500, corrupt_frac: float = 0.15,
-                warm_steps: int = 500, hidden: int = 128, layers: int = 2, verbose: bool = True) -> World:
+                warm_steps: int = 500, bare_frac: float = BARE_FRAC, hidden: int = 128, layers: int = 2,
+                verbose: bool = True) -> World:
     """Write (or reuse) the toy world in out_dir: model/, train.jsonl, test.jsonl, world.json.
 
     train.jsonl holds `corrupt_frac` corrupted problems; test.jsonl is clean. A world already in
@@ -322,7 +335,8 @@ def build_world(out_dir, *, seed: int = 0, n_train: int = 1200, n_test: int = 50
 
     root = Path(out_dir)
     settings = dict(version=WORLD_VERSION, seed=seed, n_train=n_train, n_test=n_test,
-                    corrupt_frac=corrupt_frac, warm_steps=warm_steps, hidden=hidden, layers=layers)
+                    corrupt_frac=corrupt_frac, warm_steps=warm_steps, bare_frac=bare_frac, hidden=hidden,
+                    layers=layers)
     key = stable_hash(settings)
     info_path = root / "world.json"
     world = World(root, root / "model", root / "train.jsonl", root / "test.jsonl", {})
@@ -338,7 +352,8 @@ def build_world(out_dir, *, seed: int = 0, n_train: int = 1200, n_test: int = 50
     tokenizer = char_tokenizer()
     model = tiny_model(tokenizer, seed=seed, hidden=hidden, layers=layers)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    losses = warm_start(model, tokenizer, steps=warm_steps, seed=seed, log_every=100 if verbose else 0)
+    losses = warm_start(model, tokenizer, steps=warm_steps, seed=seed, bare_frac=bare_frac,
+                        log_every=100 if verbose else 0)
     train = make_problems(n_train, seed=seed, corrupt_frac=corrupt_frac, prefix="train")
     test = make_problems(n_test, seed=seed + 1, corrupt_frac=0.0, prefix="test")
     correct = greedy_accuracy(model, tokenizer, test)
@@ -378,9 +393,11 @@ def main(argv=None):
     ap.add_argument("--n-test", type=int, default=500, help="clean held-out problems")
     ap.add_argument("--corrupt-frac", type=float, default=0.15, help="share of corrupted training problems")
     ap.add_argument("--warm-steps", type=int, default=500, help="supervised warm-start steps (batch 64)")
+    ap.add_argument("--bare-frac", type=float, default=BARE_FRAC,
+                    help="share of warm-start answers written `N` instead of `\\boxed{N}` (scored 0)")
     args = ap.parse_args(argv)
     world = build_world(args.out, seed=args.seed, n_train=args.n_train, n_test=args.n_test,
-                        corrupt_frac=args.corrupt_frac, warm_steps=args.warm_steps)
+                        corrupt_frac=args.corrupt_frac, warm_steps=args.warm_steps, bare_frac=args.bare_frac)
     print(f"toy world in {world.root} ({world.info['params']:,} parameters, built in {world.info['seconds']} s)")
     print(f"greedy accuracy on clean test problems: {world.info['test_accuracy']:.3f}")
     print(world.info["table"])

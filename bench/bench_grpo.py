@@ -4,8 +4,10 @@
         time split of a step (generation / log-prob forward / backward / optimizer) and peak memory,
         for the toy model and for SmolLM2-135M when a folder is given (default /work/models/smollm2
         if it exists); where `trl` imports, the same step through trl.GRPOTrainer, as a ratio.
-    python bench/bench_grpo.py --learn [--seeds 0 1 2] [--learn-steps 40]
-        held-out clean-problem reward before and after 40 toy-preset GRPO steps, per training seed.
+    python bench/bench_grpo.py --learn [--seeds 0 1 2] [--learn-steps 40] [--bare-fracs 0.3 0.0]
+        held-out clean-problem reward before and after 40 toy-preset GRPO steps (vanilla random
+        order over all training problems), per training seed, on the shipped world (30% of its
+        warm-start answers unboxed) and on a control world whose warm start always boxes.
 
 Results go to bench/results/grpo.json (written atomically; sections are merged, so --learn and the
 timing run can be made separately). Each measurement runs in its own subprocess so that peak RSS
@@ -186,14 +188,17 @@ def run_worker(kind: str, spec: dict, timeout: int = 1800) -> dict:
 # Learning on the toy world
 # ----------------------------------------------------------------------------------------------
 def heldout_reward(model, tok, problems, cfg, *, samples: int, seed: int = 1234) -> dict:
-    """Mean reward of `samples` sampled completions per problem (temperature 1), and greedy accuracy."""
+    """Mean reward of `samples` sampled completions per problem (temperature 1), the share of them
+    that box an answer, the reward among those, and greedy accuracy."""
     from data import format_prompt
-    from verifier import math_reward
+    from verifier import last_boxed, math_reward
 
     prompts = [format_prompt(p.problem, tok, cfg.template) for p in problems]
     roll = grpo.sample_rollouts(model, tok, prompts, group_size=samples, temperature=1.0,
                                 max_new_tokens=cfg.max_new_tokens, gen_batch_size=64, seed=seed)
-    sampled = sum(math_reward(x, problems[i // samples].answer) for i, x in enumerate(roll.texts)) / len(roll.texts)
+    rewards = [math_reward(x, problems[i // samples].answer) for i, x in enumerate(roll.texts)]
+    boxed = [last_boxed(x) is not None for x in roll.texts]
+    sampled = sum(rewards) / len(rewards)
     texts = []
     with torch.no_grad():
         for s in range(0, len(prompts), 128):
@@ -203,7 +208,9 @@ def heldout_reward(model, tok, problems, cfg, *, samples: int, seed: int = 1234)
                                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
             texts += tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
     greedy_acc = sum(math_reward(x, p.answer) for x, p in zip(texts, problems)) / len(problems)
-    return {"sampled_reward": sampled, "greedy_accuracy": greedy_acc}
+    return {"sampled_reward": sampled, "boxed_rate": sum(boxed) / len(boxed),
+            "reward_when_boxed": sum(r for r, b in zip(rewards, boxed) if b) / max(1, sum(boxed)),
+            "greedy_accuracy": greedy_acc}
 
 
 def worker_learn(spec: dict) -> dict:
@@ -217,7 +224,7 @@ def worker_learn(spec: dict) -> dict:
     cfg = grpo.GRPOConfig.toy(seed=spec["seed"], **spec.get("overrides", {}))
     before = heldout_reward(model, tok, test, cfg, samples=spec["samples"]) if spec["eval_before"] else None
     schedule = grpo.random_schedule([p.id for p in train], cfg.batch_size, spec["steps"], seed=spec["seed"])
-    out = Path(spec["tmp"]) / f"learn_{spec['seed']}"
+    out = Path(spec["tmp"]) / f"learn_{spec['tag']}_{spec['seed']}"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     last = grpo.train(model, tok, train, schedule, cfg, out_dir=out, resume=False)
@@ -229,6 +236,56 @@ def worker_learn(spec: dict) -> dict:
             "sec_per_step": seconds / len(log), "n_heldout": len(test),
             "train_reward_first5": sum(r["reward"] for r in log[:5]) / 5,
             "train_reward_last5": sum(r["reward"] for r in log[-5:]) / 5, "last_row_lr": last.get("lr")}
+
+
+def learn(args, world) -> None:
+    """--learn: per world (bare_frac) and seed, held-out reward before/after; table + JSON."""
+    import statistics as st
+
+    import toy
+
+    section = {"config": asdict(grpo.GRPOConfig.toy()), "steps": args.learn_steps, "samples": args.samples,
+               "eval": f"clean held-out toy test problems x {args.samples} samples at temperature 1 "
+                       "(sampling seed 1234, the same for every measurement), greedy separately",
+               "worlds": {}}
+    print(f"{'world':>14s} {'seed':>4s} {'reward':>15s} {'boxed rate':>15s} {'reward|boxed':>15s} {'greedy':>15s}")
+    for frac in args.bare_fracs:
+        w = world if frac == toy.BARE_FRAC else toy.build_world(args.tmp / f"world_bare{frac}", seed=0,
+                                                                   bare_frac=frac, verbose=False)
+        tag = f"bare{frac}"
+        # the starting model is the same for every seed, so its held-out reward is measured once
+        runs = [run_worker("learn", {"model_dir": str(w.model_dir), "train_path": str(w.train_path),
+                                     "test_path": str(w.test_path), "tmp": str(args.tmp), "tag": tag, "seed": s,
+                                     "eval_before": i == 0, "steps": args.learn_steps, "samples": args.samples})
+                for i, s in enumerate(args.seeds)]
+        ok = [r for r in runs if "error" not in r]
+        for r in runs:
+            if "error" in r:
+                print(f"{tag:>14s} {r.get('seed', '?')!s:>4s} error: {r['error']}")
+        if not ok:
+            continue
+        before = ok[0]["before"]
+        for r in ok:
+            a = r["after"]
+            print(f"{tag:>14s} {r['seed']:4d} " + " ".join(
+                f"{before[k]:.3f} -> {a[k]:.3f}" for k in ("sampled_reward", "boxed_rate", "reward_when_boxed",
+                                                           "greedy_accuracy")))
+        ends = [r["after"]["sampled_reward"] for r in ok]
+        summary = {"bare_frac": frac, "start_sampled_reward": before["sampled_reward"],
+                   "end_sampled_reward_per_seed": ends, "end_mean": st.mean(ends),
+                   "seed_spread_sd": st.pstdev(ends), "seed_spread_range": max(ends) - min(ends),
+                   "margin": st.mean(ends) - before["sampled_reward"],
+                   "start_boxed_rate": before["boxed_rate"],
+                   "end_boxed_rate_mean": st.mean(r["after"]["boxed_rate"] for r in ok),
+                   "start_reward_when_boxed": before["reward_when_boxed"],
+                   "end_reward_when_boxed_mean": st.mean(r["after"]["reward_when_boxed"] for r in ok),
+                   "start_greedy": before["greedy_accuracy"],
+                   "end_greedy_per_seed": [r["after"]["greedy_accuracy"] for r in ok],
+                   "sec_per_step": st.mean(r["sec_per_step"] for r in ok)}
+        print(f"{tag:>14s} mean reward {summary['start_sampled_reward']:.3f} -> {summary['end_mean']:.3f}: "
+              f"margin {summary['margin']:+.3f}, seed spread (range) {summary['seed_spread_range']:.3f}")
+        section["worlds"][tag] = {"runs": runs, "summary": summary}
+    _merge_results("learn", section)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,6 +315,8 @@ def main() -> None:
     ap.add_argument("--learn", action="store_true", help="the learning measurement instead of timings")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--learn-steps", type=int, default=40)
+    ap.add_argument("--bare-fracs", type=float, nargs="+", default=[0.3, 0.0],
+                    help="toy worlds to measure learning on, by share of unboxed warm-start answers")
     ap.add_argument("--samples", type=int, default=4, help="sampled completions per held-out problem")
     ap.add_argument("--tmp", type=Path, default=Path("/tmp/bench_grpo"))
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
@@ -278,26 +337,7 @@ def main() -> None:
         write_problems(args.tmp / "problems.jsonl", toy.make_problems(256, seed=0))
         base = {"train_path": str(args.tmp / "problems.jsonl"), "tmp": str(args.tmp)}
     if args.learn:
-        # the starting model is the same for every seed, so its held-out reward is measured once
-        runs = [run_worker("learn", {**base, "test_path": str(world.test_path), "seed": s, "eval_before": i == 0,
-                                     "steps": args.learn_steps, "samples": args.samples})
-                for i, s in enumerate(args.seeds)]
-        for r in runs:
-            print(json.dumps(r))
-        ok = [r for r in runs if "error" not in r]
-        if ok:
-            import statistics as st
-            start = ok[0]["before"]["sampled_reward"]
-            ends = [r["after"]["sampled_reward"] for r in ok]
-            summary = {"start_sampled_reward": start, "end_sampled_reward_per_seed": ends,
-                       "end_mean": st.mean(ends), "seed_spread_sd": st.pstdev(ends),
-                       "seed_spread_range": max(ends) - min(ends), "margin": st.mean(ends) - start,
-                       "start_greedy": ok[0]["before"]["greedy_accuracy"],
-                       "end_greedy_per_seed": [r["after"]["greedy_accuracy"] for r in ok],
-                       "sec_per_step": st.mean(r["sec_per_step"] for r in ok)}
-            print(json.dumps(summary, indent=2))
-            _merge_results("learn", {"config": asdict(grpo.GRPOConfig.toy()),
-                                     "steps": args.learn_steps, "runs": runs, "summary": summary})
+        learn(args, world)
         return
 
     models = []

@@ -426,3 +426,37 @@ def test_overlong_mask_drops_exactly_the_truncated_completions(tok):
     n = 4 * cfg.group_size
     assert 0 < row["truncated"] < 1, "the case needs both kinds of rows"
     assert row["n_loss_seqs"] == round(n * (1 - row["truncated"]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Learning: the toy preset on the toy world
+# ----------------------------------------------------------------------------------------------
+def _heldout(model, tok, problems, samples=8):
+    """Mean reward and boxed rate of `samples` completions per problem at temperature 1 (seed fixed)."""
+    from data import format_prompt
+    from verifier import last_boxed, math_reward
+
+    prompts = [format_prompt(p.problem, tok, "chatml") for p in problems]
+    roll = grpo.sample_rollouts(model, tok, prompts, group_size=samples, max_new_tokens=16, gen_batch_size=100,
+                                seed=1234)
+    reward = sum(math_reward(t, problems[i // samples].answer) for i, t in enumerate(roll.texts)) / len(roll.texts)
+    boxed = sum(last_boxed(t) is not None for t in roll.texts) / len(roll.texts)
+    return reward, boxed
+
+
+def test_forty_toy_steps_raise_heldout_reward(toy_world, tmp_path):
+    """Vanilla GRPO (random order over all training problems, corrupted ones included), the toy
+    preset, 40 steps. bench_grpo.py --learn measured on 500 held-out problems x 4 samples:
+    0.100 -> 0.148 over 3 seeds (spread 0.001), the boxed rate 0.68 -> 0.95. Here a single seed
+    must gain at least half of that margin."""
+    import toy
+
+    model, tok, train, test = toy.load_world(toy_world.root)
+    held = test[:200]
+    r0, b0 = _heldout(model, tok, held)
+    cfg = GRPOConfig.toy(seed=0)
+    schedule = grpo.random_schedule([p.id for p in train], cfg.batch_size, 40, seed=0)
+    grpo.train(model, tok, train, schedule, cfg, out_dir=tmp_path / "run")
+    r1, b1 = _heldout(model, tok, held)
+    assert r1 - r0 > 0.024, (r0, r1, b0, b1)
+    assert b0 < 0.8 and b1 - b0 > 0.15, (b0, b1)  # what 40 steps learn first is the answer format

@@ -70,6 +70,7 @@ def test_end_to_end_outputs(mini_world, tmp_path):
     report = (run / "report.md").read_text()
     assert "vanilla" in report and "saerl" in report and "Spearman" in report and "Kept" in report
     assert "| 4 |" in report  # the accuracy table reaches the last step
+    assert "avg@4 (mean reward of 4 samples at temperature 1)" in report  # the toy preset's evaluation
     assert (run / "clusters.md").read_text().count("## Cluster") == 3 or "Cluster" in (run / "clusters.md").read_text()
 
     again = run_saerl(saerl_cmd(mini_world, tmp_path))  # same command: every stage is cached
@@ -108,6 +109,12 @@ def test_help_lists_every_flag_with_a_line():
                  "--difficulty-labels", "--schedule", "--no-curriculum", "--no-cluster", "--no-quality-filter",
                  "--compare", "--seeds", "--benchmarks", "--stage", "--lr", "--group-size", "--loss-type"):
         assert flag in proc.stdout, flag
+
+
+@pytest.mark.parametrize("flag,value", [("--eval-samples", "0"), ("--eval-temperature", "0")])
+def test_bad_evaluation_flags_are_named(tmp_path, flag, value):
+    proc = run_saerl([sys.executable, str(ROOT / "saerl.py"), "--out", str(tmp_path), flag, value])
+    assert proc.returncode != 0 and f"{flag} {value}" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_hub_ids_fail_fast_offline_naming_a_local_path(tmp_path):

@@ -143,8 +143,8 @@ class GRPOConfig:
         "dr_grpo": dict(loss_type="dr_grpo", adv_scale="none"),
         # The toy world (toy.py): 0.5M-param char model, completions "\\boxed{N}<|im_end|>" (~12 tokens).
         # lr (seed 0, 40 steps, held-out sampled reward from 0.100): 5e-5 -> 0.141, 1e-4 -> 0.148,
-        # 2e-4 -> 0.151 but greedy accuracy falls 0.230 -> 0.218; 1e-3 lowers both (Adam turns the
-        # noisy policy gradient into full-size steps on every weight). bench_grpo.py --learn.
+        # 2e-4 -> 0.151 but greedy accuracy falls 0.230 -> 0.218; on the always-boxed world 1e-3
+        # (B 64) lowered both (Adam turns the noisy policy gradient into full-size steps on every weight).
         "toy": dict(batch_size=16, group_size=16, num_steps=40, template="chatml", max_new_tokens=16,
                     gen_batch_size=16, micro_batch_size=256, lr=1e-4, warmup_steps=0, save_every=10,
                     logprob_chunk=64),

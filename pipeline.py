@@ -71,6 +71,9 @@ class Config:
     label_size: int | None = _f(None, "size of the labelled subset (default min(2000, 5%); toy 400)")
     probe_features: int = _f(2048, "probes see the SAE features most often active in the labelled subset")
     schedule: str = _f("saerl", "saerl (engineered order) or random (ablation: random order over the kept problems)")
+    pace: str = _f("epoch", "a budget shorter than one epoch: epoch (train the engineered epoch's first steps; the "
+                            "curriculum stops part-way) or budget (a stratified subset of each cluster, so every "
+                            "cluster runs easy-to-hard within --steps)")
     no_curriculum: bool = _f(False, "ablation: shuffle inside clusters instead of easy-to-hard")
     no_cluster: bool = _f(False, "ablation: one cluster (pure difficulty curriculum)")
     no_quality_filter: bool = _f(False, "ablation: keep every problem")
@@ -116,6 +119,8 @@ def run(cfg: Config, grpo_overrides: dict | None = None) -> Path:
         raise SystemExit(f"--stage {cfg.stage!r}; expected one of {', '.join(STAGES)}")
     if cfg.schedule not in ("saerl", "random"):
         raise SystemExit(f"--schedule {cfg.schedule!r}; expected saerl or random")
+    if cfg.pace not in ("epoch", "budget"):
+        raise SystemExit(f"--pace {cfg.pace!r}; expected epoch or budget")
     if cfg.k != "auto" and not (cfg.k.isdigit() and int(cfg.k) >= 1):
         raise SystemExit(f"--k {cfg.k!r}; expected a positive integer or 'auto'")
     if cfg.eval_samples is not None and cfg.eval_samples < 1:
@@ -487,7 +492,8 @@ class Run:
     def stage_schedule(self, problems, quality, difficulty, clusters) -> dict:
         """One schedule per (arm, seed), each as long as the step budget (epochs repeat, reshuffled)."""
         c, B = self.cfg, self.gcfg.batch_size
-        key = stable_hash("schedule", self.clusters_key, B, c.mix, c.no_curriculum, c.steps, self.arms())
+        key = stable_hash("schedule", self.clusters_key, B, c.mix, c.no_curriculum, c.steps, self.arms(),
+                          *([c.pace] if c.pace != "epoch" else []))
         if not self.cached("schedule", key, "schedule.jsonl", "schedules.json", "scores.jsonl"):
             kept = quality["kept"]
             if len(kept) < B:
@@ -495,12 +501,17 @@ class Run:
                                  "--quality-drop or --batch-size, or add problems")
             diff = [difficulty["predicted"][i] for i in kept]
 
-            def epoch(arm: str, seed: int) -> list[list[str]]:
-                """One pass over the arm's problems, as batches of ids (the last one may be short)."""
+            def epoch(arm: str, seed: int, budget: int | None = None) -> list[list[str]]:
+                """One pass over the arm's problems, as batches of ids (the last one may be short);
+                with `budget` (problems) the engineered pass covers a stratified subset of that size."""
                 if arm == "saerl":
-                    pool = kept
-                    rows = saerl.build_schedule(clusters["labels"], diff, B, mix=c.mix,
-                                                curriculum=not c.no_curriculum, seed=seed)
+                    rows = list(range(len(kept)))
+                    if budget is not None:
+                        rows = saerl.budget_subset(clusters["labels"], None if c.no_curriculum else diff, budget,
+                                                   seed=seed)
+                    pool = [kept[j] for j in rows]
+                    rows = saerl.build_schedule([clusters["labels"][j] for j in rows], [diff[j] for j in rows], B,
+                                                mix=c.mix, curriculum=not c.no_curriculum, seed=seed)
                 else:
                     pool = kept if arm == "saerl-random" else list(range(len(problems)))
                     rows = saerl.random_schedule(len(pool), B, seed=seed)
@@ -509,8 +520,11 @@ class Run:
             out = {}
             for arm, seed in self.arms():
                 batches, n = [], 0
+                # --pace budget: a budget shorter than the epoch gets a paced subset, B * steps problems
+                paced = c.pace == "budget" and arm == "saerl" and c.steps * B < len(kept)
                 while len(batches) < c.steps:  # the budget: full batches, epochs reshuffled by seed
-                    batches += [b for b in epoch(arm, seed * 1000 + n) if len(b) == B]
+                    batches += [b for b in epoch(arm, seed * 1000 + n, c.steps * B if paced else None)
+                                if len(b) == B]
                     n += 1
                 out[f"{arm}-s{seed}"] = batches[:c.steps]
             # schedule.jsonl: one whole engineered epoch over the kept problems (each exactly once,

@@ -17,7 +17,8 @@ Method (this top section; hand-written, each matching a well-known reference num
     LogisticProbe(C, ...).fit/predict_proba                Newton on sklearn's L2 logistic objective
     binary_metrics(y, scores), corrupt_copies(problems, ...), auto_quality_labels(problems, ...),
     quality_filter(scores, drop)
-    build_schedule(cluster_ids, difficulty, batch_size, ...), random_schedule(n, batch_size, seed),
+    build_schedule(cluster_ids, difficulty, batch_size, ...), budget_subset(cluster_ids, difficulty, n_take),
+    random_schedule(n, batch_size, seed),
     cluster_summary(cluster_ids, difficulty, features, problems, ...)
 
 Feature matrices are torch tensors, dense or torch sparse (COO or CSR); numpy arrays are accepted
@@ -975,6 +976,54 @@ def build_schedule(cluster_ids, difficulty, batch_size: int, *, mix: float = 0.2
             a, b = batches[j], batches[j + 1]
             a[-t:], b[-t:] = b[-t:], a[-t:]
     return batches
+
+
+def budget_subset(cluster_ids, difficulty, n_take: int, *, seed: int = 0) -> list[int]:
+    """The rows a step budget shorter than one epoch trains on (`--pace budget`): n_take of them,
+    sorted, so that a curriculum over the subset still runs from each cluster's easiest to its
+    hardest problems within the budget.
+
+    Each cluster's share is proportional to its size: n_c * n_take / n rounded down, the leftover
+    rows going to the largest remainders (ties: smaller cluster id). A cluster's m rows are drawn one
+    per stratum: its easy-to-hard order (stable sort by difficulty, ties by index) cut into m
+    ranges [floor(t n_c / m), floor((t + 1) n_c / m)), one seeded pick in each. difficulty=None
+    (no curriculum): m seeded picks without replacement. n_take >= n returns every row."""
+    clusters = _int_list(cluster_ids)
+    n = len(clusters)
+    if n_take < 0:
+        raise ValueError(f"n_take must be >= 0, got {n_take}")
+    if n_take >= n:
+        return list(range(n))
+    diff = None
+    if difficulty is not None:
+        diff = np.asarray(difficulty.detach().cpu() if isinstance(difficulty, torch.Tensor) else difficulty,
+                          dtype=np.float64).reshape(-1)
+        if diff.shape[0] != n:
+            raise ValueError(f"difficulty has {diff.shape[0]} entries, cluster_ids has {n}")
+        if np.isnan(diff).any():
+            raise ValueError("difficulty contains NaN")
+    members: dict[int, list[int]] = {}
+    for i, c in enumerate(clusters):
+        members.setdefault(c, []).append(i)
+    ids = sorted(members)
+    quota = {c: len(members[c]) * n_take // n for c in ids}
+    leftover = n_take - sum(quota.values())
+    by_remainder = sorted(ids, key=lambda c: (-(len(members[c]) * n_take % n), c))
+    for c in by_remainder[:leftover]:
+        quota[c] += 1
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in ids:
+        items, m = members[c], quota[c]
+        if m == 0:
+            continue
+        if diff is None:
+            picked += [items[j] for j in rng.choice(len(items), size=m, replace=False)]
+            continue
+        items = sorted(items, key=lambda i: (diff[i], i))
+        n_c = len(items)
+        picked += [items[int(rng.integers(t * n_c // m, (t + 1) * n_c // m))] for t in range(m)]
+    return sorted(picked)
 
 
 def random_schedule(n: int, batch_size: int, seed: int = 0) -> list[list[int]]:

@@ -418,6 +418,50 @@ def test_schedule_is_deterministic_and_seeded():
     assert c == saerl.build_schedule(clusters, None, 16, curriculum=False, seed=5)
 
 
+def test_budget_subset_worked_example():
+    # CL has clusters of 5, 3 and 7 rows (n = 15); n_take = 6. Shares 5*6/15 = 2, 3*6/15 = 1.2,
+    # 7*6/15 = 2.8: floors 2, 1, 2 (sum 5), the one leftover row to the largest remainder (cluster 2).
+    # Cluster 0 easy-to-hard is rows 4,3,2,1,0; m = 2 strata: positions [0, 2) and [2, 5), so one
+    # of rows {4, 3} and one of {2, 1, 0}. Cluster 1 (rows 5,6,7, m = 1): any one. Cluster 2 (ties,
+    # by index 8..14, m = 3): strata [0, 2), [2, 4), [4, 7) -> one of {8,9}, {10,11}, {12,13,14}.
+    for seed in range(20):
+        out = saerl.budget_subset(CL, DIFF, 6, seed=seed)
+        assert out == sorted(out) and len(set(out)) == 6
+        assert len({4, 3} & set(out)) == 1 and len({2, 1, 0} & set(out)) == 1
+        assert len({5, 6, 7} & set(out)) == 1
+        for stratum in ({8, 9}, {10, 11}, {12, 13, 14}):
+            assert len(stratum & set(out)) == 1
+    draws = {tuple(saerl.budget_subset(CL, DIFF, 6, seed=seed)) for seed in range(20)}
+    assert len(draws) > 1 and saerl.budget_subset(CL, DIFF, 6, seed=3) == saerl.budget_subset(CL, DIFF, 6, seed=3)
+
+
+def test_budget_subset_ties_counts_and_edges():
+    # sizes 6, 3, 1 with n_take 5: shares 3, 1.5, 0.5 -> floors 3, 1, 0; remainders tie at 0.5 and
+    # the smaller cluster id (1) takes the leftover row.
+    cl = [0] * 6 + [1] * 3 + [2]
+    out = saerl.budget_subset(cl, list(range(10)), 5, seed=0)
+    assert [sum(cl[i] == c for i in out) for c in (0, 1, 2)] == [3, 2, 0]
+    assert saerl.budget_subset(cl, None, 5, seed=0) != [] and len(saerl.budget_subset(cl, None, 5, seed=1)) == 5
+    assert saerl.budget_subset(cl, None, 10) == list(range(10)) == saerl.budget_subset(cl, None, 99)
+    assert saerl.budget_subset(cl, None, 0) == []
+    with pytest.raises(ValueError, match="NaN"):
+        saerl.budget_subset(cl, [float("nan")] * 10, 5)
+    with pytest.raises(ValueError, match="entries"):
+        saerl.budget_subset(cl, [1.0] * 9, 5)
+
+
+def test_budget_subset_spans_each_clusters_difficulty_range():
+    clusters, difficulty = schedule_case()
+    out = saerl.budget_subset(clusters, difficulty, 64, seed=1)
+    assert len(out) == 64
+    for c in range(7):
+        mine = sorted(difficulty[clusters == c])
+        got = sorted(difficulty[i] for i in out if clusters[i] == c)
+        # the first pick lies in the cluster's easiest stratum, the last in its hardest
+        m, n_c = len(got), len(mine)
+        assert got[0] <= mine[n_c // m - 1] and got[-1] >= mine[(m - 1) * n_c // m]
+
+
 def test_random_schedule():
     out = saerl.random_schedule(10, 4, seed=1)
     assert [len(b) for b in out] == [4, 4, 2]

@@ -111,10 +111,34 @@ def test_help_lists_every_flag_with_a_line():
         assert flag in proc.stdout, flag
 
 
-@pytest.mark.parametrize("flag,value", [("--eval-samples", "0"), ("--eval-temperature", "0")])
+@pytest.mark.parametrize("flag,value", [("--eval-samples", "0"), ("--eval-temperature", "0"), ("--pace", "fast")])
 def test_bad_evaluation_flags_are_named(tmp_path, flag, value):
     proc = run_saerl([sys.executable, str(ROOT / "saerl.py"), "--out", str(tmp_path), flag, value])
-    assert proc.returncode != 0 and f"{flag} {value}" in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode != 0 and flag in proc.stderr and value in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_pace_budget_runs_each_cluster_easy_to_hard_within_the_budget(mini_world, tmp_path):
+    reach = {}  # pace -> per cluster, the within-cluster difficulty quantile of its hardest trained problem
+    for pace in ("epoch", "budget"):
+        proc = run_saerl(saerl_cmd(mini_world, tmp_path / pace, "--stage", "schedule", "--no-compare",
+                                   "--pace", pace))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        run = tmp_path / pace / "mini"
+        scores = {s["id"]: s for s in read_jsonl(run / "scores.jsonl") if s["kept"]}
+        batches = json.loads((run / "schedules.json").read_text())["saerl-s0"]
+        ids = [i for b in batches for i in b]
+        assert [len(b) for b in batches] == [8] * 4 and len(set(ids)) == 32  # --steps 4 x --batch-size 8
+        reach[pace] = {}
+        for c in {scores[i]["cluster"] for i in ids}:
+            mine = sorted(s["difficulty"] for s in scores.values() if s["cluster"] == c)
+            top = max(scores[i]["difficulty"] for i in ids if scores[i]["cluster"] == c)
+            reach[pace][c] = sum(d <= top for d in mine) / len(mine)
+    # 32 of ~144 kept problems: the epoch's first 4 batches stop in each cluster's easier part; the
+    # paced subset draws m ~ 32/3 problems per cluster and its last pick lies in the hardest stratum,
+    # at or above the quantile (m - 1)/m (m = 4 in the smallest cluster)
+    assert max(reach["epoch"].values()) < 0.5, reach
+    assert len(reach["budget"]) == 3 and min(reach["budget"].values()) > 0.7, reach
 
 
 def test_hub_ids_fail_fast_offline_naming_a_local_path(tmp_path):

@@ -766,6 +766,10 @@ def write_report(r: Run, problems, quality, difficulty, clusters, results) -> No
     ablations = [f"--{n.replace('_', '-')}" for n in ("no_curriculum", "no_cluster", "no_quality_filter") if getattr(c, n)]
     if c.mix != 0.25:
         ablations.append(f"--mix {c.mix}")
+    if c.schedule != "saerl":
+        ablations.append(f"--schedule {c.schedule}")
+    if c.pace != "epoch":
+        ablations.append(f"--pace {c.pace}")
     lines += ["", "Ablations in this run: " + (", ".join(ablations) if ablations else "none (SAERL defaults)") + ".", ""]
     lines += [plot_curves(curves, r.root / "report.png"), ""]
     atomic_write_text(r.root / "report.md", "\n".join(lines))

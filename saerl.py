@@ -900,6 +900,17 @@ def _int_list(values) -> list[int]:
     return [int(v) for v in np.asarray(values).reshape(-1).tolist()]
 
 
+def _difficulty_array(difficulty, n: int) -> np.ndarray:
+    """Predicted difficulties as a float64 [n] array; wrong length or NaN is an error."""
+    diff = np.asarray(difficulty.detach().cpu() if isinstance(difficulty, torch.Tensor) else difficulty,
+                      dtype=np.float64).reshape(-1)
+    if diff.shape[0] != n:
+        raise ValueError(f"difficulty has {diff.shape[0]} entries, cluster_ids has {n}")
+    if np.isnan(diff).any():
+        raise ValueError("difficulty contains NaN")
+    return diff
+
+
 def build_schedule(cluster_ids, difficulty, batch_size: int, *, mix: float = 0.25,
                    curriculum: bool = True, seed: int = 0) -> list[list[int]]:
     """The SAERL batch schedule (DESIGN.md, "Schedule"): a list of batches of row indices into
@@ -930,12 +941,7 @@ def build_schedule(cluster_ids, difficulty, batch_size: int, *, mix: float = 0.2
     if curriculum:
         if difficulty is None:
             raise ValueError("difficulty is required when curriculum=True")
-        diff = np.asarray(difficulty.detach().cpu() if isinstance(difficulty, torch.Tensor)
-                          else difficulty, dtype=np.float64).reshape(-1)
-        if diff.shape[0] != n:
-            raise ValueError(f"difficulty has {diff.shape[0]} entries, cluster_ids has {n}")
-        if np.isnan(diff).any():
-            raise ValueError("difficulty contains NaN")
+        diff = _difficulty_array(difficulty, n)
     rng = np.random.default_rng(seed)
     ids = sorted(set(clusters))
     rank = {c: r for r, c in enumerate(np.asarray(ids)[rng.permutation(len(ids))].tolist())}
@@ -994,14 +1000,7 @@ def budget_subset(cluster_ids, difficulty, n_take: int, *, seed: int = 0) -> lis
         raise ValueError(f"n_take must be >= 0, got {n_take}")
     if n_take >= n:
         return list(range(n))
-    diff = None
-    if difficulty is not None:
-        diff = np.asarray(difficulty.detach().cpu() if isinstance(difficulty, torch.Tensor) else difficulty,
-                          dtype=np.float64).reshape(-1)
-        if diff.shape[0] != n:
-            raise ValueError(f"difficulty has {diff.shape[0]} entries, cluster_ids has {n}")
-        if np.isnan(diff).any():
-            raise ValueError("difficulty contains NaN")
+    diff = None if difficulty is None else _difficulty_array(difficulty, n)
     members: dict[int, list[int]] = {}
     for i, c in enumerate(clusters):
         members.setdefault(c, []).append(i)

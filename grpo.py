@@ -510,6 +510,18 @@ def _logprobs(model, ids, att, cmask, cfg, device, grad: bool) -> torch.Tensor:
     return F.pad(lp, (0, cmask.shape[1] - lp.shape[1]))  # back to [n, C]
 
 
+def set_activation_checkpointing(model, on: bool) -> None:
+    """Recompute decoder activations in backward (or stop). transformers 5 calls it activation
+    checkpointing and deprecates the gradient_checkpointing_* names that 4.x has."""
+    new = hasattr(model, "activation_checkpointing_enable")
+    if not on:
+        (model.activation_checkpointing_disable if new else model.gradient_checkpointing_disable)()
+    elif new:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def step_seed(seed: int, step: int) -> int:
     """Sampling seed of schedule step `step`: a function of (seed, step) only, so resume is exact."""
     return (seed * 1_000_003 + step * 7_919 + 1) % (2 ** 63)
@@ -662,7 +674,7 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
     # The reference is the policy as given (before any resume), frozen; none at beta = 0.
     ref_model = copy.deepcopy(policy).eval().requires_grad_(False) if cfg.beta > 0 else None
     if cfg.gradient_checkpointing:
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        set_activation_checkpointing(policy, True)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.weight_decay)
     train_log, eval_log = out_dir / "train_log.jsonl", out_dir / "eval_log.jsonl"

@@ -293,6 +293,29 @@ def test_micro_batch_accumulation_equals_full_batch_gradient(rollouts, loss_type
     assert max(g.abs().max() for g in full) > 0
 
 
+def test_activation_checkpointing_keeps_the_gradient(rollouts):
+    import copy
+
+    model, r = rollouts
+    cm = r.completion_mask.float()
+    adv = torch.linspace(-1.0, 1.0, len(cm))
+
+    def grads(m):
+        m.train().zero_grad()
+        lp = sequence_logprobs(m, r.input_ids, r.attention_mask, cm)
+        policy_loss(lp, lp.detach(), adv, cm)[0].backward()
+        return [p.grad.clone() for p in m.parameters()]
+
+    plain = copy.deepcopy(model)
+    ckpt = copy.deepcopy(model)
+    grpo.set_activation_checkpointing(ckpt, True)
+    assert ckpt.model.gradient_checkpointing and not plain.model.gradient_checkpointing
+    for a, b in zip(grads(plain), grads(ckpt)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-8)
+    grpo.set_activation_checkpointing(ckpt, False)
+    assert not ckpt.model.gradient_checkpointing
+
+
 # ----------------------------------------------------------------------------------------------
 # The run: resume, non-finite values, config and CLI
 # ----------------------------------------------------------------------------------------------

@@ -132,7 +132,11 @@ def run(cfg: Config, grpo_overrides: dict | None = None) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
+    asked_temperature = cfg.eval_temperature
     cfg = resolve_defaults(cfg)
+    if asked_temperature is not None and cfg.eval_samples == 1:
+        raise SystemExit(f"--eval-temperature {asked_temperature} applies to avg@N evaluation: pass --eval-samples N "
+                         "(N > 1); one sample is greedy")
     gcfg = grpo.GRPOConfig.preset(cfg.preset, **(grpo_overrides or {}))
     gcfg.max_steps = cfg.steps
     if cfg.eval_every:
@@ -218,6 +222,7 @@ class Run:
 
     def __init__(self, root: Path, cfg: Config, gcfg, device):
         self.root, self.cfg, self.gcfg, self.device = root, cfg, gcfg, device
+        self.paced = False  # set by stage_schedule: --pace budget took effect
         self.keys_path = root / "stages.json"
         self.keys = json.loads(self.keys_path.read_text()) if self.keys_path.exists() else {}
         self._models = {}
@@ -492,8 +497,14 @@ class Run:
     def stage_schedule(self, problems, quality, difficulty, clusters) -> dict:
         """One schedule per (arm, seed), each as long as the step budget (epochs repeat, reshuffled)."""
         c, B = self.cfg, self.gcfg.batch_size
+        # --pace budget acts only on the engineered arm, and only when the budget is under one epoch
+        self.paced = c.pace == "budget" and c.schedule == "saerl" and c.steps * B < len(quality["kept"])
+        if c.pace == "budget" and not self.paced:
+            why = ("--schedule random has no easy-to-hard order" if c.schedule != "saerl" else
+                   f"--steps {c.steps} x batch {B} covers all {len(quality['kept'])} kept problems")
+            log(f"--pace budget has no effect here: {why}")
         key = stable_hash("schedule", self.clusters_key, B, c.mix, c.no_curriculum, c.steps, self.arms(),
-                          *([c.pace] if c.pace != "epoch" else []))
+                          *(["budget"] if self.paced else []))
         if not self.cached("schedule", key, "schedule.jsonl", "schedules.json", "scores.jsonl"):
             kept = quality["kept"]
             if len(kept) < B:
@@ -520,15 +531,15 @@ class Run:
             out = {}
             for arm, seed in self.arms():
                 batches, n = [], 0
-                # --pace budget: a budget shorter than the epoch gets a paced subset, B * steps problems
-                paced = c.pace == "budget" and arm == "saerl" and c.steps * B < len(kept)
+                paced = self.paced and arm == "saerl"  # then one subset of B * steps problems: full batches
                 while len(batches) < c.steps:  # the budget: full batches, epochs reshuffled by seed
                     batches += [b for b in epoch(arm, seed * 1000 + n, c.steps * B if paced else None)
                                 if len(b) == B]
                     n += 1
                 out[f"{arm}-s{seed}"] = batches[:c.steps]
             # schedule.jsonl: one whole engineered epoch over the kept problems (each exactly once,
-            # the last batch possibly short), for any trainer; the first arm's steps start with it.
+            # the last batch possibly short), for any trainer; the first arm's steps start with it,
+            # except under --pace budget (that arm's batches are in schedules.json).
             engineered = next(arm for arm, _ in self.arms() if arm != "vanilla")
             write_jsonl(self.root / "schedule.jsonl",
                         [{"step": i, "ids": b} for i, b in enumerate(epoch(engineered, c.seed * 1000))])
@@ -581,6 +592,7 @@ class Run:
                                  name=name, seed=seed)
                     row[name] = r["accuracy"]
                 row["mean"] = sum(row.values()) / len(row)
+                row["metric"] = eval_metric(c)
                 return row
 
             last = grpo.latest_checkpoint(arm_dir / "checkpoints")
@@ -768,8 +780,8 @@ def write_report(r: Run, problems, quality, difficulty, clusters, results) -> No
         ablations.append(f"--mix {c.mix}")
     if c.schedule != "saerl":
         ablations.append(f"--schedule {c.schedule}")
-    if c.pace != "epoch":
-        ablations.append(f"--pace {c.pace}")
+    if r.paced:
+        ablations.append("--pace budget")
     lines += ["", "Ablations in this run: " + (", ".join(ablations) if ablations else "none (SAERL defaults)") + ".", ""]
     lines += [plot_curves(curves, r.root / "report.png"), ""]
     atomic_write_text(r.root / "report.md", "\n".join(lines))

@@ -262,9 +262,11 @@ def learn(args, world) -> None:
         for r in runs:
             if "error" in r:
                 print(f"{tag:>14s} {r.get('seed', '?')!s:>4s} error: {r['error']}")
-        if not ok:
+        before = runs[0].get("before")  # measured by the first seed's worker only
+        if not ok or before is None:
+            print(f"{tag:>14s} no summary: {'every seed failed' if not ok else 'the first seed failed before its start measurement'}")
+            section["worlds"][tag] = {"runs": runs}
             continue
-        before = ok[0]["before"]
         for r in ok:
             a = r["after"]
             print(f"{tag:>14s} {r['seed']:4d} " + " ".join(

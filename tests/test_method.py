@@ -459,6 +459,7 @@ def test_budget_subset_spans_each_clusters_difficulty_range():
         got = sorted(difficulty[i] for i in out if clusters[i] == c)
         # the first pick lies in the cluster's easiest stratum, the last in its hardest
         m, n_c = len(got), len(mine)
+        assert m > 0, f"cluster {c} got no share; the case needs every cluster represented"
         assert got[0] <= mine[n_c // m - 1] and got[-1] >= mine[(m - 1) * n_c // m]
 
 

@@ -114,8 +114,14 @@ def test_help_lists_every_flag_with_a_line():
 @pytest.mark.parametrize("flag,value", [("--eval-samples", "0"), ("--eval-temperature", "0"), ("--pace", "fast")])
 def test_bad_evaluation_flags_are_named(tmp_path, flag, value):
     proc = run_saerl([sys.executable, str(ROOT / "saerl.py"), "--out", str(tmp_path), flag, value])
-    assert proc.returncode != 0 and flag in proc.stderr and value in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode != 0 and f"{flag} " in proc.stderr and "expected" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_eval_temperature_without_samples_is_refused(mini_world, tmp_path):
+    proc = run_saerl(saerl_cmd(mini_world, tmp_path, "--eval-samples", "1", "--eval-temperature", "0.6"))
+    assert proc.returncode != 0 and "--eval-temperature 0.6 applies to avg@N" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "mini" / "stages.json").exists()  # refused before any stage ran
 
 
 def test_pace_budget_runs_each_cluster_easy_to_hard_within_the_budget(mini_world, tmp_path):
@@ -139,6 +145,10 @@ def test_pace_budget_runs_each_cluster_easy_to_hard_within_the_budget(mini_world
     # at or above the quantile (m - 1)/m (m = 4 in the smallest cluster)
     assert max(reach["epoch"].values()) < 0.5, reach
     assert len(reach["budget"]) == 3 and min(reach["budget"].values()) > 0.7, reach
+    # where it cannot act (random order) it says so and changes nothing
+    proc = run_saerl(saerl_cmd(mini_world, tmp_path / "random", "--stage", "schedule", "--no-compare",
+                               "--pace", "budget", "--schedule", "random"))
+    assert proc.returncode == 0 and "--pace budget has no effect here" in proc.stderr, proc.stderr[-3000:]
 
 
 def test_hub_ids_fail_fast_offline_naming_a_local_path(tmp_path):

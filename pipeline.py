@@ -566,6 +566,7 @@ class Run:
             torch.cuda.empty_cache()
         benches = [load_benchmark(spec, limit=c.eval_limit, seed=c.seed) for spec in c.benchmarks.split(",")]
         max_eval = c.max_eval_tokens or g.max_new_tokens
+        eval_temperature = 0.0 if c.eval_samples == 1 else c.eval_temperature  # one sample is greedy
         results = {}
         for arm_name, batches in schedules.items():
             arm_dir = self.root / "arms" / arm_name
@@ -585,9 +586,8 @@ class Run:
             def eval_fn(step, policy=policy, tok=tok):
                 row = {}
                 for name, bench in benches:
-                    greedy = c.eval_samples == 1
                     r = evaluate(policy, tok, bench, template=g.template, n=c.eval_samples,
-                                 temperature=0.0 if greedy else c.eval_temperature,
+                                 temperature=eval_temperature,
                                  max_new_tokens=max_eval, batch_size=max(8, g.gen_batch_size),
                                  name=name, seed=seed)
                     row[name] = r["accuracy"]

@@ -78,50 +78,16 @@ def load_benchmark(spec: str, *, limit: int | None = None, seed: int = 0) -> tup
 def generate_completions(model, tokenizer, prompts: list[str], *, n: int = 1, temperature: float = 0.0,
                          top_p: float = 1.0, max_new_tokens: int = 1024, batch_size: int = 8,
                          seed: int = 0) -> list[list[str]]:
-    """n completions per prompt (texts without the prompt), the one decoding routine of training and evaluation.
+    """n completions per prompt (texts without the prompt): `sampler.complete`, the one decoding
+    routine of training, evaluation, rollout labels and the toy.
 
-    temperature 0 is greedy (one generation, repeated n times); otherwise nucleus sampling seeded by `seed`
-    without touching the caller's global RNG state. Prompts are left-padded; a completion stops at the first
-    EOS / <|im_end|> / pad token. On CUDA the forward passes run under bf16 autocast."""
-    import torch
-    from transformers import GenerationConfig
+    temperature 0 is greedy (one generation, repeated n times); otherwise sampling seeded by `seed`
+    without touching the caller's global RNG state. A completion stops at the first EOS /
+    <|im_end|> token. An fp32 model on CUDA generates under bf16 autocast."""
+    import sampler
 
-    sample = temperature > 0
-    stop_ids = data.stop_token_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-    # every field that changes decoding is set, so the model's own generation_config (Qwen ships
-    # top_k=20, repetition_penalty=1.05) cannot silently fill it in
-    config = GenerationConfig(do_sample=sample, temperature=temperature if sample else 1.0,
-                              top_p=top_p if sample else 1.0, top_k=0 if sample else None, repetition_penalty=1.0,
-                              max_new_tokens=max_new_tokens, num_return_sequences=n if sample else 1,
-                              pad_token_id=pad_id, eos_token_id=stop_ids)
-    device = next(model.parameters()).device
-    per_prompt = n if sample else 1
-    completions: list[list[str]] = []
-    was_training = model.training
-    model.eval()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
-        torch.manual_seed(seed)
-        for start in range(0, len(prompts), batch_size):
-            batch = prompts[start:start + batch_size]
-            enc = tokenizer(batch, return_tensors="pt", padding=True, padding_side="left",
-                            add_special_tokens=False).to(device)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                out = model.generate(**enc, generation_config=config)  # [B*per_prompt, T_prompt + T_new]
-            new_tokens = out[:, enc["input_ids"].shape[1]:].tolist()  # [B*per_prompt, T_new]
-            texts = [tokenizer.decode(_until_stop(row, stop_ids), skip_special_tokens=True) for row in new_tokens]
-            for i in range(len(batch)):
-                group = texts[i * per_prompt:(i + 1) * per_prompt]
-                completions.append(group if sample else group * n)
-    model.train(was_training)
-    return completions
-
-
-def _until_stop(row: list[int], stop_ids: list[int]) -> list[int]:
-    for k, token in enumerate(row):
-        if token in stop_ids:
-            return row[:k]
-    return row
+    return sampler.complete(model, tokenizer, prompts, n=n, temperature=temperature, top_p=top_p,
+                            max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
 
 
 # ------------------------------------------------------------------------------------------------ evaluation

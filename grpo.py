@@ -59,14 +59,12 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from data import stop_token_ids
+from sampler import (ENGINES, NonFiniteError, Rollouts, refresh_rollout_model, rollout_model,  # noqa: F401
+                     sample_rollouts)
 
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 ADV_SCALES = ("std", "none")
 OVERLONG = ("none", "mask", "soft")
-
-
-class NonFiniteError(FloatingPointError):
-    """A reward, loss or gradient norm was NaN/inf; the step was not applied."""
 
 
 def _f(default, help: str):
@@ -95,7 +93,13 @@ class GRPOConfig:
     temperature: float = _f(1.0, "sampling temperature; log-probs use the same temperature")
     top_p: float = _f(1.0, "nucleus sampling; log-probs ignore it (as TRL), so keep 1.0 for exact ratios")
     max_new_tokens: int = _f(3000, "completion budget; also Dr. GRPO's max_len and DAPO's L_max")
-    gen_batch_size: int = _f(64, "prompts per generate call (each expanded to G rows)")
+    gen_batch_size: int = _f(32, "prompts per generate call (each expanded to G rows; the KV cache is sized by it)")
+    rollout_engine: str = _f("compact", "decoder: compact (preallocated KV cache, finished rows leave the "
+                             "batch) | hf (transformers generate, the reference)")
+    rollout_dtype: str = _f("auto", "the model that generates: auto (a bf16 copy on CUDA, the policy on CPU) "
+                            "| policy | bfloat16 | float16 | float32 (a copy refreshed after each update)")
+    tis_cap: float = _f(2.0, "truncated importance weight min(pi_train/pi_sampler, cap) on each token when the "
+                        "rollout model is a separate copy (bf16 vs fp32 mismatch); 0 disables")
     # objective
     loss_type: str = _f("grpo", "aggregation: grpo (per-sequence mean) | dapo (token mean) | dr_grpo")
     adv_scale: str = _f("std", "advantage: std = (r-mean)/(std+eps) (GRPO) | none = r-mean (Dr. GRPO)")
@@ -113,9 +117,14 @@ class GRPOConfig:
     adam_beta1: float = _f(0.9, "AdamW beta1")
     adam_beta2: float = _f(0.999, "AdamW beta2")
     max_grad_norm: float = _f(1.0, "gradient clipping by global norm (<= 0 disables)")
-    micro_batch_size: int = _f(4, "sequences per forward/backward; gradients accumulate to the step")
-    logprob_chunk: int = _f(1024, "completion positions per lm-head + log-softmax chunk (memory)")
-    gradient_checkpointing: bool = _f(False, "recompute decoder activations in backward (memory)")
+    micro_batch_size: int = _f(64, "at most this many sequences per forward/backward (gradients accumulate)")
+    max_tokens_per_micro_batch: int = _f(16384, "and at most this many tokens (0: no token budget); rows "
+                                         "are sorted by length first so micro-batches hold similar lengths")
+    packing: str = _f("auto", "padding-free micro-batches (one row, positions reset per sequence): on | off | "
+                      "auto (on when the attention is flash_attention_2/3, which attends per sequence)")
+    logprob_chunk: int = _f(1024, "completion tokens per lm-head + log-softmax chunk (memory: chunk x vocab fp32)")
+    gradient_checkpointing: bool | None = _f(None, "recompute decoder activations in backward; None (auto): "
+                                             "on when max_new_tokens > 1024")
     bf16: bool = _f(True, "bf16 autocast on CUDA (weights stay fp32); ignored on CPU")
     # bookkeeping
     seed: int = _f(0, "seed of the random schedule and of every step's sampling")
@@ -124,13 +133,18 @@ class GRPOConfig:
     eval_every: int = _f(0, "call eval_fn every this many steps (0: never)")
 
     def __post_init__(self):
-        for name, allowed in (("loss_type", LOSS_TYPES), ("adv_scale", ADV_SCALES), ("overlong", OVERLONG)):
+        for name, allowed in (("loss_type", LOSS_TYPES), ("adv_scale", ADV_SCALES), ("overlong", OVERLONG),
+                              ("rollout_engine", ENGINES), ("packing", ("auto", "on", "off")),
+                              ("rollout_dtype", ("auto", "policy", "bfloat16", "float16", "float32"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"GRPOConfig.{name}={getattr(self, name)!r}; expected one of {allowed}")
         for name in ("batch_size", "group_size", "max_new_tokens", "gen_batch_size", "num_iterations",
                      "micro_batch_size", "logprob_chunk", "save_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"GRPOConfig.{name}={getattr(self, name)}; expected an integer >= 1")
+        if self.max_tokens_per_micro_batch < 0 or self.tis_cap < 0:
+            raise ValueError(f"GRPOConfig.max_tokens_per_micro_batch={self.max_tokens_per_micro_batch}, "
+                             f"tis_cap={self.tis_cap}; expected numbers >= 0")
         if self.overlong == "soft" and not 0 < self.overlong_buffer <= self.max_new_tokens:
             raise ValueError(f"GRPOConfig.overlong_buffer={self.overlong_buffer}; expected 1..max_new_tokens"
                              f" ({self.max_new_tokens}) for the soft overlong penalty")
@@ -146,8 +160,8 @@ class GRPOConfig:
         # 2e-4 -> 0.151 but greedy accuracy falls 0.230 -> 0.218; on the always-boxed world 1e-3
         # (B 64) lowered both (Adam turns the noisy policy gradient into full-size steps on every weight).
         "toy": dict(batch_size=16, group_size=16, num_steps=40, template="chatml", max_new_tokens=16,
-                    gen_batch_size=16, micro_batch_size=256, lr=1e-4, warmup_steps=0, save_every=10,
-                    logprob_chunk=64),
+                    gen_batch_size=16, micro_batch_size=256, max_tokens_per_micro_batch=0, lr=1e-4,
+                    warmup_steps=0, save_every=10, logprob_chunk=4096),
     }
 
     @classmethod
@@ -160,6 +174,11 @@ class GRPOConfig:
     @classmethod
     def toy(cls, **overrides) -> "GRPOConfig":
         return cls.preset("toy", **overrides)
+
+    @property
+    def checkpointing(self) -> bool:
+        """Activation checkpointing as it applies: the flag, or (None) on for completions > 1024 tokens."""
+        return self.max_new_tokens > 1024 if self.gradient_checkpointing is None else self.gradient_checkpointing
 
 
 
@@ -205,8 +224,11 @@ def loss_normalizer(mask: torch.Tensor, loss_type: str, max_len: int | None = No
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *,
                 loss_type: str = "grpo", eps_low: float = 0.2, eps_high: float = 0.2,
                 ref_logp: torch.Tensor | None = None, beta: float = 0.0, max_len: int | None = None,
-                normalizer: float | None = None) -> tuple[torch.Tensor, dict]:
+                normalizer: float | None = None, is_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Clipped surrogate + k3 KL, aggregated per `loss_type` (see the module docstring).
+
+    is_weight [N, T] (optional, no gradient): a per-token importance weight on the surrogate, the
+    truncated min(pi_train / pi_sampler, cap) that corrects for sampling from a bf16 copy.
 
     logp, old_logp, ref_logp, mask: [N, T]; adv: [N]. `normalizer` is the step's denominator
     (`loss_normalizer` of the whole step's mask); None computes it from this call's mask, i.e. the
@@ -224,6 +246,8 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, m
     ratio = torch.exp(logp - old_logp)  # [N, T]
     clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)  # [N, T]
     per_token = -torch.minimum(ratio * a, clipped * a)  # [N, T]
+    if is_weight is not None:
+        per_token = per_token * is_weight.detach().to(logp.dtype)
     kl = torch.zeros_like(logp)
     if beta != 0.0:
         if ref_logp is None:
@@ -272,134 +296,116 @@ def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int) -> torch.
 # ----------------------------------------------------------------------------------------------
 # Token log-probs of what was sampled
 # ----------------------------------------------------------------------------------------------
-def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module,
-                    temperature: float) -> torch.Tensor:
-    logits = head(hidden).float() / temperature  # [N, c, V] float32 whatever the autocast dtype
-    return logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [N, c]
+def token_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, *, temperature: float = 1.0,
+                   chunk_size: int = 1024) -> torch.Tensor:
+    """log softmax(head(hidden) / T)[target] for a flat list of positions: hidden [n, H], targets [n] -> [n].
+
+    logit[target] - logsumexp(logits), in float32, `chunk_size` positions at a time; in backward each
+    chunk is recomputed (checkpoint), so at most one [chunk, V] float32 block of logits (plus the
+    softmax temporary) exists at any time, whatever the sequence lengths.
+    """
+    def chunk(h, y):
+        logits = head(h).float() / temperature  # [c, V] float32 whatever the autocast dtype
+        return logits.gather(-1, y[:, None]).squeeze(-1) - logits.logsumexp(-1)  # [c]
+
+    out = []
+    for s in range(0, len(targets), chunk_size):
+        h, y = hidden[s:s + chunk_size], targets[s:s + chunk_size]
+        if torch.is_grad_enabled() and len(targets) > chunk_size:
+            out.append(checkpoint(chunk, h, y, use_reentrant=False))
+        else:
+            out.append(chunk(h, y))
+    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def _split_model(model):
+    decoder, head = model.base_model, model.get_output_embeddings()
+    if decoder is model or head is None:
+        raise TypeError(f"{type(model).__name__} needs a base model and an output embedding (a *ForCausalLM)")
+    return decoder, head
 
 
 def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       completion_mask: torch.Tensor, *, temperature: float = 1.0,
                       chunk_size: int = 1024) -> torch.Tensor:
-    """Log-probs of the completion tokens under `model`. Returns [N, C], 0 where completion_mask is 0.
+    """Log-probs of the completion tokens under `model`, padded layout. Returns [N, C], 0 where
+    completion_mask is 0.
 
     input_ids, attention_mask: [N, P + C], prompts left-padded, completions in the last C columns;
     completion_mask: [N, C]. Positions follow the attention mask (as in `generate`), so left padding
-    does not shift them. The decoder runs once; the lm head and a float32 log-softmax run only over
-    the C completion positions, in chunks of `chunk_size` that are recomputed in backward (so the
-    [N, C, V] logits never sit in memory at once).
+    does not shift them. The decoder runs once; the lm head and the float32 log-softmax run only on
+    the real completion positions (`token_logprobs`).
     """
     n, width = input_ids.shape
     c = completion_mask.shape[1]
     if completion_mask.shape[0] != n or c >= width:
         raise ValueError(f"completion_mask {tuple(completion_mask.shape)} does not fit input_ids "
                          f"{tuple(input_ids.shape)}: expected [N, C] with C < sequence length")
-    decoder, head = model.base_model, model.get_output_embeddings()
-    if decoder is model or head is None:
-        raise TypeError(f"{type(model).__name__} needs a base model and an output embedding (a *ForCausalLM)")
+    decoder, head = _split_model(model)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [N, P + C]
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                      use_cache=False).last_hidden_state  # [N, P + C, H]
     p = width - c
-    hidden = hidden[:, p - 1: width - 1]  # [N, C, H]: the state at t predicts token t + 1
-    targets = input_ids[:, p:]  # [N, C]
-    chunks = []
-    for s in range(0, c, chunk_size):
-        args = (hidden[:, s:s + chunk_size], targets[:, s:s + chunk_size], head, temperature)
-        if torch.is_grad_enabled() and c > chunk_size:
-            chunks.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False))
-        else:
-            chunks.append(_chunk_logprobs(*args))
-    return torch.cat(chunks, dim=1) * completion_mask.to(torch.float32)  # [N, C]
+    on = completion_mask.bool()  # [N, C]
+    # the state at t predicts token t + 1: completion token j of a row is read from column p - 1 + j
+    lp = token_logprobs(hidden[:, p - 1: width - 1][on], input_ids[:, p:][on], head,
+                        temperature=temperature, chunk_size=chunk_size)  # [n_tok]
+    return torch.zeros(on.shape, dtype=torch.float32, device=lp.device).masked_scatter(on, lp)  # [N, C]
 
 
-# ----------------------------------------------------------------------------------------------
-# Sampling rollouts on token ids
-# ----------------------------------------------------------------------------------------------
-@dataclass
-class Rollouts:
-    """B x G completions, rows prompt-major (row b * G + g)."""
-    input_ids: torch.Tensor        # [N, P + C] left-padded prompt + right-padded completion
-    attention_mask: torch.Tensor   # [N, P + C]
-    completion_mask: torch.Tensor  # [N, C] 1 up to and including the first stop token
-    truncated: torch.Tensor        # [N] bool: no stop token within max_new_tokens
-    texts: list[str]               # decoded completions, special tokens skipped
+def packed_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    completion_mask: torch.Tensor, *, temperature: float = 1.0,
+                    chunk_size: int = 1024) -> torch.Tensor:
+    """`sequence_logprobs` without padding: the real tokens of all N rows are concatenated into one
+    row [1, sum L_i] with positions restarting at 0 for each sequence and no attention mask, so
+    transformers attends within each sequence only (flash-attention varlen, or a block-diagonal mask
+    for sdpa/eager). Same inputs, same [N, C] result."""
+    decoder, head = _split_model(model)
+    c = completion_mask.shape[1]
+    if not torch.equal(attention_mask[:, -c:].bool(), completion_mask.bool()):
+        raise ValueError("packed_logprobs needs the attention mask of the completion columns to equal the "
+                         "completion mask (as sample_rollouts builds it)")
+    real = attention_mask.bool()  # [N, P + C]: prompt tokens and the completion up to its stop token
+    lengths = real.sum(1)  # [N]
+    flat = input_ids[real]  # [T] row-major, so each row's tokens stay in order
+    starts = lengths.cumsum(0) - lengths  # [N]
+    position_ids = torch.arange(len(flat), device=flat.device) - starts.repeat_interleave(lengths)  # [T]
+    hidden = decoder(input_ids=flat[None], position_ids=position_ids[None],
+                     use_cache=False).last_hidden_state[0]  # [T, H]
+    n_comp = completion_mask.sum(1).long()  # [N]
+    # completion token j of row i sits at flat index starts_i + L_i - n_comp_i + j; its state one before
+    first = (starts + lengths - n_comp).repeat_interleave(n_comp)  # [n_tok]
+    within = torch.arange(int(n_comp.sum()), device=flat.device) - (n_comp.cumsum(0) - n_comp).repeat_interleave(n_comp)
+    at = first + within  # [n_tok]
+    lp = token_logprobs(hidden[at - 1], flat[at], head, temperature=temperature, chunk_size=chunk_size)
+    on = torch.arange(c, device=flat.device)[None] < n_comp[:, None]  # [N, C]
+    return torch.zeros(on.shape, dtype=torch.float32, device=lp.device).masked_scatter(on, lp)  # [N, C]
 
-    @property
-    def lengths(self) -> torch.Tensor:
-        return self.completion_mask.sum(1)  # [N]
 
+def micro_batches(lengths: list[int], *, max_rows: int, max_tokens: int = 0, packed: bool = False) -> list[list[int]]:
+    """Split rows into micro-batches of at most `max_rows` rows and `max_tokens` tokens (0: no budget).
 
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    att = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        att[i, width - len(r):] = 1
-    return ids, att
-
-
-@torch.no_grad()
-def sample_rollouts(model, tokenizer, prompts: list[str], *, group_size: int, temperature: float = 1.0,
-                    top_p: float = 1.0, max_new_tokens: int, gen_batch_size: int, seed: int,
-                    stop_ids: list[int] | None = None, autocast: contextlib.AbstractContextManager | None = None
-                    ) -> Rollouts:
-    """Sample `group_size` completions per prompt on token ids (never re-tokenising decoded text).
-
-    Sampling is pure temperature (+ optional top-p): top-k, repetition penalty and the other
-    processors a model's generation_config may carry are switched off, so the sampling distribution
-    is softmax(logits / temperature) -- the one `sequence_logprobs` scores. The torch RNG is forked
-    and seeded with `seed`, so a step's samples depend only on (weights, prompts, seed).
+    Without a budget the rows stay in order, `max_rows` at a time. With one, rows are sorted by
+    length (longest first) and filled greedily: a padded micro-batch costs rows x its longest row, a
+    packed one the sum of its lengths; a row longer than the budget goes alone. The step's gradient
+    is a sum over rows with one global denominator, so the grouping changes only float rounding.
     """
-    from transformers import GenerationConfig
-
-    stop_ids = stop_ids or stop_token_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    if any(len(e) == 0 for e in encoded):
-        raise ValueError("an empty prompt was given to sample_rollouts")
-    prompt_ids, prompt_att = _left_pad(encoded, pad_id)  # [B, P]
-    gen_cfg = GenerationConfig(
-        do_sample=True, temperature=temperature, top_p=top_p, top_k=0, min_p=0.0, typical_p=1.0,
-        epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1,
-        max_new_tokens=max_new_tokens, min_new_tokens=0, eos_token_id=stop_ids, pad_token_id=pad_id)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    stop = torch.tensor(stop_ids, device=device)
-    completions, masks = [], []
-    fork_devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(seed)
-        for s in range(0, len(prompts), gen_batch_size):
-            ids = prompt_ids[s:s + gen_batch_size].repeat_interleave(group_size, 0).to(device)
-            att = prompt_att[s:s + gen_batch_size].repeat_interleave(group_size, 0).to(device)
-            try:
-                with autocast or contextlib.nullcontext():
-                    out = model.generate(input_ids=ids, attention_mask=att, generation_config=gen_cfg)
-            except RuntimeError as e:
-                if "probability tensor" not in str(e):
-                    raise
-                raise NonFiniteError(f"sampling failed: the policy's next-token probabilities are non-finite "
-                                     f"(NaN/inf weights?) ({e})") from e
-            comp = out[:, ids.shape[1]:]  # [n, c]
-            is_stop = torch.isin(comp, stop).long()
-            # keep tokens up to and including the first stop token; what follows is padding
-            masks.append(((is_stop.cumsum(1) - is_stop) == 0).long())
-            completions.append(comp)
-    model.train(was_training)
-    c = max(x.shape[1] for x in completions)
-    comp = torch.cat([F.pad(x, (0, c - x.shape[1]), value=pad_id) for x in completions])  # [N, C]
-    cmask = torch.cat([F.pad(m, (0, c - m.shape[1]), value=0) for m in masks])  # [N, C]
-    truncated = ~torch.isin(comp, stop).logical_and(cmask.bool()).any(1)  # [N]
-    prompt_ids = prompt_ids.repeat_interleave(group_size, 0).to(device)
-    prompt_att = prompt_att.repeat_interleave(group_size, 0).to(device)
-    texts = tokenizer.batch_decode([row[m.bool()].tolist() for row, m in zip(comp, cmask)],
-                                   skip_special_tokens=True)
-    return Rollouts(input_ids=torch.cat([prompt_ids, comp], 1),
-                    attention_mask=torch.cat([prompt_att, cmask], 1),
-                    completion_mask=cmask, truncated=truncated, texts=texts)
+    if max_tokens <= 0:
+        return [list(range(s, min(s + max_rows, len(lengths)))) for s in range(0, len(lengths), max_rows)]
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    out: list[list[int]] = []
+    cur: list[int] = []
+    cost = 0
+    for i in order:
+        new_cost = cost + lengths[i] if packed else (len(cur) + 1) * max(lengths[cur[0]] if cur else 0, lengths[i])
+        if cur and (len(cur) >= max_rows or new_cost > max_tokens):
+            out.append(cur)
+            cur, new_cost = [], lengths[i]
+        cur.append(i)
+        cost = new_cost
+    if cur:
+        out.append(cur)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -502,9 +508,20 @@ def _trim(ids, att, cmask):
     return ids[:, first:cut], att[:, first:cut], cmask[:, :c_keep]
 
 
-def _logprobs(model, ids, att, cmask, cfg, device, grad: bool) -> torch.Tensor:
-    ids_t, att_t, cm_t = _trim(ids, att, cmask)
+def uses_packing(model, cfg: GRPOConfig) -> bool:
+    """Packed micro-batches pay off only where attention runs per sequence (flash-attention varlen);
+    under sdpa/eager a packed row needs a [T, T] block mask, more work than padding similar lengths."""
+    if cfg.packing != "auto":
+        return cfg.packing == "on"
+    return str(getattr(model.config, "_attn_implementation", "")).startswith("flash_attention")
+
+
+def _logprobs(model, ids, att, cmask, cfg, device, grad: bool, packed: bool = False) -> torch.Tensor:
     with torch.set_grad_enabled(grad), _autocast(device, cfg):
+        if packed:
+            return packed_logprobs(model, ids, att, cmask, temperature=cfg.temperature,
+                                   chunk_size=cfg.logprob_chunk)
+        ids_t, att_t, cm_t = _trim(ids, att, cmask)
         lp = sequence_logprobs(model, ids_t, att_t, cm_t, temperature=cfg.temperature,
                                chunk_size=cfg.logprob_chunk)
     return F.pad(lp, (0, cmask.shape[1] - lp.shape[1]))  # back to [n, C]
@@ -527,21 +544,49 @@ def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + 1) % (2 ** 63)
 
 
+class PhaseOutOfMemory(torch.OutOfMemoryError):
+    """Out of memory, with the phase that ran out and the flags that lower its peak."""
+
+
+ADVICE = {
+    "generation": "lower --gen-batch-size or --max-new-tokens (KV cache = rows x tokens; see --plan)",
+    "training": "lower --max-tokens-per-micro-batch or --logprob-chunk, or pass --gradient-checkpointing",
+    "evaluation": "lower --eval-batch-size or --eval-max-new-tokens",
+}
+
+
+@contextlib.contextmanager
+def oom_phase(phase: str, detail: str = ""):
+    """Re-raise a CUDA out-of-memory error with the phase it happened in and the flags that help."""
+    try:
+        yield
+    except torch.OutOfMemoryError as e:
+        if isinstance(e, PhaseOutOfMemory):
+            raise
+        raise PhaseOutOfMemory(f"out of memory during {phase}{detail}: {ADVICE[phase]}. ({e})") from e
+
+
 def grpo_step(policy, tokenizer, batch: list, cfg: GRPOConfig, optimizer, *, step: int,
-              reward_fn: Callable[[str, str], float], ref_model=None, stop_ids=None) -> dict:
-    """One scheduled batch -> cfg.num_iterations optimizer updates. Returns the step's log row."""
+              reward_fn: Callable[[str, str], float], ref_model=None, stop_ids=None, rollout=None) -> dict:
+    """One scheduled batch -> cfg.num_iterations optimizer updates. Returns the step's log row.
+
+    `rollout` is the model that samples (`sampler.rollout_model`: the policy itself, or a bf16 copy
+    that this function refreshes after each update); None means the policy.
+    """
     from data import format_prompt
 
     device = next(policy.parameters()).device
+    rollout = policy if rollout is None else rollout
     g = cfg.group_size
     t0 = time.perf_counter()
 
     # 1. sample
     prompts = [format_prompt(p.problem, tokenizer, cfg.template) for p in batch]
-    roll = sample_rollouts(policy, tokenizer, prompts, group_size=g, temperature=cfg.temperature,
-                           top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                           gen_batch_size=cfg.gen_batch_size, seed=step_seed(cfg.seed, step),
-                           stop_ids=stop_ids, autocast=_autocast(device, cfg))
+    with oom_phase("generation", f" at step {step} ({len(batch)} x {g} rows)"):
+        roll = sample_rollouts(rollout, tokenizer, prompts, group_size=g, temperature=cfg.temperature,
+                               top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                               gen_batch_size=cfg.gen_batch_size, seed=step_seed(cfg.seed, step),
+                               stop_ids=stop_ids, engine=cfg.rollout_engine)
     t_gen = time.perf_counter() - t0
 
     # 2. score
@@ -569,52 +614,71 @@ def grpo_step(policy, tokenizer, batch: list, cfg: GRPOConfig, optimizer, *, ste
     # 4. loss + 5. update
     t1 = time.perf_counter()
     agg = {"clip_frac": 0.0, "kl": 0.0, "ratio_mean": 0.0, "ratio_max": 0.0, "tokens": 0.0}
+    gap = {"sum": 0.0, "max": 0.0}
     loss_total, grad_norm = 0.0, 0.0
     lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else cfg.lr
     for group in optimizer.param_groups:
         group["lr"] = lr
+    sampler_lp = roll.sampler_logprobs
+    use_tis = cfg.tis_cap > 0 and rollout is not policy and sampler_lp is not None
+    packed = uses_packing(policy, cfg)
     if len(rows):
         ids, att = roll.input_ids[rows], roll.attention_mask[rows]
         cmask, adv_k = roll.completion_mask[rows].float(), adv[rows].to(device)
+        s_lp = None if sampler_lp is None else sampler_lp[rows]
         norm = loss_normalizer(cmask, cfg.loss_type, cfg.max_new_tokens)
-        mbs = [slice(s, s + cfg.micro_batch_size) for s in range(0, len(rows), cfg.micro_batch_size)]
+        real_len = att.sum(1).tolist()  # prompt + completion tokens of each row
+        mbs = [torch.tensor(m, device=ids.device) for m in
+               micro_batches(real_len, max_rows=cfg.micro_batch_size, max_tokens=cfg.max_tokens_per_micro_batch,
+                             packed=packed)]
         old = ref = None
-        if cfg.num_iterations > 1:  # the policy that sampled, frozen for all passes
-            old = torch.cat([_logprobs(policy, ids[m], att[m], cmask[m], cfg, device, False) for m in mbs])
-        if ref_model is not None:
-            ref = torch.cat([_logprobs(ref_model, ids[m], att[m], cmask[m], cfg, device, False) for m in mbs])
-        policy.train()
-        for _ in range(cfg.num_iterations):
+        with oom_phase("training", f" at step {step}"):
+            if cfg.num_iterations > 1:  # the policy that sampled, frozen for all passes
+                old = _scatter_rows([_logprobs(policy, ids[m], att[m], cmask[m], cfg, device, False, packed)
+                                     for m in mbs], mbs, cmask)
+            if ref_model is not None:
+                ref = _scatter_rows([_logprobs(ref_model, ids[m], att[m], cmask[m], cfg, device, False, packed)
+                                     for m in mbs], mbs, cmask)
+            policy.train()
+            for it in range(cfg.num_iterations):
+                optimizer.zero_grad(set_to_none=True)
+                agg = {k: 0.0 for k in agg}
+                loss_total = 0.0
+                for m in mbs:
+                    logp = _logprobs(policy, ids[m], att[m], cmask[m], cfg, device, True, packed)  # [n, C]
+                    old_m = logp.detach() if old is None else old[m]
+                    is_w = None
+                    if s_lp is not None and it == 0:  # how far the sampler's log-probs are from ours
+                        d = (old_m - s_lp[m]).abs() * cmask[m]
+                        gap["sum"] += float(d.sum())
+                        gap["max"] = max(gap["max"], float(d.max()))
+                    if use_tis:  # Yao et al. 2025: truncated importance sampling for the sampler mismatch
+                        is_w = torch.exp(old_m - s_lp[m]).clamp(max=cfg.tis_cap) * cmask[m]
+                    loss, st = policy_loss(logp, old_m, adv_k[m], cmask[m], loss_type=cfg.loss_type,
+                                           eps_low=cfg.eps_low, eps_high=cfg.eps_high,
+                                           ref_logp=None if ref is None else ref[m], beta=cfg.beta,
+                                           max_len=cfg.max_new_tokens, normalizer=norm, is_weight=is_w)
+                    if not torch.isfinite(loss):
+                        raise NonFiniteError(f"step {step}: loss is {loss.item()} (micro-batch of {len(m)} rows); "
+                                             "the update was not applied")
+                    loss.backward()
+                    loss_total += loss.item()
+                    for k in ("clip_frac", "kl", "ratio_mean"):
+                        agg[k] += st[k] * st["tokens"]
+                    agg["ratio_max"] = max(agg["ratio_max"], st["ratio_max"])
+                    agg["tokens"] += st["tokens"]
+                params = [p for p in policy.parameters() if p.grad is not None]
+                clip_to = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_to))
+                if not math.isfinite(grad_norm):
+                    raise NonFiniteError(f"step {step}: gradient norm is {grad_norm}; the update was not applied")
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            agg = {k: 0.0 for k in agg}
-            loss_total = 0.0
-            for m in mbs:
-                logp = _logprobs(policy, ids[m], att[m], cmask[m], cfg, device, True)  # [n, C]
-                old_m = logp.detach() if old is None else old[m]
-                loss, st = policy_loss(logp, old_m, adv_k[m], cmask[m], loss_type=cfg.loss_type,
-                                       eps_low=cfg.eps_low, eps_high=cfg.eps_high,
-                                       ref_logp=None if ref is None else ref[m], beta=cfg.beta,
-                                       max_len=cfg.max_new_tokens, normalizer=norm)
-                if not torch.isfinite(loss):
-                    raise NonFiniteError(f"step {step}: loss is {loss.item()} (micro-batch of rows "
-                                         f"{m.start}..{m.stop}); the update was not applied")
-                loss.backward()
-                loss_total += loss.item()
-                for k in ("clip_frac", "kl", "ratio_mean"):
-                    agg[k] += st[k] * st["tokens"]
-                agg["ratio_max"] = max(agg["ratio_max"], st["ratio_max"])
-                agg["tokens"] += st["tokens"]
-            params = [p for p in policy.parameters() if p.grad is not None]
-            clip_to = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_to))
-            if not math.isfinite(grad_norm):
-                raise NonFiniteError(f"step {step}: gradient norm is {grad_norm}; the update was not applied")
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        refresh_rollout_model(rollout, policy)
     t_train = time.perf_counter() - t1
     n_tok = max(agg["tokens"], 1.0)
     gen_tokens = float(lengths.sum())
-    return {
+    row = {
         "step": step, "problem_ids": [p.id for p in batch],
         "reward": float(rewards.mean()), "accuracy": float(correct.mean()),
         "frac_zero_std": float(zero_std.float().mean()), "response_len": float(lengths.float().mean()),
@@ -622,8 +686,21 @@ def grpo_step(policy, tokenizer, batch: list, cfg: GRPOConfig, optimizer, *, ste
         "loss": loss_total, "clip_frac": agg["clip_frac"] / n_tok, "kl": agg["kl"] / n_tok,
         "ratio_mean": agg["ratio_mean"] / n_tok if agg["tokens"] else 1.0, "ratio_max": agg["ratio_max"],
         "grad_norm": grad_norm, "lr": lr, "gen_s": t_gen, "train_s": t_train,
-        "tokens_per_s": gen_tokens / max(t_gen + t_train, 1e-9), "skipped": len(rows) == 0,
+        "tokens_per_s": gen_tokens / max(t_gen + t_train, 1e-9), "gen_tokens_per_s": gen_tokens / max(t_gen, 1e-9),
+        "skipped": len(rows) == 0,
     }
+    if sampler_lp is not None:
+        row["sampler_gap_max"] = gap["max"]
+        row["sampler_gap_mean"] = gap["sum"] / n_tok if agg["tokens"] else 0.0
+    return row
+
+
+def _scatter_rows(parts: list[torch.Tensor], mbs: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """Micro-batch results [n_m, C] back into one [N, C] in the rows' original order."""
+    out = torch.zeros(like.shape, dtype=torch.float32, device=parts[0].device)
+    for part, m in zip(parts, mbs):
+        out[m.to(out.device)] = part
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -673,10 +750,11 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
 
     # The reference is the policy as given (before any resume), frozen; none at beta = 0.
     ref_model = copy.deepcopy(policy).eval().requires_grad_(False) if cfg.beta > 0 else None
-    if cfg.gradient_checkpointing:
+    if cfg.checkpointing:
         set_activation_checkpointing(policy, True)
+    on_cuda = next(policy.parameters()).device.type == "cuda"
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  weight_decay=cfg.weight_decay)
+                                  weight_decay=cfg.weight_decay, fused=True if on_cuda else None)
     train_log, eval_log = out_dir / "train_log.jsonl", out_dir / "eval_log.jsonl"
     start = 0
     last = latest_checkpoint(ckpt_dir)
@@ -692,10 +770,12 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "grpo_config.json", json.dumps(asdict(cfg), indent=2) + "\n")
     stop_ids = stop_token_ids(policy, tokenizer)
+    rollout = rollout_model(policy, cfg.rollout_dtype)  # made after a resume, so it holds the resumed weights
 
     def run_eval(done: int):
         if eval_fn is not None:
-            append_jsonl(eval_log, {"step": done, **eval_fn(done)})
+            with oom_phase("evaluation", f" after step {done}"):
+                append_jsonl(eval_log, {"step": done, **eval_fn(done)})
 
     if start == 0 and cfg.eval_every > 0:
         run_eval(0)
@@ -707,15 +787,10 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
         batch = [by_id[pid] for pid in schedule[step]]
         try:
             row = grpo_step(policy, tokenizer, batch, cfg, optimizer, step=step, reward_fn=reward_fn,
-                            ref_model=ref_model, stop_ids=stop_ids)
+                            ref_model=ref_model, stop_ids=stop_ids, rollout=rollout)
         except NonFiniteError as e:
             kept = latest_checkpoint(ckpt_dir)
             raise NonFiniteError(f"{e}. Training stopped; last checkpoint kept: {kept or 'none'}") from e
-        except torch.OutOfMemoryError as e:
-            raise torch.OutOfMemoryError(
-                f"out of memory at step {step} (B={len(batch)}, G={cfg.group_size}): lower "
-                f"--micro-batch-size ({cfg.micro_batch_size}), --gen-batch-size ({cfg.gen_batch_size}) or "
-                f"--max-new-tokens ({cfg.max_new_tokens}), or pass --gradient-checkpointing") from e
         append_jsonl(train_log, row)
         bar.set_postfix(reward=f"{row['reward']:.3f}", len=f"{row['response_len']:.0f}",
                         gnorm=f"{row['grad_norm']:.2f}", zero_std=f"{row['frac_zero_std']:.2f}")
@@ -764,18 +839,22 @@ def _parse_optional(kind):
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description="GRPO / DAPO / Dr. GRPO on a batch schedule.")
     ap.add_argument("--model", required=True, help="policy: HF model id or folder")
-    ap.add_argument("--train-data", required=True, help="problems: jsonl / json / parquet / Hub id")
+    ap.add_argument("--train-data", help="problems: jsonl / json / parquet / Hub id (required unless --plan)")
     ap.add_argument("--schedule", default=None, help="schedule.jsonl to follow (default: random batches)")
     ap.add_argument("--out", default="runs/grpo", help="output folder (logs, checkpoints, final model)")
     ap.add_argument("--preset", default="qwen-math-1.5b", choices=sorted(GRPOConfig.PRESETS))
     ap.add_argument("--limit", type=int, default=None, help="use only the first N training problems")
+    ap.add_argument("--plan", action="store_true", help="print the memory plan per phase (and the flags that "
+                    "fit --gpu-memory) from the model's config, then exit without loading weights")
+    ap.add_argument("--gpu-memory", type=float, default=80.0, help="GiB of the card --plan fits the run to")
+    ap.add_argument("--plan-prompt-tokens", type=int, default=512, help="longest prompt --plan sizes for")
     ap.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                     help="continue from the latest checkpoint in --out (--no-resume refuses a used --out)")
     cfg_group = ap.add_argument_group("GRPOConfig ([default] of the qwen-math-1.5b preset; --preset changes it)")
     for f in fields(GRPOConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = type(f.default)
-        if f.type in ("bool",) or kind is bool:
+        if f.type in ("bool", "bool | None") or kind is bool:
             cfg_group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                    help=f"{f.metadata['help']} [{f.default}]")
         else:
@@ -783,6 +862,31 @@ def build_parser() -> argparse.ArgumentParser:
             cfg_group.add_argument(flag, type=parse, default=argparse.SUPPRESS,
                                    help=f"{f.metadata['help']} [{f.default}]")
     return ap
+
+
+def memory_plan_report(model: str, cfg: GRPOConfig, *, gpu_gib: float, prompt_tokens: int = 512) -> str:
+    """--plan: the plan of `cfg` for `model` (config only, no weights) and the flags that fit gpu_gib."""
+    import plan
+
+    shape = plan.ModelShape.load(model)
+    base = plan.memory_plan(shape, cfg, prompt_tokens=prompt_tokens)
+    out = [plan.format_plan(base, title=f"Memory plan for {model} on one CUDA device (GiB; prompts up to "
+                                            f"{prompt_tokens} tokens)")]
+    budget = plan.HEADROOM * gpu_gib
+    try:
+        changes, fitted = plan.fit_flags(shape, cfg, gpu_gib, prompt_tokens=prompt_tokens)
+    except ValueError as e:
+        out.append(f"\nDoes not fit {gpu_gib:g} GiB: {e}")
+        return "\n".join(out)
+    if not changes:
+        out.append(f"\nFits {gpu_gib:g} GiB: peak {base['peak'] / plan.GIB:.1f} GiB ({base['peak_phase']}) "
+                   f"<= {budget:.1f} GiB ({plan.HEADROOM:.0%} of the card).")
+    else:
+        flags = " ".join(f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool) else f"--{k.replace('_', '-')}"
+                         for k, v in changes.items())
+        out.append(f"\nPeak {base['peak'] / plan.GIB:.1f} GiB ({base['peak_phase']}) exceeds {budget:.1f} GiB; "
+                   f"to fit {gpu_gib:g} GiB pass: {flags}  (peak then {fitted['peak'] / plan.GIB:.1f} GiB)")
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -793,6 +897,12 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     overrides = {f.name: getattr(args, f.name) for f in fields(GRPOConfig) if hasattr(args, f.name)}
     cfg = GRPOConfig.preset(args.preset, **overrides)
+    if args.plan:
+        print(memory_plan_report(args.model, cfg, gpu_gib=args.gpu_memory, prompt_tokens=args.plan_prompt_tokens))
+        return
+    if not args.train_data:
+        raise SystemExit("grpo.py: --train-data is required (a jsonl / json / parquet file or a Hub dataset id)")
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # before CUDA starts
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     policy = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(device)

@@ -272,17 +272,13 @@ def _sft_batch(problems, tokenizer, bare: list[bool]):
     return input_ids, labels, attn
 
 
-@torch.no_grad()
 def greedy_answers(model, tokenizer, problems, *, batch_size: int = 256, max_new_tokens: int = 16) -> list[str]:
-    """Greedy completions (decoded, without the prompt) for each problem."""
-    out = []
-    for i in range(0, len(problems), batch_size):
-        prompts = [format_prompt(p.problem, tokenizer, TEMPLATE) for p in problems[i:i + batch_size]]
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        out += tokenizer.batch_decode(gen[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
-    return out
+    """Greedy completions (decoded, without the prompt) for each problem, by the one sampler."""
+    import sampler
+
+    prompts = [format_prompt(p.problem, tokenizer, TEMPLATE) for p in problems]
+    return [texts[0] for texts in sampler.complete(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                                   batch_size=batch_size)]
 
 
 def greedy_accuracy(model, tokenizer, problems, **kw) -> list[bool]:

@@ -4,6 +4,10 @@
         time split of a step (generation / log-prob forward / backward / optimizer) and peak memory,
         for the toy model and for SmolLM2-135M when a folder is given (default /work/models/smollm2
         if it exists); where `trl` imports, the same step through trl.GRPOTrainer, as a ratio.
+    python bench/bench_grpo.py --engines [--smollm DIR] [--threads 2]
+        generation tokens/s of each rollout engine (hf = transformers generate, the old path;
+        compact = ours) on the same prompts, and training tokens/s of one step's loss + backward
+        padded in order (the old path), padded after sorting under a token budget, and packed.
     python bench/bench_grpo.py --learn [--seeds 0 1 2] [--learn-steps 40] [--bare-fracs 0.3 0.0]
         held-out clean-problem reward before and after 40 toy-preset GRPO steps (vanilla random
         order over all training problems), per training seed, on the shipped world (30% of its
@@ -76,7 +80,7 @@ def timed_step(model, tok, batch, cfg, optimizer, step, reward_fn, device) -> di
     roll = grpo.sample_rollouts(model, tok, prompts, group_size=cfg.group_size, temperature=cfg.temperature,
                                 top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                                 gen_batch_size=cfg.gen_batch_size, seed=grpo.step_seed(cfg.seed, step),
-                                autocast=grpo._autocast(device, cfg))
+                                engine=cfg.rollout_engine)
     t["generation"] = now() - t0
     rewards = torch.tensor([reward_fn(x, batch[i // cfg.group_size].answer) for i, x in enumerate(roll.texts)])
     adv = grpo.group_advantages(rewards.view(-1, cfg.group_size), scale=cfg.adv_scale).view(-1).to(device)
@@ -121,6 +125,89 @@ def worker_ours(spec: dict) -> dict:
     mean = {k: sum(r[k] for r in rows[1:]) / len(rows[1:]) for k in keys}
     return {"step_seconds": mean, "peak_mb": _peak_mb(device), "device": str(device),
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+
+
+def worker_engines(spec: dict) -> dict:
+    """Generation tokens/s per rollout engine on the same prompts, then training tokens/s of one
+    step's loss+backward over those rollouts: padded in order (the old path), padded after sorting
+    by length under a token budget, and packed (padding-free) under the same budget."""
+    import sampler
+    from data import format_prompt
+
+    torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, tok = _load(spec["model_dir"], device)
+    cfg = grpo.GRPOConfig(**spec["cfg"])
+    problems = load_problems(spec["train_path"], limit=cfg.batch_size)
+    prompts = [format_prompt(p.problem, tok, cfg.template) for p in problems]
+    gen, roll = {}, None
+    for rep in range(2):  # the first pass warms up; the second is timed
+        for engine in spec["engines"]:
+            t0 = time.perf_counter()
+            r = sampler.sample_rollouts(model, tok, prompts, group_size=cfg.group_size, temperature=1.0,
+                                        max_new_tokens=cfg.max_new_tokens, gen_batch_size=cfg.gen_batch_size,
+                                        seed=1, engine=engine)
+            sec = time.perf_counter() - t0
+            gen[engine] = {"seconds": sec, "tokens": float(r.lengths.sum()),
+                           "tokens_per_s": float(r.lengths.sum()) / sec}
+            roll = r if engine == "compact" else roll or r
+    cm = roll.completion_mask.float()
+    adv = torch.linspace(-1, 1, len(cm))
+    norm = grpo.loss_normalizer(cm, "grpo")
+    lengths = roll.attention_mask.sum(1).tolist()
+    budget = spec["max_tokens"]
+    layouts = {"padded, in order": (grpo.micro_batches(lengths, max_rows=spec["micro_rows"]), False),
+               "padded, sorted, token budget": (grpo.micro_batches(lengths, max_rows=10 ** 6, max_tokens=budget), False),
+               "packed, token budget": (grpo.micro_batches(lengths, max_rows=10 ** 6, max_tokens=budget, packed=True), True)}
+    train = {}
+    model.train()
+    for rep in range(2):
+        for name, (mbs, packed) in layouts.items():
+            model.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            for m in mbs:
+                m = torch.tensor(m)
+                lp = grpo._logprobs(model, roll.input_ids[m], roll.attention_mask[m], cm[m], cfg, device, True, packed)
+                loss, _ = grpo.policy_loss(lp, lp.detach(), adv[m], cm[m], normalizer=norm)
+                loss.backward()
+            sec = time.perf_counter() - t0
+            real = float(roll.attention_mask.sum())
+            padded = sum(len(m) * max(lengths[i] for i in m) for m in mbs) if not packed else real
+            train[name] = {"seconds": sec, "real_tokens": real, "computed_tokens": float(padded),
+                           "micro_batches": len(mbs), "real_tokens_per_s": real / sec}
+    return {"generation": gen, "training": train, "threads": torch.get_num_threads(),
+            "response_len": {"mean": float(roll.lengths.float().mean()), "min": int(roll.lengths.min()),
+                             "max": int(roll.lengths.max())}}
+
+
+def engines(args, base) -> None:
+    """--engines: generation per engine and training layouts, toy and SmolLM2, one table."""
+    specs = {}
+    if base.get("model_dir"):
+        specs["toy"] = {**base, "cfg": asdict(grpo.GRPOConfig.toy(batch_size=32)), "micro_rows": 256,
+                        "max_tokens": 4096}
+    if args.smollm:
+        specs["smollm2-135m"] = {**base, "model_dir": str(args.smollm), "micro_rows": 8, "max_tokens": 2048,
+                                 "cfg": asdict(grpo.GRPOConfig.toy(batch_size=8, group_size=8, max_new_tokens=96,
+                                                                   gen_batch_size=8, lr=1e-6))}
+    out = {}
+    for name, spec in specs.items():
+        spec["engines"] = ["hf", "compact"]
+        spec["threads"] = args.threads
+        out[name] = run_worker("engines", spec)
+        r = out[name]
+        if "error" in r:
+            print(f"{name}: error {r['error']}")
+            continue
+        hf = r["generation"]["hf"]["tokens_per_s"]
+        print(f"{name}: responses {r['response_len']}, {r['threads']} threads")
+        for eng, g in r["generation"].items():
+            print(f"  generate {eng:8s} {g['tokens_per_s']:9.0f} tok/s  ({g['tokens_per_s'] / hf:.2f}x hf)")
+        old = r["training"]["padded, in order"]["real_tokens_per_s"]
+        for lay, t in r["training"].items():
+            print(f"  train {lay:30s} {t['real_tokens_per_s']:8.0f} real tok/s ({t['real_tokens_per_s'] / old:.2f}x), "
+                  f"{t['computed_tokens'] / t['real_tokens']:.2f} computed/real, {t['micro_batches']} micro-batches")
+    _merge_results("engines", {"machine": f"{os.cpu_count()}-core CPU, torch {torch.__version__}", **out})
 
 
 def worker_trl(spec: dict) -> dict:
@@ -321,14 +408,17 @@ def main() -> None:
                     help="toy worlds to measure learning on, by share of unboxed warm-start answers")
     ap.add_argument("--samples", type=int, default=4, help="sampled completions per held-out problem")
     ap.add_argument("--tmp", type=Path, default=Path("/tmp/bench_grpo"))
+    ap.add_argument("--engines", action="store_true", help="generation tok/s per rollout engine and training "
+                    "tok/s padded vs packed, instead of the step timings")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads in the --engines workers")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         kind, spec = args.worker[0], json.loads(args.worker[1])
-        print(json.dumps({"ours": worker_ours, "trl": worker_trl, "learn": worker_learn}[kind](spec)))
+        print(json.dumps({"ours": worker_ours, "trl": worker_trl, "learn": worker_learn, "engines": worker_engines}[kind](spec)))
         return
 
-    if args.learn or "toy" in args.models:
+    if args.learn or args.engines or "toy" in args.models:
         world = _toy_world(args.toy)
         base = {"model_dir": str(world.model_dir), "train_path": str(world.train_path), "tmp": str(args.tmp)}
     else:  # SmolLM alone needs only problems, not the trained toy model
@@ -340,6 +430,9 @@ def main() -> None:
         base = {"train_path": str(args.tmp / "problems.jsonl"), "tmp": str(args.tmp)}
     if args.learn:
         learn(args, world)
+        return
+    if args.engines:
+        engines(args, base)
         return
 
     models = []

@@ -1,19 +1,21 @@
-"""bench/gpu_check.py -- the CUDA path in one short run: bf16 autocast, generation, GRPO steps, SAE encoding.
+"""bench/gpu_check.py -- the CUDA path in one prepared run: bf16, generation per engine, training, SAE encoding.
 
-    python bench/gpu_check.py [--size 1.5b|small] [--steps 3] [--toy runs/toy_world] [--out bench/results/gpu_check.json]
+    python bench/gpu_check.py [--size 1.5b|small] [--gpu-memory 80] [--out bench/results/gpu_check.json]
 
-Written for a session that is lent a GPU for a few minutes: one command, a table, a JSON file.
-`--size 1.5b` (the default on CUDA) builds a randomly initialised Qwen2 with Qwen2.5-Math-1.5B's
-shapes directly on the device (no download; a word-level tokenizer of the same 151,936 entries);
-`--size small` (the default on CPU) runs the same checks on a small config, so the script itself is
-exercised on machines without a GPU. Nothing here needs the network.
+Written for a session that is lent a GPU for a few minutes: one command (about 5 minutes on an
+H100/H200 at the defaults), a table, a JSON file. `--size 1.5b` (the default on CUDA) builds a
+randomly initialised Qwen2 with Qwen2.5-Math-1.5B's shapes directly on the device (no download; a
+word-level tokenizer of the same 151,936 entries) and caps the process at --gpu-memory GiB
+(`set_per_process_memory_fraction`), so an H200 tests what an 80 GB card allows; `--size small`
+(the default on CPU) runs the same checks on a small config, so the script itself is exercised on
+machines without a GPU. Nothing here needs the network.
 
 1. toy world, toy preset: completion log-probs under bf16 autocast against float32 (max |diff|),
    then `--steps` GRPO steps (the first one is a warm-up and is not timed).
-2. the sized policy, trained as the pipeline trains it (float32 weights, bf16 autocast, gradient
-   checkpointing): `--steps` GRPO steps of B x G rollouts. Random weights rarely sample a stop
-   token, so every completion runs to --max-new-tokens: the worst case for a step. The reward
-   is a stand-in with variance (parity of the completion's length), so backward does real work.
+2. the real regime on the sized policy: the preset's 32 prompts x G 8 per generate call, every row
+   forced to --max-new-tokens 2048 (random weights never sample the stop token), once per rollout
+   engine (tokens/s, peak memory with the AdamW moments resident), then one training pass over
+   those rollouts as grpo_step micro-batches them (tokens/s, TFLOP/s, peak), beside --plan's peaks.
 3. SAE encoding: a random TopK SAE (d_sae 16384, k 64; small: 2048, 32) on the sized model's middle
    layer, 512 toy prompts: tokens/s and peak memory.
 """
@@ -122,19 +124,79 @@ def check_toy(device: torch.device, steps: int, world_dir: Path) -> dict:
     return out
 
 
-def check_policy(shapes: dict, device: torch.device, steps: int, B: int, G: int, max_new: int) -> tuple[dict, object, object]:
+def _phase_peak(device, fn):
+    """Run fn(); return (its result, seconds, peak MiB allocated during it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - t0, _peak_mib(device)
+
+
+def check_regime(shapes: dict, device: torch.device, rows_prompts: int, G: int, max_new: int,
+                 engines: list[str]) -> tuple[dict, object, object]:
+    """The real regime on the sized policy: one generate call of `rows_prompts` prompts x G rows per
+    engine (random weights never stop early: every row runs to max_new, the worst case), then one
+    training pass over the compact engine's rollouts. Peak memory per phase, next to --plan's."""
+    import plan
+    import sampler
+
     tok = wide_tokenizer(shapes["vocab_size"])
     t0 = time.perf_counter()
     policy = sized_policy(shapes, tok, device)
     build_s = time.perf_counter() - t0
-    problems = toy.make_problems(B * (steps + 1), seed=1)
-    cfg = grpo.GRPOConfig(batch_size=B, group_size=G, max_new_tokens=max_new, gen_batch_size=B,
-                          micro_batch_size=8, gradient_checkpointing=True, lr=1e-6, template="chatml",
-                          logprob_chunk=256)
-    grpo.set_activation_checkpointing(policy, True)
+    cfg = grpo.GRPOConfig(batch_size=rows_prompts, group_size=G, max_new_tokens=max_new,
+                          gen_batch_size=rows_prompts, lr=1e-6, template="chatml")
+    rollout = sampler.rollout_model(policy, cfg.rollout_dtype)
+    prompts = [format_prompt(p.problem, tok, cfg.template) for p in toy.make_problems(rows_prompts, seed=1)]
     out = {"params_m": sum(p.numel() for p in policy.parameters()) / 1e6, "build_s": build_s,
-           "batch_size": B, "group_size": G, "max_new_tokens": max_new}
-    out.update(timed_steps(policy, tok, problems, cfg, steps, lambda text, gold: float(len(text) % 2), device))
+           "prompts": rows_prompts, "group_size": G, "max_new_tokens": max_new, "engines": {}}
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=device.type == "cuda" or None)
+    for q in policy.parameters():  # a zero-gradient step allocates the AdamW moments, as after step 1
+        q.grad = torch.zeros_like(q)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    roll = None
+    for engine in engines:
+        r, sec, peak = _phase_peak(device, lambda: sampler.sample_rollouts(
+            rollout, tok, prompts, group_size=G, max_new_tokens=max_new, gen_batch_size=rows_prompts,
+            seed=0, engine=engine))
+        tokens = float(r.lengths.sum())
+        out["engines"][engine] = {"seconds": sec, "tokens": tokens, "tokens_per_s": tokens / sec, "peak_mib": peak}
+        if engine == "compact" or roll is None:
+            roll = r
+    # training: the step's loss over these rollouts, micro-batched as grpo_step does
+    grpo.set_activation_checkpointing(policy, cfg.checkpointing)
+    adv = torch.randn(len(roll.texts), device=device)
+    packed = grpo.uses_packing(policy, cfg)
+
+    def train_pass():
+        cm = roll.completion_mask.float()
+        norm = grpo.loss_normalizer(cm, cfg.loss_type, cfg.max_new_tokens)
+        lengths = roll.attention_mask.sum(1).tolist()
+        for m in grpo.micro_batches(lengths, max_rows=cfg.micro_batch_size,
+                                    max_tokens=cfg.max_tokens_per_micro_batch, packed=packed):
+            m = torch.tensor(m, device=device)
+            lp = grpo._logprobs(policy, roll.input_ids[m], roll.attention_mask[m], cm[m], cfg, device, True, packed)
+            loss, _ = grpo.policy_loss(lp, lp.detach(), adv[m], cm[m], normalizer=norm)
+            loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    policy.train()
+    _, sec, peak = _phase_peak(device, train_pass)
+    tokens = float(roll.attention_mask.sum())
+    flops = (8 if cfg.checkpointing else 6) * out["params_m"] * 1e6 * tokens  # fwd 2 + bwd 4 (+ recompute 2)
+    out["training"] = {"seconds": sec, "tokens": tokens, "tokens_per_s": tokens / sec, "peak_mib": peak,
+                       "tflops": flops / sec / 1e12, "packed": packed, "checkpointing": cfg.checkpointing}
+    shape = plan.ModelShape.from_config(policy.config)
+    prompt_tokens = int(roll.input_ids.shape[1] - roll.completion_mask.shape[1])
+    p = plan.memory_plan(shape, cfg, prompt_tokens=prompt_tokens, cuda=device.type == "cuda")
+    out["plan_gib"] = {k: v / 2 ** 30 for k, v in p["totals"].items()}
     return out, policy, tok
 
 
@@ -153,37 +215,51 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cuda = torch.cuda.is_available()
     ap.add_argument("--size", choices=("1.5b", "small"), default="1.5b" if cuda else "small")
-    ap.add_argument("--steps", type=int, default=3, help="timed GRPO steps per model (after one warm-up step)")
-    ap.add_argument("--batch-size", type=int, default=None, help="B for the sized policy (1.5b: 8; small: 4)")
-    ap.add_argument("--group-size", type=int, default=None, help="G for the sized policy (1.5b: 8; small: 4)")
-    ap.add_argument("--max-new-tokens", type=int, default=None, help="completion budget (1.5b: 256; small: 32)")
+    ap.add_argument("--steps", type=int, default=3, help="timed toy GRPO steps (after one warm-up step)")
+    ap.add_argument("--prompts", type=int, default=None, help="prompts per generate call (1.5b: 32, the "
+                    "preset's gen_batch_size; small: 4)")
+    ap.add_argument("--group-size", type=int, default=None, help="G (1.5b: 8; small: 4)")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="forced completion length (1.5b: 2048; small: 32)")
+    ap.add_argument("--engines", default="compact,hf", help="rollout engines to time, comma-separated")
+    ap.add_argument("--gpu-memory", type=float, default=80.0, help="GiB the run may use (set_per_process_memory_"
+                    "fraction on a larger card, so an 80 GB card's limit is what is tested)")
     ap.add_argument("--toy", type=Path, default=ROOT / "runs" / "toy_world",
                     help="toy world folder (built there, about a minute on CPU, when missing)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu_check.json")
     args = ap.parse_args()
     device = torch.device("cuda" if cuda else "cpu")
+    if cuda:
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.gpu_memory * 2 ** 30 / total))
     big = args.size == "1.5b"
     shapes = QWEN_MATH_1_5B if big else SMALL
-    B = args.batch_size or (8 if big else 4)
+    prompts = args.prompts or (32 if big else 4)
     G = args.group_size or (8 if big else 4)
-    max_new = args.max_new_tokens or (256 if big else 32)
+    max_new = args.max_new_tokens or (2048 if big else 32)
 
     result = {"device": torch.cuda.get_device_name() if cuda else f"{os.cpu_count()}-core CPU",
-              "torch": torch.__version__, "size": args.size}
+              "torch": torch.__version__, "size": args.size, "gpu_memory_gib": args.gpu_memory if cuda else None}
     t0 = time.perf_counter()
     result["toy"] = check_toy(device, args.steps, args.toy)
-    result["policy"], policy, tok = check_policy(shapes, device, args.steps, B, G, max_new)
+    result["regime"], policy, tok = check_regime(shapes, device, prompts, G, max_new, args.engines.split(","))
     result["sae"] = check_sae(policy, tok, device, 16384 if big else 2048, 64 if big else 32)
     result["seconds"] = time.perf_counter() - t0
 
     print(f"device: {result['device']}, torch {result['torch']}, size {args.size}, {result['seconds']:.0f} s")
-    print(f"toy: bf16 autocast {result['toy']['bf16_autocast']}, log-prob max |bf16 - fp32| "
-          f"{result['toy']['logprob_max_abs_diff_bf16_vs_fp32']:.2e}")
-    print(f"{'model':10s} {'gen s':>7s} {'train s':>8s} {'tokens':>8s} {'tok/s':>8s} {'peak MiB':>9s} {'reward':>7s}")
-    for name in ("toy", "policy"):
-        r = result[name]
-        print(f"{name:10s} {r['gen_s']:7.2f} {r['train_s']:8.2f} {r['completion_tokens']:8.0f} "
-              f"{r['tokens_per_s']:8.0f} {r['peak_mib']:9.0f} {r['reward']:7.3f}")
+    t = result["toy"]
+    print(f"toy: bf16 autocast {t['bf16_autocast']}, log-prob max |bf16 - fp32| "
+          f"{t['logprob_max_abs_diff_bf16_vs_fp32']:.2e}; step gen {t['gen_s']:.2f} s, train {t['train_s']:.2f} s")
+    r = result["regime"]
+    print(f"policy {r['params_m']:.0f}M, {r['prompts']} prompts x G {r['group_size']} x {r['max_new_tokens']} tokens; "
+          f"plan (GiB): " + ", ".join(f"{k} {v:.1f}" for k, v in r["plan_gib"].items()))
+    print(f"{'phase':18s} {'seconds':>8s} {'tokens':>9s} {'tok/s':>9s} {'peak MiB':>9s}")
+    for name, e in r["engines"].items():
+        print(f"{'generate ' + name:18s} {e['seconds']:8.1f} {e['tokens']:9.0f} {e['tokens_per_s']:9.0f} {e['peak_mib']:9.0f}")
+    tr = r["training"]
+    print(f"{'train (one pass)':18s} {tr['seconds']:8.1f} {tr['tokens']:9.0f} {tr['tokens_per_s']:9.0f} "
+          f"{tr['peak_mib']:9.0f}   {tr['tflops']:.0f} TFLOP/s (MFU on H100/H200 bf16 dense 989: "
+          f"{tr['tflops'] / 989:.1%})")
     s = result["sae"]
     print(f"SAE encode (d_sae {s['d_sae']}, layer {s['layer']}): {s['tokens_per_s']:.0f} tokens/s, "
           f"{s['problems']} prompts in {s['seconds']:.2f} s, peak {s['peak_mem_growth_mib']:.0f} MiB")

@@ -484,3 +484,82 @@ def test_forty_toy_steps_raise_heldout_reward(toy_world, tmp_path):
     r1, b1 = _heldout(model, tok, held)
     assert r1 - r0 > 0.024, (r0, r1, b0, b1)
     assert b0 < 0.8 and b1 - b0 > 0.15, (b0, b1)  # what 40 steps learn first is the answer format
+
+
+# ----------------------------------------------------------------------------------------------
+# Padding-free (packed) micro-batches, token budgets, truncated importance sampling
+# ----------------------------------------------------------------------------------------------
+def test_packed_logprobs_and_gradients_equal_padded(rollouts):
+    model, r = rollouts
+    cm = r.completion_mask.float()
+
+    def run(fn):
+        model.zero_grad()
+        lp = fn(model, r.input_ids, r.attention_mask, cm, chunk_size=5)
+        (lp * torch.linspace(-1, 1, lp.numel()).view_as(lp)).sum().backward()
+        return lp.detach(), [p.grad.clone() for p in model.parameters()]
+
+    lp_pad, g_pad = run(sequence_logprobs)
+    lp_pack, g_pack = run(grpo.packed_logprobs)
+    torch.testing.assert_close(lp_pack, lp_pad, rtol=0, atol=1e-6)
+    for a, b in zip(g_pack, g_pad):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_token_budget_micro_batches_give_the_full_batch_gradient(rollouts, packed):
+    model, r = rollouts
+    cm = r.completion_mask.float()
+    adv = torch.linspace(-1.0, 1.0, len(cm))
+    cfg = GRPOConfig(max_new_tokens=20, temperature=1.0, logprob_chunk=64)
+
+    def grads(mbs, norm):
+        model.zero_grad()
+        total = 0.0
+        for m in mbs:
+            m = torch.tensor(m)
+            lp = grpo._logprobs(model, r.input_ids[m], r.attention_mask[m], cm[m], cfg, torch.device("cpu"),
+                                True, packed)
+            loss, _ = policy_loss(lp, lp.detach(), adv[m], cm[m], loss_type="dapo", normalizer=norm)
+            loss.backward()
+            total += loss.item()
+        return total, [p.grad.clone() for p in model.parameters()]
+
+    norm = loss_normalizer(cm, "dapo")
+    full_loss, full = grads([list(range(len(cm)))], norm)
+    lengths = r.attention_mask.sum(1).tolist()
+    mbs = grpo.micro_batches(lengths, max_rows=5, max_tokens=60, packed=packed)
+    assert len(mbs) > 2 and sorted(i for m in mbs for i in m) == list(range(len(cm)))
+    loss, micro = grads(mbs, norm)
+    assert abs(loss - full_loss) < 1e-6
+    for a, b in zip(micro, full):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_micro_batches_by_hand():
+    lengths = [5, 9, 3, 7]
+    # no budget: in order, max_rows at a time
+    assert grpo.micro_batches(lengths, max_rows=3) == [[0, 1, 2], [3]]
+    # longest first; padded cost = rows x longest: 9 | 7,5 (2 x 7 = 14) | 3 (3 rows would exceed max_rows 2)
+    assert grpo.micro_batches(lengths, max_rows=2, max_tokens=14) == [[1], [3, 0], [2]]
+    # budget 12: padded 9 | 7 (7,5 costs 14) | 5,3 (2 x 5 = 10); packed 9 | 7,5 (12) | 3
+    assert grpo.micro_batches(lengths, max_rows=10, max_tokens=12) == [[1], [3], [0, 2]]
+    assert grpo.micro_batches(lengths, max_rows=10, max_tokens=12, packed=True) == [[1], [3, 0], [2]]
+    # a row longer than the budget goes alone
+    assert grpo.micro_batches([30, 2, 2], max_rows=10, max_tokens=10, packed=True) == [[0], [1, 2]]
+
+
+def test_truncated_importance_weight_scales_the_surrogate_by_hand():
+    logp = torch.tensor([[-1.0, -2.0]])
+    adv = torch.tensor([2.0])
+    mask = torch.ones(1, 2)
+    w = torch.tensor([[0.5, 2.0]])
+    loss, _ = policy_loss(logp, logp.detach(), adv, mask, loss_type="dapo", is_weight=w)
+    # ratio 1 on-policy: per token -A * w = [-1, -4]; token mean over 2 tokens
+    assert abs(loss.item() - (-2.5)) < 1e-6
+
+
+def test_checkpointing_defaults_on_for_long_completions():
+    assert GRPOConfig(max_new_tokens=3000).checkpointing
+    assert not GRPOConfig(max_new_tokens=512).checkpointing
+    assert not GRPOConfig(max_new_tokens=3000, gradient_checkpointing=False).checkpointing

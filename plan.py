@@ -1,0 +1,199 @@
+"""plan.py -- the memory plan of a GRPO run, printed by `--plan` before any weight is loaded.
+
+Owns: peak-memory arithmetic per phase (generation, training) from a model's shape and a
+GRPOConfig, the flags that make a run fit a GPU, and a roofline estimate of the step time.
+Imports only the standard library (and transformers' AutoConfig, lazily, for a model's config).
+
+    ModelShape.load(name_or_path)         hidden/intermediate/layers/heads/vocab from config.json
+    memory_plan(shape, cfg, ...) -> dict  bytes per component and phase, and the peak
+    fit_flags(shape, cfg, gpu_gib) -> (overrides, plan)   the changes that fit the budget
+    format_plan(plan) -> str              the markdown table README's memory section shows
+
+What is counted (B = bytes; P = parameters; T = tokens of a micro-batch):
+    weights fp32 4P, AdamW moments 8P, gradients 4P (training only: freed after each update),
+    the rollout copy 2P (bf16) when it is separate, a frozen reference 4P when beta > 0;
+    KV cache   rows x (prompt + max_new) x layers x 2 x kv_dim x 2 B  (bf16 copy; fp32 keys +
+               bf16 values = 3 B average when fp32 weights generate under autocast, as RoPE
+               promotes the keys), rows = gen_batch_size x G, allocated once per generate call;
+    prefill    one layer's transient for the gen_batch_size prompts (each prefilled once, shared by G);
+    activations what autograd keeps for backward. Per token and decoder layer, counted on a Qwen2
+               layer (saved-tensor hooks, `tests/test_plan.py` checks shapes it was not fitted on):
+               fp32: 32H + 16I + 8kv_dim B;  bf16 autocast: 32H + 9.5I + 5kv_dim B;  embeddings and
+               final norm 10H B. With activation checkpointing only each layer's fp32 input (4H B)
+               is kept, plus one layer's full set while it is recomputed;
+    logits     one chunk of `logprob_chunk` positions x vocab: bf16 head output, its fp32 copy, the
+               softmax temporary and the gradient, 16 B per entry.
+Not counted: the CUDA context (~0.5 GiB) and allocator fragmentation, hence the 10% headroom that
+`fit_flags` keeps; evaluation, which decodes fewer rows than training's generation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+GIB = 1024 ** 3
+HEADROOM = 0.90  # plan to use at most this fraction of the card
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    @property
+    def params(self) -> int:
+        """Parameters of a Qwen2/Llama-style decoder (q/k/v biases as in Qwen2)."""
+        h, q = self.hidden, self.heads * self.head_dim
+        attn = h * q + q + 2 * (h * self.kv_dim + self.kv_dim) + q * h
+        layer = attn + 3 * h * self.intermediate + 2 * h
+        return self.vocab * h * (1 if self.tied else 2) + self.layers * layer + h
+
+    @classmethod
+    def from_config(cls, c) -> "ModelShape":
+        c = c.get_text_config() if hasattr(c, "get_text_config") else c
+        heads = c.num_attention_heads
+        return cls(hidden=c.hidden_size, intermediate=c.intermediate_size, layers=c.num_hidden_layers,
+                   heads=heads, kv_heads=getattr(c, "num_key_value_heads", None) or heads,
+                   head_dim=getattr(c, "head_dim", None) or c.hidden_size // heads, vocab=c.vocab_size,
+                   tied=bool(getattr(c, "tie_word_embeddings", False)))
+
+    @classmethod
+    def load(cls, name: str) -> "ModelShape":
+        """A local folder's config.json, a shape known here (works offline), or the Hub's config."""
+        if name in KNOWN:
+            return KNOWN[name]
+        path = Path(name)
+        if (path / "config.json").exists():
+            from transformers import AutoConfig
+
+            return cls.from_config(AutoConfig.from_pretrained(path))
+        from data import hub_reachable
+        if not hub_reachable():
+            raise FileNotFoundError(f"--plan: no config for {name!r}: not a folder with config.json, not one of "
+                                    f"{sorted(KNOWN)}, and the Hub is unreachable; pass a local model folder")
+        from transformers import AutoConfig
+
+        return cls.from_config(AutoConfig.from_pretrained(name))
+
+
+# The configs of the paper's policies, so that --plan needs no download (values from their config.json).
+KNOWN = {
+    "Qwen/Qwen2.5-Math-1.5B": ModelShape(hidden=1536, intermediate=8960, layers=28, heads=12, kv_heads=2,
+                                         head_dim=128, vocab=151936, tied=True),
+    "Qwen/Qwen2.5-Math-7B": ModelShape(hidden=3584, intermediate=18944, layers=28, heads=28, kv_heads=4,
+                                       head_dim=128, vocab=152064, tied=False),
+}
+
+
+def activation_bytes_per_token(shape: ModelShape, *, bf16: bool, checkpointing: bool) -> dict:
+    """Bytes autograd keeps per token of a micro-batch: {"stored": all layers, "recompute": one layer}."""
+    h, i, kv = shape.hidden, shape.intermediate, shape.kv_dim
+    layer = (32 * h + 9.5 * i + 5 * kv) if bf16 else (32 * h + 16 * i + 8 * kv)
+    if checkpointing:
+        return {"stored": 10 * h + shape.layers * 4 * h, "recompute": layer}
+    return {"stored": 10 * h + shape.layers * layer, "recompute": 0.0}
+
+
+def memory_plan(shape: ModelShape, cfg, *, prompt_tokens: int = 512, cuda: bool = True) -> dict:
+    """Peak bytes per phase for `cfg` (a grpo.GRPOConfig) on one device. prompt_tokens is the longest
+    prompt expected (the KV cache and a padded micro-batch are sized by it)."""
+    p = shape.params
+    rollout_dtype = cfg.rollout_dtype
+    if rollout_dtype == "auto":
+        rollout_dtype = "bfloat16" if cuda else "policy"
+    copy_bytes = {"policy": 0, "bfloat16": 2, "float16": 2, "float32": 4}[rollout_dtype] * p
+    bf16 = cuda and cfg.bf16
+    # what generation's keys/values are stored in
+    kv_bytes = 2 if rollout_dtype in ("bfloat16", "float16") else (3 if bf16 else 4)
+    act_bytes = 2 if (bf16 or rollout_dtype in ("bfloat16", "float16")) else 4
+    rows = cfg.gen_batch_size * cfg.group_size
+    seq = prompt_tokens + cfg.max_new_tokens
+    checkpointing = cfg.checkpointing
+    if cfg.max_tokens_per_micro_batch > 0:
+        mb_tokens = max(cfg.max_tokens_per_micro_batch, seq)  # a row longer than the budget goes alone
+        mb_tokens = min(mb_tokens, cfg.micro_batch_size * seq)
+    else:
+        mb_tokens = cfg.micro_batch_size * seq
+    act = activation_bytes_per_token(shape, bf16=bf16, checkpointing=checkpointing)
+    resident = {"weights (fp32)": 4 * p, "AdamW moments (fp32)": 8 * p,
+                "rollout copy": copy_bytes, "reference model": 4 * p if cfg.beta > 0 else 0}
+    generation = dict(resident)
+    generation["KV cache"] = rows * seq * shape.layers * 2 * shape.kv_dim * kv_bytes
+    generation["prefill (one layer)"] = cfg.gen_batch_size * prompt_tokens * (3 * shape.intermediate
+                                                                              + 4 * shape.hidden) * act_bytes
+    generation["last-token logits"] = rows * shape.vocab * 4 * 3
+    training = dict(resident)
+    training["gradients (fp32)"] = 4 * p
+    training["activations"] = mb_tokens * (act["stored"] + act["recompute"])
+    training["logits chunk"] = min(cfg.logprob_chunk, mb_tokens) * shape.vocab * 16
+    phases = {"generation": generation, "training": training}
+    totals = {k: sum(v.values()) for k, v in phases.items()}
+    return {"model_params": p, "rows": rows, "seq_tokens": seq, "micro_batch_tokens": mb_tokens,
+            "checkpointing": checkpointing, "rollout_dtype": rollout_dtype, "phases": phases, "totals": totals,
+            "peak": max(totals.values()), "peak_phase": max(totals, key=totals.get)}
+
+
+def fit_flags(shape: ModelShape, cfg, gpu_gib: float, *, prompt_tokens: int = 512) -> tuple[dict, dict]:
+    """The smallest changes (in this order: activation checkpointing, a smaller micro-batch token
+    budget, fewer prompts per generate call, a smaller log-prob chunk) that bring the plan's peak
+    under HEADROOM x gpu_gib. Returns (flag overrides, the plan with them); raises if none fits."""
+    budget = HEADROOM * gpu_gib * GIB
+    seq = prompt_tokens + cfg.max_new_tokens
+    changes: dict = {}
+
+    def plan():
+        return memory_plan(shape, dataclasses.replace(cfg, **changes), prompt_tokens=prompt_tokens)
+
+    current = plan()
+    while current["peak"] > budget:
+        c = dataclasses.replace(cfg, **changes)
+        if current["peak_phase"] == "training" and not c.checkpointing:
+            changes["gradient_checkpointing"] = True
+        elif current["peak_phase"] == "training" and c.max_tokens_per_micro_batch > seq:
+            changes["max_tokens_per_micro_batch"] = max(seq, c.max_tokens_per_micro_batch // 2)
+        elif current["peak_phase"] == "training" and c.logprob_chunk > 128:
+            changes["logprob_chunk"] = c.logprob_chunk // 2
+        elif current["peak_phase"] == "generation" and c.gen_batch_size > 1:
+            changes["gen_batch_size"] = c.gen_batch_size // 2
+        else:
+            raise ValueError(f"no setting fits {gpu_gib} GiB: the peak stays {current['peak'] / GIB:.1f} GiB "
+                             f"({current['peak_phase']}) with {changes or 'the defaults'}; the resident weights, "
+                             "gradients and AdamW moments alone need "
+                             f"{16 * current['model_params'] / GIB:.1f} GiB (shard them: issue 12's FSDP2)")
+        current = plan()
+    return changes, current
+
+
+def format_plan(plan: dict, *, title: str = "") -> str:
+    """A markdown table: one row per component, one column per phase, totals last."""
+    phases = list(plan["phases"])
+    names = list(dict.fromkeys(k for ph in phases for k in plan["phases"][ph]))
+    lines = [f"{title}\n" if title else "",
+             f"model {plan['model_params'] / 1e9:.2f}B params; {plan['rows']} rows x {plan['seq_tokens']} tokens "
+             f"per generate call; micro-batch {plan['micro_batch_tokens']} tokens; activation checkpointing "
+             f"{'on' if plan['checkpointing'] else 'off'}; rollout model: {plan['rollout_dtype']}", "",
+             "| GiB | " + " | ".join(phases) + " |", "|---|" + "---:|" * len(phases)]
+    for n in names:
+        cells = [plan["phases"][ph].get(n) for ph in phases]
+        if not any(cells):
+            continue
+        lines.append(f"| {n} | " + " | ".join("" if c is None else f"{c / GIB:.1f}" for c in cells) + " |")
+    lines.append("| **total** | " + " | ".join(f"**{plan['totals'][ph] / GIB:.1f}**" for ph in phases) + " |")
+    return "\n".join(lines).lstrip("\n")
+
+
+def plan_json(plan: dict) -> str:
+    return json.dumps({**plan, "phases": {k: {n: int(b) for n, b in v.items()} for k, v in plan["phases"].items()}},
+                      indent=2)

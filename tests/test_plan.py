@@ -1,0 +1,120 @@
+"""Specification of plan.py: each planned component against what torch actually allocates for it on
+small Qwen2 configs that the plan's coefficients were not counted on."""
+import dataclasses
+
+import pytest
+import torch
+
+import grpo
+import plan
+import sampler
+
+GIB = 1024 ** 3
+
+
+def qwen2(h=96, i=352, layers=3, heads=6, kv=3, vocab=300, tied=True):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=vocab, hidden_size=h, intermediate_size=i, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=2048,
+                      tie_word_embeddings=tied)
+    return Qwen2ForCausalLM(cfg)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_parameter_count_matches_the_model(tied):
+    model = qwen2(tied=tied)
+    shape = plan.ModelShape.from_config(model.config)
+    assert shape.params == sum(p.numel() for p in model.parameters())
+
+
+def test_known_shapes_have_the_published_sizes():
+    # model cards: Qwen2.5-Math-1.5B "1.54B", Qwen2.5-Math-7B "7.61B"/"7.62B"
+    assert abs(plan.KNOWN["Qwen/Qwen2.5-Math-1.5B"].params / 1e9 - 1.54) < 0.01
+    assert abs(plan.KNOWN["Qwen/Qwen2.5-Math-7B"].params / 1e9 - 7.615) < 0.01
+
+
+def saved_bytes(model, tokens: int, *, autocast: bool) -> int:
+    """What autograd keeps for backward after one forward of `tokens` tokens (distinct storages,
+    parameters excluded), counted with saved-tensor hooks."""
+    ids = torch.randint(0, model.config.vocab_size, (1, tokens))
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            seen[s.data_ptr()] = max(seen.get(s.data_ptr(), 0), s.nbytes())
+        return t
+
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else torch.autocast("cpu", enabled=False)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
+        model.model(input_ids=ids).last_hidden_state
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_activation_plan_matches_saved_tensors(autocast, checkpointing):
+    model = qwen2()
+    if checkpointing:
+        grpo.set_activation_checkpointing(model, True)
+        model.train()
+    measured = saved_bytes(model, 300, autocast=autocast)
+    per_token = plan.activation_bytes_per_token(plan.ModelShape.from_config(model.config), bf16=autocast,
+                                                checkpointing=checkpointing)
+    planned = 300 * per_token["stored"]  # what stays for backward; "recompute" is a transient
+    assert abs(planned / measured - 1) < 0.15, (planned, measured)
+
+
+def test_kv_cache_plan_matches_the_allocated_cache():
+    model = qwen2().eval()
+    shape = plan.ModelShape.from_config(model.config)
+    cfg = grpo.GRPOConfig(gen_batch_size=3, group_size=4, max_new_tokens=40, template="plain")
+    prompt = 20
+    cache = sampler._slab_cache(model, 3 * 4, prompt + 40)
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, 300, (3, prompt)), use_cache=True,
+              **{sampler._cache_kwarg(model): cache})
+    allocated = sum(layer.k_buf.nbytes + layer.v_buf.nbytes for layer in cache.layers)
+    planned = plan.memory_plan(shape, cfg, prompt_tokens=prompt, cuda=False)["phases"]["generation"]["KV cache"]
+    assert abs(planned / allocated - 1) < 0.15, (planned, allocated)
+
+
+def test_weights_gradients_and_adam_moments_match_the_allocation():
+    model = qwen2()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(input_ids=torch.randint(0, 300, (2, 10))).logits.sum().backward()
+    opt.step()
+    moments = sum(t.nbytes for st in opt.state.values() for t in st.values() if t.dim() > 0)
+    grads = sum(p.grad.nbytes for p in model.parameters())
+    weights = sum(p.nbytes for p in model.parameters())
+    shape = plan.ModelShape.from_config(model.config)
+    phases = plan.memory_plan(shape, grpo.GRPOConfig(beta=0.0), cuda=False)["phases"]["training"]
+    assert phases["weights (fp32)"] == weights
+    assert phases["gradients (fp32)"] == grads
+    assert phases["AdamW moments (fp32)"] == moments
+
+
+def test_fit_flags_brings_the_peak_under_the_budget():
+    shape = plan.KNOWN["Qwen/Qwen2.5-Math-1.5B"]
+    cfg = grpo.GRPOConfig(gen_batch_size=128, gradient_checkpointing=False)
+    before = plan.memory_plan(shape, cfg)
+    assert before["peak"] > 0.9 * 40 * GIB
+    changes, after = plan.fit_flags(shape, cfg, 40)
+    assert after["peak"] <= 0.9 * 40 * GIB
+    assert changes["gen_batch_size"] < 128
+    # the plan of the suggested flags is what fit_flags reports
+    assert plan.memory_plan(shape, dataclasses.replace(cfg, **changes))["peak"] == after["peak"]
+
+
+def test_fit_flags_says_when_nothing_fits():
+    with pytest.raises(ValueError, match="AdamW moments alone need"):
+        plan.fit_flags(plan.KNOWN["Qwen/Qwen2.5-Math-7B"], grpo.GRPOConfig(), 80)
+
+
+def test_defaults_fit_an_80gb_card():
+    shape = plan.KNOWN["Qwen/Qwen2.5-Math-1.5B"]
+    changes, _ = plan.fit_flags(shape, grpo.GRPOConfig(), 80)
+    assert changes == {}

@@ -544,6 +544,71 @@ def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + 1) % (2 ** 63)
 
 
+# ----------------------------------------------------------------------------------------------
+# Data parallel (torchrun): each rank samples and trains on its share of a step's prompts
+# ----------------------------------------------------------------------------------------------
+def dist_info() -> tuple[int, int]:
+    """(rank, world size); (0, 1) without an initialised process group."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the process group torchrun describes (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        cuda = torch.cuda.is_available()
+        if cuda and not dist.is_nccl_available():
+            raise RuntimeError("torchrun on CUDA needs the NCCL backend, which this torch build lacks")
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist_info()
+
+
+def rank_slice(n_prompts: int, gen_batch_size: int, rank: int, world: int) -> slice:
+    """This rank's contiguous share of a step's prompts. Shares are whole generate calls, and a
+    call's sampling seed is its index in the global batch, so N ranks draw exactly the rollouts
+    one process draws: the update does not depend on the world size."""
+    share = n_prompts // world
+    if n_prompts % world or share % gen_batch_size:
+        raise ValueError(f"a step of {n_prompts} prompts cannot be split over {world} ranks in whole generate "
+                         f"calls of --gen-batch-size {gen_batch_size}: B must be a multiple of world size x "
+                         f"gen_batch_size ({world} x {gen_batch_size})")
+    return slice(rank * share, (rank + 1) * share)
+
+
+def _all_reduce_sum(values: list[float], device) -> list[float]:
+    """Sums over ranks (a no-op in one process)."""
+    if dist_info()[1] == 1:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _all_reduce_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Sum the gradients over ranks, one flat buffer (each rank's loss is already divided by the
+    global denominator, so the sum is the one-process gradient)."""
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is None:  # a rank whose rows were all dropped still takes part
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+        offset += p.numel()
+
+
 class PhaseOutOfMemory(torch.OutOfMemoryError):
     """Out of memory, with the phase that ran out and the flags that lower its peak."""
 
@@ -579,13 +644,18 @@ def grpo_step(policy, tokenizer, batch: list, cfg: GRPOConfig, optimizer, *, ste
     rollout = policy if rollout is None else rollout
     g = cfg.group_size
     t0 = time.perf_counter()
+    rank, world = dist_info()
+    full_batch = batch
+    share = rank_slice(len(batch), cfg.gen_batch_size, rank, world) if world > 1 else slice(0, len(batch))
+    batch = batch[share]
 
-    # 1. sample
+    # 1. sample (generate call k of the global batch is seeded step_seed + 7919 k, whatever the rank)
     prompts = [format_prompt(p.problem, tokenizer, cfg.template) for p in batch]
     with oom_phase("generation", f" at step {step} ({len(batch)} x {g} rows)"):
         roll = sample_rollouts(rollout, tokenizer, prompts, group_size=g, temperature=cfg.temperature,
                                top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                               gen_batch_size=cfg.gen_batch_size, seed=step_seed(cfg.seed, step),
+                               gen_batch_size=cfg.gen_batch_size,
+                               seed=step_seed(cfg.seed, step) + 7_919 * (share.start // cfg.gen_batch_size),
                                stop_ids=stop_ids, engine=cfg.rollout_engine)
     t_gen = time.perf_counter() - t0
 
@@ -622,11 +692,14 @@ def grpo_step(policy, tokenizer, batch: list, cfg: GRPOConfig, optimizer, *, ste
     sampler_lp = roll.sampler_logprobs
     use_tis = cfg.tis_cap > 0 and rollout is not policy and sampler_lp is not None
     packed = uses_packing(policy, cfg)
-    if len(rows):
-        ids, att = roll.input_ids[rows], roll.attention_mask[rows]
-        cmask, adv_k = roll.completion_mask[rows].float(), adv[rows].to(device)
+    rows = rows.to(roll.input_ids.device)
+    cmask = roll.completion_mask[rows].float()
+    # the denominator of the whole step: over all ranks' rows (a rank may have none, the step may not)
+    n_rows, n_tok = _all_reduce_sum([float(len(rows)), float(cmask.sum())], device)
+    if n_rows:
+        ids, att, adv_k = roll.input_ids[rows], roll.attention_mask[rows], adv[rows.cpu()].to(device)
         s_lp = None if sampler_lp is None else sampler_lp[rows]
-        norm = loss_normalizer(cmask, cfg.loss_type, cfg.max_new_tokens)
+        norm = {"grpo": n_rows, "dapo": max(n_tok, 1.0), "dr_grpo": n_rows * cfg.max_new_tokens}[cfg.loss_type]
         real_len = att.sum(1).tolist()  # prompt + completion tokens of each row
         mbs = [torch.tensor(m, device=ids.device) for m in
                micro_batches(real_len, max_rows=cfg.micro_batch_size, max_tokens=cfg.max_tokens_per_micro_batch,
@@ -667,6 +740,8 @@ def grpo_step(policy, tokenizer, batch: list, cfg: GRPOConfig, optimizer, *, ste
                         agg[k] += st[k] * st["tokens"]
                     agg["ratio_max"] = max(agg["ratio_max"], st["ratio_max"])
                     agg["tokens"] += st["tokens"]
+                if world > 1:
+                    _all_reduce_gradients([p for p in policy.parameters() if p.requires_grad])
                 params = [p for p in policy.parameters() if p.grad is not None]
                 clip_to = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_to))
@@ -676,22 +751,33 @@ def grpo_step(policy, tokenizer, batch: list, cfg: GRPOConfig, optimizer, *, ste
             optimizer.zero_grad(set_to_none=True)
         refresh_rollout_model(rollout, policy)
     t_train = time.perf_counter() - t1
-    n_tok = max(agg["tokens"], 1.0)
-    gen_tokens = float(lengths.sum())
+    # every logged mean is over the whole step (all ranks)
+    n, n_groups = len(rewards), len(zero_std)
+    (n, n_groups, r_sum, c_sum, z_sum, len_sum, trunc_sum, loss_total, clip, kl, ratio, toks, gap_sum) = _all_reduce_sum(
+        [n, n_groups, float(rewards.sum()), float(correct.sum()), float(zero_std.sum()), float(lengths.sum()),
+         float(roll.truncated.sum()), loss_total, agg["clip_frac"], agg["kl"], agg["ratio_mean"], agg["tokens"],
+         gap["sum"]], device)
+    ratio_max, gap_max = agg["ratio_max"], gap["max"]
+    if world > 1:
+        import torch.distributed as dist
+
+        t = torch.tensor([ratio_max, gap_max], dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        ratio_max, gap_max = t.tolist()
+    n_tok = max(toks, 1.0)
     row = {
-        "step": step, "problem_ids": [p.id for p in batch],
-        "reward": float(rewards.mean()), "accuracy": float(correct.mean()),
-        "frac_zero_std": float(zero_std.float().mean()), "response_len": float(lengths.float().mean()),
-        "truncated": float(roll.truncated.float().mean()), "n_loss_seqs": int(len(rows)),
-        "loss": loss_total, "clip_frac": agg["clip_frac"] / n_tok, "kl": agg["kl"] / n_tok,
-        "ratio_mean": agg["ratio_mean"] / n_tok if agg["tokens"] else 1.0, "ratio_max": agg["ratio_max"],
+        "step": step, "problem_ids": [p.id for p in full_batch],
+        "reward": r_sum / n, "accuracy": c_sum / n, "frac_zero_std": z_sum / n_groups, "response_len": len_sum / n,
+        "truncated": trunc_sum / n, "n_loss_seqs": int(n_rows),
+        "loss": loss_total, "clip_frac": clip / n_tok, "kl": kl / n_tok,
+        "ratio_mean": ratio / n_tok if toks else 1.0, "ratio_max": ratio_max,
         "grad_norm": grad_norm, "lr": lr, "gen_s": t_gen, "train_s": t_train,
-        "tokens_per_s": gen_tokens / max(t_gen + t_train, 1e-9), "gen_tokens_per_s": gen_tokens / max(t_gen, 1e-9),
-        "skipped": len(rows) == 0,
+        "tokens_per_s": len_sum / max(t_gen + t_train, 1e-9), "gen_tokens_per_s": len_sum / max(t_gen, 1e-9),
+        "skipped": n_rows == 0,
     }
     if sampler_lp is not None:
-        row["sampler_gap_max"] = gap["max"]
-        row["sampler_gap_mean"] = gap["sum"] / n_tok if agg["tokens"] else 0.0
+        row["sampler_gap_max"] = gap_max
+        row["sampler_gap_mean"] = gap_sum / n_tok if toks else 0.0
     return row
 
 
@@ -756,33 +842,46 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.weight_decay, fused=True if on_cuda else None)
     train_log, eval_log = out_dir / "train_log.jsonl", out_dir / "eval_log.jsonl"
+    rank, world = dist_info()
+    lead = rank == 0  # under torchrun only rank 0 writes files and prints; every rank reads checkpoints
+    if world > 1:
+        import torch.distributed as dist
+
+        hashes = [None] * world
+        dist.all_gather_object(hashes, sched_hash)
+        if len(set(hashes)) > 1:
+            raise ValueError(f"rank {rank}: the ranks disagree on the schedule (hashes {sorted(set(hashes))}); "
+                             "every rank must read the same schedule")
     start = 0
     last = latest_checkpoint(ckpt_dir)
     if last is not None and not resume:
         raise FileExistsError(f"{ckpt_dir} holds checkpoints ({last.name}); pass resume=True or a new out_dir")
     if last is not None:
         start = load_checkpoint(last, policy, optimizer, cfg, sched_hash)
-        _truncate_log(train_log, lambda r: r["step"] < start)
-        _truncate_log(eval_log, lambda r: r["step"] <= start)
-    else:
+        if lead:
+            _truncate_log(train_log, lambda r: r["step"] < start)
+            _truncate_log(eval_log, lambda r: r["step"] <= start)
+    elif lead:
         for f in (train_log, eval_log):
             f.unlink(missing_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "grpo_config.json", json.dumps(asdict(cfg), indent=2) + "\n")
+    if lead:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "grpo_config.json", json.dumps(asdict(cfg), indent=2) + "\n")
     stop_ids = stop_token_ids(policy, tokenizer)
     rollout = rollout_model(policy, cfg.rollout_dtype)  # made after a resume, so it holds the resumed weights
 
     def run_eval(done: int):
-        if eval_fn is not None:
+        if eval_fn is not None and lead:
             with oom_phase("evaluation", f" after step {done}"):
                 append_jsonl(eval_log, {"step": done, **eval_fn(done)})
+        _barrier()
 
     if start == 0 and cfg.eval_every > 0:
         run_eval(0)
     row: dict = {}
     from tqdm.auto import tqdm
 
-    bar = tqdm(range(start, n_steps), initial=start, total=n_steps, desc="grpo", dynamic_ncols=True)
+    bar = tqdm(range(start, n_steps), initial=start, total=n_steps, desc="grpo", dynamic_ncols=True, disable=not lead)
     for step in bar:
         batch = [by_id[pid] for pid in schedule[step]]
         try:
@@ -791,15 +890,25 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
         except NonFiniteError as e:
             kept = latest_checkpoint(ckpt_dir)
             raise NonFiniteError(f"{e}. Training stopped; last checkpoint kept: {kept or 'none'}") from e
-        append_jsonl(train_log, row)
+        if lead:
+            append_jsonl(train_log, row)
         bar.set_postfix(reward=f"{row['reward']:.3f}", len=f"{row['response_len']:.0f}",
                         gnorm=f"{row['grad_norm']:.2f}", zero_std=f"{row['frac_zero_std']:.2f}")
         done = step + 1
         if cfg.eval_every > 0 and (done % cfg.eval_every == 0 or done == n_steps):
             run_eval(done)
         if done % cfg.save_every == 0 or done == n_steps:
-            save_checkpoint(ckpt_dir, done, policy, optimizer, cfg, sched_hash)
+            if lead:  # the ranks hold identical weights and optimizer states: one copy is written
+                save_checkpoint(ckpt_dir, done, policy, optimizer, cfg, sched_hash)
+            _barrier()
     return row
+
+
+def _barrier() -> None:
+    if dist_info()[1] > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -903,7 +1012,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.train_data:
         raise SystemExit("grpo.py: --train-data is required (a jsonl / json / parquet file or a Hub dataset id)")
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # before CUDA starts
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rank, _ = init_distributed()  # torchrun --nproc_per_node N grpo.py ...: one process per GPU
+    device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     policy = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(device)
     problems = load_problems(args.train_data, limit=args.limit)
@@ -913,9 +1023,11 @@ def main(argv: list[str] | None = None) -> None:
     else:
         schedule = random_schedule([p.id for p in problems], cfg.batch_size, cfg.num_steps, cfg.seed)
         out.mkdir(parents=True, exist_ok=True)
-        if not (out / "schedule.jsonl").exists():
+        if rank == 0 and not (out / "schedule.jsonl").exists():
             write_jsonl(out / "schedule.jsonl", [{"step": i, "ids": b} for i, b in enumerate(schedule)])
     last = train(policy, tokenizer, problems, schedule, cfg, out_dir=out, resume=args.resume)
+    if rank != 0:
+        return
     final = out / "final"
     policy.save_pretrained(final)
     tokenizer.save_pretrained(final)

@@ -59,6 +59,9 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from data import stop_token_ids
+from parallel import (all_gather, all_reduce_gradients, all_reduce_sum, barrier, dist_info, init_distributed,
+                      rank_slice)
+from plan import oom_phase
 from sampler import (ENGINES, NonFiniteError, Rollouts, refresh_rollout_model, rollout_model,  # noqa: F401
                      sample_rollouts)
 
@@ -544,93 +547,6 @@ def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + 1) % (2 ** 63)
 
 
-# ----------------------------------------------------------------------------------------------
-# Data parallel (torchrun): each rank samples and trains on its share of a step's prompts
-# ----------------------------------------------------------------------------------------------
-def dist_info() -> tuple[int, int]:
-    """(rank, world size); (0, 1) without an initialised process group."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed() -> tuple[int, int]:
-    """Join the process group torchrun describes (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU."""
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        cuda = torch.cuda.is_available()
-        if cuda and not dist.is_nccl_available():
-            raise RuntimeError("torchrun on CUDA needs the NCCL backend, which this torch build lacks")
-        if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return dist_info()
-
-
-def rank_slice(n_prompts: int, gen_batch_size: int, rank: int, world: int) -> slice:
-    """This rank's contiguous share of a step's prompts. Shares are whole generate calls, and a
-    call's sampling seed is its index in the global batch, so N ranks draw exactly the rollouts
-    one process draws: the update does not depend on the world size."""
-    share = n_prompts // world
-    if n_prompts % world or share % gen_batch_size:
-        raise ValueError(f"a step of {n_prompts} prompts cannot be split over {world} ranks in whole generate "
-                         f"calls of --gen-batch-size {gen_batch_size}: B must be a multiple of world size x "
-                         f"gen_batch_size ({world} x {gen_batch_size})")
-    return slice(rank * share, (rank + 1) * share)
-
-
-def _all_reduce_sum(values: list[float], device) -> list[float]:
-    """Sums over ranks (a no-op in one process)."""
-    if dist_info()[1] == 1:
-        return values
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-def _all_reduce_gradients(params: list[torch.nn.Parameter]) -> None:
-    """Sum the gradients over ranks, one flat buffer (each rank's loss is already divided by the
-    global denominator, so the sum is the one-process gradient)."""
-    import torch.distributed as dist
-
-    for p in params:
-        if p.grad is None:  # a rank whose rows were all dropped still takes part
-            p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
-    dist.all_reduce(flat)
-    offset = 0
-    for p in params:
-        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
-        offset += p.numel()
-
-
-class PhaseOutOfMemory(torch.OutOfMemoryError):
-    """Out of memory, with the phase that ran out and the flags that lower its peak."""
-
-
-ADVICE = {
-    "generation": "lower --gen-batch-size or --max-new-tokens (KV cache = rows x tokens; see --plan)",
-    "training": "lower --max-tokens-per-micro-batch or --logprob-chunk, or pass --gradient-checkpointing",
-    "evaluation": "lower --eval-batch-size or --eval-max-new-tokens",
-}
-
-
-@contextlib.contextmanager
-def oom_phase(phase: str, detail: str = ""):
-    """Re-raise a CUDA out-of-memory error with the phase it happened in and the flags that help."""
-    try:
-        yield
-    except torch.OutOfMemoryError as e:
-        if isinstance(e, PhaseOutOfMemory):
-            raise
-        raise PhaseOutOfMemory(f"out of memory during {phase}{detail}: {ADVICE[phase]}. ({e})") from e
-
-
 def grpo_step(policy, tokenizer, batch: list, cfg: GRPOConfig, optimizer, *, step: int,
               reward_fn: Callable[[str, str], float], ref_model=None, stop_ids=None, rollout=None) -> dict:
     """One scheduled batch -> cfg.num_iterations optimizer updates. Returns the step's log row.
@@ -695,7 +611,7 @@ def grpo_step(policy, tokenizer, batch: list, cfg: GRPOConfig, optimizer, *, ste
     rows = rows.to(roll.input_ids.device)
     cmask = roll.completion_mask[rows].float()
     # the denominator of the whole step: over all ranks' rows (a rank may have none, the step may not)
-    n_rows, n_tok = _all_reduce_sum([float(len(rows)), float(cmask.sum())], device)
+    n_rows, n_tok = all_reduce_sum([float(len(rows)), float(cmask.sum())], device)
     if n_rows:
         ids, att, adv_k = roll.input_ids[rows], roll.attention_mask[rows], adv[rows.cpu()].to(device)
         s_lp = None if sampler_lp is None else sampler_lp[rows]
@@ -741,7 +657,7 @@ def grpo_step(policy, tokenizer, batch: list, cfg: GRPOConfig, optimizer, *, ste
                     agg["ratio_max"] = max(agg["ratio_max"], st["ratio_max"])
                     agg["tokens"] += st["tokens"]
                 if world > 1:
-                    _all_reduce_gradients([p for p in policy.parameters() if p.requires_grad])
+                    all_reduce_gradients([p for p in policy.parameters() if p.requires_grad])
                 params = [p for p in policy.parameters() if p.grad is not None]
                 clip_to = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_to))
@@ -753,17 +669,11 @@ def grpo_step(policy, tokenizer, batch: list, cfg: GRPOConfig, optimizer, *, ste
     t_train = time.perf_counter() - t1
     # every logged mean is over the whole step (all ranks)
     n, n_groups = len(rewards), len(zero_std)
-    (n, n_groups, r_sum, c_sum, z_sum, len_sum, trunc_sum, loss_total, clip, kl, ratio, toks, gap_sum) = _all_reduce_sum(
+    (n, n_groups, r_sum, c_sum, z_sum, len_sum, trunc_sum, loss_total, clip, kl, ratio, toks, gap_sum) = all_reduce_sum(
         [n, n_groups, float(rewards.sum()), float(correct.sum()), float(zero_std.sum()), float(lengths.sum()),
          float(roll.truncated.sum()), loss_total, agg["clip_frac"], agg["kl"], agg["ratio_mean"], agg["tokens"],
          gap["sum"]], device)
-    ratio_max, gap_max = agg["ratio_max"], gap["max"]
-    if world > 1:
-        import torch.distributed as dist
-
-        t = torch.tensor([ratio_max, gap_max], dtype=torch.float64, device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        ratio_max, gap_max = t.tolist()
+    ratio_max, gap_max = all_reduce_sum([agg["ratio_max"], gap["max"]], device, op="max")
     n_tok = max(toks, 1.0)
     row = {
         "step": step, "problem_ids": [p.id for p in full_batch],
@@ -844,14 +754,10 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
     train_log, eval_log = out_dir / "train_log.jsonl", out_dir / "eval_log.jsonl"
     rank, world = dist_info()
     lead = rank == 0  # under torchrun only rank 0 writes files and prints; every rank reads checkpoints
-    if world > 1:
-        import torch.distributed as dist
-
-        hashes = [None] * world
-        dist.all_gather_object(hashes, sched_hash)
-        if len(set(hashes)) > 1:
-            raise ValueError(f"rank {rank}: the ranks disagree on the schedule (hashes {sorted(set(hashes))}); "
-                             "every rank must read the same schedule")
+    hashes = set(all_gather(sched_hash))
+    if len(hashes) > 1:
+        raise ValueError(f"rank {rank}: the ranks disagree on the schedule (hashes {sorted(hashes)}); "
+                         "every rank must read the same schedule")
     start = 0
     last = latest_checkpoint(ckpt_dir)
     if last is not None and not resume:
@@ -874,7 +780,7 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
         if eval_fn is not None and lead:
             with oom_phase("evaluation", f" after step {done}"):
                 append_jsonl(eval_log, {"step": done, **eval_fn(done)})
-        _barrier()
+        barrier()
 
     if start == 0 and cfg.eval_every > 0:
         run_eval(0)
@@ -900,15 +806,9 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
         if done % cfg.save_every == 0 or done == n_steps:
             if lead:  # the ranks hold identical weights and optimizer states: one copy is written
                 save_checkpoint(ckpt_dir, done, policy, optimizer, cfg, sched_hash)
-            _barrier()
+            barrier()
     return row
 
-
-def _barrier() -> None:
-    if dist_info()[1] > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -973,31 +873,6 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def memory_plan_report(model: str, cfg: GRPOConfig, *, gpu_gib: float, prompt_tokens: int = 512) -> str:
-    """--plan: the plan of `cfg` for `model` (config only, no weights) and the flags that fit gpu_gib."""
-    import plan
-
-    shape = plan.ModelShape.load(model)
-    base = plan.memory_plan(shape, cfg, prompt_tokens=prompt_tokens)
-    out = [plan.format_plan(base, title=f"Memory plan for {model} on one CUDA device (GiB; prompts up to "
-                                            f"{prompt_tokens} tokens)")]
-    budget = plan.HEADROOM * gpu_gib
-    try:
-        changes, fitted = plan.fit_flags(shape, cfg, gpu_gib, prompt_tokens=prompt_tokens)
-    except ValueError as e:
-        out.append(f"\nDoes not fit {gpu_gib:g} GiB: {e}")
-        return "\n".join(out)
-    if not changes:
-        out.append(f"\nFits {gpu_gib:g} GiB: peak {base['peak'] / plan.GIB:.1f} GiB ({base['peak_phase']}) "
-                   f"<= {budget:.1f} GiB ({plan.HEADROOM:.0%} of the card).")
-    else:
-        flags = " ".join(f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool) else f"--{k.replace('_', '-')}"
-                         for k, v in changes.items())
-        out.append(f"\nPeak {base['peak'] / plan.GIB:.1f} GiB ({base['peak_phase']}) exceeds {budget:.1f} GiB; "
-                   f"to fit {gpu_gib:g} GiB pass: {flags}  (peak then {fitted['peak'] / plan.GIB:.1f} GiB)")
-    return "\n".join(out)
-
-
 def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -1007,7 +882,9 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {f.name: getattr(args, f.name) for f in fields(GRPOConfig) if hasattr(args, f.name)}
     cfg = GRPOConfig.preset(args.preset, **overrides)
     if args.plan:
-        print(memory_plan_report(args.model, cfg, gpu_gib=args.gpu_memory, prompt_tokens=args.plan_prompt_tokens))
+        import plan
+
+        print(plan.memory_plan_report(args.model, cfg, gpu_gib=args.gpu_memory, prompt_tokens=args.plan_prompt_tokens))
         return
     if not args.train_data:
         raise SystemExit("grpo.py: --train-data is required (a jsonl / json / parquet file or a Hub dataset id)")

@@ -2,12 +2,14 @@
 
 Owns: peak-memory arithmetic per phase (generation, training) from a model's shape and a
 GRPOConfig, the flags that make a run fit a GPU, and a roofline estimate of the step time.
-Imports only the standard library (and transformers' AutoConfig, lazily, for a model's config).
+Imports the standard library and torch (transformers' AutoConfig and data.hub_reachable lazily).
 
     ModelShape.load(name_or_path)         hidden/intermediate/layers/heads/vocab from config.json
     memory_plan(shape, cfg, ...) -> dict  bytes per component and phase, and the peak
     fit_flags(shape, cfg, gpu_gib) -> (overrides, plan)   the changes that fit the budget
     format_plan(plan) -> str              the markdown table README's memory section shows
+    memory_plan_report(model, cfg, gpu_gib)   what --plan prints
+    oom_phase(phase)                      an out-of-memory error that names its phase and the flag to lower
 
 What is counted (B = bytes; P = parameters; T = tokens of a micro-batch):
     weights fp32 4P, AdamW moments 8P, gradients 4P (training only: freed after each update),
@@ -30,8 +32,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 GIB = 1024 ** 3
 HEADROOM = 0.90  # plan to use at most this fraction of the card
@@ -197,3 +202,49 @@ def format_plan(plan: dict, *, title: str = "") -> str:
 def plan_json(plan: dict) -> str:
     return json.dumps({**plan, "phases": {k: {n: int(b) for n, b in v.items()} for k, v in plan["phases"].items()}},
                       indent=2)
+
+
+def memory_plan_report(model: str, cfg, *, gpu_gib: float, prompt_tokens: int = 512) -> str:
+    """--plan: the plan of `cfg` for `model` (config only, no weights) and the flags that fit gpu_gib."""
+    shape = ModelShape.load(model)
+    base = memory_plan(shape, cfg, prompt_tokens=prompt_tokens)
+    out = [format_plan(base, title=f"Memory plan for {model} on one CUDA device (GiB; prompts up to "
+                                            f"{prompt_tokens} tokens)")]
+    budget = HEADROOM * gpu_gib
+    try:
+        changes, fitted = fit_flags(shape, cfg, gpu_gib, prompt_tokens=prompt_tokens)
+    except ValueError as e:
+        out.append(f"\nDoes not fit {gpu_gib:g} GiB: {e}")
+        return "\n".join(out)
+    if not changes:
+        out.append(f"\nFits {gpu_gib:g} GiB: peak {base['peak'] / GIB:.1f} GiB ({base['peak_phase']}) "
+                   f"<= {budget:.1f} GiB ({HEADROOM:.0%} of the card).")
+    else:
+        flags = " ".join(f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool) else f"--{k.replace('_', '-')}"
+                         for k, v in changes.items())
+        out.append(f"\nPeak {base['peak'] / GIB:.1f} GiB ({base['peak_phase']}) exceeds {budget:.1f} GiB; "
+                   f"to fit {gpu_gib:g} GiB pass: {flags}  (peak then {fitted['peak'] / GIB:.1f} GiB)")
+    return "\n".join(out)
+
+
+# Out of memory: say which phase ran out and which flag lowers that phase's peak
+class PhaseOutOfMemory(torch.OutOfMemoryError):
+    """Out of memory, with the phase that ran out and the flags that lower its peak."""
+
+
+ADVICE = {
+    "generation": "lower --gen-batch-size or --max-new-tokens (KV cache = rows x tokens; see --plan)",
+    "training": "lower --max-tokens-per-micro-batch or --logprob-chunk, or pass --gradient-checkpointing",
+    "evaluation": "lower --eval-batch-size or --eval-max-new-tokens",
+}
+
+
+@contextmanager
+def oom_phase(phase: str, detail: str = ""):
+    """Re-raise a CUDA out-of-memory error with the phase it happened in and the flags that help."""
+    try:
+        yield
+    except torch.OutOfMemoryError as e:
+        if isinstance(e, PhaseOutOfMemory):
+            raise
+        raise PhaseOutOfMemory(f"out of memory during {phase}{detail}: {ADVICE[phase]}. ({e})") from e

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import estimators
 import saerl
 from data import (Problem, atomic_write_text, format_prompt, load_problems, read_jsonl, stable_hash,
                   write_jsonl, write_problems)
@@ -411,7 +412,7 @@ class Run:
             raise SystemExit(f"quality labels of the {len(y)} labelled problems are all {int(y[0])}: the probe "
                              "needs both classes; pass --no-quality-filter or a larger --label-size")
         metrics = held_out_probe_metrics(X, y, groups, seed=c.seed)
-        probe = saerl.LogisticProbe(C=1.0).fit(X, y)
+        probe = estimators.LogisticProbe(C=1.0).fit(X, y)
         scores = predict_columns(probe.predict_proba, feats, cols)
         drop = 0.0 if c.no_quality_filter else c.quality_drop
         kept = saerl.quality_filter(scores, drop)
@@ -434,16 +435,16 @@ class Run:
             n_test = max(2, len(y) // 5)  # held-out report; the proxy itself is then fit on every label
             perm = np.random.default_rng(c.seed + 1).permutation(len(y))
             test, train = perm[:n_test], perm[n_test:]
-            held, _ = saerl.fit_alpha(X[train], y[train], seed=c.seed)
+            held, _ = estimators.fit_alpha(X[train], y[train], seed=c.seed)
             pred_test = held.predict(X[test])
-            model, info = saerl.fit_alpha(X, y, seed=c.seed)
+            model, info = estimators.fit_alpha(X, y, seed=c.seed)
             pred = predict_columns(model.predict, feats, cols)
             if np.ptp(y) == 0:
                 log(f"difficulty: all {len(y)} labels equal {y[0]:g}; the proxy is constant and the "
                     "curriculum has no order to follow (use other labels or more rollouts)")
             out = {"predicted": pred.tolist(), "alpha": float(info["alpha"]),
-                   "held_out": {"spearman": _finite(saerl.spearman(y[test], pred_test)),
-                                "r2": _finite(saerl.r2_score(y[test], pred_test)), "n": int(n_test)},
+                   "held_out": {"spearman": _finite(estimators.spearman(y[test], pred_test)),
+                                "r2": _finite(estimators.r2_score(y[test], pred_test)), "n": int(n_test)},
                    "n_labelled": int(len(y)), "nonzero_coefficients": int(np.count_nonzero(model.coef_)),
                    "constant_labels": bool(np.ptp(y) == 0)}
             atomic_write_text(self.root / "difficulty.json", json.dumps(out))
@@ -461,18 +462,18 @@ class Run:
         if not self.cached("clusters", key, "clusters.json", "clusters.md"):
             kept = quality["kept"]
             sub = PooledFeatures(feats.values[kept], feats.indices[kept], feats.d_sae)
-            X = saerl.l2_normalize_rows(sub.sparse())
+            X = estimators.l2_normalize_rows(sub.sparse())
             silhouettes = None
             if c.no_cluster:
                 k, labels = 1, torch.zeros(len(kept), dtype=torch.long)
             else:
                 if c.k == "auto":
-                    k, silhouettes = saerl.choose_k(X, [x for x in (4, 8, 16, 32) if x < len(kept)], seed=c.seed)
+                    k, silhouettes = estimators.choose_k(X, [x for x in (4, 8, 16, 32) if x < len(kept)], seed=c.seed)
                 else:
                     k = int(c.k)
                     if k > len(kept):
                         raise SystemExit(f"--k {k}: only {len(kept)} problems are kept; pass a smaller k")
-                labels, _, inertia = saerl.kmeans(X, k, seed=c.seed, device=self.device)
+                labels, _, inertia = estimators.kmeans(X, k, seed=c.seed, device=self.device)
             diff = [difficulty["predicted"][i] for i in kept]
             md = saerl.cluster_summary(labels.tolist(), diff, sub.sparse(), [problems[i] for i in kept])
             atomic_write_text(self.root / "clusters.md", md)
@@ -660,10 +661,10 @@ def held_out_probe_metrics(X, y, groups, *, seed: int) -> dict:
     train = np.array([i for i, g in enumerate(groups) if g not in held])
     if len(set(y[train].tolist())) < 2 or len(set(y[test].tolist())) < 2:
         return {"note": "held-out split lacks one class; no metrics", "n": int(len(test))}
-    probe = saerl.LogisticProbe(C=1.0).fit(X[train], y[train])
+    probe = estimators.LogisticProbe(C=1.0).fit(X[train], y[train])
     # The probe's job is to find bad problems: report precision/recall of label 0 (low quality).
     p_bad = 1.0 - probe.predict_proba(X[test])
-    m = saerl.binary_metrics((y[test] == 0).astype(int), p_bad)
+    m = estimators.binary_metrics((y[test] == 0).astype(int), p_bad)
     # NaN (e.g. precision when nothing is flagged) becomes null: the file stays strict JSON
     return ({k: (float(v) if math.isfinite(float(v)) else None) for k, v in m.items()}
             | {"n": int(len(test)), "negatives": int((y[test] == 0).sum())})
@@ -674,23 +675,8 @@ def cluster_purity(labels, metas) -> dict | None:
     for key in ("topic", "type", "subject"):
         topics = [m.get(key) for m in metas]
         if all(t is not None for t in topics):
-            return {"field": key, "nmi": normalized_mutual_info(labels, topics)}
+            return {"field": key, "nmi": estimators.normalized_mutual_info(labels, topics)}
     return None
-
-
-def normalized_mutual_info(a, b) -> float:
-    """NMI with the arithmetic-mean normaliser (scikit-learn's default)."""
-    n = len(a)
-    ca, cb = {}, {}
-    joint = {}
-    for x, y in zip(a, b):
-        ca[x] = ca.get(x, 0) + 1
-        cb[y] = cb.get(y, 0) + 1
-        joint[(x, y)] = joint.get((x, y), 0) + 1
-    mi = sum(c / n * math.log(c * n / (ca[x] * cb[y])) for (x, y), c in joint.items())
-    ha = -sum(c / n * math.log(c / n) for c in ca.values())
-    hb = -sum(c / n * math.log(c / n) for c in cb.values())
-    return 0.0 if ha + hb == 0 else float(2 * mi / (ha + hb))
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Parity and speed of saerl's k-means and ElasticNet against scikit-learn (CPU).
+"""Parity and speed of estimators.py's k-means and ElasticNet against scikit-learn (CPU).
 
     python bench/bench_method.py            # full sizes (slow on a 2-core box: several minutes)
     python bench/bench_method.py --quick    # smaller sizes, same code paths
@@ -32,7 +32,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import saerl  # noqa: E402
+import estimators  # noqa: E402
 from data import atomic_write_text  # noqa: E402
 
 
@@ -79,7 +79,7 @@ def bench_kmeans(name, X_ours, X_sk, k, max_iter, seed, skip_own=False):
     from sklearn.cluster import KMeans, kmeans_plusplus
     rows = {}
     init, _ = kmeans_plusplus(X_sk, k, random_state=seed)
-    (_, _, inertia_o, it_o), t_o = timed(lambda: saerl.kmeans(
+    (_, _, inertia_o, it_o), t_o = timed(lambda: estimators.kmeans(
         X_ours, k, init=torch.from_numpy(np.asarray(init)), max_iter=max_iter, tol=0.0,
         return_n_iter=True))
     km, t_s = timed(lambda: KMeans(k, init=init, n_init=1, max_iter=max_iter, tol=0.0,
@@ -89,7 +89,7 @@ def bench_kmeans(name, X_ours, X_sk, k, max_iter, seed, skip_own=False):
                              iters_sklearn=int(km.n_iter_), seconds_saerl=t_o,
                              seconds_sklearn=t_s, time_ratio=t_o / t_s)
     if not skip_own:
-        (_, _, inertia_o, it_o), t_o = timed(lambda: saerl.kmeans(
+        (_, _, inertia_o, it_o), t_o = timed(lambda: estimators.kmeans(
             X_ours, k, max_iter=max_iter, seed=seed, return_n_iter=True))
         rows["own_init"] = own_init_row(inertia_o, it_o, t_o, X_sk, k, max_iter, seed)
     print_rows(name, rows)
@@ -115,13 +115,13 @@ def print_rows(name, rows):
 
 
 def memory_child(args):
-    """Child process: build the sparse data, reset the peak-RSS mark, run saerl.kmeans with its own
+    """Child process: build the sparse data, reset the peak-RSS mark, run estimators.kmeans with its own
     k-means++, print a JSON line with time, inertia and peak RSS."""
     n, d = args.sparse_rows, 65536
     X = torch_csr(sparse_parts(n, d, 256, 64, args.seed), (n, d))
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM so the peak below covers k-means (and the data it holds)
-    (_, _, inertia, it), t = timed(lambda: saerl.kmeans(X, args.k, max_iter=args.max_iter,
+    (_, _, inertia, it), t = timed(lambda: estimators.kmeans(X, args.k, max_iter=args.max_iter,
                                                         seed=args.seed, return_n_iter=True))
     status = open("/proc/self/status").read().split("\n")
     hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
@@ -141,10 +141,10 @@ def bench_elasticnet(name, n, d, sparse_like, seed, frac_alpha=0.1):
     w = np.zeros(d)
     w[rng.choice(d, 30, replace=False)] = rng.normal(size=30)
     y = X @ w + 0.5 * rng.normal(size=n)
-    alpha = frac_alpha * saerl.alpha_grid(X, y, n_alphas=2)[0]
+    alpha = frac_alpha * estimators.alpha_grid(X, y, n_alphas=2)[0]
     out = {}
     for tol in (1e-4, 1e-10):
-        ours, t_o = timed(lambda: saerl.ElasticNet(alpha, 0.5, max_iter=100000, tol=tol).fit(X, y))
+        ours, t_o = timed(lambda: estimators.ElasticNet(alpha, 0.5, max_iter=100000, tol=tol).fit(X, y))
         # sklearn's time includes its StandardScaler, as saerl's includes its own z-scoring
         sk, t_s = timed(lambda: SkEN(alpha=alpha, l1_ratio=0.5, max_iter=100000, tol=tol).fit(
             StandardScaler().fit_transform(X), y))

@@ -17,10 +17,11 @@ import math
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import data
+from data import add_dataclass_args, dataclass_from_args, flag, load_model
 from verifier import extract_answer, gold_parse_report, is_equiv
 
 # ================================================================================================ benchmarks
@@ -209,68 +210,28 @@ def markdown_table(results: list[dict]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def _flag(default, help_text: str, kind=None):
-    return field(default=default, metadata={"help": help_text, "type": kind or type(default)})
-
-
 @dataclass
 class EvalConfig:
     """The CLI: each field is a flag (--max-new-tokens for max_new_tokens)."""
-    model: str = _flag("", "local model folder (or a Hub id already in the local HF cache)")
-    benchmarks: str = _flag("math500", f"comma-separated: {', '.join(BENCHMARKS)}, or local files")
-    bench: list = _flag(None, "name=path of a local benchmark file (repeatable)", str)
-    template: str = _flag("qwen-math", "prompt template of data.format_prompt (qwen-math, plain, chat, chatml)")
-    n: int = _flag(1, "samples per problem (avg@n when > 1)")
-    temperature: float = _flag(0.0, "0 = greedy")
-    top_p: float = _flag(1.0, "nucleus sampling mass")
-    max_new_tokens: int = _flag(3000, "completion length limit")
-    batch_size: int = _flag(8, "prompts per generate call")
-    limit: int = _flag(None, "seeded random subset of each benchmark", int)
-    seed: int = _flag(0, "seed of sampling and of --limit")
-    out: str = _flag("runs/eval", "writes <out>/<benchmark>.jsonl, results.md, results.json")
-    device: str = _flag("auto", "auto, cpu or cuda")
-
-
-def _in_hf_cache(name: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-        return isinstance(try_to_load_from_cache(name, "config.json"), str)
-    except Exception:  # a malformed repo id and the like: not cached
-        return False
-
-
-def load_model(name: str, device: str = "auto"):
-    """(model, tokenizer) from a local folder, the local HF cache or the Hub; when none of these can
-    serve it, fail at once with a message naming what to pass instead (no 35 s of Hub retries)."""
-    from data import hub_reachable
-
-    if not Path(name).is_dir() and not _in_hf_cache(name) and not hub_reachable():
-        raise SystemExit(f"model {name!r} is not a local folder nor in the Hugging Face cache, and the Hub is not "
-                         "reachable from here (or HF_HUB_OFFLINE is set). Pass a local path: --model "
-                         "/path/to/model_dir (a folder with config.json and weights, e.g. toy.build_world's "
-                         "model_dir or the output of shared/tools/smollm2_to_hf.py)")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device)
-    except OSError as exc:  # no network, a typo in the id, a gated repo
-        raise SystemExit(f"could not load model {name!r}: {exc}\nPass a local path: --model /path/to/model_dir") from exc
-    return model, tokenizer
+    model: str = flag("", "local model folder (or a Hub id already in the local HF cache)", required=True)
+    benchmarks: str = flag("math500", f"comma-separated: {', '.join(BENCHMARKS)}, or local files")
+    bench: list = flag(None, "name=path of a local benchmark file (repeatable)", type=str, action="append")
+    template: str = flag("qwen-math", "prompt template of data.format_prompt (qwen-math, plain, chat, chatml)")
+    n: int = flag(1, "samples per problem (avg@n when > 1)")
+    temperature: float = flag(0.0, "0 = greedy")
+    top_p: float = flag(1.0, "nucleus sampling mass")
+    max_new_tokens: int = flag(3000, "completion length limit")
+    batch_size: int = flag(8, "prompts per generate call")
+    limit: int | None = flag(None, "seeded random subset of each benchmark")
+    seed: int = flag(0, "seed of sampling and of --limit")
+    out: str = flag("runs/eval", "writes <out>/<benchmark>.jsonl, results.md, results.json")
+    device: str = flag("auto", "auto, cpu or cuda")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     import json
     parser = argparse.ArgumentParser(description="Evaluate a model on math benchmarks (pass@1 or avg@n).")
-    for f in fields(EvalConfig):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=f.metadata["type"], default=f.default,
-                            help=f.metadata["help"], required=f.name == "model",
-                            action="append" if f.name == "bench" else "store")
-    config = EvalConfig(**vars(parser.parse_args(argv)))
+    config = dataclass_from_args(EvalConfig, add_dataclass_args(parser, EvalConfig).parse_args(argv))
 
     specs = [s for s in config.benchmarks.split(",") if s.strip()] + (config.bench or [])
     try:  # every benchmark is read before the model is loaded, so a missing one fails in seconds

@@ -88,7 +88,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from data import atomic_path, atomic_write_text, stable_hash
+from data import atomic_path, atomic_write_text, flag, stable_hash
 
 ACTIVATIONS = ("relu", "topk", "jumprelu")
 INPUT_NORMS = ("scale", "token")
@@ -99,6 +99,13 @@ DEFAULT_ENCODE_ELEMENTS = 1 << 24
 # ---------------------------------------------------------------------------------------------
 # The SAE
 # ---------------------------------------------------------------------------------------------
+
+def topk_relu(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """The TopK activation (Gao et al. 2024): relu of the k largest entries of each row, 0 elsewhere.
+    [n, d_sae] -> [n, d_sae]; differentiable (SAE training) as well as used for encoding."""
+    top = pre.topk(k, dim=-1, sorted=False)
+    return torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+
 
 class SAE(torch.nn.Module):
     """One SAE in the internal layout of the module docstring. Parameters are plain tensors so
@@ -150,8 +157,7 @@ class SAE(torch.nn.Module):
             return pre.relu()
         if self.activation == "jumprelu":
             return pre.relu() * (pre > self.threshold)
-        top = pre.topk(self.k, dim=-1, sorted=False)
-        return torch.zeros_like(pre).scatter_(-1, top.indices, top.values.relu())
+        return topk_relu(pre, self.k)
 
     def pre_activation(self, x_normalised: torch.Tensor) -> torch.Tensor:
         if self.apply_b_dec_to_input:
@@ -885,21 +891,18 @@ def train_sae(model, tokenizer, texts: Sequence[str], layer: int, *, d_sae: int,
     for step in bar:
         x = next(batches) * scale  # [n, d_in] in SAE space
         pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc  # [n, d_sae]
-        top = pre.topk(k, dim=-1)
-        codes = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+        codes = topk_relu(pre, k)  # [n, d_sae]
         x_hat = codes @ sae.W_dec + sae.b_dec
         total_var = (x - x.mean(0)).pow(2).sum()
         e = x - x_hat
         fvu = e.pow(2).sum() / total_var
-        fired = torch.zeros(d_sae, dtype=torch.bool, device=device)
-        fired[top.indices[top.values > 0]] = True
+        fired = (codes > 0).any(0)  # [d_sae]
         steps_since_fired = torch.where(fired, 0, steps_since_fired + 1)
         dead = steps_since_fired > dead_steps
         aux = x.new_zeros(())
         if dead.any():
             k_aux = min(aux_k, int(dead.sum()))
-            aux_top = pre.masked_fill(~dead, -torch.inf).topk(k_aux, dim=-1)
-            aux_codes = torch.zeros_like(pre).scatter(-1, aux_top.indices, aux_top.values.relu())
+            aux_codes = topk_relu(pre.masked_fill(~dead, -torch.inf), k_aux)
             aux = (e.detach() - aux_codes @ sae.W_dec).pow(2).sum() / total_var
         loss = fvu + aux_coef * aux
         opt.zero_grad(set_to_none=True)
@@ -942,41 +945,56 @@ def _problem_texts(data_path: str, tokenizer, template: str, limit: int | None):
     return problems, texts, spans
 
 
+@dataclass
+class InputArgs:
+    """Flags of both subcommands: the model and the problems it reads."""
+    model: str = flag(None, "HF model id or directory", required=True)
+    data: str = flag(None, "problems file (jsonl/json/parquet) or Hub dataset", required=True)
+    template: str = flag("qwen-math", "prompt template (data.format_prompt)")
+    limit: int | None = flag(None, "use only the first N problems")
+    batch_size: int = flag(16, "texts per model forward")
+    max_length: int = flag(512, "tokens per text")
+    device: str = flag("auto", "auto, cpu or cuda (auto: cuda if available)")
+
+
+@dataclass
+class TrainArgs:
+    """`python sae.py train`: a TopK SAE on one layer's residuals."""
+    layer: int = flag(None, "decoder layer whose output is read", required=True)
+    out: str = flag(None, "output directory (SAELens format)", required=True)
+    d_sae: int | None = flag(None, "number of latents (default 16 x hidden)")
+    k: int = flag(32, "active latents per token")
+    tokens: int = flag(2_000_000, "training tokens")
+    batch_tokens: int = flag(4096, "tokens per SAE step")
+    lr: float | None = flag(None, "Adam lr (default 2e-4/sqrt(d_sae/16384))")
+    seed: int = flag(0, "random seed")
+
+
+@dataclass
+class EncodeArgs:
+    """`python sae.py encode`: pooled SAE features of every problem."""
+    sae: str = flag(None, "SAE directory or Hub repo id", required=True)
+    sae_subfolder: str | None = flag(None, "folder inside the SAE repo")
+    layer: int | None = flag(None, "decoder layer (default: from the SAE's hook)")
+    out: str = flag(None, "features .safetensors file", required=True)
+    pooling: str = flag("mean", "pooling over tokens", choices=("mean", "max"))
+    top_m: int = flag(256, "features kept per problem")
+    cache_dir: str | None = flag(None, "resumable shard cache directory")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    from data import add_dataclass_args, load_model, resolve_device
+
     parser = argparse.ArgumentParser(description="SAERL sparse autoencoders: train one, or encode problems")
     sub = parser.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", required=True, help="HF model id or directory")
-    common.add_argument("--data", required=True, help="problems file (jsonl/json/parquet) or Hub dataset")
-    common.add_argument("--template", default="qwen-math", help="prompt template (data.format_prompt)")
-    common.add_argument("--limit", type=int, default=None, help="use only the first N problems")
-    common.add_argument("--batch-size", type=int, default=16, help="texts per model forward")
-    common.add_argument("--max-length", type=int, default=512, help="tokens per text")
-    common.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
-    tr = sub.add_parser("train", parents=[common], help="train a TopK SAE on one layer's residuals")
-    tr.add_argument("--layer", type=int, required=True, help="decoder layer whose output is read")
-    tr.add_argument("--out", required=True, help="output directory (SAELens format)")
-    tr.add_argument("--d-sae", type=int, default=None, help="number of latents (default 16 x hidden)")
-    tr.add_argument("--k", type=int, default=32, help="active latents per token")
-    tr.add_argument("--tokens", type=int, default=2_000_000, help="training tokens")
-    tr.add_argument("--batch-tokens", type=int, default=4096, help="tokens per SAE step")
-    tr.add_argument("--lr", type=float, default=None, help="Adam lr (default 2e-4/sqrt(d_sae/16384))")
-    tr.add_argument("--seed", type=int, default=0, help="random seed")
-    en = sub.add_parser("encode", parents=[common], help="pooled SAE features of every problem")
-    en.add_argument("--sae", required=True, help="SAE directory or Hub repo id")
-    en.add_argument("--sae-subfolder", default=None, help="folder inside the SAE repo")
-    en.add_argument("--layer", type=int, default=None, help="decoder layer (default: from the SAE's hook)")
-    en.add_argument("--out", required=True, help="features .safetensors file")
-    en.add_argument("--pooling", choices=("mean", "max"), default="mean", help="pooling over tokens")
-    en.add_argument("--top-m", type=int, default=256, help="features kept per problem")
-    en.add_argument("--cache-dir", default=None, help="resumable shard cache directory")
+    common = add_dataclass_args(argparse.ArgumentParser(add_help=False), InputArgs)
+    add_dataclass_args(sub.add_parser("train", parents=[common], help=TrainArgs.__doc__.split(": ")[1]), TrainArgs)
+    add_dataclass_args(sub.add_parser("encode", parents=[common], help=EncodeArgs.__doc__.split(": ")[1]), EncodeArgs)
     args = parser.parse_args(argv)
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(device).eval()
+    device = resolve_device(args.device)
+    model, tokenizer = load_model(args.model, device=device)
+    model.eval()
     _, texts, spans = _problem_texts(args.data, tokenizer, args.template, args.limit)
     if args.command == "train":
         sae = train_sae(model, tokenizer, texts, args.layer, d_sae=args.d_sae or 16 * model.config.hidden_size,

@@ -167,13 +167,6 @@ def test_unreachable_hub_benchmark_names_the_local_file_to_pass():
         ev.load_benchmark("aime24")
 
 
-def test_unreachable_hub_model_fails_fast_naming_a_local_path():
-    start = time.perf_counter()
-    with pytest.raises(SystemExit, match="local path"):
-        ev.load_model("no-such-org/no-such-model-for-saerl")
-    assert time.perf_counter() - start < 5.0
-
-
 # ------------------------------------------------------------------------------------------------ tiny model
 PROMPTS = ["1+0", "12-11", "2*1-1", "9-8", "31-30", "4-3"]
 

@@ -1,8 +1,12 @@
-"""Problems in, prompts out: loading, field aliases, validation, dedup, prompt templates, file IO.
+"""Everything that comes in from outside: problems in, prompts out (loading, field aliases,
+validation, dedup, prompt templates, file IO), and the entry points' shared plumbing (one device
+rule, one model loader, dataclass fields as CLI flags).
+Imports: the standard library only at the top (torch, transformers, huggingface_hub and datasets
+lazily, inside the functions that need them) -- nothing from this project.
 
 Every other SAERL module reads training and benchmark problems through `load_problems`, renders
-them with `format_prompt`, and writes its outputs with the atomic helpers at the bottom of this
-file, so that a killed run never leaves a half-written file behind.
+them with `format_prompt`, and writes its outputs with the atomic helpers of this file, so that a
+killed run never leaves a half-written file behind.
 
 Public functions
     Problem                        one problem: id, problem text, reference answer, meta
@@ -12,6 +16,10 @@ Public functions
     answer_from_row(row, ...)      the reference answer of one raw row (aliases, \\boxed, ####)
     atomic_write_text / atomic_write_bytes / atomic_path / write_jsonl / append_jsonl / read_jsonl
     stable_hash(*parts)            sha256 of JSON-serialised parts, for cache keys
+    file_stamp / dir_stamp / number_label   input identity for cache keys; numeric label fields
+    resolve_device(d)              "auto" -> cuda when available, else cpu
+    load_model(name, device, dtype)  (model, tokenizer); fails at once, naming a local path, offline
+    flag(default, help) / add_dataclass_args(parser, cls) / dataclass_from_args / given_args
 
 Field aliases (first match wins; `problem_field` / `answer_field` override them):
     problem <- problem | question | prompt | query
@@ -380,6 +388,29 @@ def write_problems(path, problems: list[Problem]) -> None:
     """Problems as JSONL rows that `load_problems` reads back unchanged (meta fields flattened)."""
     write_jsonl(path, [{**{k: v for k, v in p.meta.items() if k not in ("row", "source")},
                         "id": p.id, "problem": p.problem, "answer": p.answer} for p in problems])
+
+
+def file_stamp(source) -> list:
+    """[size, mtime] of a local file (empty for a Hub id), for cache keys over an input file."""
+    path = Path(str(source))
+    return [path.stat().st_size, path.stat().st_mtime_ns] if path.exists() else []
+
+
+def dir_stamp(folder) -> list:
+    """(path, size, mtime) of every file under a local folder, for keys over a given SAE."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file()) if folder and Path(folder).is_dir() else []
+    return [(str(p), file_stamp(p)) for p in files]
+
+
+def number_label(v):
+    """A number from a label field: 3, 3.0, "3" or MATH's "Level 3"; None otherwise."""
+    if isinstance(v, str) and v.strip().lower().startswith("level "):
+        v = v.strip()[6:]
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
 
 
 def stable_hash(*parts) -> str:

@@ -526,6 +526,26 @@ def binary_metrics(y_true, scores, threshold: float = 0.5) -> dict:
     return dict(precision=precision, recall=recall, auc=auc_score(y, scores))
 
 
+def grouped_holdout_metrics(X, y, groups, *, seed: int, C: float = 1.0) -> dict:
+    """Precision/recall/AUC, for class 0, of a LogisticProbe(C) fit on 80% of the label groups and
+    scored on the held-out 20% (groups chosen by a permutation seeded seed + 2).
+
+    In SAERL a group is an original problem with its corrupted copies: they fall on the same side of
+    the split, so the metric does not reward telling a problem from its own near-duplicate."""
+    names = sorted(set(groups))
+    order = np.random.default_rng(seed + 2).permutation(len(names))
+    held = {names[i] for i in order[: max(1, len(names) // 5)]}
+    test = np.array([i for i, g in enumerate(groups) if g in held])
+    train = np.array([i for i, g in enumerate(groups) if g not in held])
+    if len(set(y[train].tolist())) < 2 or len(set(y[test].tolist())) < 2:
+        return {"note": "held-out split lacks one class; no metrics", "n": int(len(test))}
+    probe = LogisticProbe(C=C).fit(X[train], y[train])
+    # the probe's job is to find the bad rows: precision/recall of label 0; NaN becomes None (strict JSON)
+    m = binary_metrics((y[test] == 0).astype(int), 1.0 - probe.predict_proba(X[test]))
+    return ({k: (float(v) if math.isfinite(float(v)) else None) for k, v in m.items()}
+            | {"n": int(len(test)), "negatives": int((y[test] == 0).sum())})
+
+
 def normalized_mutual_info(a, b) -> float:
     """NMI(a, b) = 2·I(a; b) / (H(a) + H(b)) over two labelings of the same items (scikit-learn's
     default arithmetic-mean normaliser); 0 when both labelings are constant."""
@@ -628,8 +648,8 @@ def _mean_feature_variance(X: torch.Tensor, x_sq: torch.Tensor) -> float:
 def _sq_distances(Xc: torch.Tensor, xc_sq: torch.Tensor, Ct: torch.Tensor, c_sq: torch.Tensor):
     """‖x − c‖² = ‖x‖² − 2x·c + ‖c‖² for a row chunk, [m, k], clipped at 0 (rounding).
     Ct is the contiguous transpose of the centres, [d, k]."""
-    cross = Xc @ Ct  # [m, k]; sparse @ dense for CSR chunks
-    return (xc_sq[:, None] - 2.0 * cross.double() + c_sq[None, :]).clamp_min_(0.0)
+    d2 = xc_sq[:, None] + c_sq[None, :]  # [m, k], float64
+    return d2.add_(Xc @ Ct, alpha=-2.0).clamp_min_(0.0)  # Xc @ Ct: sparse @ dense for CSR chunks
 
 
 def _distances_to(X, x_sq, C, chunk_size):

@@ -1,4 +1,5 @@
 """The toy world: synthetic arithmetic problems with known labels, a tiny Qwen2 model, a warm start.
+Imports: data from this project (problems, prompts, the model loader, CLI flags) -- never saerl.py.
 
 SAERL's three data operations need something real to act on, and tests need the truth to score
 them against. In this world every problem carries its topic (operation family), its difficulty
@@ -16,8 +17,9 @@ Public functions
     build_world(out_dir, *, seed)                 all of the above, saved and cached on disk
     python toy.py --out DIR                       builds the world, prints accuracy by difficulty
 
-Families and difficulty (1 = easiest, 5 = hardest). Learnability follows the measurements in
-DESIGN.md: small tables and copying are learnt in a minute, carries over several digits are not.
+Families and difficulty (1 = easiest, 5 = hardest), chosen by learnability: in 75 s of supervised
+training on 2 CPU cores, copying/sorting digit strings reached 97%-50% greedy accuracy at lengths 2-5
+and one-digit operations about 40%, while multi-digit arithmetic with carries stayed under 10%.
     add, subtract, multiply   level 1: both operands 0-4; levels 2-4: a with 1-3 digits and b one
                               digit; level 5: two two-digit operands (subtract keeps a >= b)
     max                       largest of level+1 numbers, one-digit at levels 1-2, two-digit above

@@ -1,8 +1,8 @@
 """Everything that comes in from outside: problems in, prompts out (loading, field aliases,
 validation, dedup, prompt templates, file IO), and the entry points' shared plumbing (one device
 rule, one model loader, dataclass fields as CLI flags).
-Imports: the standard library only at the top (torch, transformers, huggingface_hub and datasets
-lazily, inside the functions that need them) -- nothing from this project.
+Imports: the standard library at the top (torch, transformers, huggingface_hub and datasets lazily,
+inside the functions that need them); from this project only verifier's \\boxed reader (lazily).
 
 Every other SAERL module reads training and benchmark problems through `load_problems`, renders
 them with `format_prompt`, and writes its outputs with the atomic helpers of this file, so that a

@@ -1,8 +1,12 @@
-"""Problems in, prompts out: loading, field aliases, validation, dedup, prompt templates, file IO.
+"""Everything that comes in from outside: problems in, prompts out (loading, field aliases,
+validation, dedup, prompt templates, file IO), and the entry points' shared plumbing (one device
+rule, one model loader, dataclass fields as CLI flags).
+Imports: the standard library at the top (torch, transformers, huggingface_hub and datasets lazily,
+inside the functions that need them); from this project only verifier's \\boxed reader (lazily).
 
 Every other SAERL module reads training and benchmark problems through `load_problems`, renders
-them with `format_prompt`, and writes its outputs with the atomic helpers at the bottom of this
-file, so that a killed run never leaves a half-written file behind.
+them with `format_prompt`, and writes its outputs with the atomic helpers of this file, so that a
+killed run never leaves a half-written file behind.
 
 Public functions
     Problem                        one problem: id, problem text, reference answer, meta
@@ -12,6 +16,10 @@ Public functions
     answer_from_row(row, ...)      the reference answer of one raw row (aliases, \\boxed, ####)
     atomic_write_text / atomic_write_bytes / atomic_path / write_jsonl / append_jsonl / read_jsonl
     stable_hash(*parts)            sha256 of JSON-serialised parts, for cache keys
+    file_stamp / dir_stamp / number_label   input identity for cache keys; numeric label fields
+    resolve_device(d)              "auto" -> cuda when available, else cpu
+    load_model(name, device, dtype)  (model, tokenizer); fails at once, naming a local path, offline
+    flag(default, help) / add_dataclass_args(parser, cls) / dataclass_from_args / given_args
 
 Field aliases (first match wins; `problem_field` / `answer_field` override them):
     problem <- problem | question | prompt | query
@@ -32,7 +40,7 @@ import math
 import os
 import random
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 PROBLEM_ALIASES = ("problem", "question", "prompt", "query")
@@ -382,7 +390,121 @@ def write_problems(path, problems: list[Problem]) -> None:
                         "id": p.id, "problem": p.problem, "answer": p.answer} for p in problems])
 
 
+def file_stamp(source) -> list:
+    """[size, mtime] of a local file (empty for a Hub id), for cache keys over an input file."""
+    path = Path(str(source))
+    return [path.stat().st_size, path.stat().st_mtime_ns] if path.exists() else []
+
+
+def dir_stamp(folder) -> list:
+    """(path, size, mtime) of every file under a local folder, for keys over a given SAE."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file()) if folder and Path(folder).is_dir() else []
+    return [(str(p), file_stamp(p)) for p in files]
+
+
+def number_label(v):
+    """A number from a label field: 3, 3.0, "3" or MATH's "Level 3"; None otherwise."""
+    if isinstance(v, str) and v.strip().lower().startswith("level "):
+        v = v.strip()[6:]
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
 def stable_hash(*parts) -> str:
     """sha256 hex of the JSON form of parts (sorted keys), for cache keys that survive restarts."""
     blob = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points: the one device rule, the one model loader, dataclass fields as CLI flags
+
+
+def resolve_device(device=None):
+    """The device rule of every entry point: "auto" (or None) is CUDA when available, else the CPU;
+    anything else ("cpu", "cuda", "cuda:1", a torch.device) is taken as given."""
+    import torch
+
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _in_hf_cache(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # a malformed repo id and the like: not cached
+        return False
+
+
+def load_model(name, device=None, dtype=None):
+    """(model, tokenizer) from a local folder, the local HF cache or the Hub, on resolve_device(device),
+    in `dtype` (default: bf16 on CUDA for inference, fp32 on the CPU). When none of the three can
+    serve `name`, fail at once with a message naming what to pass instead (no 35 s of Hub retries)."""
+    name = str(name)
+    if not Path(name).is_dir() and not _in_hf_cache(name) and not hub_reachable():
+        raise SystemExit(f"model {name!r} is not a local folder nor in the Hugging Face cache, and the Hub is not "
+                         "reachable from here (or HF_HUB_OFFLINE is set). Pass a local path: --model "
+                         "/path/to/model_dir (a folder with config.json and weights, e.g. toy.build_world's "
+                         "model_dir or the output of shared/tools/smollm2_to_hf.py)")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = resolve_device(device)
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device)
+    except OSError as exc:  # no network, a typo in the id, a gated repo
+        raise SystemExit(f"could not load model {name!r}: {exc}\nPass a local path: --model /path/to/model_dir") from exc
+    return model, tokenizer
+
+
+def flag(default, help: str, **argparse_kw):
+    """A dataclass field that is also a command-line flag: `--field-name`, this default, this help.
+    argparse_kw (type=, action=, required=, aliases=[...]) reach add_argument unchanged."""
+    return field(default=default, metadata={"help": help, **argparse_kw})
+
+
+def add_dataclass_args(parser, cls, *, skip=(), unset=MISSING):
+    """One flag per field of dataclass `cls` (snake_case -> --kebab-case), help from flag(); the
+    type comes from the annotation (int, float, str, optional or not). A bool field is a switch:
+    `--no-x` store_true for a field named no_x, else --x / --no-x. Fields in `skip` are left out.
+    With `unset` (e.g. None or argparse.SUPPRESS) every flag defaults to it instead of the field's
+    default, which the help then shows, so a caller can tell which flags were given (given_args)."""
+    import argparse
+
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        kw = {k: v for k, v in f.metadata.items() if k not in ("help", "aliases")}
+        names = ["--" + f.name.replace("_", "-")] + list(f.metadata.get("aliases", ()))
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
+        if unset is not MISSING:
+            help_text += f" [{f.default}]"
+        annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if "bool" in annotation and "action" not in kw:
+            kw["action"] = "store_true" if f.name.startswith("no_") else argparse.BooleanOptionalAction
+        elif "action" not in kw or kw["action"] in ("store", "append"):
+            kw.setdefault("type", int if annotation.startswith("int") else
+                          float if annotation.startswith("float") else str)
+        default = f.default if unset is MISSING else unset
+        parser.add_argument(*names, dest=f.name, default=default, help=help_text, **kw)
+    return parser
+
+
+def dataclass_from_args(cls, args, **extra):
+    """cls built from the parsed flags of its fields (argparse.Namespace or dict), plus `extra`."""
+    values = vars(args) if not isinstance(args, dict) else args
+    return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values}, **extra)
+
+
+def given_args(cls, args) -> dict:
+    """The fields of `cls` whose flags were given, for flags added with unset=None (or SUPPRESS)."""
+    values = vars(args) if not isinstance(args, dict) else args
+    return {f.name: values[f.name] for f in fields(cls) if values.get(f.name) is not None}

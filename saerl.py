@@ -1,799 +1,626 @@
-"""SAERL: data engineering for LLM RL driven by sparse-autoencoder features.
+"""saerl.py -- SAERL, the method and its entry point: `python saerl.py [flags]` runs it end to end.
 
-Reference implementation of "Guiding LLM Post-training Data Engineering with Model Internals from
-Sparse Autoencoders". Each training problem is a pooled SAE feature row; three properties read off
-those rows drive three data operations before GRPO/DAPO training (DESIGN.md, "Data flow"):
+Owns: the run Config (every flag), main() and its stages in order, the stage cache, and the SAERL
+data operations (quality labels and filter, the difficulty-proxy fit, clustering, build_schedule
+with mixing and pacing). No file imports this one.
+Imports: the component modules below it -- data, estimators, sae, verifier, evaluate, toy, grpo.
 
-    quality    LogisticProbe (L2 logistic regression)  -> quality_filter: drop the lowest fraction
-    difficulty ElasticNet on a labelled subset          -> easy-to-hard order inside each cluster
-    diversity  kmeans on L2-normalised rows             -> build_schedule: cluster-first batches
-                                                           with moderate mixing
+Reference: "Guiding LLM Post-training Data Engineering with Model Internals from Sparse Autoencoders".
+Each training problem becomes a pooled SAE feature row; three properties read off those rows drive
+three data operations before GRPO/DAPO training. With no --model the whole run happens in the toy
+world (toy.py) on a CPU in a few minutes and compares SAERL with vanilla GRPO.
 
-Method (this top section; hand-written, each matching a well-known reference numerically):
-    kmeans(X, k, ...) -> (labels, centroids, inertia)      Lloyd + greedy k-means++ (scikit-learn)
-    l2_normalize_rows(X), silhouette_score(X, labels), choose_k(X, candidates, ...)
-    ElasticNet(alpha, l1_ratio, ...).fit/predict           coordinate descent, sklearn's objective
-    alpha_grid(X, y, ...), fit_alpha(X, y, ...), spearman(a, b), r2_score(y, yhat)
-    LogisticProbe(C, ...).fit/predict_proba                Newton on sklearn's L2 logistic objective
-    binary_metrics(y, scores), corrupt_copies(problems, ...), auto_quality_labels(problems, ...),
-    quality_filter(scores, drop)
-    build_schedule(cluster_ids, difficulty, batch_size, ...), budget_subset(cluster_ids, difficulty, n_take),
-    random_schedule(n, batch_size, seed),
-    cluster_summary(cluster_ids, difficulty, features, problems, ...)
+Stages of main(), in order. Each writes under runs/<name>/ and records a key (a hash of its settings
+and of the keys of the stages it reads) in stages.json; a stage whose key is unchanged is read back,
+not recomputed, and a changed flag recomputes that stage and the ones after it. Each stage's wall
+time is printed and listed in report.md (a cached stage shows as cached, ~0 s).
 
-Feature matrices are torch tensors, dense or torch sparse (COO or CSR); numpy arrays are accepted
-where noted. The end-to-end pipeline and the CLI follow the method below.
+    problems    data.load_problems(--train-data)                         problems.jsonl
+    sae         sae.load_sae(--sae), or sae.train_sae on the problems    sae/
+    features    sae.encode_problems: pooled top-m SAE features z_i       features.safetensors
+    labels      the labelled subset L; policy rollouts if asked for      labels.json
+    quality     logistic probe on L -> q_i; drop the lowest fraction     quality.json
+    difficulty  ElasticNet proxy fit on L -> d_i for every problem       difficulty.json
+    clusters    k-means on the L2-normalised kept rows -> c_i            clusters.json, clusters.md
+    schedule    build_schedule (SAERL arm) / grpo.random_schedule        schedule(s).jsonl/.json, scores.jsonl
+    train       grpo.train per arm and seed (resumes checkpoints)        arms/<arm>-s<seed>/
+    report      accuracy curves, steps to target, data, stage times     report.md, report.png
+
+The estimators (estimators.py), with z_i the pooled feature row of problem i over the probe columns:
+
+    quality     q_i = sigma(w.z_i + b),  min_w  C sum_i [log(1 + e^eta_i) - y_i eta_i] + 1/2 |w|^2
+    difficulty  d_i = w.z_i + b,          min_w  1/(2n) |y - Zw - b|^2 + a rho |w|_1 + a (1 - rho)/2 |w|^2
+    diversity   c_i = argmin_c |x_i - mu_c|^2,  x_i = z_i / |z_i|,  min sum_i |x_i - mu_(c_i)|^2
+
+and the schedule: inside each cluster, easy to hard by d_i, cut into batches of B; batch j of n_b in
+its cluster has progress (j + 1/2) / n_b; all batches ordered by progress (so every cluster advances at
+the same pace and consecutive batches come from different clusters); then the last floor(mix B / 2)
+problems of batches 2t and 2t+1 are swapped (moderate mixing). The vanilla arm is grpo.random_schedule
+over every problem: shuffled epochs.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
+import dataclasses
+import json
 import math
 import random
-import warnings
+import sys
+import time
 from collections import Counter
+from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import torch
 
-# ================================================================================================
-# Diversity: k-means in SAE space
-# ================================================================================================
+import estimators
+import grpo
+import toy
+from data import (DataError, Problem, add_dataclass_args, atomic_write_text, dataclass_from_args, dir_stamp,
+                  file_stamp, flag, format_prompt, given_args, load_model, load_problems, number_label, read_jsonl,
+                  resolve_device, stable_hash, write_jsonl, write_problems)
+from evaluate import (cluster_purity, cluster_summary, generate_completions, load_benchmark, make_eval_fn, metric_name,
+                      write_report)
+from sae import PooledFeatures, encode_problems, load_sae, prompt_texts, sae_layer, save_sae, train_sae
+from verifier import extract_answer, gold_parse_report, is_equiv, verify
+
+STAGES = ("problems", "sae", "features", "labels", "quality", "difficulty", "clusters", "schedule",
+          "train", "report")
+DEEPMATH = "zwhe99/DeepMath-103K"
 
 
-def _as_features(X, device=None) -> torch.Tensor:
-    """A float tensor, dense or sparse CSR (COO is coalesced and converted, never densified)."""
-    if isinstance(X, np.ndarray):
-        X = torch.from_numpy(X)
-    if not isinstance(X, torch.Tensor):
-        raise TypeError(f"features must be a torch tensor or numpy array, got {type(X).__name__}")
-    if X.dim() != 2:
-        raise ValueError(f"features must be a 2-D matrix [N, d], got shape {tuple(X.shape)}")
-    if device is not None:
-        X = X.to(device)
-    if not X.dtype.is_floating_point:
-        X = X.float()
-    if X.layout == torch.sparse_coo:
-        X = X.coalesce().to_sparse_csr()
-    elif X.layout == torch.strided:
-        X = X.contiguous()
-    elif X.layout != torch.sparse_csr:
-        raise ValueError(f"features layout {X.layout} not supported; expected dense, COO or CSR")
-    return X
-
-
-def _csr_parts(X: torch.Tensor):
-    return X.crow_indices(), X.col_indices(), X.values()
-
-
-def _row_chunk(X: torch.Tensor, start: int, end: int) -> torch.Tensor:
-    """Rows [start, end) of X as a matrix of the same kind (a CSR slice is built from the parts)."""
-    if X.layout == torch.strided:
-        return X[start:end]
-    crow, col, val = _csr_parts(X)
-    a, b = int(crow[start]), int(crow[end])
-    return torch.sparse_csr_tensor(crow[start:end + 1] - a, col[a:b], val[a:b],
-                                   size=(end - start, X.shape[1]), check_invariants=False)
-
-
-def _dense_rows(X: torch.Tensor, idx) -> torch.Tensor:
-    """Selected rows of X as a dense [len(idx), d] matrix (only these rows are densified)."""
-    idx = [int(i) for i in idx]
-    if X.layout == torch.strided:
-        return X[idx].clone()
-    crow, col, val = _csr_parts(X)
-    out = torch.zeros(len(idx), X.shape[1], dtype=X.dtype, device=X.device)
-    for r, i in enumerate(idx):
-        a, b = int(crow[i]), int(crow[i + 1])
-        out[r, col[a:b]] = val[a:b]
-    return out
-
-
-def _row_sq_norms(X: torch.Tensor) -> torch.Tensor:
-    """‖x_i‖² for every row, [N], accumulated in float64."""
-    if X.layout == torch.strided:  # in row chunks: no float64 copy of the whole matrix
-        return torch.cat([(X[s:s + 4096] * X[s:s + 4096]).sum(1, dtype=torch.float64)
-                          for s in range(0, len(X), 4096)])
-    crow, _, val = _csr_parts(X)
-    out = torch.zeros(X.shape[0], dtype=torch.float64, device=X.device)
-    for s in range(0, X.shape[0], 65536):  # in row chunks: no per-non-zero temporaries
-        e = min(X.shape[0], s + 65536)
-        rows = torch.repeat_interleave(torch.arange(s, e, device=X.device), crow[s:e + 1].diff())
-        out.index_add_(0, rows, val[int(crow[s]):int(crow[e])].double() ** 2)
-    return out
-
-
-def _mean_feature_variance(X: torch.Tensor, x_sq: torch.Tensor) -> float:
-    """mean_j Var(X[:, j]) = (Σ_ij x_ij² / N − Σ_j mean_j²) / d, without densifying sparse X."""
-    N, d = X.shape
-    if X.layout == torch.strided:
-        col_mean = X.sum(0, dtype=torch.float64) / N
-    else:
-        _, col, val = _csr_parts(X)
-        col_mean = torch.zeros(d, dtype=torch.float64, device=X.device)
-        for s in range(0, val.numel(), 1 << 22):
-            col_mean.index_add_(0, col[s:s + (1 << 22)], val[s:s + (1 << 22)].double())
-        col_mean.div_(N)
-    return float((x_sq.sum() / N - (col_mean ** 2).sum()) / d)
-
-
-def l2_normalize_rows(X, eps: float = 1e-12) -> torch.Tensor:
-    """Rows scaled to unit L2 norm (zero rows stay zero); dense stays dense, sparse stays CSR."""
-    X = _as_features(X)
-    norms = _row_sq_norms(X).sqrt().clamp_min(eps).to(X.dtype)  # [N]
-    if X.layout == torch.strided:
-        return X / norms[:, None]
-    crow, col, val = _csr_parts(X)
-    row_of_nnz = torch.repeat_interleave(torch.arange(X.shape[0], device=X.device), crow.diff())
-    return torch.sparse_csr_tensor(crow, col, val / norms[row_of_nnz], size=X.shape,
-                                   check_invariants=False)
-
-
-def _sq_distances(Xc: torch.Tensor, xc_sq: torch.Tensor, Ct: torch.Tensor, c_sq: torch.Tensor):
-    """‖x − c‖² = ‖x‖² − 2x·c + ‖c‖² for a row chunk, [m, k], clipped at 0 (rounding).
-    Ct is the contiguous transpose of the centres, [d, k]."""
-    cross = Xc @ Ct  # [m, k]; sparse @ dense for CSR chunks
-    return (xc_sq[:, None] - 2.0 * cross.double() + c_sq[None, :]).clamp_min_(0.0)
-
-
-def _assign(X, x_sq, C, chunk_size):
-    """E-step: nearest centre and its squared distance for every row, in row chunks."""
-    N = X.shape[0]
-    c_sq = (C * C).sum(1, dtype=torch.float64)
-    Ct = C.t().contiguous()  # [d, k]
-    labels = torch.empty(N, dtype=torch.long, device=X.device)
-    dist = torch.empty(N, dtype=torch.float64, device=X.device)
-    for s in range(0, N, chunk_size):
-        e = min(N, s + chunk_size)
-        d2 = _sq_distances(_row_chunk(X, s, e), x_sq[s:e], Ct, c_sq)  # [m, k]
-        dist[s:e], labels[s:e] = d2.min(1)
-    return labels, dist
-
-
-def _cluster_sums(X, Xt, labels, k, chunk_size):
-    """M-step sums Σ_{i in c} x_i, [k, d], and counts, [k].
-
-    Dense rows: a one-hot [m, k] matrix per row chunk, multiplied in (a GEMM is several times
-    faster than index_add on CPU). Sparse X: the transposed CSR Xt [d, N] times a one-hot label
-    matrix, a group of clusters at a time so the one-hot part stays bounded.
-    """
-    N, d = X.shape
-    counts = torch.bincount(labels, minlength=k).to(torch.float64)
-    sums = torch.zeros(k, d, dtype=X.dtype, device=X.device)
-    arange_k = torch.arange(k, device=X.device)
-    if X.layout == torch.strided:
-        for s in range(0, N, chunk_size):
-            onehot = (labels[s:s + chunk_size, None] == arange_k[None, :]).to(X.dtype)  # [m, k]
-            sums.addmm_(onehot.t(), X[s:s + chunk_size])
-        return sums, counts
-    group = max(1, (chunk_size * 4096) // max(N, 1))  # one-hot part ≤ chunk_size·4096 entries
-    for k0 in range(0, k, group):
-        k1 = min(k, k0 + group)
-        onehot = (labels[:, None] == torch.arange(k0, k1, device=X.device)[None, :]).to(X.dtype)
-        sums[k0:k1] = (Xt @ onehot).t()  # [k1-k0, d]
-    return sums, counts
-
-
-def _kmeans_plusplus(X, x_sq, k, gen, chunk_size, n_local_trials=None):
-    """Greedy k-means++ (scikit-learn's _kmeans_plusplus): the first centre uniformly at random;
-    then, per centre, 2 + ⌊ln k⌋ candidates drawn with probability ∝ D(x)² and the one that
-    lowers the potential Σ_i min_c D(x_i, c)² most is kept. Returns centres [k, d] and row ids."""
-    N = X.shape[0]
-    if n_local_trials is None:
-        n_local_trials = 2 + int(math.log(k))
-    first = int(torch.randint(N, (1,), generator=gen))
-    ids = [first]
-    centers = torch.empty(k, X.shape[1], dtype=X.dtype, device=X.device)
-    centers[0] = _dense_rows(X, [first])[0]
-    closest = _distances_to(X, x_sq, centers[:1], chunk_size)[:, 0]  # [N]
-    potential = float(closest.sum())
-    for c in range(1, k):
-        draws = torch.rand(n_local_trials, generator=gen, dtype=torch.float64) * potential
-        cum = torch.cumsum(closest, 0).cpu()
-        cand = torch.searchsorted(cum, draws).clamp_max_(N - 1)  # [trials]
-        cand_rows = _dense_rows(X, cand)  # [trials, d]
-        d_cand = torch.minimum(_distances_to(X, x_sq, cand_rows, chunk_size), closest[:, None])
-        pots = d_cand.sum(0)  # [trials]
-        best = int(torch.argmin(pots))
-        potential = float(pots[best])
-        closest = d_cand[:, best].contiguous()
-        centers[c] = cand_rows[best]
-        ids.append(int(cand[best]))
-    return centers, ids
-
-
-def _distances_to(X, x_sq, C, chunk_size):
-    """Full [N, m] squared distances to a few centres m (used by k-means++ only)."""
-    c_sq = (C * C).sum(1, dtype=torch.float64)
-    Ct = C.t().contiguous()  # [d, m]
-    return torch.cat([_sq_distances(_row_chunk(X, s, min(X.shape[0], s + chunk_size)),
-                                    x_sq[s:s + chunk_size], Ct, c_sq)
-                      for s in range(0, X.shape[0], chunk_size)])
-
-
-def _relocate_empty(X, centers_sum, counts, labels, dist):
-    """Re-seed empty clusters from the farthest points (scikit-learn's _relocate_empty_clusters).
-
-    Rule: points are ranked by their squared distance to the centre they were just assigned to
-    (descending, ties by lower index); the i-th empty cluster (in increasing id) receives the i-th
-    farthest point, which leaves its old cluster (its row is subtracted from that cluster's sum and
-    count) and is relabelled. If every point sits on its centre (more clusters than distinct
-    points) nothing is relocated and an empty cluster keeps its previous centre."""
-    empty = torch.nonzero(counts == 0).flatten().tolist()
-    if not empty or float(dist.max()) == 0.0:
-        return
-    order = torch.argsort(-dist, stable=True)[:len(empty)].tolist()
-    rows = _dense_rows(X, order)
-    for new_c, p, row in zip(empty, order, rows):
-        old_c = int(labels[p])
-        centers_sum[old_c] -= row
-        counts[old_c] -= 1
-        centers_sum[new_c] = row
-        counts[new_c] = 1
-        labels[p] = new_c
-
-
-def _lloyd(X, Xt, x_sq, centers, max_iter, tol_abs, chunk_size):
-    """Lloyd iterations from `centers`; returns labels, centres, inertia, iterations run.
-
-    Stops on strict convergence (labels unchanged) or when Σ_c ‖c_new − c_old‖² ≤ tol_abs
-    (scikit-learn's rule); a final E-step always runs so labels and inertia match the centres."""
-    k = centers.shape[0]
-    labels_old = None
-    n_iter = 0
-    for n_iter in range(1, max_iter + 1):
-        labels, dist = _assign(X, x_sq, centers, chunk_size)
-        sums, counts = _cluster_sums(X, Xt, labels, k, chunk_size)
-        _relocate_empty(X, sums, counts, labels, dist)
-        filled = counts > 0
-        new_centers = centers.clone()
-        new_centers[filled] = sums[filled] / counts[filled, None].to(X.dtype)
-        shift = float(((new_centers - centers) ** 2).sum(dtype=torch.float64))
-        centers = new_centers
-        if labels_old is not None and torch.equal(labels, labels_old):
-            break
-        if shift <= tol_abs:
-            break
-        labels_old = labels
-    labels, dist = _assign(X, x_sq, centers, chunk_size)
-    return labels, centers, float(dist.sum()), n_iter
-
-
-def kmeans(X, k: int, *, n_init: int = 1, max_iter: int = 100, tol: float = 1e-4, seed: int = 0,
-           device=None, init=None, chunk_size: int = 4096, return_n_iter: bool = False):
-    """Lloyd k-means with scikit-learn's semantics.
-
-    Objective: inertia = Σ_i min_c ‖x_i − c‖². Init: greedy k-means++ (see _kmeans_plusplus), or an
-    explicit `init` [k, d]; the best of `n_init` runs (by inertia) is returned. Stopping: labels
-    unchanged, or Σ_c ‖Δc‖² ≤ tol · mean_j Var(X[:, j]) (sklearn's _tolerance), or max_iter.
-    Empty clusters: see _relocate_empty. Distances ‖x‖² − 2x·c + ‖c‖² are computed in row chunks
-    of `chunk_size`, so besides X itself memory is O(chunk_size · k + k · d); sparse X (COO/CSR) is
-    never densified (a transposed CSR copy serves the centre update). Runs on X's device or on
-    `device`.
-
-    X: [N, d] dense or sparse. Returns labels LongTensor [N], centroids [k, d] (X's dtype), inertia
-    (float; also the iteration count when return_n_iter)."""
-    X = _as_features(X, device)
-    N, d = X.shape
-    if not 1 <= k <= N:
-        raise ValueError(f"k={k} must be between 1 and the number of rows N={N}")
-    if n_init < 1 or max_iter < 1:
-        raise ValueError(f"n_init={n_init} and max_iter={max_iter} must be >= 1")
-    Xt = X.t().to_sparse_csr() if X.layout == torch.sparse_csr else None  # [d, N]
-    x_sq = _row_sq_norms(X)  # [N]
-    tol_abs = tol * _mean_feature_variance(X, x_sq) if tol > 0 else 0.0
-    gen = torch.Generator().manual_seed(seed)
-    best = None
-    for _ in range(n_init):
-        if init is not None:
-            centers = torch.as_tensor(init, dtype=X.dtype, device=X.device).clone()
-            if centers.shape != (k, d):
-                raise ValueError(f"init has shape {tuple(centers.shape)}, expected ({k}, {d})")
-        else:
-            centers, _ = _kmeans_plusplus(X, x_sq, k, gen, chunk_size)
-        result = _lloyd(X, Xt, x_sq, centers, max_iter, tol_abs, chunk_size)
-        if best is None or result[2] < best[2]:
-            best = result
-    labels, centers, inertia, n_iter = best
-    return (labels, centers, inertia, n_iter) if return_n_iter else (labels, centers, inertia)
-
-
-def silhouette_score(X, labels, *, chunk_size: int = 1024) -> float:
-    """Mean silhouette (b − a) / max(a, b) with Euclidean distances; a = mean distance to the own
-    cluster (self excluded), b = smallest mean distance to another cluster; 0 for singletons
-    (scikit-learn's convention). O(n²) time, O(chunk_size · n) memory: use it on a sample."""
-    X = _as_features(X)
-    labels = torch.as_tensor(labels, device=X.device).long()
-    n = X.shape[0]
-    k = int(labels.max()) + 1
-    sizes = torch.bincount(labels, minlength=k).double()  # [k]
-    if int((sizes > 0).sum()) < 2:
-        raise ValueError("silhouette needs at least two non-empty clusters")
-    Xd = X.to_dense() if X.layout != torch.strided else X  # a sample: small by contract
-    Xd = Xd.double()
-    x_sq = (Xd ** 2).sum(1)
-    Xt = Xd.t().contiguous()  # [d, n]
-    onehot = torch.nn.functional.one_hot(labels, k).double()  # [n, k]
-    total = 0.0
-    for s in range(0, n, chunk_size):
-        d = _sq_distances(Xd[s:s + chunk_size], x_sq[s:s + chunk_size], Xt, x_sq).sqrt()  # [m, n]
-        per_cluster = d @ onehot  # [m, k] summed distances
-        own = labels[s:s + chunk_size]
-        own_size = sizes[own]
-        a = per_cluster.gather(1, own[:, None])[:, 0] / (own_size - 1).clamp_min(1)
-        mean_other = per_cluster / sizes.clamp_min(1)[None, :]
-        mean_other[torch.arange(len(own)), own] = float("inf")
-        mean_other[:, sizes == 0] = float("inf")
-        b = mean_other.min(1).values
-        sil = (b - a) / torch.maximum(a, b).clamp_min(1e-300)
-        total += float(torch.where(own_size > 1, sil, torch.zeros_like(sil)).sum())
-    return total / n
-
-
-def choose_k(X, candidates=(8, 16, 32, 64), *, sample: int = 2000, seed: int = 0, **kmeans_kw):
-    """"--k auto": run kmeans for each candidate k on all rows, score each clustering by the
-    silhouette on one fixed random sample of `sample` rows, return (best k, {k: silhouette}).
-    Ties go to the smaller k. Candidates ≥ N are skipped."""
-    X = _as_features(X)
-    N = X.shape[0]
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(N, generator=gen)[:min(sample, N)].sort().values
-    Xs = _dense_rows(X, idx.tolist()) if X.layout != torch.strided else X[idx]
-    scores = {}
-    for k in sorted(set(int(c) for c in candidates)):
-        if not 2 <= k < N:
-            continue
-        labels, _, _ = kmeans(X, k, seed=seed, **kmeans_kw)
-        sub = labels[idx.to(labels.device)]
-        scores[k] = silhouette_score(Xs, sub) if len(torch.unique(sub)) > 1 else -1.0
-    if not scores:
-        raise ValueError(f"no candidate k in {list(candidates)} fits N={N} rows")
-    best = max(scores, key=lambda k: (scores[k], -k))
-    return best, scores
+@dataclass
+class Config:
+    """Every setting of a run; each field is a flag (--sae-layer for sae_layer). None = the default
+    of the world the run is in (toy world without --model, the paper's setting with it): see
+    resolve_defaults. GRPO's own knobs (--lr, --group-size, ...) come from grpo.GRPOConfig."""
+    model: str | None = flag(None, "policy model (local folder or Hub id); none: the embedded toy world")
+    sae_model: str | None = flag(None, "model whose SAE gives the features (default: --model)")
+    sae: str | None = flag(None, "SAE to load (SAELens/sparsify/dictionary_learning/Llama Scope/Gemma Scope dir or Hub id); none: train one")
+    sae_layer: int | None = flag(None, "decoder layer whose residual output is encoded (default: the middle one)")
+    sae_width: int | None = flag(None, "d_sae of a trained SAE (default 16384; toy 512)")
+    sae_k: int | None = flag(None, "k of a trained TopK SAE (default 64; toy 16)")
+    sae_tokens: int | None = flag(None, "training tokens of a trained SAE (default 20M; toy 300k)")
+    top_m: int = flag(256, "pooled features kept per problem")
+    train_data: str | None = flag(None, f"training problems: .jsonl/.json/.parquet or Hub id (default {DEEPMATH}; toy: its train set)")
+    problem_field: str | None = flag(None, "field holding the problem text (default: aliases)")
+    answer_field: str | None = flag(None, "field holding the reference answer (default: aliases)")
+    limit: int | None = flag(None, "seeded random subset of the training problems")
+    k: str = flag("auto", "k-means clusters: an integer, or 'auto' (silhouette over 4,8,16,32 on a sample)")
+    mix: float = flag(0.25, "batch mixing: 0 = pure cluster batches, 1 = fully mixed")
+    quality_drop: float = flag(0.1, "fraction of problems with the lowest quality score dropped")
+    difficulty_labels: str = flag("field:difficulty", "difficulty labels: field:NAME, or rollouts:G (1 - pass rate of G samples)")
+    label_size: int | None = flag(None, "size of the labelled subset (default min(2000, 5%); toy 400)")
+    probe_features: int = flag(2048, "probes see the SAE features most often active in the labelled subset")
+    schedule: str = flag("saerl", "saerl (engineered order) or random (ablation: random order over the kept problems)")
+    pace: str = flag("epoch", "a budget shorter than one epoch: epoch (train the engineered epoch's first steps; the "
+                              "curriculum stops part-way) or budget (a stratified subset of each cluster, so every "
+                              "cluster runs easy-to-hard within --steps)")
+    no_curriculum: bool = flag(False, "ablation: shuffle inside clusters instead of easy-to-hard")
+    no_cluster: bool = flag(False, "ablation: one cluster (pure difficulty curriculum)")
+    no_quality_filter: bool = flag(False, "ablation: keep every problem")
+    compare: bool | None = flag(None, "train vanilla GRPO and SAERL on the same budget (default: on in the toy world)")
+    seeds: int = flag(1, "seeds per arm")
+    steps: int | None = flag(None, "GRPO steps per arm (default: the preset's num_steps, 500; toy 40)")
+    target: float | None = flag(None, "accuracy whose first crossing is reported (default: vanilla's final accuracy)")
+    benchmarks: str | None = flag(None, "comma-separated benchmarks for evaluation (default math500,aime24,amc23; toy: its test set)")
+    eval_every: int | None = flag(None, "evaluate every this many steps (default 50; toy 10)")
+    eval_limit: int | None = flag(None, "problems per benchmark for in-loop evaluation (default all; toy 300)")
+    max_eval_tokens: int | None = flag(None, "completion budget at evaluation (default: the training one)")
+    eval_samples: int | None = flag(None, "completions per problem at evaluation: 1 = greedy pass@1, N = avg@N "
+                                          "sampled at --eval-temperature (default 1; toy 4)")
+    eval_temperature: float | None = flag(None, "sampling temperature of avg@N evaluation (default 1.0, the "
+                                                "training temperature, so avg@N is the mean reward)")
+    preset: str | None = flag(None, "GRPOConfig preset: qwen-math-1.5b, dapo, dr_grpo, toy")
+    seed: int = flag(0, "base seed (arm seeds are seed, seed+1, ...)")
+    out: str = flag("runs", "parent folder of runs")
+    name: str | None = flag(None, "run name: runs/<name>/ (default: toy, or the model's last path part)")
+    stage: str = flag("report", f"stop after this stage: {', '.join(STAGES)}")
+    device: str = flag("auto", "auto, cpu or cuda")
 
 
 # ================================================================================================
-# Difficulty: ElasticNet proxy
+# main: the stages in order
 # ================================================================================================
 
 
-def _as_numpy(X, name: str = "X") -> np.ndarray:
-    """A dense float64 numpy matrix from numpy / dense or sparse torch input (sparse is densified:
-    the labelled subset is small by design)."""
-    if isinstance(X, torch.Tensor):
-        X = (X.to_dense() if X.layout != torch.strided else X).detach().cpu().double().numpy()
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D matrix [n, d], got shape {X.shape}")
-    return X
-
-
-def _as_vector(y, n: int, name: str = "y") -> np.ndarray:
-    if isinstance(y, torch.Tensor):
-        y = y.detach().cpu().double().numpy()
-    y = np.asarray(y, dtype=np.float64).reshape(-1)
-    if y.shape[0] != n:
-        raise ValueError(f"{name} has {y.shape[0]} entries, expected {n} (one per row of X)")
-    if not np.all(np.isfinite(y)):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return y
-
-
-def _enet_gap(w, l1, l2, R_norm2, Ry, XtR):
-    """Duality gap of P(w) = ½‖y − Xw‖² + l1‖w‖₁ + ½ l2‖w‖² (scikit-learn's cd_fast gap_enet).
-
-    l1 > 0: dual point v = R·min(1, l1/‖XᵀR − l2·w‖∞) (formulation A); l1 = 0 < l2: formulation B;
-    l1 = l2 = 0 (OLS): the first-order condition ‖XᵀR‖²."""
-    w_l2 = float(w @ w)
-    if l1 == 0:
-        norm = float(XtR @ XtR)
-        if l2 == 0:
-            return norm
-        return R_norm2 + 0.5 * l2 * w_l2 - Ry + norm / (2 * l2)
-    dual_norm = float(np.max(np.abs(XtR - l2 * w))) if w.size else 0.0
-    scale = min(1.0, l1 / dual_norm) if dual_norm > 0 else 1.0
-    primal = 0.5 * (R_norm2 + l2 * w_l2) + l1 * float(np.abs(w).sum())
-    dual = -0.5 * scale ** 2 * (R_norm2 + l2 * w_l2) + scale * Ry
-    return primal - dual
-
-
-def enet_coordinate_descent(X, y, l1, l2, *, max_iter=1000, tol=1e-4, w=None, polish_max=400):
-    """Minimise ½‖y − Xw‖² + l1‖w‖₁ + ½ l2‖w‖² by cyclic coordinate descent (Friedman et al. 2010;
-    scikit-learn's enet_coordinate_descent; its objective is n_samples times ElasticNet's).
-
-    Update: w_j ← S(x_jᵀr + w_j‖x_j‖², l1) / (‖x_j‖² + l2), S the soft threshold. Stopping is
-    sklearn's: after a sweep whose largest update is ≤ tol·max|w|, the duality gap (over all
-    coordinates) is computed and the fit stops when gap ≤ tol·‖y‖². Three accelerations leave that
-    certificate untouched: (1) sweeps visit a working set that only grows — coordinates that are
-    non-zero or violate the KKT condition |x_jᵀr| ≤ l1, re-checked at every gap evaluation
-    (glmnet's active set); at most max(16, |set|) of the worst violators join per check, so the
-    set stays near the support instead of holding every feature correlated with y at w = 0; (2)
-    sweeps use the working set's Gram matrix, grown block by block as coordinates join (sklearn's
-    `precompute`, restricted to the working set), so an update costs O(|A|) instead of O(n) and
-    c = X_Aᵀr is kept current instead of the residual; (3) when the sweeps settle on a support S
-    of at most `polish_max` coordinates, one solve (X_SᵀX_S + l2·I) w_S = X_Sᵀy − l1·sign(w_S)
-    is accepted if it keeps every sign: it is then the exact minimiser on that orthant face, so
-    the objective cannot rise. Returns (w, gap, tol·‖y‖², sweeps)."""
-    n, d = X.shape
-    w = np.zeros(d) if w is None else np.array(w, dtype=np.float64).reshape(-1)
-    if w.shape != (d,):
-        raise ValueError(f"warm-start coefficients have {w.size} entries, X has {d} features")
-    norm2 = np.einsum("ij,ij->j", X, X)  # [d]
-    usable = norm2 > 0  # all-zero columns keep w_j = 0, as in sklearn
-    w[~usable] = 0.0
-    tol_abs = tol * float(y @ y)
-    ws = np.zeros(0, dtype=np.int64)  # working set, in the order coordinates joined
-    XA_rows = np.zeros((0, n))  # its columns of X as contiguous rows, [a, n]
-    G = np.zeros((0, 0))  # its Gram matrix, [a, a]
-    sweeps = 0
-    while True:
-        R = y - X @ w  # [n]
-        XtR = X.T @ R  # [d]
-        gap = _enet_gap(w, l1, l2, float(R @ R), float(R @ y), XtR)
-        if gap <= tol_abs or sweeps >= max_iter:
-            break
-        grow = usable & ((np.abs(XtR) > l1) | (l1 == 0))
-        grow[ws] = False
-        new = np.flatnonzero(grow)
-        n_add = max(16, ws.size)  # violators join at most doubling the working set per check
-        if l1 > 0 and new.size > n_add:
-            new = new[np.argsort(-np.abs(XtR[new]), kind="stable")[:n_add]]
-        warm = w != 0  # non-zero (warm-start) coordinates always join
-        warm[ws] = False
-        new = np.union1d(new, np.flatnonzero(warm))
-        if new.size:
-            X_new = np.ascontiguousarray(X[:, new].T)  # [m, n]
-            cross = XA_rows @ X_new.T  # [a, m]
-            G = np.block([[G, cross], [cross.T, X_new @ X_new.T]])
-            XA_rows = np.concatenate([XA_rows, X_new])
-            ws = np.concatenate([ws, new])
-        if ws.size == 0:
-            break  # w = 0 already satisfies every KKT condition
-        wA = w[ws].copy()
-        c = XtR[ws].copy()  # X_Aᵀr, kept current as coordinates move
-        sweeps = _cd_sweeps(G, c, wA, l1, l2, tol, max_iter - sweeps, sweeps)
-        S = np.flatnonzero(wA)  # positions in the working set
-        if 0 < S.size <= polish_max:
-            w_S = _polish_support(G[np.ix_(S, S)], XA_rows[S] @ y, wA[S], l1, l2)
-            if w_S is not None:
-                wA[S] = w_S
-        w[ws] = wA
-    if gap > tol_abs:
-        warnings.warn(f"ElasticNet did not converge in {max_iter} sweeps: duality gap {gap:.3e} "
-                      f"> tolerance {tol_abs:.3e}; raise max_iter or tol", RuntimeWarning)
-    return w, gap, tol_abs, sweeps
-
-
-def _cd_sweeps(G, c, w, l1, l2, tol, budget, sweeps):
-    """Cyclic sweeps with the active Gram matrix G [a, a] and c = X_Aᵀr, until the largest update
-    of a sweep is ≤ tol·max|w| (sklearn's trigger for a gap check) or the budget is spent.
-    c and w are updated in place. (Scalars are plain Python floats: this loop is the hot path.)"""
-    rows = list(G)
-    denom = [g + l2 for g in np.diag(G).tolist()]
-    diag = np.diag(G).tolist()
-    wl = w.tolist()
-    item = c.item
-    for _ in range(max(1, budget)):
-        sweeps += 1
-        d_w_max = w_max = 0.0
-        for j in range(len(wl)):
-            w_j = wl[j]
-            tmp = item(j) + w_j * diag[j]
-            if tmp > l1:
-                new = (tmp - l1) / denom[j]
-            elif tmp < -l1:
-                new = (tmp + l1) / denom[j]
-            else:
-                new = 0.0
-            if new != w_j:
-                c -= (new - w_j) * rows[j]  # r moves by −Δ·x_j, so X_Aᵀr moves by −Δ·G[j]
-                wl[j] = new
-                step = abs(new - w_j)
-                if step > d_w_max:
-                    d_w_max = step
-            if abs(new) > w_max:
-                w_max = abs(new)
-        if w_max == 0.0 or d_w_max / w_max <= tol:
-            break
-    w[:] = wl
-    return sweeps
-
-
-def _polish_support(G_SS, Xty_S, w_S, l1, l2):
-    """Solve the stationarity equations on the support with signs fixed; return the solution,
-    or None when a sign flips (see enet_coordinate_descent, acceleration 3)."""
-    signs = np.sign(w_S)
+def main(argv=None) -> Path:
+    cfg, grpo_overrides = parse_args(argv)
     try:
-        sol = np.linalg.solve(G_SS + l2 * np.eye(len(w_S)), Xty_S - l1 * signs)
-    except np.linalg.LinAlgError:
-        return None
-    return sol if np.all(np.sign(sol) == signs) else None
+        return run(cfg, grpo_overrides)
+    except DataError as e:  # bad input: say what and where, without a traceback
+        raise SystemExit(f"saerl: {e}") from e
 
 
-def _zscore(X: np.ndarray):
-    """(X − mean) / std per column in two passes (a constant column gets scale 1): Z, mean, std."""
-    mean = X.mean(0)
-    Z = X - mean  # [n, d]
-    std = np.sqrt(np.einsum("ij,ij->j", Z, Z) / X.shape[0])
-    scale = np.where(std > 0, std, 1.0)
-    Z /= scale
-    return Z, mean, scale
+def run(cfg: Config, grpo_overrides: dict | None = None) -> Path:
+    """Run the pipeline up to cfg.stage; returns the run folder. Every stage has the same shape:
+    its key, then compute and record it unless it is cached, then read its output back."""
+    cfg, gcfg, root, device = setup(cfg, grpo_overrides)
+    stages = Stages(root)
+    models = {}  # name -> (model, tokenizer), each loaded once per run
+    key = {}     # stage -> its key in this run
+
+    with stages.timed("problems"):
+        key["problems"] = stable_hash("problems", cfg.train_data, cfg.limit, cfg.seed, cfg.problem_field,
+                                      cfg.answer_field, file_stamp(cfg.train_data))
+        if not stages.cached("problems", key["problems"], "problems.jsonl"):
+            write_problems(root / "problems.jsonl", read_training_problems(cfg, gcfg.batch_size))
+            stages.done("problems", key["problems"])
+        problems = load_problems(root / "problems.jsonl", verbose=False)
+    if cfg.stage == "problems":
+        return stages.finish()
+
+    with stages.timed("sae"):  # a given SAE is read (its key names its files); otherwise one is trained
+        model, tok = load_once(models, cfg.sae_model, device)
+        given = load_sae(cfg.sae, device=device) if cfg.sae else None
+        layer = sae_layer(model, given, cfg.sae_layer, model_name=cfg.sae_model, sae_name=cfg.sae)
+        template = gcfg.template  # the SAE sees the prompts the policy sees
+        key["sae"] = (stable_hash("sae", cfg.sae, cfg.sae_model, layer, template, dir_stamp(cfg.sae)) if given else
+                      stable_hash("sae", cfg.sae_model, layer, cfg.sae_width, cfg.sae_k, cfg.sae_tokens, cfg.seed,
+                                  template, key["problems"]))
+        if not given and not stages.cached("sae", key["sae"], "sae/cfg.json"):
+            texts = [format_prompt(p.problem, tok, template) for p in problems]
+            save_sae(train_sae(model, tok, texts, layer, d_sae=cfg.sae_width, k=cfg.sae_k, tokens=cfg.sae_tokens,
+                               seed=cfg.seed, device=device), root / "sae")
+            stages.done("sae", key["sae"])
+        sae_obj = given or load_sae(root / "sae", device=device)
+    if cfg.stage == "sae":
+        return stages.finish()
+
+    def encode(items):  # pooled features, with the policy's prompt rendering, over the problem's own text
+        return encode_features(model, tok, items, sae_obj, layer, template, cfg.top_m, device, root / "cache")
+
+    with stages.timed("features"):
+        key["features"] = stable_hash("features", key["sae"], key["problems"], cfg.top_m)
+        if not stages.cached("features", key["features"], "features.safetensors"):
+            encode(problems).save(root / "features.safetensors")
+            stages.done("features", key["features"])
+        feats = PooledFeatures.load(root / "features.safetensors")
+    if cfg.stage == "features":
+        return stages.finish()
+
+    with stages.timed("labels"):
+        key["labels"] = stable_hash("labels", key["problems"], label_size(cfg, len(problems)), cfg.difficulty_labels,
+                                    cfg.seed, cfg.model, gcfg.template, gcfg.max_new_tokens)
+        if not stages.cached("labels", key["labels"], "labels.json"):
+            policy = lambda: load_once(models, cfg.model, device)  # noqa: E731 -- loaded only for rollouts
+            write_json(root / "labels.json", make_labels(cfg, gcfg, problems, policy))
+            stages.done("labels", key["labels"])
+        labels = read_json(root / "labels.json")
+    if cfg.stage == "labels":
+        return stages.finish()
+
+    with stages.timed("quality"):
+        key["quality"] = stable_hash("quality", key["features"], key["labels"], cfg.quality_drop,
+                                     cfg.no_quality_filter, cfg.probe_features, cfg.seed)
+        if not stages.cached("quality", key["quality"], "quality.json"):
+            write_json(root / "quality.json", fit_quality(cfg, problems, feats, labels, encode))
+            stages.done("quality", key["quality"])
+        quality = read_json(root / "quality.json")
+    if cfg.stage == "quality":
+        return stages.finish()
+
+    with stages.timed("difficulty"):
+        key["difficulty"] = stable_hash("difficulty", key["features"], key["labels"], cfg.probe_features, cfg.seed)
+        if not stages.cached("difficulty", key["difficulty"], "difficulty.json"):
+            write_json(root / "difficulty.json", fit_difficulty(cfg, feats, labels))
+            stages.done("difficulty", key["difficulty"])
+        difficulty = read_json(root / "difficulty.json")
+    if cfg.stage == "difficulty":
+        return stages.finish()
+
+    with stages.timed("clusters"):
+        key["clusters"] = stable_hash("clusters", key["features"], key["quality"], key["difficulty"], cfg.k,
+                                      cfg.no_cluster, cfg.seed)
+        if not stages.cached("clusters", key["clusters"], "clusters.json", "clusters.md"):
+            clusters, summary = cluster_kept(cfg, problems, feats, quality["kept"], difficulty["predicted"], device)
+            atomic_write_text(root / "clusters.md", summary)
+            write_json(root / "clusters.json", clusters)
+            stages.done("clusters", key["clusters"])
+        clusters = read_json(root / "clusters.json")
+    if cfg.stage == "clusters":
+        return stages.finish()
+
+    with stages.timed("schedule"):
+        paced = pace_applies(cfg, gcfg.batch_size, len(quality["kept"]))
+        key["schedule"] = stable_hash("schedule", key["clusters"], gcfg.batch_size, cfg.mix, cfg.no_curriculum,
+                                      cfg.steps, arms(cfg), *(["budget"] if paced else []))
+        if not stages.cached("schedule", key["schedule"], "schedule.jsonl", "schedules.json", "scores.jsonl"):
+            schedules, epoch = make_schedules(cfg, gcfg.batch_size, problems, quality, difficulty, clusters, paced)
+            write_jsonl(root / "schedule.jsonl", [{"step": i, "ids": b} for i, b in enumerate(epoch)])
+            write_json(root / "schedules.json", schedules)
+            write_jsonl(root / "scores.jsonl", problem_scores(problems, quality, difficulty, clusters))
+            stages.done("schedule", key["schedule"])
+        schedules = read_json(root / "schedules.json")
+    if cfg.stage == "schedule":
+        return stages.finish()
+
+    with stages.timed("train") as timing:
+        models.clear()  # the SAE model's copy is no longer needed: free it before training
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        results, all_finished = train_arms(cfg, gcfg, root, problems, schedules, device)
+        timing["cached"] = all_finished  # every arm had reached its last step: nothing was trained
+        stages.done("train", stable_hash("train", key["schedule"]))
+    if cfg.stage == "train":
+        return stages.finish()
+
+    with stages.timed("report"):
+        write_report(root, cfg, gcfg, layer, paced, problems, quality, difficulty, clusters, results,
+                     stages.times, metric_name(cfg.eval_samples, cfg.eval_temperature))
+    return stages.finish()
 
 
-def _linear_scores(model, X) -> np.ndarray:
-    """X (standardised as at fit time) @ coef_ + intercept_, for ElasticNet and LogisticProbe."""
-    X = _as_numpy(X)
-    if X.shape[1] != model.coef_.shape[0]:
-        raise ValueError(f"X has {X.shape[1]} features, {type(model).__name__} was fit on {model.coef_.shape[0]}")
-    return model._transform(X) @ model.coef_ + model.intercept_
+# ================================================================================================
+# The stage cache: one helper for every stage
+# ================================================================================================
 
 
-class ElasticNet:
-    """Linear regression with combined L1/L2 penalty, scikit-learn's objective:
+class Stages:
+    """The run folder's cache and clock. stages.json maps each stage to the key it last finished with;
+    `cached` says whether a stage can be read back, `done` records a computed one, `timed` measures a
+    stage's wall time (printed, and kept in `times` for the report)."""
 
-        1/(2n)‖y − Xw − b‖² + α·ρ‖w‖₁ + ½·α·(1 − ρ)‖w‖²,   ρ = l1_ratio,
+    def __init__(self, root: Path):
+        self.root, self.path = root, root / "stages.json"
+        self.keys = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.times = {}  # stage -> {"seconds": wall time, "cached": nothing was computed}
 
-    solved by enet_coordinate_descent (sklearn's duality-gap stopping rule; `dual_gap_` is reported
-    divided by n, as sklearn does). The intercept is fitted by centring X and y (it is not
-    penalised). standardize=True (default) z-scores each feature with the training mean and
-    standard deviation (a constant feature gets scale 1) before the fit: coef_ lives in the
-    standardised space and predict applies the same transform. fit(X, y, coef_init=...) warm starts.
-    """
+    def cached(self, stage: str, key: str, *files: str) -> bool:
+        """True when `stage` finished before with this key and its files are still there."""
+        hit = self.keys.get(stage) == key and all((self.root / f).exists() for f in files)
+        log(f"{stage}: {'cached' if hit else 'computing'}")
+        if stage in self.times:
+            self.times[stage]["cached"] = hit
+        return hit
 
-    def __init__(self, alpha=1.0, l1_ratio=0.5, max_iter=1000, tol=1e-4, fit_intercept=True,
-                 standardize=True):
-        if alpha < 0 or not 0 <= l1_ratio <= 1:
-            raise ValueError(f"need alpha >= 0 and 0 <= l1_ratio <= 1, got {alpha}, {l1_ratio}")
-        self.alpha, self.l1_ratio = float(alpha), float(l1_ratio)
-        self.max_iter, self.tol = int(max_iter), float(tol)
-        self.fit_intercept, self.standardize = fit_intercept, standardize
+    def done(self, stage: str, key: str) -> None:
+        self.keys[stage] = key
+        atomic_write_text(self.path, json.dumps(self.keys, indent=1))
 
-    def _transform(self, X: np.ndarray) -> np.ndarray:
-        return (X - self.shift_) / self.scale_ if self.standardize else X
+    @contextlib.contextmanager
+    def timed(self, stage: str):
+        """Time the block; yields the stage's entry in `times` (its "cached" flag may be set inside)."""
+        entry = self.times[stage] = {"seconds": None, "cached": False}
+        start = time.perf_counter()
+        yield entry
+        entry["seconds"] = time.perf_counter() - start
+        log(f"{stage}: {entry['seconds']:.1f} s" + (" (cached)" if entry["cached"] else ""))
 
-    def fit(self, X, y, coef_init=None):
-        X = _as_numpy(X)
-        y = _as_vector(y, X.shape[0])
-        n, d = X.shape
-        if self.standardize:
-            Zc, self.shift_, self.scale_ = _zscore(X)  # centred by construction
-            z_mean = np.zeros(d)
+    def finish(self) -> Path:
+        """Print where the time went; returns the run folder."""
+        log("stage times: " + ", ".join(f"{s} {t['seconds']:.1f} s" + (" (cached)" if t["cached"] else "")
+                                        for s, t in self.times.items() if t["seconds"] is not None))
+        return self.root
+
+
+# ================================================================================================
+# Stage bodies, in stage order
+# ================================================================================================
+
+
+def setup(cfg: Config, grpo_overrides: dict | None):
+    """Check the flags, fill the defaults, write config.json: (cfg, GRPOConfig, run folder, device)."""
+    checks = [(cfg.stage in STAGES, f"--stage {cfg.stage!r}; expected one of {', '.join(STAGES)}"),
+              (cfg.schedule in ("saerl", "random"), f"--schedule {cfg.schedule!r}; expected saerl or random"),
+              (cfg.pace in ("epoch", "budget"), f"--pace {cfg.pace!r}; expected epoch or budget"),
+              (cfg.k == "auto" or (cfg.k.isdigit() and int(cfg.k) >= 1),
+               f"--k {cfg.k!r}; expected a positive integer or 'auto'"),
+              (cfg.eval_samples is None or cfg.eval_samples >= 1,
+               f"--eval-samples {cfg.eval_samples}; expected an integer >= 1"),
+              (cfg.eval_temperature is None or cfg.eval_temperature > 0,
+               f"--eval-temperature {cfg.eval_temperature}; expected > 0 (greedy is --eval-samples 1)")]
+    for ok, message in checks:
+        if not ok:
+            raise SystemExit(message)
+    root = Path(cfg.out) / (cfg.name or ("toy" if cfg.model is None else Path(cfg.model.rstrip("/")).name))
+    root.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    asked_temperature = cfg.eval_temperature
+    cfg = resolve_defaults(cfg)
+    if asked_temperature is not None and cfg.eval_samples == 1:
+        raise SystemExit(f"--eval-temperature {asked_temperature} applies to avg@N evaluation: pass --eval-samples N "
+                         "(N > 1); one sample is greedy")
+    gcfg = grpo.GRPOConfig.preset(cfg.preset, **(grpo_overrides or {}))
+    if cfg.steps is None:
+        cfg.steps = gcfg.num_steps
+    gcfg.max_steps = cfg.steps
+    if cfg.eval_every:
+        gcfg.eval_every = cfg.eval_every
+    write_json(root / "config.json", {"pipeline": dataclasses.asdict(cfg), "grpo": dataclasses.asdict(gcfg)}, indent=1)
+    log(f"run folder {root} (device {device})")
+    return cfg, gcfg, root, device
+
+
+def resolve_defaults(cfg: Config) -> Config:
+    """Fill the None fields: the toy world's settings without --model, the paper's with it. The step
+    budget is the GRPO preset's num_steps (40 for the toy preset, 500 otherwise); see setup."""
+    c = dataclasses.replace(cfg)
+    toy_sized = c.model is None or c.preset == "toy"
+    if c.model is None:
+        world = toy.build_world(Path(c.out) / "toy_world", seed=0)
+        c.model = str(world.model_dir)
+        c.train_data = c.train_data or str(world.train_path)
+        c.benchmarks = c.benchmarks or f"toy={world.test_path}"
+        c.preset = c.preset or "toy"
+    c.train_data = c.train_data or DEEPMATH
+    c.benchmarks = c.benchmarks or "math500,aime24,amc23"
+    if toy_sized:  # a 0.5M-parameter model on a CPU
+        # avg@4: what 40 toy steps learn first is the answer format, which greedy decoding already has
+        defaults = dict(sae_width=512, sae_k=16, sae_tokens=300_000, label_size=400, eval_every=10, eval_limit=300,
+                        eval_samples=4, compare=True)
+    else:
+        defaults = dict(sae_width=16384, sae_k=64, sae_tokens=20_000_000, label_size=None, eval_every=50,
+                        eval_limit=None, eval_samples=1, preset="qwen-math-1.5b", compare=False)
+    defaults["eval_temperature"] = 1.0
+    for name, value in defaults.items():
+        if getattr(c, name) is None:
+            setattr(c, name, value)
+    c.sae_model = c.sae_model or c.model
+    return c
+
+
+def read_training_problems(cfg: Config, batch_size: int) -> list[Problem]:
+    problems = load_problems(cfg.train_data, limit=cfg.limit, seed=cfg.seed, problem_field=cfg.problem_field,
+                             answer_field=cfg.answer_field)
+    if len(problems) < 2 * batch_size:
+        raise SystemExit(f"{cfg.train_data}: {len(problems)} usable problems; need at least "
+                         f"{2 * batch_size} for batches of {batch_size}")
+    return problems
+
+
+def load_once(models: dict, name: str, device):
+    """(model, tokenizer) of `name`, loaded on the first call of a run (`models` is the run's dict)."""
+    if name not in models:
+        models[name] = load_model(name, device=device)
+    return models[name]
+
+
+def encode_features(model, tok, problems, sae_obj, layer, template, top_m, device, cache_dir):
+    """Pooled features of problems: the policy's prompt rendering, pooled over the problem text only."""
+    texts, spans = prompt_texts(problems, tok, template)
+    return encode_problems(model, tok, texts, sae_obj, layer, top_m=top_m, char_spans=spans, device=device,
+                           cache_dir=cache_dir, progress=True)
+
+
+def label_size(cfg: Config, n: int) -> int:
+    return min(cfg.label_size or min(2000, max(50, round(0.05 * n))), n)
+
+
+def make_labels(cfg: Config, gcfg, problems, policy) -> dict:
+    """The labelled subset (seeded) and its difficulty labels: a numeric field (field:NAME), or
+    1 - pass rate of G sampled answers of the policy (rollouts:G, the signal the proxy replaces)."""
+    kind, _, arg = cfg.difficulty_labels.partition(":")
+    if kind not in ("field", "rollouts") or not arg:
+        raise SystemExit(f"--difficulty-labels {cfg.difficulty_labels!r}; expected field:NAME or rollouts:G")
+    n = len(problems)
+    subset = sorted(np.random.default_rng(cfg.seed).permutation(n)[:label_size(cfg, n)].tolist())
+    out = {"subset": subset, "difficulty": None, "rollout_answers": None}
+    if kind == "field":
+        values = [number_label(problems[i].meta.get(arg)) for i in subset]
+        missing = [problems[i].id for i, v in zip(subset, values) if v is None]
+        if missing:
+            raise SystemExit(f"--difficulty-labels field:{arg}: {len(missing)} labelled problems have no "
+                             f"numeric '{arg}' (first: {missing[:3]}); use rollouts:G")
+        out["difficulty"] = values
+        return out
+    model, tok = policy()
+    picked = [problems[i] for i in subset]
+    completions = generate_completions(model, tok, [format_prompt(p.problem, tok, gcfg.template) for p in picked],
+                                       n=int(arg), temperature=1.0, max_new_tokens=gcfg.max_new_tokens,
+                                       batch_size=gcfg.gen_batch_size, seed=cfg.seed)
+    out["difficulty"] = [1.0 - sum(verify(o, p.answer) for o in outs) / len(outs)
+                         for p, outs in zip(picked, completions)]
+    out["rollout_answers"] = [[extract_answer(o) for o in outs] for outs in completions]
+    return out
+
+
+def fit_quality(cfg: Config, problems, feats, labels, encode) -> dict:
+    """Fit the probe on the labelled subset (an explicit 0/1 `quality` field, else automatic labels
+    plus corrupted copies as negatives) and score every problem; keep all but the lowest
+    `quality_drop` fraction."""
+    subset = labels["subset"]
+    cols = feats.most_active(subset, cfg.probe_features)
+    given = [problems[i].meta.get("quality") for i in subset]
+    groups = [problems[i].id for i in subset]  # held-out split by original problem (copies follow it)
+    if all(q in (0, 1) for q in given) and len(set(given)) == 2:
+        source = "the problems' own 'quality' field"
+        X = feats.columns(subset, cols)
+        y = np.array(given, dtype=np.float64)
+    else:
+        source = "automatic labels (unparseable answers, confident rollout disagreement, corrupted copies)"
+        if all(q in (0, 1) for q in given):
+            source += "; the 'quality' field holds one class only in the labelled subset"
+        picked = [problems[i] for i in subset]
+        unparsed = set(gold_parse_report([p.answer for p in picked]).get("unparsed_indices", []))
+        auto = auto_quality_labels(picked, rollout_answers=labels.get("rollout_answers"),
+                                   parse_ok=[i not in unparsed for i in range(len(picked))], same_answer=is_equiv)
+        copies = corrupt_copies(picked, seed=cfg.seed, frac=0.5)
+        X = feats.columns(subset, cols)
+        if copies:
+            X = np.concatenate([X, encode(copies).columns(range(len(copies)), cols)])
+        y = np.array(auto + [0] * len(copies), dtype=np.float64)
+        groups += [q.meta["corrupt_copy_of"] for q in copies]
+    if len(set(y.tolist())) < 2:
+        raise SystemExit(f"quality labels of the {len(y)} labelled problems are all {int(y[0])}: the probe "
+                         "needs both classes; pass --no-quality-filter or a larger --label-size")
+    metrics = estimators.grouped_holdout_metrics(X, y, groups, seed=cfg.seed)
+    probe = estimators.LogisticProbe(C=1.0).fit(X, y)
+    scores = feats.predict(probe.predict_proba, cols)
+    drop = 0.0 if cfg.no_quality_filter else cfg.quality_drop
+    return {"scores": scores.tolist(), "kept": quality_filter(scores, drop), "label_source": source,
+            "metrics": metrics, "n_labelled": int(len(y)), "n_negative": int((y == 0).sum()), "drop": drop}
+
+
+def fit_difficulty(cfg: Config, feats, labels) -> dict:
+    """The difficulty proxy: ElasticNet (alpha by fit_alpha) from the probe columns to the labels,
+    reported on a held-out 20% and then refit on every label to predict all problems."""
+    subset = labels["subset"]
+    cols = feats.most_active(subset, cfg.probe_features)
+    X = feats.columns(subset, cols)
+    y = np.asarray(labels["difficulty"], dtype=np.float64)
+    n_test = max(2, len(y) // 5)
+    perm = np.random.default_rng(cfg.seed + 1).permutation(len(y))
+    test, train = perm[:n_test], perm[n_test:]
+    held, _ = estimators.fit_alpha(X[train], y[train], seed=cfg.seed)
+    pred_test = held.predict(X[test])
+    model, info = estimators.fit_alpha(X, y, seed=cfg.seed)
+    if np.ptp(y) == 0:
+        log(f"difficulty: all {len(y)} labels equal {y[0]:g}; the proxy is constant and the "
+            "curriculum has no order to follow (use other labels or more rollouts)")
+    return {"predicted": feats.predict(model.predict, cols).tolist(), "alpha": float(info["alpha"]),
+            "held_out": {"spearman": finite_or_none(estimators.spearman(y[test], pred_test)),
+                         "r2": finite_or_none(estimators.r2_score(y[test], pred_test)), "n": int(n_test)},
+            "n_labelled": int(len(y)), "nonzero_coefficients": int(np.count_nonzero(model.coef_)),
+            "constant_labels": bool(np.ptp(y) == 0)}
+
+
+def cluster_kept(cfg: Config, problems, feats, kept, predicted, device) -> tuple[dict, str]:
+    """k-means on the L2-normalised features of the kept problems (k by silhouette with --k auto);
+    returns clusters.json's content and clusters.md."""
+    sub = PooledFeatures(feats.values[kept], feats.indices[kept], feats.d_sae)
+    X = estimators.l2_normalize_rows(sub.sparse())
+    silhouettes = None
+    if cfg.no_cluster:
+        k, labels = 1, torch.zeros(len(kept), dtype=torch.long)
+    else:
+        if cfg.k == "auto":
+            k, silhouettes = estimators.choose_k(X, [x for x in (4, 8, 16, 32) if x < len(kept)], seed=cfg.seed)
+        elif int(cfg.k) > len(kept):
+            raise SystemExit(f"--k {cfg.k}: only {len(kept)} problems are kept; pass a smaller k")
         else:
-            z_mean = X.mean(0) if self.fit_intercept else np.zeros(d)
-            Zc = X - z_mean if self.fit_intercept else X
-        y_mean = float(y.mean()) if self.fit_intercept else 0.0
-        l1 = self.alpha * self.l1_ratio * n
-        l2 = self.alpha * (1.0 - self.l1_ratio) * n
-        w, gap, _, n_iter = enet_coordinate_descent(Zc, y - y_mean, l1, l2, max_iter=self.max_iter,
-                                                    tol=self.tol, w=coef_init)
-        self.coef_ = w
-        self.intercept_ = y_mean - float(z_mean @ w)
-        self.dual_gap_ = gap / n
-        self.n_iter_ = n_iter
-        return self
-
-    def predict(self, X) -> np.ndarray:
-        return _linear_scores(self, X)
+            k = int(cfg.k)
+        labels, _, _ = estimators.kmeans(X, k, seed=cfg.seed, device=device)
+    labels = labels.tolist()
+    summary = cluster_summary(labels, [predicted[i] for i in kept], sub.sparse(), [problems[i] for i in kept])
+    return {"k": int(k), "labels": labels,
+            "silhouettes": {str(a): b for a, b in silhouettes.items()} if silhouettes else None,
+            "purity": cluster_purity(labels, [problems[i].meta for i in kept])}, summary
 
 
-def alpha_grid(X, y, *, l1_ratio=0.5, n_alphas=30, eps=1e-3, standardize=True,
-               fit_intercept=True) -> np.ndarray:
-    """scikit-learn's _alpha_grid: α_max = max_j |x_jᵀ(y − ȳ)| / (n·ρ) on the (standardised,
-    centred) design — the smallest α with w = 0 — then n_alphas log-spaced values down to
-    eps·α_max."""
-    X = _as_numpy(X)
-    y = _as_vector(y, X.shape[0])
-    if standardize:
-        std = X.std(0)
-        X = (X - X.mean(0)) / np.where(std > 0, std, 1.0)
-    if fit_intercept:
-        X = X - X.mean(0)
-        y = y - y.mean()
-    alpha_max = float(np.max(np.abs(X.T @ y))) / (X.shape[0] * max(l1_ratio, 1e-3))
-    if alpha_max <= np.finfo(np.float64).resolution:
-        return np.full(n_alphas, np.finfo(np.float64).resolution)
-    return np.geomspace(alpha_max, alpha_max * eps, num=n_alphas)
+def arms(cfg: Config) -> list[tuple[str, int]]:
+    """(arm, seed) pairs. `vanilla`: random order over every problem (plain GRPO). `saerl`: the
+    engineered schedule over the kept problems; with --schedule random, `saerl-random`: random
+    order over the kept problems (the filter without the schedule)."""
+    engineered = "saerl" if cfg.schedule == "saerl" else "saerl-random"
+    names = ["vanilla", engineered] if cfg.compare else [engineered]
+    return [(name, cfg.seed + s) for s in range(cfg.seeds) for name in names]
 
 
-def fit_alpha(X, y, *, l1_ratio=0.5, n_alphas=30, eps=1e-3, val_frac=0.2, seed=0, max_iter=1000,
-              tol=1e-4, standardize=True):
-    """Choose α on a held-out split, then refit on all rows.
-
-    A seeded permutation puts ⌈val_frac·n⌉ rows in validation. Along alpha_grid (computed on the
-    training rows, largest α first) each fit warm-starts from the previous one. The α with the
-    lowest validation MSE wins (ties: the larger α, i.e. the sparser model); the returned model is
-    refit on all rows at that α. info: alphas, val_mse, val_r2, val_spearman, alpha, n_train,
-    n_val."""
-    X = _as_numpy(X)
-    y = _as_vector(y, X.shape[0])
-    n = X.shape[0]
-    n_val = int(math.ceil(val_frac * n))
-    if not 1 <= n_val < n - 1:
-        raise ValueError(f"val_frac={val_frac} leaves {n_val} validation rows out of {n}")
-    perm = np.random.default_rng(seed).permutation(n)
-    val, train = perm[:n_val], perm[n_val:]
-    alphas = alpha_grid(X[train], y[train], l1_ratio=l1_ratio, n_alphas=n_alphas, eps=eps,
-                        standardize=standardize)
-    mse, r2, rho = [], [], []
-    coef = None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # path points may stop at max_iter
-        for a in alphas:
-            m = ElasticNet(a, l1_ratio, max_iter, tol, standardize=standardize)
-            m.fit(X[train], y[train], coef_init=coef)
-            coef = m.coef_
-            pred = m.predict(X[val])
-            mse.append(float(np.mean((pred - y[val]) ** 2)))
-            r2.append(r2_score(y[val], pred))
-            rho.append(spearman(y[val], pred))
-    best = int(np.argmin(mse))  # argmin takes the first minimum, i.e. the largest α
-    model = ElasticNet(alphas[best], l1_ratio, max_iter, tol, standardize=standardize)
-    model.fit(X, y)
-    info = dict(alphas=alphas.tolist(), val_mse=mse, val_r2=r2, val_spearman=rho,
-                alpha=float(alphas[best]), n_train=len(train), n_val=n_val)
-    return model, info
+def pace_applies(cfg: Config, batch_size: int, n_kept: int) -> bool:
+    """--pace budget acts only on the engineered arm, and only when the budget is under one epoch."""
+    paced = cfg.pace == "budget" and cfg.schedule == "saerl" and cfg.steps * batch_size < n_kept
+    if cfg.pace == "budget" and not paced:
+        why = ("--schedule random has no easy-to-hard order" if cfg.schedule != "saerl" else
+               f"--steps {cfg.steps} x batch {batch_size} covers all {n_kept} kept problems")
+        log(f"--pace budget has no effect here: {why}")
+    return paced
 
 
-def _average_ranks(a: np.ndarray) -> np.ndarray:
-    """Ranks 1..n, ties sharing the mean of the ranks they span."""
-    order = np.argsort(a, kind="stable")
-    sorted_a = a[order]
-    ranks = np.empty(len(a))
-    i = 0
-    while i < len(a):
-        j = i
-        while j + 1 < len(a) and sorted_a[j + 1] == sorted_a[i]:
-            j += 1
-        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1.0
-        i = j + 1
-    return ranks
+def make_schedules(cfg: Config, B: int, problems, quality, difficulty, clusters, paced: bool):
+    """One schedule per (arm, seed), each --steps full batches of problem ids; and one whole epoch of
+    the engineered arm over the kept problems (each exactly once, the last batch possibly short) for
+    schedule.jsonl, which any trainer can follow. The engineered arm repeats build_schedule epochs
+    (epoch n seeded seed*1000 + n); the random arms are grpo.random_schedule's shuffled epochs."""
+    kept = quality["kept"]
+    if len(kept) < B:
+        raise SystemExit(f"only {len(kept)} problems are kept, fewer than one batch of {B}; lower "
+                         "--quality-drop or --batch-size, or add problems")
+    diff = [difficulty["predicted"][i] for i in kept]
+    kept_ids = [problems[i].id for i in kept]
+
+    def engineered_epoch(seed: int, budget: int | None = None) -> list[list[str]]:
+        rows = list(range(len(kept)))
+        if budget is not None:  # --pace budget: a stratified subset, so each cluster runs easy to hard
+            rows = budget_subset(clusters["labels"], None if cfg.no_curriculum else diff, budget, seed=seed)
+        batches = build_schedule([clusters["labels"][j] for j in rows], [diff[j] for j in rows], B, mix=cfg.mix,
+                                 curriculum=not cfg.no_curriculum, seed=seed)
+        return [[kept_ids[rows[j]] for j in b] for b in batches]
+
+    out = {}
+    for arm, seed in arms(cfg):
+        # seed * 1000: the engineered arm's epoch n is seeded seed*1000 + n, and a random arm's first
+        # epoch is the same permutation as in earlier versions, so their cached runs stay valid
+        if arm == "saerl":
+            batches, n = [], 0
+            while len(batches) < cfg.steps:  # full batches only, epochs reshuffled by seed
+                batches += [b for b in engineered_epoch(seed * 1000 + n, cfg.steps * B if paced else None)
+                            if len(b) == B]
+                n += 1
+            out[f"{arm}-s{seed}"] = batches[:cfg.steps]
+        else:
+            ids = kept_ids if arm == "saerl-random" else [p.id for p in problems]
+            out[f"{arm}-s{seed}"] = grpo.random_schedule(ids, B, cfg.steps, seed * 1000)
+    if cfg.schedule == "saerl":
+        epoch = engineered_epoch(cfg.seed * 1000)
+    else:  # one batch of all kept ids is grpo.random_schedule's first shuffled epoch
+        order = grpo.random_schedule(kept_ids, len(kept_ids), 1, cfg.seed * 1000)[0]
+        epoch = [order[s:s + B] for s in range(0, len(order), B)]
+    return out, epoch
 
 
-def spearman(a, b) -> float:
-    """Spearman's ρ: Pearson correlation of average ranks (NaN when either side is constant)."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1)
-    b = np.asarray(b, dtype=np.float64).reshape(-1)
-    if a.shape != b.shape:
-        raise ValueError(f"spearman needs equal lengths, got {a.size} and {b.size}")
-    ra, rb = _average_ranks(a) - (a.size + 1) / 2, _average_ranks(b) - (b.size + 1) / 2
-    denom = math.sqrt(float(ra @ ra) * float(rb @ rb))
-    return float(ra @ rb) / denom if denom > 0 else float("nan")
+def problem_scores(problems, quality, difficulty, clusters) -> list[dict]:
+    """scores.jsonl: per problem its quality score, whether it was kept, predicted difficulty, cluster."""
+    kept = set(quality["kept"])
+    cluster_of = dict(zip(quality["kept"], clusters["labels"]))
+    return [{"id": p.id, "quality": quality["scores"][i], "kept": i in kept, "difficulty": difficulty["predicted"][i],
+             "cluster": cluster_of.get(i)} for i, p in enumerate(problems)]
 
 
-def r2_score(y, yhat) -> float:
-    """1 − Σ(y − ŷ)² / Σ(y − ȳ)² (NaN for constant y)."""
-    y = np.asarray(y, dtype=np.float64).reshape(-1)
-    yhat = np.asarray(yhat, dtype=np.float64).reshape(-1)
-    ss_tot = float(((y - y.mean()) ** 2).sum())
-    return 1.0 - float(((y - yhat) ** 2).sum()) / ss_tot if ss_tot > 0 else float("nan")
+def train_arms(cfg: Config, gcfg, root: Path, problems, schedules: dict, device):
+    """grpo.train for every arm, each in arms/<arm>-s<seed>/ and resuming from its own checkpoints;
+    returns ({arm: {"eval": rows, "train": rows}}, whether every arm had already finished)."""
+    benches = [load_benchmark(spec, limit=cfg.eval_limit, seed=cfg.seed) for spec in cfg.benchmarks.split(",")]
+    max_eval = cfg.max_eval_tokens or gcfg.max_new_tokens
+    eval_temperature = 0.0 if cfg.eval_samples == 1 else cfg.eval_temperature  # one sample is greedy
+    results, all_finished = {}, True
+    for arm_name, batches in schedules.items():
+        arm_dir = root / "arms" / arm_name
+        # keyed by this arm's own batches, so adding seeds or arms keeps the finished ones
+        key = stable_hash("train", batches, cfg.model, dataclasses.asdict(gcfg), cfg.benchmarks, cfg.eval_limit,
+                          max_eval, *([cfg.eval_samples, cfg.eval_temperature] if cfg.eval_samples > 1 else []))
+        marker = arm_dir / "key.txt"
+        if marker.exists() and marker.read_text() != key:  # settings changed: keep the old arm aside
+            stale = arm_dir.with_name(f"{arm_name}.stale-{int(time.time())}")
+            arm_dir.rename(stale)
+            log(f"{arm_name}: settings changed; previous run moved to {stale}")
+        arm_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(marker, key)
+        seed = int(arm_name.rsplit("-s", 1)[1])
+        # a fresh fp32 policy per arm (arms must not share weights): load_model gives bf16 on CUDA for
+        # inference, but AdamW on bf16 weights loses small updates (grpo's bf16 flag autocasts the compute)
+        policy, tok = load_model(cfg.model, device=device, dtype=torch.float32)
+
+        eval_fn = make_eval_fn(policy, tok, benches, template=gcfg.template, n=cfg.eval_samples,
+                               temperature=eval_temperature, max_new_tokens=max_eval,
+                               batch_size=max(8, gcfg.gen_batch_size), seed=seed,
+                               metric=metric_name(cfg.eval_samples, cfg.eval_temperature))
+        last = grpo.latest_checkpoint(arm_dir / "checkpoints")
+        done = int(last.name.rsplit("_", 1)[-1]) if last else 0
+        all_finished &= done >= len(batches)
+        log(f"training arm {arm_name}: {len(batches)} steps of {gcfg.batch_size} problems x {gcfg.group_size}"
+            + ("" if not last else " (finished)" if done >= len(batches) else f", resuming from {last.name}"))
+        grpo.train(policy, tok, problems, batches, dataclasses.replace(gcfg, seed=seed), out_dir=arm_dir,
+                   eval_fn=eval_fn, resume=True)
+        eval_log = arm_dir / "eval_log.jsonl"  # absent when --eval-every 0 (no evaluation asked for)
+        results[arm_name] = {"eval": read_jsonl(eval_log) if eval_log.exists() else [],
+                             "train": read_jsonl(arm_dir / "train_log.jsonl")}
+    return results, all_finished
 
 
 # ================================================================================================
-# Quality: logistic probe, automatic labels, filter
+# The SAERL data operations: quality labels and filter, the batch schedule, the cluster summary
 # ================================================================================================
-
-
-def _log1pexp(z: np.ndarray) -> np.ndarray:
-    return np.logaddexp(0.0, z)
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return np.exp(-_log1pexp(-z))
-
-
-class LogisticProbe:
-    """L2-regularised logistic regression, scikit-learn's convention:
-
-        minimise  C · Σ_i [log(1 + e^{η_i}) − y_i·η_i] + ½‖w‖²,   η = Xw + b, b unpenalised,
-
-    solved by damped Newton (IRLS with a backtracking line search) until the largest Newton step
-    is ≤ tol·(1 + max|θ|). When d > n the problem is reduced exactly to n dimensions: with the
-    thin QR Xᵀ = Q·R, the optimal w lies in span(Q) (the loss only sees Xw and the penalty prefers
-    the row space), so w = Q·z and Xw = Rᵀz, ‖w‖ = ‖z‖. Newton then works with m = min(n, d)
-    unknowns: O(n·m²) time, O(m²) memory beyond X. standardize=True z-scores features with the
-    training mean/std (constant features get scale 1); coef_ lives in that standardised space.
-    """
-
-    def __init__(self, C=1.0, max_iter=100, tol=1e-8, standardize=True):
-        if C <= 0:
-            raise ValueError(f"C must be > 0, got {C}")
-        self.C, self.max_iter, self.tol = float(C), int(max_iter), float(tol)
-        self.standardize = standardize
-
-    def _transform(self, X: np.ndarray) -> np.ndarray:
-        return (X - self.shift_) / self.scale_ if self.standardize else X
-
-    def fit(self, X, y):
-        X = _as_numpy(X)
-        y = _as_vector(y, X.shape[0])
-        if not np.all((y == 0) | (y == 1)):
-            raise ValueError("LogisticProbe labels must be 0 or 1")
-        if y.min() == y.max():
-            raise ValueError(f"LogisticProbe needs both classes, all {X.shape[0]} labels are "
-                             f"{int(y[0])}")
-        Z = X
-        if self.standardize:
-            Z, self.shift_, self.scale_ = _zscore(X)  # [n, d]
-        n, d = Z.shape
-        Q = None
-        if d > n:
-            Q, Rm = np.linalg.qr(Z.T)  # Zᵀ = Q·Rm, Q [d, n], Rm [n, n]
-            Z = Rm.T  # rows of Z in the basis Q: [n, n]
-        theta, self.n_iter_ = self._newton(Z, y)
-        z, self.intercept_ = theta[:-1], float(theta[-1])
-        self.coef_ = Q @ z if Q is not None else z
-        return self
-
-    def _newton(self, F, y):
-        n, m = F.shape
-        A = np.hstack([F, np.ones((n, 1))])  # [n, m+1]; last column is the intercept
-        penalty = np.ones(m + 1)
-        penalty[-1] = 0.0  # intercept unpenalised
-        theta = np.zeros(m + 1)
-
-        def objective(t):
-            eta = A @ t
-            return self.C * float(np.sum(_log1pexp(eta) - y * eta)) + 0.5 * float(
-                (penalty * t) @ t)
-
-        f = objective(theta)
-        for it in range(1, self.max_iter + 1):
-            p = _sigmoid(A @ theta)  # [n]
-            grad = self.C * (A.T @ (p - y)) + penalty * theta
-            H = self.C * (A.T * (p * (1 - p))) @ A + np.diag(penalty)  # [m+1, m+1]
-            H[-1, -1] += 1e-12 * n  # guards only the all-saturated corner case
-            step = np.linalg.solve(H, grad)
-            t = 1.0
-            while True:  # Armijo backtracking; Newton's full step is accepted near the optimum
-                cand = theta - t * step
-                f_new = objective(cand)
-                if f_new <= f - 1e-4 * t * float(grad @ step) or t < 1e-10:
-                    break
-                t *= 0.5
-            theta, f = cand, f_new
-            if t * np.max(np.abs(step)) <= self.tol * (1.0 + np.max(np.abs(theta))):
-                return theta, it
-        warnings.warn(f"LogisticProbe did not converge in {self.max_iter} Newton steps",
-                      RuntimeWarning)
-        return theta, self.max_iter
-
-    def decision_function(self, X) -> np.ndarray:
-        return _linear_scores(self, X)
-
-    def predict_proba(self, X) -> np.ndarray:
-        """P(y = 1 | x) for every row, [n]."""
-        return _sigmoid(self.decision_function(X))
-
-
-def auc_score(y_true, scores) -> float:
-    """ROC AUC by the Mann-Whitney statistic with average ranks: P(score⁺ > score⁻) + ½P(tie)."""
-    y = np.asarray(y_true).reshape(-1).astype(bool)
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = _average_ranks(s)
-    return (float(ranks[y].sum()) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-
-
-def binary_metrics(y_true, scores, threshold: float = 0.5) -> dict:
-    """precision and recall of `scores >= threshold` for class 1, and the threshold-free AUC."""
-    y = np.asarray(y_true).reshape(-1).astype(bool)
-    pred = np.asarray(scores, dtype=np.float64).reshape(-1) >= threshold
-    tp = int((pred & y).sum())
-    precision = tp / int(pred.sum()) if pred.any() else float("nan")
-    recall = tp / int(y.sum()) if y.any() else float("nan")
-    return dict(precision=precision, recall=recall, auc=auc_score(y, scores))
 
 
 CORRUPTIONS = ("shuffled", "truncated", "answer-swapped")
 
 
 def _make_problem(like, **fields):
-    """A Problem like `like` with some fields replaced (data.Problem when it is importable)."""
-    try:
-        from data import Problem
-    except ImportError:
-        Problem = type(like)
+    """A Problem like `like` with some fields replaced."""
     values = dict(id=like.id, problem=like.problem, answer=like.answer, meta=dict(like.meta or {}))
     values.update(fields)
     return Problem(**values)
@@ -848,7 +675,7 @@ def _same_answer(a: str, b: str) -> bool:
 
 def auto_quality_labels(problems, *, rollout_answers=None, parse_ok=None, agree: float = 0.75,
                         min_rollouts: int = 2, same_answer=_same_answer) -> list[int]:
-    """Automatic quality labels (DESIGN.md, "Quality labels"), 1 = keep-worthy, 0 = suspect.
+    """Automatic quality labels (README, "Quality labels"), 1 = keep-worthy, 0 = suspect.
 
     Label 0 when (a) parse_ok[i] is False — the reference answer does not parse; or (b) the
     problem has ≥ min_rollouts rollout answers, the most common parsed answer (None = unparsed,
@@ -913,7 +740,7 @@ def _difficulty_array(difficulty, n: int) -> np.ndarray:
 
 def build_schedule(cluster_ids, difficulty, batch_size: int, *, mix: float = 0.25,
                    curriculum: bool = True, seed: int = 0) -> list[list[int]]:
-    """The SAERL batch schedule (DESIGN.md, "Schedule"): a list of batches of row indices into
+    """The SAERL batch schedule (the module docstring): a list of batches of row indices into
     cluster_ids / difficulty (the kept problems).
 
     1. Inside each cluster, order problems easy first: stable sort by predicted difficulty, ties
@@ -1025,77 +852,41 @@ def budget_subset(cluster_ids, difficulty, n_take: int, *, seed: int = 0) -> lis
     return sorted(picked)
 
 
-def random_schedule(n: int, batch_size: int, seed: int = 0) -> list[list[int]]:
-    """Vanilla baseline: a seeded permutation of range(n) cut into batches (the last may be
-    short)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    perm = np.random.default_rng(seed).permutation(n).tolist()
-    return [perm[s:s + batch_size] for s in range(0, n, batch_size)]
-
-
-def _cluster_feature_means(features, clusters: torch.Tensor, k: int) -> torch.Tensor:
-    """Mean activation of every feature over each cluster's rows, [k, d] (sparse-safe)."""
-    X = _as_features(features, device="cpu")
-    sizes = torch.bincount(clusters, minlength=k).clamp_min(1).double()
-    sums = torch.zeros(k, X.shape[1], dtype=torch.float64)
-    if X.layout == torch.strided:
-        sums.index_add_(0, clusters, X.double())
-    else:
-        crow, col, val = _csr_parts(X)
-        row_of_nnz = torch.repeat_interleave(torch.arange(X.shape[0]), crow.diff())
-        sums.view(-1).index_add_(0, clusters[row_of_nnz] * X.shape[1] + col, val.double())
-    return sums / sizes[:, None]
-
-
-def cluster_summary(cluster_ids, difficulty, features, problems, *, top: int = 8,
-                    examples: int = 3, max_chars: int = 160) -> str:
-    """Markdown for clusters.md: per cluster its size, mean predicted difficulty, the `top` SAE
-    features by mean activation over the cluster (feature id and mean), and `examples` problems
-    spread over the cluster's difficulty order (easiest, middle, hardest for 3), each truncated
-    to max_chars. features: [N, d_sae], dense or torch sparse."""
-    clusters = _int_list(cluster_ids)
-    n = len(clusters)
-    diff = np.asarray(difficulty.detach().cpu() if isinstance(difficulty, torch.Tensor)
-                      else difficulty, dtype=np.float64).reshape(-1)
-    if not diff.shape[0] == n == len(problems) == features.shape[0]:
-        raise ValueError(f"cluster_ids ({n}), difficulty ({diff.shape[0]}), features "
-                         f"({features.shape[0]}) and problems ({len(problems)}) must align")
-    ids = sorted(set(clusters))
-    dense_id = {c: r for r, c in enumerate(ids)}
-    means = _cluster_feature_means(features, torch.tensor([dense_id[c] for c in clusters]),
-                                   len(ids))
-    lines = [f"# Clusters\n\n{n} problems in {len(ids)} clusters.\n"]
-    for c in ids:
-        items = sorted((i for i in range(n) if clusters[i] == c), key=lambda i: (diff[i], i))
-        vals, feats = torch.topk(means[dense_id[c]], min(top, means.shape[1]))
-        feat_text = ", ".join(f"`{int(f)}` ({float(v):.3g})" for v, f in zip(vals, feats)
-                              if float(v) > 0)
-        lines.append(f"## Cluster {c}\n\n- size: {len(items)}\n"
-                     f"- mean predicted difficulty: {float(diff[items].mean()):.4g}\n"
-                     f"- top SAE features (id, mean activation): {feat_text or 'none active'}\n"
-                     f"- examples (easiest to hardest):")
-        picks = sorted(set(np.linspace(0, len(items) - 1, min(examples, len(items)))
-                           .round().astype(int).tolist()))
-        for pos in picks:
-            p = problems[items[pos]]
-            text = " ".join(str(p.problem).split())
-            if len(text) > max_chars:
-                text = text[:max_chars - 1] + "…"
-            answer = " ".join(str(p.answer).split())[:40]
-            lines.append(f"  - `{p.id}` (d̂ = {diff[items[pos]]:.3g}): {text} → {answer}")
-        lines.append("")
-    return "\n".join(lines)
-
-
 # ================================================================================================
-# Entry point: `python saerl.py [flags]` runs the end-to-end pipeline (pipeline.py), which calls the
-# method above stage by stage; `python saerl.py --help` lists every flag.
+# Command line and small helpers
 # ================================================================================================
-def main(argv=None):
-    from pipeline import main as run_pipeline
 
-    return run_pipeline(argv)
+
+def parse_args(argv=None) -> tuple[Config, dict]:
+    """Config's flags plus every GRPOConfig field (--lr, --group-size, ...) passed through to grpo;
+    returns the Config and the GRPO fields that were given."""
+    ap = argparse.ArgumentParser(prog="saerl.py", description="SAERL: SAE-guided data engineering for GRPO. "
+                                 "No arguments: the whole pipeline in the embedded toy world on a CPU.")
+    add_dataclass_args(ap, Config)
+    own = {f.name for f in dataclasses.fields(Config)}
+    group = ap.add_argument_group("GRPO (passed to grpo.GRPOConfig; default: the preset's value)")
+    add_dataclass_args(group, grpo.GRPOConfig, skip=own | {"max_steps", "num_steps"}, unset=None)
+    args = ap.parse_args(argv)
+    overrides = {k: v for k, v in given_args(grpo.GRPOConfig, args).items() if k not in own}
+    return dataclass_from_args(Config, args), overrides
+
+
+def finite_or_none(x) -> float | None:
+    """x as a float, or None (null in JSON) when it is NaN or infinite: output files stay strict JSON."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text())
+
+
+def write_json(path, obj, indent=None) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent))
+
+
+def log(msg: str) -> None:
+    print(f"[saerl] {msg}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

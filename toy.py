@@ -1,4 +1,5 @@
 """The toy world: synthetic arithmetic problems with known labels, a tiny Qwen2 model, a warm start.
+Imports: data from this project (problems, prompts, the model loader, CLI flags) -- never saerl.py.
 
 SAERL's three data operations need something real to act on, and tests need the truth to score
 them against. In this world every problem carries its topic (operation family), its difficulty
@@ -16,8 +17,9 @@ Public functions
     build_world(out_dir, *, seed)                 all of the above, saved and cached on disk
     python toy.py --out DIR                       builds the world, prints accuracy by difficulty
 
-Families and difficulty (1 = easiest, 5 = hardest). Learnability follows the measurements in
-DESIGN.md: small tables and copying are learnt in a minute, carries over several digits are not.
+Families and difficulty (1 = easiest, 5 = hardest), chosen by learnability: in 75 s of supervised
+training on 2 CPU cores, copying/sorting digit strings reached 97%-50% greedy accuracy at lengths 2-5
+and one-digit operations about 40%, while multi-digit arithmetic with carries stayed under 10%.
     add, subtract, multiply   level 1: both operands 0-4; levels 2-4: a with 1-3 digits and b one
                               digit; level 5: two two-digit operands (subtract keeps a >= b)
     max                       largest of level+1 numbers, one-digit at levels 1-2, two-digit above
@@ -44,7 +46,8 @@ from pathlib import Path
 
 import torch
 
-from data import Problem, atomic_path, format_prompt, load_problems, stable_hash, write_problems
+from data import (Problem, add_dataclass_args, atomic_path, flag, format_prompt, load_model, load_problems,
+                  stable_hash, write_problems)
 
 TOPICS = ("add", "subtract", "multiply", "max", "chain")
 LEVELS = (1, 2, 3, 4, 5)
@@ -372,28 +375,30 @@ def build_world(out_dir, *, seed: int = 0, n_train: int = 1200, n_test: int = 50
 
 def load_world(root) -> tuple:
     """(model, tokenizer, train problems, test problems) of a world built by `build_world`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     root = Path(root)
-    model = AutoModelForCausalLM.from_pretrained(root / "model")
-    tokenizer = AutoTokenizer.from_pretrained(root / "model")
+    model, tokenizer = load_model(root / "model", device="cpu")
     return (model, tokenizer, load_problems(root / "train.jsonl", verbose=False),
             load_problems(root / "test.jsonl", verbose=False))
 
 
+_WORLD = build_world.__kwdefaults__  # the CLI's defaults are build_world's own
+
+
+@dataclass
+class WorldArgs:
+    """`python toy.py`: each field is a flag (--n-train for n_train)."""
+    out: str = flag("runs/toy_world", "directory for model/, train.jsonl, test.jsonl")
+    seed: int = flag(_WORLD["seed"], "seed of problems, model init and warm start")
+    n_train: int = flag(_WORLD["n_train"], "training problems (corrupted ones included)")
+    n_test: int = flag(_WORLD["n_test"], "clean held-out problems")
+    corrupt_frac: float = flag(_WORLD["corrupt_frac"], "share of corrupted training problems")
+    warm_steps: int = flag(_WORLD["warm_steps"], "supervised warm-start steps (batch 64)")
+    bare_frac: float = flag(_WORLD["bare_frac"], "share of warm-start answers written `N` instead of `\\boxed{N}` (scored 0)")
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="runs/toy_world", help="directory for model/, train.jsonl, test.jsonl")
-    ap.add_argument("--seed", type=int, default=0, help="seed of problems, model init and warm start")
-    ap.add_argument("--n-train", type=int, default=1200, help="training problems (corrupted ones included)")
-    ap.add_argument("--n-test", type=int, default=500, help="clean held-out problems")
-    ap.add_argument("--corrupt-frac", type=float, default=0.15, help="share of corrupted training problems")
-    ap.add_argument("--warm-steps", type=int, default=500, help="supervised warm-start steps (batch 64)")
-    ap.add_argument("--bare-frac", type=float, default=BARE_FRAC,
-                    help="share of warm-start answers written `N` instead of `\\boxed{N}` (scored 0)")
-    args = ap.parse_args(argv)
-    world = build_world(args.out, seed=args.seed, n_train=args.n_train, n_test=args.n_test,
-                        corrupt_frac=args.corrupt_frac, warm_steps=args.warm_steps, bare_frac=args.bare_frac)
+    args = add_dataclass_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), WorldArgs).parse_args(argv)
+    world = build_world(args.out, **{k: v for k, v in vars(args).items() if k != "out"})
     print(f"toy world in {world.root} ({world.info['params']:,} parameters, built in {world.info['seconds']} s)")
     print(f"greedy accuracy on clean test problems: {world.info['test_accuracy']:.3f}")
     print(world.info["table"])

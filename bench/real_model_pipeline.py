@@ -3,7 +3,7 @@
     python bench/real_model_pipeline.py                     # defaults below, ~15-25 min on a 2-core CPU
     python bench/real_model_pipeline.py --limit 300 --sae-tokens 40000   # a quicker pass
 
-Runs the same code as `python saerl.py` -- pipeline.run(Config(...)) -- stage by stage up to the
+Runs the same code as `python saerl.py` -- saerl.run(Config(...)) -- stage by stage up to the
 schedule, then the pipeline's own `train` stage for two tiny GRPO steps (B = 4, G = 4, 64 new
 tokens, lr 1e-6, no evaluation). Each stage runs in a fresh child process so its wall time and peak
 resident memory are its own: the child first reruns the earlier stages (all cached: model load and
@@ -95,10 +95,10 @@ def parse_args(argv=None):
 
 
 def make_config(args, stage: str):
-    """The pipeline Config and GRPO overrides of this bench; identical across stages but `stage`."""
-    import pipeline
+    """The saerl Config and GRPO overrides of this bench; identical across stages but `stage`."""
+    import saerl  # a bench script sits above saerl.py; no project module imports it
 
-    cfg = pipeline.Config(
+    cfg = saerl.Config(
         model=args.smollm, train_data=args.train_data, limit=args.limit, seed=args.seed,
         sae_layer=args.sae_layer, sae_width=args.sae_width, sae_k=args.sae_k, sae_tokens=args.sae_tokens,
         difficulty_labels="field:difficulty", label_size=args.label_size, compare=False, seeds=1,
@@ -118,7 +118,7 @@ def _stage_child(args, stage: str, prev: str | None, queue) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    import pipeline
+    import saerl
 
     out = {"stage": stage}
     with warnings.catch_warnings(record=True) as caught:
@@ -126,10 +126,10 @@ def _stage_child(args, stage: str, prev: str | None, queue) -> None:
         prefix = 0.0
         if prev is not None:  # earlier stages, all cached: what this child pays before its own stage
             t0 = time.perf_counter()
-            pipeline.run(*make_config(args, prev))
+            saerl.run(*make_config(args, prev))
             prefix = time.perf_counter() - t0
         t0 = time.perf_counter()
-        pipeline.run(*make_config(args, stage))
+        saerl.run(*make_config(args, stage))
         total = time.perf_counter() - t0
         if stage == "sae":
             out["sae_check_held_out"] = held_out_sae_check(args)
@@ -165,7 +165,7 @@ def held_out_sae_check(args) -> dict:
 
     import sae as sae_mod
     from data import format_prompt, load_problems, read_jsonl
-    from evaluate import load_model
+    from data import load_model
 
     run_dir = Path(args.out) / "smollm2-math"
     used = {row["id"] for row in read_jsonl(run_dir / "problems.jsonl")}
@@ -191,7 +191,7 @@ def held_out_sae_check(args) -> dict:
 
 def token_counts(args, run_dir: Path) -> dict:
     """Tokens the features stage pushes through the model: the same texts and truncation as
-    pipeline.Run.encode -> sae.encode_problems (batches of 16, longest first)."""
+    saerl.encode_features -> sae.encode_problems (batches of 16, longest first)."""
     from transformers import AutoTokenizer
 
     from data import format_prompt, read_jsonl
@@ -309,7 +309,7 @@ def main(argv=None) -> dict | None:
                 "peak_rss_mb": stages["features"]["peak_rss_mb"], **tokens}
     cfg, overrides = make_config(args, "train")
     results = {
-        "what": "pipeline.run on SmolLM2-135M-Instruct + MATH train: stages to the schedule, then 2 GRPO steps",
+        "what": "saerl.run on SmolLM2-135M-Instruct + MATH train: stages to the schedule, then 2 GRPO steps",
         "machine": {"cpus": os.cpu_count(), "shared": "2-core CPU box shared with other jobs; timings are noisy",
                     "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
                     "loadavg_at_end": os.getloadavg()},

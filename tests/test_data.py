@@ -183,3 +183,51 @@ def test_shared_data_loads(name):
     assert len(report["duplicates"]) == dups
     assert len(problems) == rows and problems[0].answer == first
     assert all(p.answer and p.problem for p in problems)
+
+
+# ------------------------------------------------------------------------------------------------ entry points
+def test_unreachable_hub_model_fails_fast_naming_a_local_path():
+    import time
+
+    from data import load_model
+
+    start = time.perf_counter()
+    with pytest.raises(SystemExit, match="local path"):
+        load_model("no-such-org/no-such-model-for-saerl")
+    assert time.perf_counter() - start < 5.0
+
+
+def test_device_rule():
+    import torch
+
+    from data import resolve_device
+
+    auto = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("auto") == resolve_device(None) == auto
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_dataclass_flags_round_trip():
+    import argparse
+    from dataclasses import dataclass
+
+    from data import add_dataclass_args, dataclass_from_args, flag, given_args
+
+    @dataclass
+    class Args:
+        steps: int | None = flag(None, "steps (default: the preset's)")
+        mix: float = flag(0.25, "mixing in 100%")
+        name: str = flag("toy", "run name", aliases=["--run-name"])
+        no_cluster: bool = flag(False, "ablation")
+        bf16: bool = flag(True, "autocast")
+
+    ap = add_dataclass_args(argparse.ArgumentParser(), Args)
+    assert dataclass_from_args(Args, ap.parse_args([])) == Args()
+    got = dataclass_from_args(Args, ap.parse_args(["--steps", "7", "--mix", "0.5", "--run-name", "x",
+                                                   "--no-cluster", "--no-bf16"]))
+    assert got == Args(steps=7, mix=0.5, name="x", no_cluster=True, bf16=False)
+    assert "mixing in 100%" in ap.format_help()  # a % in help text is not an argparse format
+
+    overrides = add_dataclass_args(argparse.ArgumentParser(), Args, unset=None)
+    assert given_args(Args, overrides.parse_args(["--mix", "1"])) == {"mix": 1.0}
+    assert "[0.25]" in overrides.format_help()  # the field's default is shown when flags start unset

@@ -1,0 +1,385 @@
+"""Specification of saerl.py's data operations: automatic quality labels and corrupted copies, the
+quality filter, the batch schedule with mixing and pacing, the cluster summary; and `python saerl.py`
+end to end on a miniature toy world (outputs, caching, resuming, flags, stage times). Expected values come
+from hand derivations or slow obvious re-implementations written here, never from the code under test."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import saerl
+import toy
+from data import Problem, load_problems, read_jsonl
+
+
+def make_problems(n=20):
+    return [Problem(id=f"p{i}", problem=f"what is {i} plus {i + 1} added together",
+                    answer=str(2 * i + 1), meta={"topic": "add"}) for i in range(n)]
+
+
+def test_corrupt_copies_kinds_and_labels():
+    problems = make_problems()
+    copies = saerl.corrupt_copies(problems, seed=3, frac=0.3)
+    assert len(copies) == 6 and all(isinstance(c, Problem) for c in copies)
+    by_id = {p.id: p for p in problems}
+    kinds = set()
+    for c in copies:
+        src = by_id[c.meta["corrupt_copy_of"]]
+        kind = c.meta["corruption"]
+        kinds.add(kind)
+        assert c.id == f"{src.id}#corrupt-{kind}" and c.meta["quality"] == 0
+        assert c.meta["topic"] == "add"
+        if kind == "shuffled":
+            assert sorted(c.problem.split()) == sorted(src.problem.split())
+            assert c.problem != src.problem and c.answer == src.answer
+        elif kind == "truncated":
+            assert src.problem.startswith(c.problem) and len(c.problem) < len(src.problem)
+        else:
+            assert c.answer != src.answer and c.answer in {p.answer for p in problems}
+    assert kinds == set(saerl.CORRUPTIONS)
+    again = saerl.corrupt_copies(problems, seed=3, frac=0.3)
+    assert [c.to_row() for c in again] == [c.to_row() for c in copies]
+
+
+def test_auto_quality_labels_by_hand():
+    problems = make_problems(5)
+    problems[4].meta["corrupt_copy_of"] = "p0"
+    problems[2].meta["quality"] = 0  # a dataset's own field: not this function's business
+    rollouts = [["1", "1", "1", "7"],    # majority agrees with the reference "1": keep
+                ["9", "9", "9", "3"],    # 3/4 agree on 9 ≠ "3": suspect
+                ["9", "9", "4", None],   # only 2/4 agree: keep
+                ["5", "5"],              # agree with the reference: keep
+                ["9", "9"]]              # a corrupted copy: suspect anyway
+    parse_ok = [True, True, True, False, True]  # reference of row 3 does not parse
+    labels = saerl.auto_quality_labels(problems, rollout_answers=rollouts, parse_ok=parse_ok)
+    assert labels == [1, 0, 1, 0, 0]
+    assert saerl.auto_quality_labels(problems[:4]) == [1, 1, 1, 1]
+
+
+def test_quality_filter_drops_lowest_with_index_ties():
+    scores = [0.5, 0.1, 0.9, 0.1, 0.3, 0.7, 0.2, 0.8, 0.6, 0.4]
+    # ⌊0.3·10⌋ = 3 dropped: the two 0.1s (rows 1 and 3) and 0.2 (row 6)
+    assert saerl.quality_filter(scores, 0.3) == [0, 2, 4, 5, 7, 8, 9]
+    assert saerl.quality_filter([1.0, 1.0, 1.0], 0.34) == [1, 2]  # tie: lower index goes first
+    assert saerl.quality_filter(scores, 0.0) == list(range(10))
+
+
+# ------------------------------------------------------------------------------------------------
+# Schedule
+# ------------------------------------------------------------------------------------------------
+
+CL = [0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2]
+DIFF = [5, 4, 3, 2, 1, 1, 2, 3, 1, 1, 1, 1, 1, 1, 1]
+
+
+def test_schedule_worked_example():
+    # B = 2. Cluster 0 easy-first is 4,3,2,1,0: batches [4,3] (progress 1/4), [2,1] (3/4), rest 0
+    # at progress 9/10. Cluster 1: [5,6] (1/2), rest 7 at 5/6. Cluster 2 (all ties, by index):
+    # [8,9] (1/6), [10,11] (1/2), [12,13] (5/6), rest 14 at 13/14. The pool 7, 0, 14 gives [7,0]
+    # (mean 13/15) and the short final [14]. [10,11] and [5,6] tie at 1/2: the cluster rank
+    # (seeded) orders them, so only that pair may swap places.
+    out = saerl.build_schedule(CL, DIFF, 2, mix=0.0, seed=0)
+    head = [[8, 9], [4, 3]]
+    tail = [[2, 1], [12, 13], [7, 0], [14]]
+    assert out[:2] == head and out[4:] == tail
+    assert sorted(out[2:4]) == [[5, 6], [10, 11]]
+    # mix = 1: s = ⌊1·2/2⌋ = 1, pairs (0,1), (2,3), (4,5), (6,7) swap their last items.
+    mixed = saerl.build_schedule(CL, DIFF, 2, mix=1.0, seed=0)
+    for j in range(0, 8, 2):
+        a, b = out[j], out[j + 1]
+        assert mixed[j] == a[:-1] + b[-1:] and mixed[j + 1] == b[:-1] + a[-1:]
+
+
+def schedule_case(seed=0):
+    rng = np.random.default_rng(seed)
+    clusters = rng.integers(0, 7, size=301)
+    difficulty = rng.random(301)
+    return clusters, difficulty
+
+
+@pytest.mark.parametrize("mix", [0.0, 0.25, 0.5, 1.0])
+def test_schedule_every_problem_once_and_batch_sizes(mix):
+    clusters, difficulty = schedule_case()
+    out = saerl.build_schedule(clusters, difficulty, 16, mix=mix, seed=2)
+    assert sorted(i for b in out for i in b) == list(range(301))
+    assert [len(b) for b in out] == [16] * 18 + [301 - 18 * 16]
+
+
+def test_schedule_before_mixing_is_pure_and_easy_to_hard():
+    clusters, difficulty = schedule_case()
+    out = saerl.build_schedule(clusters, difficulty, 16, mix=0.0, seed=2)
+    pooled = []
+    for b in out:
+        if len(set(clusters[b])) == 1:  # a cluster's own batch: sorted easy first
+            assert list(difficulty[b]) == sorted(difficulty[b])
+        else:
+            pooled.append(b)
+    assert len(out) - len(pooled) >= 7 * (301 // 7 // 16) - 7
+    for c in range(7):  # across a cluster's own batches, difficulty never decreases
+        seq = [difficulty[i] for b in out if b not in pooled for i in b if clusters[i] == c]
+        assert seq == sorted(seq)
+
+
+@pytest.mark.parametrize("mix,s", [(0.25, 2), (0.5, 4), (1.0, 8)])
+def test_schedule_swaps_exactly_floor_mix_b_over_2(mix, s):
+    clusters, difficulty = schedule_case()
+    pure = saerl.build_schedule(clusters, difficulty, 16, mix=0.0, seed=2)
+    mixed = saerl.build_schedule(clusters, difficulty, 16, mix=mix, seed=2)
+    moved = sum(a != b for p, m in zip(pure, mixed) for a, b in zip(p, m))
+    pairs = len(pure) // 2  # 19 batches: pairs (0,1) … (16,17); the short last one is unpaired
+    assert moved == 2 * s * pairs
+    for p, m in zip(pure, mixed):
+        assert p[:16 - s] == m[:16 - s]
+
+
+def test_schedule_is_deterministic_and_seeded():
+    clusters, difficulty = schedule_case()
+    a = saerl.build_schedule(clusters, difficulty, 16, seed=5)
+    assert a == saerl.build_schedule(clusters, difficulty, 16, seed=5)
+    c = saerl.build_schedule(clusters, difficulty, 16, curriculum=False, seed=5)
+    assert c != a and sorted(i for b in c for i in b) == list(range(301))
+    assert c == saerl.build_schedule(clusters, None, 16, curriculum=False, seed=5)
+
+
+def test_budget_subset_worked_example():
+    # CL has clusters of 5, 3 and 7 rows (n = 15); n_take = 6. Shares 5*6/15 = 2, 3*6/15 = 1.2,
+    # 7*6/15 = 2.8: floors 2, 1, 2 (sum 5), the one leftover row to the largest remainder (cluster 2).
+    # Cluster 0 easy-to-hard is rows 4,3,2,1,0; m = 2 strata: positions [0, 2) and [2, 5), so one
+    # of rows {4, 3} and one of {2, 1, 0}. Cluster 1 (rows 5,6,7, m = 1): any one. Cluster 2 (ties,
+    # by index 8..14, m = 3): strata [0, 2), [2, 4), [4, 7) -> one of {8,9}, {10,11}, {12,13,14}.
+    for seed in range(20):
+        out = saerl.budget_subset(CL, DIFF, 6, seed=seed)
+        assert out == sorted(out) and len(set(out)) == 6
+        assert len({4, 3} & set(out)) == 1 and len({2, 1, 0} & set(out)) == 1
+        assert len({5, 6, 7} & set(out)) == 1
+        for stratum in ({8, 9}, {10, 11}, {12, 13, 14}):
+            assert len(stratum & set(out)) == 1
+    draws = {tuple(saerl.budget_subset(CL, DIFF, 6, seed=seed)) for seed in range(20)}
+    assert len(draws) > 1 and saerl.budget_subset(CL, DIFF, 6, seed=3) == saerl.budget_subset(CL, DIFF, 6, seed=3)
+
+
+def test_budget_subset_ties_counts_and_edges():
+    # sizes 6, 3, 1 with n_take 5: shares 3, 1.5, 0.5 -> floors 3, 1, 0; remainders tie at 0.5 and
+    # the smaller cluster id (1) takes the leftover row.
+    cl = [0] * 6 + [1] * 3 + [2]
+    out = saerl.budget_subset(cl, list(range(10)), 5, seed=0)
+    assert [sum(cl[i] == c for i in out) for c in (0, 1, 2)] == [3, 2, 0]
+    assert saerl.budget_subset(cl, None, 5, seed=0) != [] and len(saerl.budget_subset(cl, None, 5, seed=1)) == 5
+    assert saerl.budget_subset(cl, None, 10) == list(range(10)) == saerl.budget_subset(cl, None, 99)
+    assert saerl.budget_subset(cl, None, 0) == []
+    with pytest.raises(ValueError, match="NaN"):
+        saerl.budget_subset(cl, [float("nan")] * 10, 5)
+    with pytest.raises(ValueError, match="entries"):
+        saerl.budget_subset(cl, [1.0] * 9, 5)
+
+
+def test_budget_subset_spans_each_clusters_difficulty_range():
+    clusters, difficulty = schedule_case()
+    out = saerl.budget_subset(clusters, difficulty, 64, seed=1)
+    assert len(out) == 64
+    for c in range(7):
+        mine = sorted(difficulty[clusters == c])
+        got = sorted(difficulty[i] for i in out if clusters[i] == c)
+        # the first pick lies in the cluster's easiest stratum, the last in its hardest
+        m, n_c = len(got), len(mine)
+        assert m > 0, f"cluster {c} got no share; the case needs every cluster represented"
+        assert got[0] <= mine[n_c // m - 1] and got[-1] >= mine[(m - 1) * n_c // m]
+
+
+def test_random_arm_epoch_is_a_seeded_permutation():
+    # --schedule random: schedule.jsonl is one shuffled epoch of the kept problems (grpo.random_schedule's)
+    problems = make_problems(10)
+    quality = {"kept": list(range(10))}
+    difficulty = {"predicted": [0.0] * 10}
+    clusters = {"labels": [0] * 10}
+
+    def epoch(seed):
+        cfg = saerl.Config(schedule="random", compare=False, steps=2, seed=seed)
+        return saerl.make_schedules(cfg, 4, problems, quality, difficulty, clusters, paced=False)[1]
+
+    out = epoch(1)
+    assert [len(b) for b in out] == [4, 4, 2]
+    assert sorted(i for b in out for i in b) == sorted(p.id for p in problems)
+    assert out == epoch(1) != epoch(2)
+
+
+# ------------------------------------------------------------------------------------------------
+# `python saerl.py` end to end on a miniature toy world: outputs, caching, resuming, flags
+# ------------------------------------------------------------------------------------------------
+
+
+ROOT = Path(__file__).resolve().parents[1]
+MINI = ["--preset", "toy", "--sae-width", "64", "--sae-k", "8", "--sae-tokens", "20000", "--label-size", "80",
+        "--k", "3", "--steps", "4", "--batch-size", "8", "--group-size", "4", "--eval-every", "2",
+        "--eval-limit", "40", "--save-every", "1", "--probe-features", "64"]
+
+
+@pytest.fixture(scope="module")
+def mini_world(tmp_path_factory):
+    return toy.build_world(tmp_path_factory.mktemp("mini_world"), n_train=160, n_test=40, warm_steps=40,
+                           verbose=False)
+
+
+def saerl_cmd(world, out, *extra):
+    return [sys.executable, str(ROOT / "saerl.py"), "--model", str(world.model_dir), "--train-data",
+            str(world.train_path), "--benchmarks", f"toy={world.test_path}", "--out", str(out),
+            "--name", "mini", *MINI, *extra]
+
+
+def run_saerl(cmd, **kw):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, **kw)
+
+
+def test_end_to_end_outputs(mini_world, tmp_path):
+    proc = run_saerl(saerl_cmd(mini_world, tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "mini"
+    problems = load_problems(mini_world.train_path, verbose=False)
+    n = len(problems)
+    config = json.loads((run / "config.json").read_text())
+    assert config["pipeline"]["mix"] == 0.25 and config["grpo"]["group_size"] == 4
+
+    scores = read_jsonl(run / "scores.jsonl")
+    assert [s["id"] for s in scores] == [p.id for p in problems]
+    kept = {s["id"] for s in scores if s["kept"]}
+    assert len(kept) == n - int(0.1 * n)  # --quality-drop 0.1 drops floor(0.1 N)
+    assert all(s["cluster"] in (0, 1, 2) for s in scores if s["kept"])
+
+    schedule = read_jsonl(run / "schedule.jsonl")  # one engineered epoch: every kept problem exactly once
+    ids = [i for row in schedule for i in row["ids"]]
+    assert sorted(ids) == sorted(kept)
+    assert [row["step"] for row in schedule] == list(range(len(schedule)))
+    assert all(len(row["ids"]) == 8 for row in schedule[:-1]) and 1 <= len(schedule[-1]["ids"]) <= 8
+
+    for arm in ("vanilla-s0", "saerl-s0"):
+        log = read_jsonl(run / "arms" / arm / "train_log.jsonl")
+        assert [row["step"] for row in log] == [0, 1, 2, 3]
+        evals = read_jsonl(run / "arms" / arm / "eval_log.jsonl")
+        assert [row["step"] for row in evals] == [0, 2, 4] and all(0 <= row["toy"] <= 1 for row in evals)
+    saerl_log = read_jsonl(run / "arms" / "saerl-s0" / "train_log.jsonl")
+    assert [row["problem_ids"] for row in saerl_log] == [row["ids"] for row in schedule[:4]]
+    vanilla_ids = {i for row in read_jsonl(run / "arms" / "vanilla-s0" / "train_log.jsonl") for i in row["problem_ids"]}
+    assert vanilla_ids <= {p.id for p in problems}
+
+    report = (run / "report.md").read_text()
+    assert "vanilla" in report and "saerl" in report and "Spearman" in report and "Kept" in report
+    assert "| 4 |" in report  # the accuracy table reaches the last step
+    assert "avg@4 (mean reward of 4 samples at temperature 1)" in report  # the toy preset's evaluation
+    assert (run / "clusters.md").read_text().count("## Cluster") == 3 or "Cluster" in (run / "clusters.md").read_text()
+
+    times = report[report.index("## Where the time went"):]  # each stage's wall time, in stage order
+    assert [line.split("|")[1].strip() for line in times.splitlines()[4:13]] == list(saerl.STAGES[:-1])
+    assert "stage times: problems" in proc.stderr
+
+    again = run_saerl(saerl_cmd(mini_world, tmp_path))  # same command: every stage is cached
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "computing" not in again.stderr and again.stderr.count("cached") >= 8
+    rows = {line.split("|")[1].strip(): line.split("|")[2:4] for line in
+            (run / "report.md").read_text().split("## Where the time went")[1].splitlines()[4:13]}
+    assert all(note.strip() == "cached" for _, note in rows.values()), rows  # shown as cached, and quick
+    # (the sae and train stages still load a model and read its checkpoints back)
+    assert all(float(t.split()[0]) < 5.0 for stage, (t, _) in rows.items() if stage not in ("sae", "train")), rows
+
+
+def test_killed_run_resumes(mini_world, tmp_path):
+    cmd = saerl_cmd(mini_world, tmp_path, "--steps", "6")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "mini" / "arms" / "vanilla-s0" / "train_log.jsonl"
+    deadline = time.time() + 500
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(read_jsonl(log)) >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(read_jsonl(log))
+    assert 2 <= done_before < 6
+
+    again = run_saerl(cmd)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resum" in again.stderr.lower()
+    steps = [row["step"] for row in read_jsonl(log)]
+    assert steps == list(range(6))  # each step once: resumed, not restarted
+    assert "sae: cached" in again.stderr and "features: cached" in again.stderr
+
+
+def test_help_lists_every_flag_with_a_line():
+    proc = run_saerl([sys.executable, str(ROOT / "saerl.py"), "--help"])
+    assert proc.returncode == 0, proc.stderr
+    for flag in ("--model", "--sae-model", "--sae-layer", "--train-data", "--k", "--mix", "--quality-drop",
+                 "--difficulty-labels", "--schedule", "--no-curriculum", "--no-cluster", "--no-quality-filter",
+                 "--compare", "--seeds", "--benchmarks", "--stage", "--lr", "--group-size", "--loss-type"):
+        assert flag in proc.stdout, flag
+
+
+@pytest.mark.parametrize("flag,value", [("--eval-samples", "0"), ("--eval-temperature", "0"), ("--pace", "fast")])
+def test_bad_evaluation_flags_are_named(tmp_path, flag, value):
+    proc = run_saerl([sys.executable, str(ROOT / "saerl.py"), "--out", str(tmp_path), flag, value])
+    assert proc.returncode != 0 and f"{flag} " in proc.stderr and "expected" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_eval_temperature_without_samples_is_refused(mini_world, tmp_path):
+    proc = run_saerl(saerl_cmd(mini_world, tmp_path, "--eval-samples", "1", "--eval-temperature", "0.6"))
+    assert proc.returncode != 0 and "--eval-temperature 0.6 applies to avg@N" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "mini" / "stages.json").exists()  # refused before any stage ran
+
+
+def test_pace_budget_runs_each_cluster_easy_to_hard_within_the_budget(mini_world, tmp_path):
+    reach = {}  # pace -> per cluster, the within-cluster difficulty quantile of its hardest trained problem
+    for pace in ("epoch", "budget"):
+        proc = run_saerl(saerl_cmd(mini_world, tmp_path / pace, "--stage", "schedule", "--no-compare",
+                                   "--pace", pace))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        run = tmp_path / pace / "mini"
+        scores = {s["id"]: s for s in read_jsonl(run / "scores.jsonl") if s["kept"]}
+        batches = json.loads((run / "schedules.json").read_text())["saerl-s0"]
+        ids = [i for b in batches for i in b]
+        assert [len(b) for b in batches] == [8] * 4 and len(set(ids)) == 32  # --steps 4 x --batch-size 8
+        reach[pace] = {}
+        for c in {scores[i]["cluster"] for i in ids}:
+            mine = sorted(s["difficulty"] for s in scores.values() if s["cluster"] == c)
+            top = max(scores[i]["difficulty"] for i in ids if scores[i]["cluster"] == c)
+            reach[pace][c] = sum(d <= top for d in mine) / len(mine)
+    # 32 of ~144 kept problems: the epoch's first 4 batches stop in each cluster's easier part; the
+    # paced subset draws m ~ 32/3 problems per cluster and its last pick lies in the hardest stratum,
+    # at or above the quantile (m - 1)/m (m = 4 in the smallest cluster)
+    assert max(reach["epoch"].values()) < 0.5, reach
+    assert len(reach["budget"]) == 3 and min(reach["budget"].values()) > 0.7, reach
+    # where it cannot act (random order) it says so and changes nothing
+    proc = run_saerl(saerl_cmd(mini_world, tmp_path / "random", "--stage", "schedule", "--no-compare",
+                               "--pace", "budget", "--schedule", "random"))
+    assert proc.returncode == 0 and "--pace budget has no effect here" in proc.stderr, proc.stderr[-3000:]
+
+
+def test_hub_ids_fail_fast_offline_naming_a_local_path(tmp_path):
+    start = time.time()
+    proc = run_saerl([sys.executable, str(ROOT / "saerl.py"), "--model", "Qwen/Qwen2.5-Math-1.5B",
+                      "--out", str(tmp_path), "--stage", "problems"])
+    assert proc.returncode != 0 and "local" in proc.stderr and "Traceback" not in proc.stderr
+    assert time.time() - start < 60
+
+
+@pytest.mark.parametrize("flags,arm", [(["--no-cluster", "--no-compare"], "saerl"),
+                                       (["--schedule", "random", "--no-compare"], "saerl-random")])
+def test_ablations_write_their_schedule(mini_world, tmp_path, flags, arm):
+    proc = run_saerl(saerl_cmd(mini_world, tmp_path, "--stage", "schedule", *flags))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "mini"
+    assert list(json.loads((run / "schedules.json").read_text())) == [f"{arm}-s0"]
+    clusters = json.loads((run / "clusters.json").read_text())
+    assert clusters["k"] == (1 if "--no-cluster" in flags else 3)
+    assert not (run / "arms").exists()  # --stage schedule stops before training
+    kept = {s["id"] for s in read_jsonl(run / "scores.jsonl") if s["kept"]}
+    assert sorted(i for row in read_jsonl(run / "schedule.jsonl") for i in row["ids"]) == sorted(kept)

@@ -49,7 +49,7 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from data import stop_token_ids
+from data import add_dataclass_args, flag, load_model, stop_token_ids
 from parallel import (all_gather, all_reduce_gradients, all_reduce_sum, barrier, dist_info, init_distributed,
                       rank_slice)
 from plan import oom_phase
@@ -68,10 +68,6 @@ from sampler import (ENGINES, NonFiniteError, Rollouts, refresh_rollout_model, r
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 ADV_SCALES = ("std", "none")
 OVERLONG = ("none", "mask", "soft")
-
-
-def _f(default, help: str):
-    return field(default=default, metadata={"help": help})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -87,53 +83,53 @@ class GRPOConfig:
     choice: the recipes use 64-128 and the SAERL paper does not say.
     """
     # what a step is
-    batch_size: int = _f(64, "problems per step (B); a schedule's batches may differ, the schedule wins")
-    group_size: int = _f(8, "completions sampled per problem (G)")
-    num_steps: int = _f(500, "steps of the random (vanilla GRPO) schedule built when no schedule is given")
-    max_steps: int | None = _f(None, "stop after this many schedule steps (None: the whole schedule)")
-    template: str = _f("qwen-math", "prompt template for data.format_prompt: qwen-math | plain | chat")
+    batch_size: int = flag(64, "problems per step (B); a schedule's batches may differ, the schedule wins")
+    group_size: int = flag(8, "completions sampled per problem (G)")
+    num_steps: int = flag(500, "steps of the random (vanilla GRPO) schedule built when no schedule is given")
+    max_steps: int | None = flag(None, "stop after this many schedule steps (None: the whole schedule)")
+    template: str = flag("qwen-math", "prompt template for data.format_prompt: qwen-math | plain | chat")
     # sampling
-    temperature: float = _f(1.0, "sampling temperature; log-probs use the same temperature")
-    top_p: float = _f(1.0, "nucleus sampling; log-probs ignore it (as TRL), so keep 1.0 for exact ratios")
-    max_new_tokens: int = _f(3000, "completion budget; also Dr. GRPO's max_len and DAPO's L_max")
-    gen_batch_size: int = _f(32, "prompts per generate call (each expanded to G rows; the KV cache is sized by it)")
-    rollout_engine: str = _f("compact", "decoder: compact (preallocated KV cache, finished rows leave the "
+    temperature: float = flag(1.0, "sampling temperature; log-probs use the same temperature")
+    top_p: float = flag(1.0, "nucleus sampling; log-probs ignore it (as TRL), so keep 1.0 for exact ratios")
+    max_new_tokens: int = flag(3000, "completion budget; also Dr. GRPO's max_len and DAPO's L_max")
+    gen_batch_size: int = flag(32, "prompts per generate call (each expanded to G rows; the KV cache is sized by it)")
+    rollout_engine: str = flag("compact", "decoder: compact (preallocated KV cache, finished rows leave the "
                              "batch) | hf (transformers generate, the reference)")
-    rollout_dtype: str = _f("auto", "the model that generates: auto (a bf16 copy on CUDA, the policy on CPU) "
+    rollout_dtype: str = flag("auto", "the model that generates: auto (a bf16 copy on CUDA, the policy on CPU) "
                             "| policy | bfloat16 | float16 | float32 (a copy refreshed after each update)")
-    tis_cap: float = _f(2.0, "truncated importance weight min(pi_train/pi_sampler, cap) on each token when the "
+    tis_cap: float = flag(2.0, "truncated importance weight min(pi_train/pi_sampler, cap) on each token when the "
                         "rollout model is a separate copy (bf16 vs fp32 mismatch); 0 disables")
     # objective
-    loss_type: str = _f("grpo", "aggregation: grpo (per-sequence mean) | dapo (token mean) | dr_grpo")
-    adv_scale: str = _f("std", "advantage: std = (r-mean)/(std+eps) (GRPO) | none = r-mean (Dr. GRPO)")
-    eps_low: float = _f(0.2, "lower clip range: ratio >= 1 - eps_low")
-    eps_high: float = _f(0.2, "upper clip range: ratio <= 1 + eps_high (DAPO clip-higher: 0.28)")
-    beta: float = _f(0.0, "k3 KL weight to the initial policy; 0 loads no reference model")
-    num_iterations: int = _f(1, "optimisation passes (optimizer steps) per sampled batch (GRPO's mu)")
-    skip_zero_std: bool = _f(False, "drop groups whose rewards are all equal from the loss (DAPO-lite)")
-    overlong: str = _f("none", "truncated completions: none | mask (drop from loss) | soft (DAPO penalty)")
-    overlong_buffer: int = _f(512, "DAPO L_cache: the soft penalty ramps over the last this-many tokens")
+    loss_type: str = flag("grpo", "aggregation: grpo (per-sequence mean) | dapo (token mean) | dr_grpo")
+    adv_scale: str = flag("std", "advantage: std = (r-mean)/(std+eps) (GRPO) | none = r-mean (Dr. GRPO)")
+    eps_low: float = flag(0.2, "lower clip range: ratio >= 1 - eps_low")
+    eps_high: float = flag(0.2, "upper clip range: ratio <= 1 + eps_high (DAPO clip-higher: 0.28)")
+    beta: float = flag(0.0, "k3 KL weight to the initial policy; 0 loads no reference model")
+    num_iterations: int = flag(1, "optimisation passes (optimizer steps) per sampled batch (GRPO's mu)")
+    skip_zero_std: bool = flag(False, "drop groups whose rewards are all equal from the loss (DAPO-lite)")
+    overlong: str = flag("none", "truncated completions: none | mask (drop from loss) | soft (DAPO penalty)")
+    overlong_buffer: int = flag(512, "DAPO L_cache: the soft penalty ramps over the last this-many tokens")
     # optimisation
-    lr: float = _f(1e-6, "AdamW learning rate (constant after warmup)")
-    warmup_steps: int = _f(0, "linear warmup steps from lr/warmup_steps to lr")
-    weight_decay: float = _f(0.0, "AdamW weight decay")
-    adam_beta1: float = _f(0.9, "AdamW beta1")
-    adam_beta2: float = _f(0.999, "AdamW beta2")
-    max_grad_norm: float = _f(1.0, "gradient clipping by global norm (<= 0 disables)")
-    micro_batch_size: int = _f(64, "at most this many sequences per forward/backward (gradients accumulate)")
-    max_tokens_per_micro_batch: int = _f(16384, "and at most this many tokens (0: no token budget); rows "
+    lr: float = flag(1e-6, "AdamW learning rate (constant after warmup)")
+    warmup_steps: int = flag(0, "linear warmup steps from lr/warmup_steps to lr")
+    weight_decay: float = flag(0.0, "AdamW weight decay")
+    adam_beta1: float = flag(0.9, "AdamW beta1")
+    adam_beta2: float = flag(0.999, "AdamW beta2")
+    max_grad_norm: float = flag(1.0, "gradient clipping by global norm (<= 0 disables)")
+    micro_batch_size: int = flag(64, "at most this many sequences per forward/backward (gradients accumulate)")
+    max_tokens_per_micro_batch: int = flag(16384, "and at most this many tokens (0: no token budget); rows "
                                          "are sorted by length first so micro-batches hold similar lengths")
-    packing: str = _f("auto", "padding-free micro-batches (one row, positions reset per sequence): on | off | "
+    packing: str = flag("auto", "padding-free micro-batches (one row, positions reset per sequence): on | off | "
                       "auto (on when the attention is flash_attention_2/3, which attends per sequence)")
-    logprob_chunk: int = _f(1024, "completion tokens per lm-head + log-softmax chunk (memory: chunk x vocab fp32)")
-    gradient_checkpointing: bool | None = _f(None, "recompute decoder activations in backward; None (auto): "
+    logprob_chunk: int = flag(1024, "completion tokens per lm-head + log-softmax chunk (memory: chunk x vocab fp32)")
+    gradient_checkpointing: bool | None = flag(None, "recompute decoder activations in backward; None (auto): "
                                              "on when max_new_tokens > 1024")
-    bf16: bool = _f(True, "bf16 autocast on CUDA (weights stay fp32); ignored on CPU")
+    bf16: bool = flag(True, "bf16 autocast on CUDA (weights stay fp32); ignored on CPU")
     # bookkeeping
-    seed: int = _f(0, "seed of the random schedule and of every step's sampling")
-    save_every: int = _f(50, "checkpoint every this many steps (and always at the end)")
-    keep_checkpoints: int = _f(2, "number of most recent checkpoints kept")
-    eval_every: int = _f(0, "call eval_fn every this many steps (0: never)")
+    seed: int = flag(0, "seed of the random schedule and of every step's sampling")
+    save_every: int = flag(50, "checkpoint every this many steps (and always at the end)")
+    keep_checkpoints: int = flag(2, "number of most recent checkpoints kept")
+    eval_every: int = flag(0, "call eval_fn every this many steps (0: never)")
 
     def __post_init__(self):
         for name, allowed in (("loss_type", LOSS_TYPES), ("adv_scale", ADV_SCALES), ("overlong", OVERLONG),
@@ -839,12 +835,6 @@ def read_schedule(path) -> list[list[str]]:
     return [[str(i) for i in r["ids"]] for r in rows]
 
 
-def _parse_optional(kind):
-    def parse(text: str):
-        return None if text.lower() == "none" else kind(text)
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description="GRPO / DAPO / Dr. GRPO on a batch schedule.")
     ap.add_argument("--model", required=True, help="policy: HF model id or folder")
@@ -860,22 +850,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                     help="continue from the latest checkpoint in --out (--no-resume refuses a used --out)")
     cfg_group = ap.add_argument_group("GRPOConfig ([default] of the qwen-math-1.5b preset; --preset changes it)")
-    for f in fields(GRPOConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = type(f.default)
-        if f.type in ("bool", "bool | None") or kind is bool:
-            cfg_group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                   help=f"{f.metadata['help']} [{f.default}]")
-        else:
-            parse = _parse_optional(int) if f.default is None else kind
-            cfg_group.add_argument(flag, type=parse, default=argparse.SUPPRESS,
-                                   help=f"{f.metadata['help']} [{f.default}]")
+    add_dataclass_args(cfg_group, GRPOConfig, unset=argparse.SUPPRESS)
     return ap
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from data import load_problems, write_jsonl
 
     args = build_parser().parse_args(argv)
@@ -891,8 +870,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # before CUDA starts
     rank, _ = init_distributed()  # torchrun --nproc_per_node N grpo.py ...: one process per GPU
     device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    policy = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(device)
+    policy, tokenizer = load_model(args.model, device, dtype=torch.float32)  # fp32 master weights
     problems = load_problems(args.train_data, limit=args.limit)
     out = Path(args.out)
     if args.schedule:

@@ -151,8 +151,8 @@ def memory_plan(shape: ModelShape, cfg, *, prompt_tokens: int = 512, cuda: bool 
 
 
 def fit_flags(shape: ModelShape, cfg, gpu_gib: float, *, prompt_tokens: int = 512) -> tuple[dict, dict]:
-    """The smallest changes (in this order: activation checkpointing, a smaller micro-batch token
-    budget, fewer prompts per generate call, a smaller log-prob chunk) that bring the plan's peak
+    """Changes, tried in this order (activation checkpointing, a smaller micro-batch token budget, a smaller
+    log-prob chunk, fewer prompts per generate call, and last no separate rollout copy) that bring the plan's peak
     under HEADROOM x gpu_gib. Returns (flag overrides, the plan with them); raises if none fits."""
     budget = HEADROOM * gpu_gib * GIB
     seq = prompt_tokens + cfg.max_new_tokens
@@ -172,6 +172,8 @@ def fit_flags(shape: ModelShape, cfg, gpu_gib: float, *, prompt_tokens: int = 51
             changes["logprob_chunk"] = c.logprob_chunk // 2
         elif current["peak_phase"] == "generation" and c.gen_batch_size > 1:
             changes["gen_batch_size"] = c.gen_batch_size // 2
+        elif current["rollout_dtype"] != "policy":  # last: generate from the fp32 policy, no bf16 copy
+            changes["rollout_dtype"] = "policy"
         else:
             raise ValueError(f"no setting fits {gpu_gib} GiB: the peak stays {current['peak'] / GIB:.1f} GiB "
                              f"({current['peak_phase']}) with {changes or 'the defaults'}; the resident weights, "

@@ -127,8 +127,16 @@ class Config:
 # ================================================================================================
 
 
-def main(argv=None) -> Path:
+def main(argv=None) -> Path | None:
     cfg, grpo_overrides = parse_args(argv)
+    plan_flags, _ = plan_parser().parse_known_args(argv)
+    if plan_flags.plan:  # memory per phase from the model's config alone: nothing is loaded or trained
+        import plan
+
+        gcfg = grpo.GRPOConfig.preset(cfg.preset or ("toy" if cfg.model is None else "qwen-math-1.5b"),
+                                      **grpo_overrides)
+        print(plan.memory_plan_report(cfg.model or "Qwen/Qwen2.5-Math-1.5B", gcfg, gpu_gib=plan_flags.gpu_memory))
+        return None
     try:
         return run(cfg, grpo_overrides)
     except DataError as e:  # bad input: say what and where, without a traceback
@@ -861,7 +869,8 @@ def parse_args(argv=None) -> tuple[Config, dict]:
     """Config's flags plus every GRPOConfig field (--lr, --group-size, ...) passed through to grpo;
     returns the Config and the GRPO fields that were given."""
     ap = argparse.ArgumentParser(prog="saerl.py", description="SAERL: SAE-guided data engineering for GRPO. "
-                                 "No arguments: the whole pipeline in the embedded toy world on a CPU.")
+                                 "No arguments: the whole pipeline in the embedded toy world on a CPU.",
+                                 parents=[plan_parser()])  # --plan, --gpu-memory: read by main
     add_dataclass_args(ap, Config)
     own = {f.name for f in dataclasses.fields(Config)}
     group = ap.add_argument_group("GRPO (passed to grpo.GRPOConfig; default: the preset's value)")
@@ -869,6 +878,14 @@ def parse_args(argv=None) -> tuple[Config, dict]:
     args = ap.parse_args(argv)
     overrides = {k: v for k, v in given_args(grpo.GRPOConfig, args).items() if k not in own}
     return dataclass_from_args(Config, args), overrides
+
+
+def plan_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("--plan", action="store_true", help="print the GRPO memory plan per phase for --model "
+                    "(config only) and the flags that fit --gpu-memory, then exit (see plan.py)")
+    ap.add_argument("--gpu-memory", type=float, default=80.0, help="GiB of the card --plan fits the run to")
+    return ap
 
 
 def finite_or_none(x) -> float | None:

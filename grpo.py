@@ -86,7 +86,8 @@ class GRPOConfig:
     batch_size: int = flag(64, "problems per step (B); a schedule's batches may differ, the schedule wins")
     group_size: int = flag(8, "completions sampled per problem (G)")
     num_steps: int = flag(500, "steps of the random (vanilla GRPO) schedule built when no schedule is given")
-    max_steps: int | None = flag(None, "stop after this many schedule steps (None: the whole schedule)")
+    max_steps: int | None = flag(None, "stop after this many schedule steps (none: the whole schedule)",
+                                 type=lambda text: None if text.lower() == "none" else int(text))
     template: str = flag("qwen-math", "prompt template for data.format_prompt: qwen-math | plain | chat")
     # sampling
     temperature: float = flag(1.0, "sampling temperature; log-probs use the same temperature")

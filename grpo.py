@@ -1,14 +1,15 @@
 """grpo.py -- a plain PyTorch GRPO / DAPO / Dr. GRPO trainer that follows a batch schedule.
 
 SAERL decides *which* problems go into *which* step (saerl.py writes schedule.jsonl, one batch of
-problem ids per line); this file turns each scheduled batch into one policy update. A step is five
-named stages, visible in `grpo_step`:
+problem ids per line); this file turns each scheduled batch into one policy update. Imports data,
+sampler, plan, parallel (and verifier, lazily, for the default reward). A step is five named
+stages, visible in `grpo_step`:
 
-    sample    B prompts x G completions with HF `generate` (left padding, temperature, stop at EOS)
+    sample    B prompts x G completions by sampler.sample_rollouts (the bf16 rollout copy on CUDA)
     score     reward = verifier.math_reward(completion text, gold answer)  (1.0 / 0.0)
     advantage group-relative: (r - mean_g) / (std_g + eps)  or  r - mean_g
     loss      clipped surrogate on token log-probs, aggregated per `loss_type`
-    update    micro-batches with gradient accumulation, grad clipping, AdamW
+    update    micro-batches under a token budget (padded or packed), accumulation, clipping, AdamW
 
 Objective (per token t of completion i, ratio rho = exp(logp - old_logp)):
 
@@ -28,13 +29,15 @@ Public API
     GRPOConfig                      dataclass; fields are the CLI flags; presets via GRPOConfig.preset
     group_advantages(rewards, *, scale, eps)
     loss_normalizer(mask, loss_type, max_len)  /  policy_loss(logp, old_logp, adv, mask, ...)
-    sequence_logprobs(model, input_ids, attention_mask, completion_mask, *, temperature, chunk_size)
-    sample_rollouts(model, tokenizer, prompts, *, group_size, ..., seed) -> Rollouts
+    sequence_logprobs(model, input_ids, attention_mask, completion_mask, ...)   padded rows
+    packed_logprobs(...)  same result, padding-free;  micro_batches(lengths, max_rows, max_tokens, packed)
     train(policy, tokenizer, problems, schedule, cfg, *, out_dir, eval_fn=None, resume=True)
     random_schedule(ids, batch_size, num_steps, seed) / read_schedule(path)
     python grpo.py --model M --train-data FILE [--schedule schedule.jsonl] [--out DIR] [--preset toy]
+    python grpo.py --model M --plan [--gpu-memory 80]          the memory plan, nothing loaded
+    torchrun --nproc_per_node N grpo.py ...                    data parallel (parallel.py)
 
-The file reads bottom-up: config, the math, log-probs, sampling, checkpoints, the step, the run, CLI.
+The file reads bottom-up: config, the math, log-probs, checkpoints, the step, the run, CLI.
 """
 from __future__ import annotations
 

@@ -296,7 +296,8 @@ def is_equiv(pred: str | None, gold: str | None) -> bool:
 def verify(completion: str | None, gold: str | None) -> bool:
     """Does the completion's final answer match the reference answer? An empty gold never rewards."""
     if gold is None or not normalize_answer(gold):
-        warnings.warn(f"gold answer {gold!r} is empty after normalisation; no completion is rewarded", stacklevel=2)
+        warnings.warn(f"gold answer {str(gold)[:80]!r} is empty after normalisation; no completion is rewarded",
+                      stacklevel=2)
         return False
     return is_equiv(extract_answer(completion), gold)
 

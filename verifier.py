@@ -256,8 +256,11 @@ def _drop_label(s: str) -> str:
         return s
     if _LHS_RE.match(s):
         return rhs
+    # a name: letters and |:(),/ only, marked as a label by a capital (AB), a bracket, a bar, a ratio, a
+    # subscript or a fraction; "xy = 1" is an equation (a curve), not the label xy of the value 1
     name = re.sub(r"_\{[^{}]*\}|_\w|\\frac|\\angle|\\overline|\\triangle", "", lhs)
-    if re.fullmatch(r"[A-Za-z{}|:(),\s/]*[A-Za-z][A-Za-z{}|:(),\s/]*", name):  # a name, no numbers or operators
+    if (re.fullmatch(r"[A-Za-z{}|:(),\s/]*[A-Za-z][A-Za-z{}|:(),\s/]*", name)
+            and (name != lhs or re.search(r"[A-Z(|:]", name))):
         return rhs
     constant = lambda side: not re.search(r"[A-Za-z]", side.replace("\\frac", "").replace("\\sqrt", ""))  # noqa
     if lhs and constant(lhs) and constant(rhs):

@@ -4,22 +4,34 @@ SAERL (DESIGN.md, "Verifier and evaluation") trains with a 1/0 correctness rewar
 math benchmarks; both call this file, so training reward, in-loop evaluation and the final report share
 one verifier. Model output is untrusted text: no eval/exec/sympify anywhere, and everything is bounded.
 
-    extract_answer(text) -> str | None      last balanced \\boxed{...} / \\fbox{...}; "answer is X" fallbacks
+    extract_answer(text) -> str | None      the final \\boxed{...} (boxes joined across "and"/commas), or the
+                                            answer after a later "final answer is" / "answer:" / "####"
     last_boxed(text) -> str | None          the last balanced \\boxed{...} alone (also data.py's reader)
     normalize_answer(s) -> str              canonical string form (rules listed at the function)
-    is_equiv(pred, gold) -> bool            string, numeric, expression, tuple/interval/set/matrix equivalence
+    is_equiv(pred, gold) -> bool            string, numeric, expression, relation, tuple/interval/set/matrix
     verify(completion, gold) -> bool        extract + is_equiv
     math_reward(completion, gold) -> float  1.0 / 0.0 for the trainer
     gold_parse_report(golds) -> dict        how many reference answers are numbers, expressions, text, empty
 
 Numbers are exact (fractions.Fraction) wherever the input is rational: integers, decimals, fractions, mixed
-numbers, scientific notation and perfect roots compare exactly (28801 != 28800, 0.33 != 1/3). Values that
-need floats (pi, e, irrational roots, logs, trig) compare with relative tolerance REL_TOL. Expressions with
-free variables compare by value at several points.
+numbers (2\\frac{1}{3}, 7 3/4), scientific notation and perfect roots compare exactly (28801 != 28800,
+0.33 != 1/3). Values that need floats (pi, e, irrational roots, logs, trig) compare with relative tolerance
+REL_TOL; a decimal printed with >= 10 significant digits (0.0833333333333333) equals the value it rounds.
+Expressions with free variables compare by value at several points. A real power of a negative base needs an
+odd root and takes the numerator's sign: (-2)^{2/3} = 4^{1/3}.
 
 Percentage rule: "%" is a unit and is dropped, so 28% == 28 and 10% != 0.1.
 Scientific notation: a digit run followed by e/E and an exponent is a number (2e-1 is 0.2, not 2*e-1).
-Bare comma lists (1, 2, 10) are answer lists and compare order-free; bracketed ones are tuples/intervals.
+Bare comma lists (1, 2, 10; also "1 and 2", "1 or 2", {1,2}) are answer lists and compare order-free as
+multisets; bracketed ones are tuples/intervals. 32,349 is a number, "32, 349" a list; 1,22 is a list too (no
+decimal commas).
+Relations: x > 5 is 5 < x; one equation or inequality equals another when their sides' differences are
+proportional (2x+4y-3 = 0 is y = -x/2 + 3/4; the factor must be positive for < and <=); an inequality in one
+variable equals its interval (-793 < a < 10 is (-793, 10)). Chains (z = 1+1 = 2, x = 5+5+1 = 7 = 11) are
+not graded by their last member: they compare member by member (past two relations, as text only).
+Labels: a left side that only names the answer is dropped ("x =", "f(x) =", "(p,q) =", "AB =", "x \\in").
+Peer agreement: tests/test_verifier_peers.py runs the test cases of Math-Verify, hendrycks' MATH, Qwen2.5-Math,
+lm-eval's minerva_math and PRM800K; bench/bench_verifier.py reports the figures.
 """
 from __future__ import annotations
 

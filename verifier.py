@@ -268,14 +268,14 @@ def _drop_label(s: str) -> str:
         return s
     if _LHS_RE.match(s):
         return rhs
+    constant = not re.search(r"[A-Za-z]", re.sub(r"\\[a-zA-Z]+", "", rhs))  # no variables, no words
     # a name: letters and |:(),/ only, marked as a label by a capital (AB), a bracket, a bar, a ratio, a
-    # subscript or a fraction; "xy = 1" is an equation (a curve), not the label xy of the value 1
+    # subscript or a fraction, naming a constant; "xy = 1" is a curve and "MR = SRMC" a condition, not labels
     name = re.sub(r"_\{[^{}]*\}|_\w|\\frac|\\angle|\\overline|\\triangle", "", lhs)
-    if (re.fullmatch(r"[A-Za-z{}|:(),\s/]*[A-Za-z][A-Za-z{}|:(),\s/]*", name)
+    if (constant and re.fullmatch(r"[A-Za-z{}|:(),\s/]*[A-Za-z][A-Za-z{}|:(),\s/]*", name)
             and (name != lhs or re.search(r"[A-Z(|:]", name))):
         return rhs
-    constant = lambda side: not re.search(r"[A-Za-z]", side.replace("\\frac", "").replace("\\sqrt", ""))  # noqa
-    if lhs and constant(lhs) and constant(rhs):
+    if lhs and constant and not re.search(r"[A-Za-z]", re.sub(r"\\[a-zA-Z]+", "", lhs)):
         return rhs
     return s
 

@@ -212,6 +212,10 @@ def peer_report(out: str) -> None:
         result["math_verify_version"] = getattr(math_verify, "__version__", "?")
         result["math_verify_accepted"] = agreement(accepted, [theirs_of[id(c)] for c in accepted])
         result["math_verify_all"] = agreement(cases, [theirs_of[id(c)] for c in cases])
+        result["math_verify_disagrees_on_accepted"] = [
+            {"source": c["source"], "where": c["where"], "gold": c["gold"][-200:], "pred": c["pred"][-200:],
+             "expected": c["expected"], "math_verify": theirs_of[id(c)]}
+            for c in accepted if theirs_of[id(c)] is not c["expected"]]
     for source in dict.fromkeys(c["source"] for c in cases):
         mine = [c for c in accepted if c["source"] == source]
         row = {"cases": sum(c["source"] == source for c in cases), "accepted": len(mine),

@@ -289,6 +289,7 @@ TABLE = [
     ("\\frac{1}{\\sqrt{6}}", "\\frac{NO}{BO}=\\frac{1}{\\sqrt{6}}", True),
     ("11a+c", "7 = 11a+c", False),
     ("1", "xy=1", False),  # an equation (a curve), not a label
+    ("SRMC", "MR=SRMC", False),  # a condition, not a label
     # --- "and" / "or" lists, \\pm
     ("1 and 2", "1, 2", True),
     ("6 and 9", "6, 8", False),

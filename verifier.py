@@ -62,10 +62,11 @@ def extract_answer(text: str | None) -> str | None:
         return None
     text = text[-MAX_COMPLETION_CHARS:]
     boxed = _final_boxes(text)
-    phrase = _answer_phrase(text)
-    if phrase is not None and (boxed is None or phrase[0] > boxed[0]):
-        return phrase[1]
-    return boxed[1] if boxed is not None else None
+    if boxed is None:
+        phrase = _answer_phrase(text)
+        return phrase[1] if phrase else None
+    later = _answer_phrase(text[boxed[0]:]) if _PHRASE_HINT_RE.search(text, boxed[0]) else None
+    return later[1] if later is not None and later[0] > 0 else boxed[1]
 
 
 def last_boxed(text: str, max_candidates: int = 8) -> str | None:
@@ -133,6 +134,7 @@ def _final_boxes(text: str) -> tuple[int, str] | None:
     return (start, ", ".join(reversed(parts))) if parts else None
 
 
+_PHRASE_HINT_RE = re.compile(r"answer|####", re.IGNORECASE)
 _PHRASE_RE = re.compile(r"final answer|answer is|answer\s*:|####|answer(?=\s*(?:\$|\\\(|\\\[))", re.IGNORECASE)
 # $$...$$ and \[...\] may span lines; $...$ and \(...\) may not ("Answer $ \n 9 \n $" is no answer)
 _MATH_SPAN_RE = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\$((?:\\\$|[^$\n])+)\$|\\\(([^\n]+?)\\\)", re.DOTALL)
@@ -185,6 +187,7 @@ _ORDINAL_RE = re.compile(r"(?<=\d)\s*\^?\s*\{?\s*\\(?:mathrm|text)\s*\{\s*(?:st|
 _DOUBLED_CMD_RE = re.compile(r"(?<!\\)\\\\(?=(?:[dtc]?frac|left|right|pi|sqrt|leq?|geq?|neq?|text|mathrm|boxed|cdot|"
                              r"times|infty|circ|pm|quad|in|cup)(?![a-zA-Z]))")
 _LHS_RE = re.compile(r"^(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?[a-zA-Z0-9]+\}?)?(?:\([a-zA-Z0-9]\))?\s*(?:=|\\in)\s*")
+_PLAIN_NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
 _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _SPACED_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?: \d{3})+(?:\.\d+)?")
 _MIXED_RE = re.compile(r"(?<![\d.,}])(\d+)\s+(\d+)\s*/\s*(\d+)(?![\d.])")
@@ -209,30 +212,35 @@ def normalize_answer(s: str | None) -> str:
 
 @lru_cache(maxsize=1 << 16)
 def _normalize(s: str, keep_lhs: bool = False) -> str:
-    s = _DOUBLED_CMD_RE.sub(r"\\", s.strip())
-    if "\\boxed" in s or "\\fbox" in s:
-        boxed = _final_boxes(s)
-        s = boxed[1] if boxed else s
-    s = re.sub(r"^(?:\\\\\s*)+", "", s)  # a line break before the answer
-    s = s.replace("\\\\", "\x00")  # matrix row breaks: keep them out of the way of the single-\ rules
+    s = s.strip()
+    if _PLAIN_NUMBER_RE.fullmatch(s):  # most golds and answers: nothing below would change them
+        return s
+    if "\\" in s:
+        s = _DOUBLED_CMD_RE.sub(r"\\", s)
+        if "\\boxed" in s or "\\fbox" in s:
+            boxed = _final_boxes(s)
+            s = boxed[1] if boxed else s
+        s = re.sub(r"^(?:\\\\\s*)+", "", s)  # a line break before the answer
+        s = s.replace("\\\\", "\x00")  # matrix row breaks: keep them out of the way of the single-\ rules
     s = re.sub(r"\\\$|\$|\\[()\[\]]", " ", s).strip()
-    s = _ORDINAL_RE.sub("", s)
-    s = _TRAILING_TEXT_RE.sub("", s)
-    for _ in range(3):  # \text{\textbf{x}} nests at most a little in practice
-        s = _TEXT_CMD_RE.sub(r"\1", s)
-    s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])", "", s)
-    s = re.sub(r",\\!\s*", ",", s)
-    s = re.sub(r"\\[!,;: ]|\\q?quad|\\displaystyle|~", " ", s).replace("\\%", "%")
-    s = re.sub(r"\\[dtc]frac", r"\\frac", s)
-    s = re.sub(r"\\(ge|le|ne)q(?:slant)?(?![a-zA-Z])", r"\\\1", s)  # inequality answers: \geq -> \ge
-    s = s.replace(">=", "\\ge ").replace("<=", "\\le ").replace("!=", "\\ne ")
-    s = re.sub(r"\\lt(?![a-zA-Z])", "<", re.sub(r"\\gt(?![a-zA-Z])", ">", s))
-    if "\\approx" in s:  # "x = 1/3 \approx 0.33" keeps the exact value; "x \approx 11" reads as "x = 11"
-        s = s[:s.index("\\approx")] if "=" in s else s.replace("\\approx", "=", 1)
-    s = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", s)
-    s = re.sub(r"\\frac\s*(\d)\s*\{", r"\\frac{\1}{", s)
-    s = re.sub(r"\\frac\s*(\{[^{}]*\})\s*(\d)", r"\\frac\1{\2}", s)
-    s = re.sub(r"\\sqrt\s*(\d)", r"\\sqrt{\1}", s)
+    if "\\" in s:
+        s = _ORDINAL_RE.sub("", s)
+        s = _TRAILING_TEXT_RE.sub("", s)
+        for _ in range(3):  # \text{\textbf{x}} nests at most a little in practice
+            s = _TEXT_CMD_RE.sub(r"\1", s)
+        s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])", "", s)
+        s = re.sub(r",\\!\s*", ",", s)
+        s = re.sub(r"\\[!,;: ]|\\q?quad|\\displaystyle", " ", s).replace("\\%", "%")
+        s = re.sub(r"\\[dtc]frac", r"\\frac", s)
+        s = re.sub(r"\\(ge|le|ne)q(?:slant)?(?![a-zA-Z])", r"\\\1", s)  # inequality answers: \geq -> \ge
+        s = re.sub(r"\\lt(?![a-zA-Z])", "<", re.sub(r"\\gt(?![a-zA-Z])", ">", s))
+        if "\\approx" in s:  # "x = 1/3 \approx 0.33" keeps the exact value; "x \approx 11" reads as "x = 11"
+            s = s[:s.index("\\approx")] if "=" in s else s.replace("\\approx", "=", 1)
+        s = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", s)
+        s = re.sub(r"\\frac\s*(\d)\s*\{", r"\\frac{\1}{", s)
+        s = re.sub(r"\\frac\s*(\{[^{}]*\})\s*(\d)", r"\\frac\1{\2}", s)
+        s = re.sub(r"\\sqrt\s*(\d)", r"\\sqrt{\1}", s)
+    s = s.replace("~", " ").replace(">=", "\\ge ").replace("<=", "\\le ").replace("!=", "\\ne ")
     s = re.sub(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°", "", s)
     for _ in range(2):  # "5 cm^2", "30 degrees", "12 %" (the percentage rule: % is dropped)
         s = _UNIT_RE.sub("", s).strip()

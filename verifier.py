@@ -55,9 +55,9 @@ N_POINTS = 6  # evaluation points for expressions with free variables
 def extract_answer(text: str | None) -> str | None:
     """The final answer of a completion: the last balanced \\boxed{...} (joined with the boxes just before it
     when only "and", commas, $ or labels divide them: \\boxed{-2} and \\boxed{1} is "-2, 1"), or the answer
-    after the last "final answer" / "answer is" / "answer:" / "####" when that phrase comes after the box
-    (the Minerva format "Final Answer: The final answer is X. I hope it is correct." wins over an earlier
-    box); else None (never a stray number)."""
+    after the last "final answer" / "answer is" / "answer:" / "####" when there is no box, or when that phrase
+    comes after the box and states a number or LaTeX (the Minerva format "Final Answer: The final answer is X.
+    I hope it is correct." wins over an earlier box); else None (never a stray number)."""
     if not text:
         return None
     text = text[-MAX_COMPLETION_CHARS:]
@@ -66,7 +66,9 @@ def extract_answer(text: str | None) -> str | None:
         phrase = _answer_phrase(text)
         return phrase[1] if phrase else None
     later = _answer_phrase(text[boxed[0]:]) if _PHRASE_HINT_RE.search(text, boxed[0]) else None
-    return later[1] if later is not None and later[0] > 0 else boxed[1]
+    if later is not None and later[0] > 0 and re.search(r"\d|\\[a-zA-Z]", later[1]):  # a number or LaTeX,
+        return later[1]  # not "\boxed{5}. I am sure the answer is correct."
+    return boxed[1]
 
 
 def last_boxed(text: str, max_candidates: int = 8) -> str | None:

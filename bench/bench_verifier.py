@@ -19,6 +19,7 @@ gold. Prints a table and writes bench/results/verifier.json (atomic).
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import platform
 import random
@@ -142,7 +143,8 @@ def math_verify_case_fn():
 
     def as_text(case, side):
         text = case[side]
-        if case["source"] == "huggingface/Math-Verify" or any(d in text for d in ("$", "\\boxed", "\\(", "\\[")):
+        delimited = re.search(r"(?<!\\)\$|\\boxed|\\\(|\\\[", text)  # an escaped \$ is a dollar sign
+        if case["source"] == "huggingface/Math-Verify" or delimited:
             return text
         return f"${text}$"
 
@@ -207,9 +209,8 @@ def peer_report(out: str) -> None:
     grade = math_verify_case_fn()
     theirs_of = {}
     if grade is not None:
-        import math_verify
         theirs_of = {id(c): grade(c) for c in cases}
-        result["math_verify_version"] = getattr(math_verify, "__version__", "?")
+        result["math_verify_version"] = importlib.metadata.version("math-verify")
         result["math_verify_accepted"] = agreement(accepted, [theirs_of[id(c)] for c in accepted])
         result["math_verify_all"] = agreement(cases, [theirs_of[id(c)] for c in cases])
         result["math_verify_disagrees_on_accepted"] = [

@@ -133,6 +133,9 @@ def _final_boxes(text: str) -> tuple[int, str] | None:
             break
         parts.append(content)
         start = s
+        close = text.rfind("}", max(0, s - 81), s)  # no box can end just before this one: stop looking
+        if close < 0 or not _BOX_GAP_RE.fullmatch(text, close + 1, s):
+            break
     return (start, ", ".join(reversed(parts))) if parts else None
 
 

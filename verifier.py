@@ -159,10 +159,13 @@ def _answer_phrase(text: str) -> tuple[int, str] | None:
         return None
     region = re.sub(r"^\s*(?:is\b)?\s*[:=]?\s*", "", tail[last.end():last.end() + 500], flags=re.IGNORECASE)
     spans = list(_MATH_SPAN_RE.finditer(region))
-    inside = lambda i: any(m.start() < i < m.end() for m in spans)  # noqa: E731
-    end = next((m.start() for m in _SENTENCE_END_RE.finditer(region) if not inside(m.start())), len(region))
+
+    def in_math(i: int) -> bool:
+        return any(m.start() < i < m.end() for m in spans)
+
+    end = next((m.start() for m in _SENTENCE_END_RE.finditer(region) if not in_math(m.start())), len(region))
     spans = [m for m in spans if m.start() < end]
-    cut = max((m.end() for m in re.finditer(r"\sis\s", region[:end]) if not inside(m.start())), default=0)
+    cut = max((m.end() for m in re.finditer(r"\sis\s", region[:end]) if not in_math(m.start())), default=0)
     spans = [m for m in spans if m.start() >= cut]
     if not spans:
         answer = region[cut:end]
@@ -554,9 +557,8 @@ def _as_interval(rel):
     low, middle, high = members
     if _free_vars(low) or _free_vars(high) or not _free_vars(middle):
         return None
-    endpoint = lambda node: ("scalar", node, repr(node))  # noqa: E731
     return ("bracketed", "(" if ops[0] == "<" else "[", ")" if ops[1] == "<" else "]",
-            (endpoint(low), endpoint(high)))
+            (("scalar", low, repr(low)), ("scalar", high, repr(high))))
 
 
 def _proportional(da, db, *, positive: bool) -> bool:

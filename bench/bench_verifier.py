@@ -7,10 +7,10 @@ rejects), on the cases whose expectation SAERL accepts and on all of them; the r
 math-verify's agreement on the same cases (each side passed to its parse() as written; bare LaTeX answers of the
 non-Math-Verify sources wrapped in $...$, as its README asks). Writes bench/results/verifier_peers.json.
 
-Pairs (skip with --pairs 0) are built from the reference answers in ../shared/data (benchmarks + MATH train) and perturbations
-whose verdict is known by construction: the gold itself, re-typeset forms (\\dfrac, "x =", thousands
-separators, decimals of terminating fractions) are right; off-by-one integers, x10, and another problem's
-answer are wrong. Each prediction is wrapped as a completion ("... \\boxed{pred}") and graded against the
+Pairs (skip with --pairs 0) are built from the reference answers in ../shared/data (benchmarks + MATH train)
+and perturbations whose verdict is known by construction: the gold itself, re-typeset forms (\\dfrac, "x =",
+thousands separators, decimals of terminating fractions) are right; off-by-one integers, x10, and another
+problem's answer are wrong. Each prediction is wrapped as a completion ("... \\boxed{pred}") and graded against the
 gold. Prints a table and writes bench/results/verifier.json (atomic).
 
     python bench/bench_verifier.py [--pairs 4000] [--seed 0]
@@ -203,9 +203,9 @@ def peer_report(out: str) -> None:
               "gaps": [{"source": c["source"], "where": c["where"], "gold": c["gold"][-200:], "pred": c["pred"][-200:],
                         "expected": c["expected"], "gap": c.get("gap", "")}
                        for c in accepted if ours_of[id(c)] is not c["expected"]],
-              "rejected_cases": [{"source": c["source"], "path": c["path"], "where": c["where"], "gold": c["gold"][-200:],
-                                  "pred": c["pred"][-200:], "peer_expected": c["expected"], "ours": ours_of[id(c)],
-                                  "reason": c["reject"]} for c in cases if "reject" in c]}
+              "rejected_cases": [{"source": c["source"], "path": c["path"], "where": c["where"],
+                                  "gold": c["gold"][-200:], "pred": c["pred"][-200:], "peer_expected": c["expected"],
+                                  "ours": ours_of[id(c)], "reason": c["reject"]} for c in cases if "reject" in c]}
     grade = math_verify_case_fn()
     theirs_of = {}
     if grade is not None:

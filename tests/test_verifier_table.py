@@ -341,7 +341,7 @@ EXTRACTION = [
     ("Final Answer: The final answer is \\((-6, 10)\\). I hope it is correct.", "(-6, 10)"),
     ("Final Answer: The final answer is $12$ and $13$. I hope it is correct.", "12, 13"),
     # a later "final answer" line beats an earlier box
-    ("so \\boxed{255} dollars of interest.\nFinal Answer: The final answer is $10,455$. I hope it is correct.", "10,455"),
+    ("so \\boxed{255} dollars.\nFinal Answer: The final answer is $10,455$. I hope it is correct.", "10,455"),
     ("So $x = \\boxed{5}$. I am sure the answer is correct.", "5"),  # a later phrase must state math
     # boxes divided only by separators are one answer; prose between them is not a separator
     ("The integers are \\boxed{-2} and \\boxed{1}.", "-2, 1"),

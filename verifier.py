@@ -198,7 +198,7 @@ _LHS_RE = re.compile(r"^(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?[a-zA-Z0-9]+\}?)?(?:\([a-
 _PLAIN_NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
 _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _SPACED_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?: \d{3})+(?:\.\d+)?")
-_MIXED_RE = re.compile(r"(?<![\d.,}])(\d+)\s+(\d+)\s*/\s*(\d+)(?![\d.])")
+_MIXED_RE = re.compile(r"(-?\d+)\s+(\d+)\s*/\s*(\d+)")  # a whole answer "7 3/4" (inside an expression: ambiguous)
 _AND_OR_RE = re.compile(r"\s*(?<![A-Za-z\\])(?:and|or)(?![A-Za-z])\s*")
 
 
@@ -209,7 +209,7 @@ def normalize_answer(s: str | None) -> str:
     \\displaystyle; \\dfrac/\\tfrac/\\cfrac -> \\frac; relations to \\le \\ge \\ne < > (>=, \\geq, \\gt ...);
     "= a \\approx b" keeps the exact value; expand \\frac12 and \\sqrt2 shorthand; drop ^\\circ, "degrees",
     % and unit words after a number; drop a trailing period; drop thousands separators (1,000 1{,}000 1\\,000,
-    but not "32, 349"); mixed numbers "7 3/4" -> 7\\frac{3}{4}; "and", "or" and ";" separate list items;
+    but not "32, 349"); a whole answer "7 3/4" -> 7\\frac{3}{4}; "and", "or" and ";" separate list items;
     {1,2} is the set \\{1,2\\}; brackets around a single matrix go; drop a label on the left of one "="
     ("x =", "f(x) =", "(p,q) =", "AB =", "x \\in") unless keep_lhs; collapse spaces (one is kept only
     between two letters)."""
@@ -257,7 +257,9 @@ def _normalize(s: str, keep_lhs: bool = False) -> str:
     s = re.sub(r"\{\s*,\s*\}", "", s)
     if _THOUSANDS_RE.fullmatch(s) or _SPACED_THOUSANDS_RE.fullmatch(s):
         s = s.replace(" ", "").replace(",", "")
-    s = _MIXED_RE.sub(lambda m: f"{m[1]}\\frac{{{m[2]}}}{{{m[3]}}}" if int(m[2]) < int(m[3]) else m[0], s)
+    m = _MIXED_RE.fullmatch(s)
+    if m and int(m[2]) < int(m[3]):
+        s = f"{m[1]}\\frac{{{m[2]}}}{{{m[3]}}}"
     s = _AND_OR_RE.sub(",", s).replace(";", ",")
     s = re.sub(r"(?:\s*,)+", ",", s).strip(", ")
     if len(s) > 2 and s[0] == "{" and s[-1] == "}" and _wraps(s[1:-1]):  # {1,2,3}: braces as a set

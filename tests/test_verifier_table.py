@@ -1,4 +1,5 @@
-"""The verifier's specification as a table: (prediction, gold, expected), each verdict a human judgement.
+"""The verifier's specification as tables: (prediction, gold, expected) for is_equiv and (completion, answer)
+for extract_answer, each verdict a human judgement.
 
 Written by hand, category by category, with equivalent and non-equivalent cases side by side; near misses
 (1/3 vs 0.33, (1,2] vs [1,2], 28801 vs 28800) are the point. The documented percentage rule: % is a unit
@@ -6,7 +7,7 @@ and is dropped, so 28% equals 28 and 10% does not equal 0.1.
 """
 import pytest
 
-from verifier import is_equiv
+from verifier import extract_answer, is_equiv
 
 TABLE = [
     # --- integers: exact, no tolerance
@@ -241,6 +242,78 @@ TABLE = [
     # --- complex numbers written with i
     ("1+\\sqrt{3}i", "1+i\\sqrt{3}", True),
     ("1+\\sqrt{3}i", "1-\\sqrt{3}i", False),
+    # --- negative bases under powers: (-a)^{p/q} = (-1)^p a^{p/q} for odd q (hand-expanded)
+    ("(-\\sqrt{3})^2", "3", True),
+    ("(-\\sqrt{3})^2", "-3", False),
+    ("(\\sqrt2-2)^2", "6-4\\sqrt2", True),
+    ("(\\sqrt2-2)^2", "4\\sqrt2-6", False),
+    ("(-2)^{2/3}", "\\sqrt[3]{4}", True),
+    ("(-2)^{2/3}", "-\\sqrt[3]{4}", False),
+    ("(-2)^{1/3}", "-\\sqrt[3]{2}", True),
+    ("\\sec^2 y", "\\tan^2 y+1", True),
+    ("\\sec^2 y", "\\tan^2 y", False),
+    # --- mixed numbers written with a space; thousands separators vs lists
+    ("7 3/4", "\\frac{31}{4}", True),
+    ("7 3/4", "\\frac{73}{4}", False),
+    ("-7 3/4", "-\\frac{31}{4}", True),
+    ("32, 349", "32349", False),
+    ("32,349", "32349", True),
+    ("1 000", "1000", True),
+    ("14{, }916", "14916", True),
+    ("12,\\! 000", "12000", True),
+    # --- relations: direction, proportional equations, inequalities as intervals
+    ("x \\geq 5", "x >= 5", True),
+    ("5 \\leq x", "x \\ge 5", True),
+    ("x > 5", "x \\ge 5", False),
+    ("-x > -1", "x < 1", True),
+    ("-x > -1", "x > 1", False),
+    ("x \\gt 5", "x>5", True),
+    ("x \\neq 3", "x != 3", True),
+    ("2x+4y<3", "-2x-4y>-3", True),
+    ("2x+4y<3", "-2x-4y<-3", False),
+    ("y=-\\frac12x+\\frac34", "2x+4y-3=0", True),
+    ("y=-\\frac12x+\\frac34", "2x+4y+3=0", False),
+    ("2x=6", "x=3", True),
+    ("-793<a<10", "(-793,10)", True),
+    ("-793<a\\le 10", "(-793,10)", False),
+    ("x \\le 3", "(-\\infty, 3]", True),
+    ("x < 3", "(-\\infty, 3]", False),
+    ("x \\approx 11", "11", True),
+    ("x = \\frac13 \\approx 0.33", "\\frac{1}{3}", True),
+    ("x = 5+5+1 = 7 = 11", "11", False),  # a chain with a false link is a wrong answer
+    # --- labelled answers
+    ("(3,2)", "(p,q)=(3,2)", True),
+    ("(2,3)", "(p,q)=(3,2)", False),
+    ("4, 5", "AB=4, CD=5", True),
+    ("4, 6", "AB=4, CD=5", False),
+    ("\\frac{1}{\\sqrt{6}}", "\\frac{NO}{BO}=\\frac{1}{\\sqrt{6}}", True),
+    ("11a+c", "7 = 11a+c", False),
+    ("1", "xy=1", False),  # an equation (a curve), not a label
+    ("SRMC", "MR=SRMC", False),  # a condition, not a label
+    # --- "and" / "or" lists, \\pm
+    ("1 and 2", "1, 2", True),
+    ("6 and 9", "6, 8", False),
+    ("(11,7) or (7,11)", "(7,11),(11,7)", True),
+    ("6 \\text{ and } 8", "6, 8", True),
+    ("1 \\pm \\sqrt{19}", "1+\\sqrt{19}, 1-\\sqrt{19}", True),
+    ("\\pm 2021", "2021", False),
+    ("\\pm 2021", "\\{-2021, 2021\\}", True),
+    ("{1,2,3}", "3, 2, 1", True),
+    # --- float printouts: >= 10 significant digits compare to their printed precision, shorter ones exactly
+    ("0.0833333333333333", "\\frac{1}{12}", True),
+    ("0.083333333", "\\frac{1}{12}", False),
+    ("4.123105625618", "\\sqrt{17}", True),
+    ("4.123105625627", "\\sqrt{17}", False),
+    # --- matrices in brackets, \\cfrac, unit and percent words, ordinals
+    ("\\left[\\begin{array}{cc}1 & 2 \\\\ 3 & 4\\end{array}\\right]", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", True),
+    ("(\\begin{pmatrix}1\\\\2\\end{pmatrix})", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", True),
+    ("\\cfrac{1}{3}", "\\frac{1}{3}", True),
+    ("28 pct", "28\\%", True),
+    ("28 percentage", "28", True),
+    ("12 edges", "12", True),
+    ("12 edges", "13", False),
+    ("0.06\\text{ yuan}", "0.06", True),
+    ("5^{\\mathrm{th}}", "5", True),
     # --- things that are not answers
     ("", "5", False),
     (None, "5", False),
@@ -259,3 +332,27 @@ def test_table(pred, gold, expected):
 def test_table_is_large_and_balanced():
     assert len(TABLE) >= 150
     assert sum(e for _, _, e in TABLE) >= 60 and sum(not e for _, _, e in TABLE) >= 60
+
+
+EXTRACTION = [
+    ("The final answer is 12. I hope it is correct.", "12"),
+    ("The final answer is 3.5. I hope it is correct.", "3.5"),
+    ("Final Answer: The volume of $ABCD$ is 120. I hope it is correct.", "120"),
+    ("Final Answer: The final answer is \\((-6, 10)\\). I hope it is correct.", "(-6, 10)"),
+    ("Final Answer: The final answer is $12$ and $13$. I hope it is correct.", "12, 13"),
+    # a later "final answer" line beats an earlier box
+    ("so \\boxed{255} dollars.\nFinal Answer: The final answer is $10,455$. I hope it is correct.", "10,455"),
+    ("So $x = \\boxed{5}$. I am sure the answer is correct.", "5"),  # a later phrase must state math
+    # boxes divided only by separators are one answer; prose between them is not a separator
+    ("The integers are \\boxed{-2} and \\boxed{1}.", "-2, 1"),
+    ("$\\boxed{(2, 2)} \\quad \\text{and} \\quad \\boxed{(6, 2)}$", "(2, 2), (6, 2)"),
+    ("First \\boxed{3}, then on reflection \\boxed{4}.", "4"),
+    # "Answer" before a math span; inline math may not span lines, display math may
+    ("Answer \\[ 9 \\]", "9"),
+    ("Answer $ \n 9 \n $", None),
+]
+
+
+@pytest.mark.parametrize("completion,answer", EXTRACTION)
+def test_extraction_table(completion, answer):
+    assert extract_answer(completion) == answer

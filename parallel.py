@@ -8,7 +8,7 @@ grpo.py calls it. In one process every function here is a no-op or returns (0, 1
 
 A step's B prompts are cut into B/N contiguous shares of whole generate calls; call k of the global
 batch is seeded by k, so the rollouts, and with global denominators and summed gradients the
-update, are those of one process on the same batch (tests/test_distributed.py).
+update, are those of one process on the same batch (tests/test_parallel.py).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Data parallel GRPO (grpo.py under torchrun): two gloo processes on the CPU must give the weights
+"""Specification of parallel.py (data-parallel GRPO, grpo.py under torchrun): two gloo processes on the CPU must give the weights
 one process gives on the same global batch, and a 2-rank run stopped after a checkpoint must resume
 to the weights of an uninterrupted one."""
 import os

@@ -1,6 +1,6 @@
-"""Specification of parallel.py (data-parallel GRPO, grpo.py under torchrun): two gloo processes on the CPU must give the weights
-one process gives on the same global batch, and a 2-rank run stopped after a checkpoint must resume
-to the weights of an uninterrupted one."""
+"""Specification of parallel.py (data-parallel GRPO: grpo.py under torchrun). Two gloo processes on
+the CPU must give the weights one process gives on the same global batch, and a 2-rank run stopped
+after a checkpoint must resume to the weights of an uninterrupted one."""
 import os
 import socket
 

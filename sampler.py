@@ -196,7 +196,12 @@ def _next_token(logits: torch.Tensor, temperature: float, top_p: float, gen: tor
 
 def _slab_cache(model, rows: int, capacity: int):
     """A KV cache whose layers write into buffers preallocated for `capacity` positions."""
-    from transformers.cache_utils import Cache, DynamicLayer
+    try:
+        from transformers.cache_utils import Cache, DynamicLayer
+    except ImportError as e:  # transformers before the layered Cache API
+        raise RuntimeError("the compact rollout engine needs a transformers with the layered KV-cache API "
+                           "(transformers.cache_utils.DynamicLayer): upgrade transformers, or pass "
+                           "--rollout-engine hf") from e
 
     class SlabLayer(DynamicLayer):
         """One layer's keys/values in [rows, kv_heads, capacity, head_dim] buffers; `keys` is the

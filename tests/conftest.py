@@ -16,3 +16,14 @@ def toy_world(tmp_path_factory):
     import toy
 
     return toy.build_world(tmp_path_factory.mktemp("toy_world"), verbose=False)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (other suites may share the cores; small SAE checks stay exact)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

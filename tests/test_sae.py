@@ -13,14 +13,7 @@ D_IN, D_SAE = 8, 24
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # other suites share the 2 cores; one thread avoids oversubscription and keeps CPU runs exact
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 def char_tokenizer(padding_side="right"):
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers

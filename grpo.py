@@ -840,16 +840,15 @@ def read_schedule(path) -> list[list[str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description="GRPO / DAPO / Dr. GRPO on a batch schedule.")
+    import plan
+
+    ap = argparse.ArgumentParser(description="GRPO / DAPO / Dr. GRPO on a batch schedule.", parents=[plan.plan_flags()])
     ap.add_argument("--model", required=True, help="policy: HF model id or folder")
     ap.add_argument("--train-data", help="problems: jsonl / json / parquet / Hub id (required unless --plan)")
     ap.add_argument("--schedule", default=None, help="schedule.jsonl to follow (default: random batches)")
     ap.add_argument("--out", default="runs/grpo", help="output folder (logs, checkpoints, final model)")
     ap.add_argument("--preset", default="qwen-math-1.5b", choices=sorted(GRPOConfig.PRESETS))
     ap.add_argument("--limit", type=int, default=None, help="use only the first N training problems")
-    ap.add_argument("--plan", action="store_true", help="print the memory plan per phase (and the flags that "
-                    "fit --gpu-memory) from the model's config, then exit without loading weights")
-    ap.add_argument("--gpu-memory", type=float, default=80.0, help="GiB of the card --plan fits the run to")
     ap.add_argument("--plan-prompt-tokens", type=int, default=512, help="longest prompt --plan sizes for")
     ap.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                     help="continue from the latest checkpoint in --out (--no-resume refuses a used --out)")

@@ -206,6 +206,17 @@ def plan_json(plan: dict) -> str:
                       indent=2)
 
 
+def plan_flags():
+    """--plan and --gpu-memory, shared by grpo.py's and saerl.py's command lines."""
+    import argparse
+
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("--plan", action="store_true", help="print the memory plan per phase for --model (from its "
+                    "config, nothing loaded) and the flags that fit --gpu-memory, then exit")
+    ap.add_argument("--gpu-memory", type=float, default=80.0, help="GiB of the card --plan fits the run to")
+    return ap
+
+
 def memory_plan_report(model: str, cfg, *, gpu_gib: float, prompt_tokens: int = 512) -> str:
     """--plan: the plan of `cfg` for `model` (config only, no weights) and the flags that fit gpu_gib."""
     shape = ModelShape.load(model)

@@ -58,6 +58,7 @@ import torch
 
 import estimators
 import grpo
+import plan
 import toy
 from data import (DataError, Problem, add_dataclass_args, atomic_write_text, dataclass_from_args, dir_stamp,
                   file_stamp, flag, format_prompt, given_args, load_model, load_problems, number_label, read_jsonl,
@@ -129,12 +130,9 @@ class Config:
 
 def main(argv=None) -> Path | None:
     cfg, grpo_overrides = parse_args(argv)
-    plan_flags, _ = plan_parser().parse_known_args(argv)
-    if plan_flags.plan:  # memory per phase from the model's config alone: nothing is loaded or trained
-        import plan
-
-        gcfg = grpo.GRPOConfig.preset(cfg.preset or ("toy" if cfg.model is None else "qwen-math-1.5b"),
-                                      **grpo_overrides)
+    plan_flags, _ = plan.plan_flags().parse_known_args(argv)
+    if plan_flags.plan:  # the real run's memory per phase, from the config alone (default: the paper's policy)
+        gcfg = grpo.GRPOConfig.preset(cfg.preset or "qwen-math-1.5b", **grpo_overrides)
         print(plan.memory_plan_report(cfg.model or "Qwen/Qwen2.5-Math-1.5B", gcfg, gpu_gib=plan_flags.gpu_memory))
         return None
     try:
@@ -870,7 +868,7 @@ def parse_args(argv=None) -> tuple[Config, dict]:
     returns the Config and the GRPO fields that were given."""
     ap = argparse.ArgumentParser(prog="saerl.py", description="SAERL: SAE-guided data engineering for GRPO. "
                                  "No arguments: the whole pipeline in the embedded toy world on a CPU.",
-                                 parents=[plan_parser()])  # --plan, --gpu-memory: read by main
+                                 parents=[plan.plan_flags()])  # --plan, --gpu-memory: read by main
     add_dataclass_args(ap, Config)
     own = {f.name for f in dataclasses.fields(Config)}
     group = ap.add_argument_group("GRPO (passed to grpo.GRPOConfig; default: the preset's value)")
@@ -878,14 +876,6 @@ def parse_args(argv=None) -> tuple[Config, dict]:
     args = ap.parse_args(argv)
     overrides = {k: v for k, v in given_args(grpo.GRPOConfig, args).items() if k not in own}
     return dataclass_from_args(Config, args), overrides
-
-
-def plan_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(add_help=False)
-    ap.add_argument("--plan", action="store_true", help="print the GRPO memory plan per phase for --model "
-                    "(config only) and the flags that fit --gpu-memory, then exit (see plan.py)")
-    ap.add_argument("--gpu-memory", type=float, default=80.0, help="GiB of the card --plan fits the run to")
-    return ap
 
 
 def finite_or_none(x) -> float | None:

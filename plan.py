@@ -201,11 +201,6 @@ def format_plan(plan: dict, *, title: str = "") -> str:
     return "\n".join(lines).lstrip("\n")
 
 
-def plan_json(plan: dict) -> str:
-    return json.dumps({**plan, "phases": {k: {n: int(b) for n, b in v.items()} for k, v in plan["phases"].items()}},
-                      indent=2)
-
-
 def plan_flags():
     """--plan and --gpu-memory, shared by grpo.py's and saerl.py's command lines."""
     import argparse

@@ -88,10 +88,12 @@ def timed_step(model, tok, batch, cfg, optimizer, step, reward_fn, device) -> di
     norm = grpo.loss_normalizer(cmask, cfg.loss_type, cfg.max_new_tokens)
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    for s in range(0, len(adv), cfg.micro_batch_size):
-        m = slice(s, s + cfg.micro_batch_size)
+    packed = grpo.uses_packing(model, cfg)
+    for m in grpo.micro_batches(roll.attention_mask.sum(1).tolist(), max_rows=cfg.micro_batch_size,
+                                max_tokens=cfg.max_tokens_per_micro_batch, packed=packed):
+        m = torch.tensor(m, device=roll.input_ids.device)  # the micro-batches grpo_step cuts
         t1 = now()
-        logp = grpo._logprobs(model, roll.input_ids[m], roll.attention_mask[m], cmask[m], cfg, device, True)
+        logp = grpo._logprobs(model, roll.input_ids[m], roll.attention_mask[m], cmask[m], cfg, device, True, packed)
         loss, _ = grpo.policy_loss(logp, logp.detach(), adv[m], cmask[m], loss_type=cfg.loss_type,
                                    eps_low=cfg.eps_low, eps_high=cfg.eps_high, normalizer=norm)
         t2 = now()

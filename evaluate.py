@@ -1,6 +1,7 @@
 """Benchmark evaluation and run reports: greedy pass@1 or sampled avg@n on math benchmarks, judged by
 verifier.py; the report.md / clusters.md a SAERL run writes.
-Imports: data, estimators (NMI) and verifier from this project -- never saerl.py or grpo.py.
+Imports: data, estimators (NMI), parallel (sharded evaluation) and verifier from this project --
+never saerl.py or grpo.py.
 
 The same template (data.format_prompt), decoding routine (generate_completions) and verifier serve the
 training reward, the pipeline's in-loop evaluation and the final report.
@@ -9,7 +10,7 @@ training reward, the pipeline's in-loop evaluation and the final report.
     load_benchmark(spec) -> (name, problems)    a registry name, name=path, or a local file
     generate_completions(model, tok, prompts)   left-padded batched generation, seeded, stop at EOS
     evaluate(model, tok, benchmark, ...)        accuracy with a 95% interval, every completion to JSONL
-    make_eval_fn(model, tok, benches, ...)      the trainer's in-loop evaluation callback
+    make_eval_fn(tok, benches, ...)             the trainer's in-loop evaluation: (step, model) -> row
     markdown_table(results), metric_name(n, temperature)
     write_report(...), cluster_summary(...), cluster_purity(...)   a SAERL run's report.md / clusters.md
     python evaluate.py --model M --benchmarks math500,aime24 [--n 16 --temperature 0.6]
@@ -30,6 +31,7 @@ import torch
 import data
 from data import add_dataclass_args, dataclass_from_args, flag, load_model
 from estimators import normalized_mutual_info
+from parallel import all_gather, dist_info
 from verifier import extract_answer, gold_parse_report, is_equiv
 
 # ================================================================================================ benchmarks
@@ -117,8 +119,14 @@ def evaluate(model, tokenizer, benchmark, *, template: str = "qwen-math", n: int
         problems, name = list(benchmark)[:limit], name or "problems"
     t0 = time.perf_counter()
     prompts = [data.format_prompt(p.problem, tokenizer, template) for p in problems]
-    completions = generate_completions(model, tokenizer, prompts, n=n, temperature=temperature, top_p=top_p,
-                                       max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+    # under torchrun each rank decodes a contiguous share of whole batches, seeded by the batch's
+    # global position (sampler.complete), so the completions do not depend on the world size
+    rank, world = dist_info()
+    n_batches = -(-len(prompts) // batch_size)
+    lo, hi = (min(len(prompts), n_batches * r // world * batch_size) for r in (rank, rank + 1))
+    completions = generate_completions(model, tokenizer, prompts[lo:hi], n=n, temperature=temperature, top_p=top_p,
+                                       max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed + lo)
+    completions = [c for share in all_gather(completions) for c in share]
     rows, per_problem = [], []
     for problem, samples in zip(problems, completions):
         golds = [problem.answer] + list(problem.meta.get("answer_alternatives", []))
@@ -146,7 +154,8 @@ def evaluate(model, tokenizer, benchmark, *, template: str = "qwen-math", n: int
               "gold_report": gold_report, "seconds": time.perf_counter() - t0, "completions_path": None}
     if out_dir is not None:
         path = Path(out_dir) / f"{name}.jsonl"
-        data.write_jsonl(path, rows)
+        if rank == 0:
+            data.write_jsonl(path, rows)
         result["completions_path"] = str(path)
     return result
 
@@ -183,10 +192,11 @@ def markdown_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def make_eval_fn(model, tokenizer, benches, *, metric: str, **evaluate_kw):
-    """The trainer's in-loop evaluation: step -> {benchmark: accuracy, ..., "mean", "metric"} over the
-    loaded (name, problems) benches, each scored by evaluate(..., **evaluate_kw)."""
-    def eval_fn(step: int) -> dict:
+def make_eval_fn(tokenizer, benches, *, metric: str, **evaluate_kw):
+    """The trainer's in-loop evaluation: (step, model) -> {benchmark: accuracy, ..., "mean", "metric"}
+    over the loaded (name, problems) benches, each scored by evaluate(..., **evaluate_kw); under
+    torchrun every rank calls it and decodes its share."""
+    def eval_fn(step: int, model) -> dict:
         row = {name: evaluate(model, tokenizer, problems, name=name, **evaluate_kw)["accuracy"]
                for name, problems in benches}
         return row | {"mean": sum(row.values()) / len(row), "metric": metric}

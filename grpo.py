@@ -2,7 +2,7 @@
 
 SAERL decides *which* problems go into *which* step (saerl.py writes schedule.jsonl, one batch of
 problem ids per line); this file turns each scheduled batch into one policy update. Imports data,
-sampler, plan, parallel (and verifier, lazily, for the default reward). A step is five named
+sampler, plan, parallel, checkpoint (and verifier, lazily, for the default reward). A step is five named
 stages, visible in `grpo_step`:
 
     sample    B prompts x G completions by sampler.sample_rollouts (the bf16 rollout copy on CUDA)
@@ -35,9 +35,9 @@ Public API
     random_schedule(ids, batch_size, num_steps, seed) / read_schedule(path)
     python grpo.py --model M --train-data FILE [--schedule schedule.jsonl] [--out DIR] [--preset toy]
     python grpo.py --model M --plan [--gpu-memory 80]          the memory plan, nothing loaded
-    torchrun --nproc_per_node N grpo.py ...                    data parallel (parallel.py)
+    torchrun --nproc_per_node N grpo.py ... [--parallel fsdp2]  data parallel / sharded (parallel.py)
 
-The file reads bottom-up: config, the math, log-probs, checkpoints, the step, the run, CLI.
+The file reads bottom-up: config, the math, log-probs, the step, the run, CLI.
 """
 from __future__ import annotations
 
@@ -47,14 +47,12 @@ import copy
 import json
 import math
 import os
-import random
 import shutil
 import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -62,6 +60,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from data import add_dataclass_args, flag, load_model, stop_token_ids
+import parallel
+from checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from parallel import (all_gather, all_reduce_gradients, all_reduce_sum, barrier, dist_info, init_distributed,
                       rank_slice)
 from plan import oom_phase
@@ -102,7 +102,9 @@ class GRPOConfig:
     rollout_dtype: str = flag("auto", "the model that generates: auto (a bf16 copy on CUDA, the policy on CPU) "
                             "| policy | bfloat16 | float16 | float32 (a copy refreshed after each update)")
     tis_cap: float = flag(2.0, "truncated importance weight min(pi_train/pi_sampler, cap) on each token when the "
-                        "rollout model is a separate copy (bf16 vs fp32 mismatch); 0 disables")
+                        "rollout model is a copy in another dtype (bf16 vs fp32 mismatch); 0 disables")
+    parallel: str = flag("ddp", "under torchrun: ddp (every rank holds the whole policy and AdamW state) | fsdp2 "
+                         "(each rank holds 1/N of them; parallel.py)")
     # objective
     loss_type: str = flag("grpo", "aggregation: grpo (per-sequence mean) | dapo (token mean) | dr_grpo")
     adv_scale: str = flag("std", "advantage: std = (r-mean)/(std+eps) (GRPO) | none = r-mean (Dr. GRPO)")
@@ -138,6 +140,7 @@ class GRPOConfig:
     def __post_init__(self):
         for name, allowed in (("loss_type", LOSS_TYPES), ("adv_scale", ADV_SCALES), ("overlong", OVERLONG),
                               ("rollout_engine", ENGINES), ("packing", ("auto", "on", "off")),
+                              ("parallel", ("ddp", "fsdp2")),
                               ("rollout_dtype", ("auto", "policy", "bfloat16", "float16", "float32"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"GRPOConfig.{name}={getattr(self, name)!r}; expected one of {allowed}")
@@ -412,88 +415,6 @@ def micro_batches(lengths: list[int], *, max_rows: int, max_tokens: int = 0, pac
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints: one directory per step, written under a temporary name and renamed (atomic)
-# ----------------------------------------------------------------------------------------------
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                       "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
-             "python": {"version": py_state[0], "state": list(py_state[1])}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    random.setstate((state["python"]["version"], tuple(state["python"]["state"]), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def save_checkpoint(ckpt_dir: Path, step: int, policy, optimizer, cfg: GRPOConfig, schedule_hash: str) -> Path:
-    """Write checkpoints/step_{step:06d}/ {model.safetensors, optimizer.pt, state.pt}; `step` is the
-    number of schedule steps completed. Older checkpoints beyond cfg.keep_checkpoints are removed."""
-    from safetensors.torch import save_model
-
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    final = ckpt_dir / f"step_{step:06d}"
-    tmp = ckpt_dir / f".tmp_step_{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_model(policy, str(tmp / "model.safetensors"))  # save_model handles tied embeddings
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save({"step": step, "rng": _rng_state(), "config": asdict(cfg), "schedule_hash": schedule_hash},
-               tmp / "state.pt")
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if final.exists():  # only after a crash between rename and the next step; same step, same content
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(ckpt_dir)
-    for old in sorted(ckpt_dir.glob("step_*"))[:-cfg.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    done = sorted(p for p in Path(ckpt_dir).glob("step_*") if (p / "state.pt").exists())
-    return done[-1] if done else None
-
-
-def load_checkpoint(path: Path, policy, optimizer, cfg: GRPOConfig, schedule_hash: str) -> int:
-    """Restore weights, optimizer and RNG states in place; returns the number of steps completed."""
-    from safetensors.torch import load_model
-
-    state = torch.load(path / "state.pt", weights_only=True)
-    if state["schedule_hash"] != schedule_hash:
-        raise ValueError(f"checkpoint {path} was written for a different schedule (hash "
-                         f"{state['schedule_hash'][:12]} vs {schedule_hash[:12]}); use a new out_dir")
-    length_only = {"max_steps", "num_steps", "save_every", "keep_checkpoints", "eval_every"}
-    changed = [k for k, v in state["config"].items() if k not in length_only and getattr(cfg, k, v) != v]
-    if changed:
-        warnings.warn(f"resuming from {path} with changed settings: "
-                      + ", ".join(f"{k}: {state['config'][k]!r} -> {getattr(cfg, k)!r}" for k in changed))
-    load_model(policy, str(path / "model.safetensors"), device=str(next(policy.parameters()).device))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    _set_rng_state(state["rng"])
-    return int(state["step"])
-
-
-# ----------------------------------------------------------------------------------------------
 # One step: sample -> score -> advantage -> loss -> update
 # ----------------------------------------------------------------------------------------------
 def _autocast(device: torch.device, cfg: GRPOConfig):
@@ -516,17 +437,18 @@ def uses_packing(model, cfg: GRPOConfig) -> bool:
     under sdpa/eager a packed row needs a [T, T] block mask, more work than padding similar lengths."""
     if cfg.packing != "auto":
         return cfg.packing == "on"
-    return str(getattr(model.config, "_attn_implementation", "")).startswith("flash_attention")
+    return str(getattr(parallel.unwrap(model).config, "_attn_implementation", "")).startswith("flash_attention")
 
 
 def _logprobs(model, ids, att, cmask, cfg, device, grad: bool, packed: bool = False) -> torch.Tensor:
+    """Log-probs [n, C] of one micro-batch; `model` may be an FSDP2 root (parallel.call)."""
     with torch.set_grad_enabled(grad), _autocast(device, cfg):
         if packed:
-            return packed_logprobs(model, ids, att, cmask, temperature=cfg.temperature,
-                                   chunk_size=cfg.logprob_chunk)
+            return parallel.call(model, packed_logprobs, ids, att, cmask, temperature=cfg.temperature,
+                                 chunk_size=cfg.logprob_chunk)
         ids_t, att_t, cm_t = _trim(ids, att, cmask)
-        lp = sequence_logprobs(model, ids_t, att_t, cm_t, temperature=cfg.temperature,
-                               chunk_size=cfg.logprob_chunk)
+        lp = parallel.call(model, sequence_logprobs, ids_t, att_t, cm_t, temperature=cfg.temperature,
+                           chunk_size=cfg.logprob_chunk)
     return F.pad(lp, (0, cmask.shape[1] - lp.shape[1]))  # back to [n, C]
 
 
@@ -552,7 +474,8 @@ def grpo_step(policy, tokenizer, batch: list, cfg: GRPOConfig, optimizer, *, ste
     """One scheduled batch -> cfg.num_iterations optimizer updates. Returns the step's log row.
 
     `rollout` is the model that samples (`sampler.rollout_model`: the policy itself, or a bf16 copy
-    that this function refreshes after each update); None means the policy.
+    that this function refreshes after each update); None means the policy. Under FSDP2 `policy`
+    is the sharded root (parallel.fsdp2) and `rollout` its unsharded copy.
     """
     from data import format_prompt
 
@@ -606,7 +529,9 @@ def grpo_step(policy, tokenizer, batch: list, cfg: GRPOConfig, optimizer, *, ste
     for group in optimizer.param_groups:
         group["lr"] = lr
     sampler_lp = roll.sampler_logprobs
-    use_tis = cfg.tis_cap > 0 and rollout is not policy and sampler_lp is not None
+    # a copy in the policy's own dtype samples the policy's distribution: no correction needed
+    use_tis = cfg.tis_cap > 0 and sampler_lp is not None and (
+        next(rollout.parameters()).dtype != next(policy.parameters()).dtype)
     packed = uses_packing(policy, cfg)
     rows = rows.to(roll.input_ids.device)
     cmask = roll.completion_mask[rows].float()
@@ -620,6 +545,9 @@ def grpo_step(policy, tokenizer, batch: list, cfg: GRPOConfig, optimizer, *, ste
         mbs = [torch.tensor(m, device=ids.device) for m in
                micro_batches(real_len, max_rows=cfg.micro_batch_size, max_tokens=cfg.max_tokens_per_micro_batch,
                              packed=packed)]
+        n_real = len(mbs)
+        if parallel.is_sharded(policy):
+            ids, att, cmask, adv_k, s_lp, mbs = _even_micro_batches(ids, att, cmask, adv_k, s_lp, mbs, roll, device)
         old = ref = None
         with oom_phase("training", f" at step {step}"):
             if cfg.num_iterations > 1:  # the policy that sampled, frozen for all passes
@@ -633,8 +561,11 @@ def grpo_step(policy, tokenizer, batch: list, cfg: GRPOConfig, optimizer, *, ste
                 optimizer.zero_grad(set_to_none=True)
                 agg = {k: 0.0 for k in agg}
                 loss_total = 0.0
-                for m in mbs:
+                for j, m in enumerate(mbs):
                     logp = _logprobs(policy, ids[m], att[m], cmask[m], cfg, device, True, packed)  # [n, C]
+                    if j >= n_real:  # an FSDP2 padding micro-batch: only its collectives count
+                        (logp.sum() * 0.0).backward()
+                        continue
                     old_m = logp.detach() if old is None else old[m]
                     is_w = None
                     if s_lp is not None and it == 0:  # how far the sampler's log-probs are from ours
@@ -656,11 +587,11 @@ def grpo_step(policy, tokenizer, batch: list, cfg: GRPOConfig, optimizer, *, ste
                         agg[k] += st[k] * st["tokens"]
                     agg["ratio_max"] = max(agg["ratio_max"], st["ratio_max"])
                     agg["tokens"] += st["tokens"]
-                if world > 1:
+                if world > 1 and not parallel.is_sharded(policy):  # FSDP2 reduce-scatters in backward
                     all_reduce_gradients([p for p in policy.parameters() if p.requires_grad])
                 params = [p for p in policy.parameters() if p.grad is not None]
                 clip_to = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_to))
+                grad_norm = float(parallel.full(torch.nn.utils.clip_grad_norm_(params, clip_to)))
                 if not math.isfinite(grad_norm):
                     raise NonFiniteError(f"step {step}: gradient norm is {grad_norm}; the update was not applied")
                 optimizer.step()
@@ -691,6 +622,21 @@ def grpo_step(policy, tokenizer, batch: list, cfg: GRPOConfig, optimizer, *, ste
     return row
 
 
+def _even_micro_batches(ids, att, cmask, adv, s_lp, mbs: list, roll, device):
+    """Under FSDP2 every forward and backward gathers weights and reduces gradients, collectives, so
+    all ranks must run as many micro-batches: a rank with fewer appends micro-batches of one dummy
+    row (its first rollout again) whose loss the step multiplies by 0 (the graph, so the backward's
+    collectives, still run). Returns the padded tensors and micro-batches."""
+    most = int(all_reduce_sum([float(len(mbs))], device, op="max")[0])
+    if most == len(mbs):
+        return ids, att, cmask, adv, s_lp, mbs
+    dummy = torch.tensor([len(ids)], device=ids.device)
+    ids, att = torch.cat([ids, roll.input_ids[:1]]), torch.cat([att, roll.attention_mask[:1]])
+    cmask, adv = torch.cat([cmask, roll.completion_mask[:1].float()]), torch.cat([adv, adv.new_zeros(1)])
+    s_lp = None if s_lp is None else torch.cat([s_lp, roll.sampler_logprobs[:1]])
+    return ids, att, cmask, adv, s_lp, mbs + [dummy] * (most - len(mbs))
+
+
 def _scatter_rows(parts: list[torch.Tensor], mbs: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
     """Micro-batch results [n_m, C] back into one [N, C] in the rows' original order."""
     out = torch.zeros(like.shape, dtype=torch.float32, device=parts[0].device)
@@ -714,18 +660,21 @@ def _truncate_log(path: Path, key_ok: Callable[[dict], bool]) -> None:
 
 
 def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRPOConfig, *, out_dir,
-          eval_fn: Callable[[int], dict] | None = None, resume: bool = True,
+          eval_fn: Callable[[int, Any], dict] | None = None, resume: bool = True,
           reward_fn: Callable[[str, str], float] | None = None) -> dict:
     """Train `policy` in place on `schedule`, in order.
 
     problems: data.Problem list; schedule: list of batches, each a list of problem ids (the rows of
-    schedule.jsonl, see `read_schedule`); step i of train_log.jsonl is schedule[i]. eval_fn(step) is
-    called with the number of completed steps (0 before training when starting fresh) every
-    cfg.eval_every steps and at the end; its dict goes to eval_log.jsonl. reward_fn(text, gold)
-    defaults to verifier.math_reward. With resume=True the latest checkpoint under
-    out_dir/checkpoints is loaded into `policy` (weights, optimizer, RNG) and the run continues
-    after it; resume=False refuses an out_dir that already has checkpoints.
-    Returns the last step's log row (or {} when nothing was left to do).
+    schedule.jsonl, see `read_schedule`); step i of train_log.jsonl is schedule[i].
+    eval_fn(step, model) is called with the number of completed steps (0 before training when
+    starting fresh) every cfg.eval_every steps and at the end, and the model to generate with (the
+    policy; under FSDP2 its unsharded rollout copy); on every rank under torchrun
+    (evaluate.make_eval_fn shards the problems), rank 0 writes its dict to eval_log.jsonl.
+    reward_fn(text, gold) defaults to verifier.math_reward. With resume=True the latest checkpoint
+    under out_dir/checkpoints is loaded into `policy` (weights, optimizer, RNG) and the run
+    continues after it; resume=False refuses an out_dir that already has checkpoints.
+    Under --parallel fsdp2 (world > 1) `policy` is sharded in place; its trained weights are those of
+    the last checkpoint. Returns the last step's log row (or {} when nothing was left to do).
     """
     from data import append_jsonl, atomic_write_text, stable_hash
 
@@ -744,16 +693,27 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
     n_steps = len(schedule) if cfg.max_steps is None else min(cfg.max_steps, len(schedule))
     sched_hash = stable_hash([list(map(str, b)) for b in schedule])
 
+    rank, world = dist_info()
+    lead = rank == 0  # under torchrun only rank 0 writes files and prints; every rank reads checkpoints
+    on_cuda = next(policy.parameters()).device.type == "cuda"
+    shard = cfg.parallel == "fsdp2" and world > 1
     # The reference is the policy as given (before any resume), frozen; none at beta = 0.
     ref_model = copy.deepcopy(policy).eval().requires_grad_(False) if cfg.beta > 0 else None
+    rollout_dtype = cfg.rollout_dtype
+    if shard:  # the shards cannot generate: an unsharded copy does (parallel.py)
+        if rollout_dtype == "policy":
+            raise ValueError("--rollout-dtype policy needs the whole policy on each rank; under --parallel fsdp2 "
+                             "use auto, bfloat16 or float32")
+        rollout_dtype = "float32" if rollout_dtype == "auto" and not on_cuda else rollout_dtype
+    rollout = rollout_model(policy, rollout_dtype)  # refreshed from the policy after a resume
     if cfg.checkpointing:
         set_activation_checkpointing(policy, True)
-    on_cuda = next(policy.parameters()).device.type == "cuda"
+    if shard:
+        policy = parallel.fsdp2(policy, bf16=on_cuda and cfg.bf16)
+        ref_model = None if ref_model is None else parallel.fsdp2(ref_model, bf16=on_cuda and cfg.bf16)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.weight_decay, fused=True if on_cuda else None)
     train_log, eval_log = out_dir / "train_log.jsonl", out_dir / "eval_log.jsonl"
-    rank, world = dist_info()
-    lead = rank == 0  # under torchrun only rank 0 writes files and prints; every rank reads checkpoints
     hashes = set(all_gather(sched_hash))
     if len(hashes) > 1:
         raise ValueError(f"rank {rank}: the ranks disagree on the schedule (hashes {sorted(hashes)}); "
@@ -764,6 +724,7 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
         raise FileExistsError(f"{ckpt_dir} holds checkpoints ({last.name}); pass resume=True or a new out_dir")
     if last is not None:
         start = load_checkpoint(last, policy, optimizer, cfg, sched_hash)
+        refresh_rollout_model(rollout, policy)
         if lead:
             _truncate_log(train_log, lambda r: r["step"] < start)
             _truncate_log(eval_log, lambda r: r["step"] <= start)
@@ -773,13 +734,15 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
     if lead:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "grpo_config.json", json.dumps(asdict(cfg), indent=2) + "\n")
-    stop_ids = stop_token_ids(policy, tokenizer)
-    rollout = rollout_model(policy, cfg.rollout_dtype)  # made after a resume, so it holds the resumed weights
+    stop_ids = stop_token_ids(rollout, tokenizer)
+    eval_model = rollout if shard else policy  # what eval_fn generates with
 
-    def run_eval(done: int):
-        if eval_fn is not None and lead:
+    def run_eval(done: int):  # every rank evaluates its share (evaluate.evaluate); rank 0 writes
+        if eval_fn is not None:
             with oom_phase("evaluation", f" after step {done}"):
-                append_jsonl(eval_log, {"step": done, **eval_fn(done)})
+                row = {"step": done, **eval_fn(done, eval_model)}
+            if lead:
+                append_jsonl(eval_log, row)
         barrier()
 
     if start == 0 and cfg.eval_every > 0:
@@ -804,8 +767,7 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
         if cfg.eval_every > 0 and (done % cfg.eval_every == 0 or done == n_steps):
             run_eval(done)
         if done % cfg.save_every == 0 or done == n_steps:
-            if lead:  # the ranks hold identical weights and optimizer states: one copy is written
-                save_checkpoint(ckpt_dir, done, policy, optimizer, cfg, sched_hash)
+            save_checkpoint(ckpt_dir, done, policy, optimizer, cfg, sched_hash)  # rank 0 writes
             barrier()
     return row
 
@@ -887,7 +849,13 @@ def main(argv: list[str] | None = None) -> None:
     if rank != 0:
         return
     final = out / "final"
-    policy.save_pretrained(final)
+    if cfg.parallel == "fsdp2" and dist_info()[1] > 1:  # the policy is sharded: the last checkpoint is whole
+        final.mkdir(parents=True, exist_ok=True)
+        shutil.copy(latest_checkpoint(out / "checkpoints") / "model.safetensors", final / "model.safetensors")
+        policy.config.save_pretrained(final)
+        policy.generation_config.save_pretrained(final)
+    else:
+        policy.save_pretrained(final)
     tokenizer.save_pretrained(final)
     print(json.dumps({k: v for k, v in last.items() if k != "problem_ids"}, indent=None))
     print(f"final model: {final}", file=sys.stderr)

@@ -1,14 +1,24 @@
 """parallel.py -- data-parallel GRPO under torchrun: which rank does what, and the collectives.
 
-Owns: process-group setup (NCCL on CUDA, gloo on CPU), each rank's share of a step's prompts, and
-the sums over ranks (gradients, the loss denominator, logged means). Imports only torch;
-grpo.py calls it. In one process every function here is a no-op or returns (0, 1).
+Owns: process-group setup (NCCL on CUDA, gloo on CPU), each rank's share of a step's prompts and of
+an evaluation, the sums over ranks (gradients, the loss denominator, logged means), and FSDP2
+sharding with its full-state gathers. Imports only torch (and safetensors); grpo.py and
+evaluate.py call it. In one process every function here is a no-op or returns (0, 1).
 
-    torchrun --nproc_per_node N grpo.py --model M --train-data FILE --schedule schedule.jsonl
+    torchrun --nproc_per_node N grpo.py  --model M --train-data FILE [--parallel fsdp2]
+    torchrun --nproc_per_node N saerl.py --model M ...
 
 A step's B prompts are cut into B/N contiguous shares of whole generate calls; call k of the global
 batch is seeded by k, so the rollouts, and with global denominators and summed gradients the
 update, are those of one process on the same batch (tests/test_parallel.py).
+
+ddp: every rank holds the whole fp32 policy and AdamW state; gradients are all-reduced (summed).
+fsdp2: `fully_shard` on each decoder layer and on a root that holds the rest (embeddings, final
+norm, lm head), so each rank holds 1/N of the weights, gradients and AdamW moments (bf16 compute,
+fp32 reduction on CUDA). Generation never runs through the shards (it would all-gather every layer
+at every decoded token, and ranks stop decoding at different times): it runs on the unsharded
+rollout copy (sampler.rollout_model), refreshed from the shards after each update. Checkpoints hold
+full tensors in the one-process format, so a run resumes under any world size and either mode.
 """
 from __future__ import annotations
 
@@ -95,3 +105,111 @@ def barrier() -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+# ----------------------------------------------------------------------------------------------
+# FSDP2
+# ----------------------------------------------------------------------------------------------
+class Sharded(torch.nn.Module):
+    """The FSDP2 root around a *ForCausalLM. The trainer calls the decoder and the lm head
+    separately (chunked log-probs), which would bypass the root's hooks, so the whole log-prob
+    function runs as this module's forward: `sharded(fn, *args)` is `fn(model, *args)` with the
+    root's parameters (embeddings, norm, lm head) gathered for it."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn, *args, **kwargs):
+        return fn(self.model, *args, **kwargs)
+
+
+def fsdp2(model: torch.nn.Module, *, bf16: bool) -> Sharded:
+    """Shard `model` in place over all ranks: each decoder layer, then the root. bf16: gathered
+    weights and compute in bf16, gradients reduced in fp32 (the fp32 shards stay the master copy).
+    Gradients are summed over ranks, not averaged: the loss already divides by the global count."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    layers = getattr(model.base_model, "layers", None)
+    if layers is None:
+        raise TypeError(f"--parallel fsdp2 shards per decoder layer; {type(model).__name__}.base_model has no "
+                        "`layers` list")
+    units = [fully_shard(layer, mp_policy=mp) for layer in layers]
+    root = fully_shard(Sharded(model), mp_policy=mp)
+    for unit in units + [root]:
+        unit.set_gradient_divide_factor(1.0)
+        unit.set_force_sum_reduction_for_comms(True)  # gloo has no pre-multiplied sum
+    return root
+
+
+def is_sharded(model) -> bool:
+    return isinstance(model, Sharded)
+
+
+def unwrap(model) -> torch.nn.Module:
+    """The *ForCausalLM inside a Sharded root (the model itself otherwise)."""
+    return model.model if isinstance(model, Sharded) else model
+
+
+def call(model, fn, *args, **kwargs):
+    """fn(model, *args): through the root's forward when the model is sharded."""
+    return model(fn, *args, **kwargs) if isinstance(model, Sharded) else fn(model, *args, **kwargs)
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """A parameter, gradient or optimizer moment as one whole tensor (a collective for a shard)."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _named_unique(model) -> list[tuple[str, list[str], torch.nn.Parameter]]:
+    """(name, every alias, parameter) once per parameter: tied weights have several names."""
+    names: dict[int, list[str]] = {}
+    for n, p in unwrap(model).named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(n)
+    return [(n, names[id(p)], p) for n, p in unwrap(model).named_parameters()]
+
+
+def full_model_state(model) -> dict[str, torch.Tensor]:
+    """{name: whole tensor on the CPU} in the unsharded model's names, tied weights once. Under
+    FSDP2 every rank must call it (one all-gather per parameter)."""
+    return {n: full(p.detach()).cpu() for n, _, p in _named_unique(model)}
+
+
+@torch.no_grad()
+def load_full_model_state(model, state: dict[str, torch.Tensor]) -> None:
+    """The inverse of full_model_state: each rank keeps its own shard of every whole tensor."""
+    for name, aliases, p in _named_unique(model):
+        key = next((a for a in aliases if a in state), None)
+        if key is None:
+            raise KeyError(f"the checkpoint has no tensor for parameter {name!r}")
+        p.copy_(_like(state[key], p))
+
+
+def _like(whole: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """`whole` laid out like `p`: the same shard of it for a DTensor, else moved to p's device."""
+    whole = whole.to(device=p.device, dtype=p.dtype)
+    if hasattr(p, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(whole, p.device_mesh, p.placements, src_data_rank=None)
+    return whole
+
+
+def full_optimizer_state(model, optimizer) -> dict:
+    """optimizer.state_dict() with whole moments (a collective under FSDP2): the one-process format,
+    keyed by parameter index, so any world size and either mode can load it."""
+    sd = optimizer.state_dict()
+    sd["state"] = {i: {k: full(v).cpu() if torch.is_tensor(v) else v for k, v in st.items()}
+                   for i, st in sd["state"].items()}
+    return sd
+
+
+def load_full_optimizer_state(model, optimizer, sd: dict) -> None:
+    """The inverse of full_optimizer_state: each rank takes its shard of every moment."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state = {}
+    for i, st in sd["state"].items():
+        p = params[int(i)]
+        state[i] = {k: _like(v, p) if torch.is_tensor(v) and v.shape == p.shape else v for k, v in st.items()}
+    optimizer.load_state_dict({**sd, "state": state})

@@ -600,7 +600,7 @@ def train_arms(cfg: Config, gcfg, root: Path, problems, schedules: dict, device)
         # inference, but AdamW on bf16 weights loses small updates (grpo's bf16 flag autocasts the compute)
         policy, tok = load_model(cfg.model, device=device, dtype=torch.float32)
 
-        eval_fn = make_eval_fn(policy, tok, benches, template=gcfg.template, n=cfg.eval_samples,
+        eval_fn = make_eval_fn(tok, benches, template=gcfg.template, n=cfg.eval_samples,
                                temperature=eval_temperature, max_new_tokens=max_eval,
                                batch_size=max(8, gcfg.gen_batch_size), seed=seed,
                                metric=metric_name(cfg.eval_samples, cfg.eval_temperature))

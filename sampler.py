@@ -75,11 +75,12 @@ def rollout_model(policy, dtype: str = "auto"):
 
 @torch.no_grad()
 def refresh_rollout_model(rollout, policy) -> None:
-    """Copy the policy's (just updated) weights into the rollout copy, casting to its dtype."""
+    """Copy the policy's (just updated) weights into the rollout copy, casting to its dtype. Under
+    FSDP2 every rank calls it: each parameter is all-gathered once per update, not per token."""
     if rollout is policy:
         return
     for dst, src in zip(rollout.parameters(), policy.parameters(), strict=True):
-        dst.copy_(src)
+        dst.copy_(src.full_tensor() if hasattr(src, "full_tensor") else src)  # an FSDP2 shard: gather it
 
 
 def autocast_for(model):

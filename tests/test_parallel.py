@@ -1,18 +1,30 @@
 """Specification of parallel.py (data-parallel GRPO: grpo.py under torchrun). Two gloo processes on
-the CPU must give the weights one process gives on the same global batch, and a 2-rank run stopped
-after a checkpoint must resume to the weights of an uninterrupted one."""
+the CPU, under ddp and under fsdp2, must give the weights and the evaluation one process gives on
+the same global batch, and a 2-rank run stopped after a checkpoint must resume to the weights of an
+uninterrupted one."""
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 import grpo
+from data import read_jsonl
+from evaluate import evaluate, make_eval_fn
 from test_grpo import has_e_reward, tiny_model, tiny_problems, tiny_tokenizer
 
 CFG = dict(batch_size=8, group_size=4, max_new_tokens=8, gen_batch_size=2, micro_batch_size=5,
-           lr=1e-3, template="plain", save_every=1, loss_type="dapo", rollout_engine="compact")
+           lr=1e-3, template="plain", save_every=1, loss_type="dapo", rollout_engine="compact", eval_every=2,
+           skip_zero_std=True)
+
+
+def skewed_reward(text, gold):
+    """has_e_reward, but 0 for three of the four problems rank 0 holds at step 0 (golds 2, 3, 4): with
+    skip_zero_std their groups leave the loss, so rank 0 has fewer micro-batches than rank 1, which
+    under FSDP2 it must pad (grpo._even_micro_batches) to keep the collectives in step."""
+    return 0.0 if gold in ("2", "3", "4") else has_e_reward(text, gold)
 
 
 def schedule():
@@ -20,34 +32,40 @@ def schedule():
     return [ids[:8], ids[8:]]
 
 
-def run(out_dir, max_steps=None):
+def run(out_dir, max_steps=None, parallel="ddp"):
+    """Train the tiny model; evaluate at steps 0 and 2 by sampling 2 completions of 7 problems in
+    batches of 2 (so 2 ranks split them 2 + 2 / 2 + 1). Returns the final checkpoint's weights."""
     torch.set_num_threads(1)
-    model = tiny_model(seed=7)
-    cfg = grpo.GRPOConfig(**CFG, max_steps=max_steps)
-    grpo.train(model, tiny_tokenizer(), tiny_problems(16), schedule(), cfg, out_dir=out_dir, reward_fn=has_e_reward)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    out_dir = Path(out_dir)
+    model, tok = tiny_model(seed=7), tiny_tokenizer()
+    cfg = grpo.GRPOConfig(**CFG, max_steps=max_steps, parallel=parallel)
+    eval_fn = make_eval_fn(tok, [("tiny", tiny_problems(7))], metric="avg@2", template="plain", n=2,
+                           temperature=1.0, max_new_tokens=6, batch_size=2, seed=3)
+    grpo.train(model, tok, tiny_problems(16), schedule(), cfg, out_dir=out_dir, reward_fn=skewed_reward,
+               eval_fn=eval_fn)
+    # the completions themselves (the tiny model never boxes an answer, so accuracies are all 0)
+    evaluate(tiny_model(seed=7), tok, tiny_problems(7), template="plain", n=2, temperature=1.0, max_new_tokens=6,
+             batch_size=2, seed=3, out_dir=out_dir / "eval", name="tiny")
+    return checkpoint_weights(out_dir, max_steps or 2)
 
 
-def _rank(rank, world, port, out_dir, max_steps, result_path):
+def _rank(rank, world, port, out_dir, max_steps, parallel):
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        weights = run(out_dir, max_steps)
-        if rank == 0:
-            torch.save(weights, result_path)
+        run(out_dir, max_steps, parallel)
     finally:
         dist.destroy_process_group()
 
 
-def two_ranks(tmp_path, out_dir, max_steps=None):
+def two_ranks(out_dir, max_steps=None, parallel="ddp"):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    result = tmp_path / f"weights_{max_steps}.pt"
-    mp.spawn(_rank, args=(2, port, str(out_dir), max_steps, str(result)), nprocs=2, join=True)
-    return torch.load(result)
+    mp.spawn(_rank, args=(2, port, str(out_dir), max_steps, parallel), nprocs=2, join=True)
+    return checkpoint_weights(out_dir, max_steps or 2)
 
 
 def assert_same(a, b):
@@ -63,16 +81,38 @@ def checkpoint_weights(out_dir, step):
     return load_file(str(out_dir / "checkpoints" / f"step_{step:06d}" / "model.safetensors"))
 
 
+def eval_rows(out_dir):
+    return list(read_jsonl(out_dir / "eval_log.jsonl"))
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    out = tmp_path_factory.mktemp("one")
+    return out, run(out)
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without torch.distributed")
-def test_two_ranks_equal_one_process_and_a_stopped_run_resumes(tmp_path):
-    one = run(tmp_path / "one")
-    assert any(not torch.equal(one[k], v) for k, v in tiny_model(seed=7).state_dict().items())  # it trained
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp2"])
+def test_two_ranks_equal_one_process_and_a_stopped_run_resumes(tmp_path, one_process, parallel):
+    one_dir, one = one_process
+    assert any(not torch.equal(one[k], v) for k, v in tiny_model(seed=7).state_dict().items() if k in one)
     # 2 ranks, stopped after step 1 (its checkpoint written by rank 0) ...
-    two_ranks(tmp_path, tmp_path / "two", max_steps=1)
+    two_ranks(tmp_path / "two", max_steps=1, parallel=parallel)
     assert grpo.latest_checkpoint(tmp_path / "two" / "checkpoints").name == "step_000001"
-    assert_same(checkpoint_weights(tmp_path / "two", 1), checkpoint_weights(tmp_path / "one", 1))
+    assert_same(checkpoint_weights(tmp_path / "two", 1), checkpoint_weights(one_dir, 1))
     # ... then a new 2-rank launch resumes from it to step 2
-    assert_same(two_ranks(tmp_path, tmp_path / "two"), one)
+    assert_same(two_ranks(tmp_path / "two", parallel=parallel), one)
+    # the optimizer state is whole and in the one-process layout (any world size or mode resumes it)
+    a, b = (torch.load(d / "checkpoints" / "step_000002" / "optimizer.pt") for d in (tmp_path / "two", one_dir))
+    assert a["state"].keys() == b["state"].keys()
+    for i in b["state"]:
+        torch.testing.assert_close(a["state"][i]["exp_avg"], b["state"][i]["exp_avg"], rtol=0, atol=1e-6)
+    # evaluation split over the ranks: the same sampled completions, in the same order
+    completions = [[r["completion"] for r in read_jsonl(d / "eval" / "tiny.jsonl")] for d in (tmp_path / "two", one_dir)]
+    assert completions[0] == completions[1] and len(completions[0]) == 14 and len(set(completions[0])) > 7
+    assert [r for r in eval_rows(tmp_path / "two") if r["step"] != 1] == eval_rows(one_dir)  # + the stop at 1
+    assert [r["step"] for r in eval_rows(one_dir)] == [0, 2]
+    assert list(read_jsonl(one_dir / "train_log.jsonl"))[0]["n_loss_seqs"] <= 20  # 3 of rank 0's groups left
 
 
 def test_uneven_split_is_refused():

@@ -16,6 +16,7 @@ Public functions
     answer_from_row(row, ...)      the reference answer of one raw row (aliases, \\boxed, ####)
     atomic_write_text / atomic_write_bytes / atomic_path / write_jsonl / append_jsonl / read_jsonl
     stable_hash(*parts)            sha256 of JSON-serialised parts, for cache keys
+    Stages(root)                   a run folder's stage cache (stages.json) and per-stage wall times
     file_stamp / dir_stamp / number_label   input identity for cache keys; numeric label fields
     resolve_device(d)              "auto" -> cuda when available, else cpu
     load_model(name, device, dtype)  (model, tokenizer); fails at once, naming a local path, offline
@@ -40,6 +41,7 @@ import math
 import os
 import random
 import tempfile
+import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -421,6 +423,45 @@ def stable_hash(*parts) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Entry points: the one device rule, the one model loader, dataclass fields as CLI flags
+
+
+class Stages:
+    """A run folder's stage cache and clock (saerl.py's stages). stages.json maps each stage to the key it last finished with;
+    `cached` says whether a stage can be read back, `done` records a computed one, `timed` measures a
+    stage's wall time (printed, and kept in `times` for the report)."""
+
+    def __init__(self, root: Path, *, log=print, write: bool = True):
+        self.root, self.path, self.log, self.write = root, root / "stages.json", log, write
+        self.keys = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.times = {}  # stage -> {"seconds": wall time, "cached": nothing was computed}
+
+    def cached(self, stage: str, key: str, *files: str) -> bool:
+        """True when `stage` finished before with this key and its files are still there."""
+        hit = self.keys.get(stage) == key and all((self.root / f).exists() for f in files)
+        self.log(f"{stage}: {'cached' if hit else 'computing'}")
+        if stage in self.times:
+            self.times[stage]["cached"] = hit
+        return hit
+
+    def done(self, stage: str, key: str) -> None:
+        self.keys[stage] = key
+        if self.write:  # False on all but one process of a torchrun launch
+            atomic_write_text(self.path, json.dumps(self.keys, indent=1))
+
+    @contextlib.contextmanager
+    def timed(self, stage: str):
+        """Time the block; yields the stage's entry in `times` (its "cached" flag may be set inside)."""
+        entry = self.times[stage] = {"seconds": None, "cached": False}
+        start = time.perf_counter()
+        yield entry
+        entry["seconds"] = time.perf_counter() - start
+        self.log(f"{stage}: {entry['seconds']:.1f} s" + (" (cached)" if entry["cached"] else ""))
+
+    def finish(self) -> Path:
+        """Print where the time went; returns the run folder."""
+        self.log("stage times: " + ", ".join(f"{s} {t['seconds']:.1f} s" + (" (cached)" if t["cached"] else "")
+                                        for s, t in self.times.items() if t["seconds"] is not None))
+        return self.root
 
 
 def resolve_device(device=None):

@@ -36,8 +36,12 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def init_distributed() -> tuple[int, int]:
-    """Join the process group torchrun describes (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU."""
+def init_distributed(timeout_min: float = 30) -> tuple[int, int]:
+    """Join the process group torchrun describes (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU. A
+    collective that waits longer than `timeout_min` (e.g. a barrier while rank 0 alone runs
+    saerl.py's data stages) fails the run."""
+    import datetime
+
     import torch.distributed as dist
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
@@ -46,7 +50,7 @@ def init_distributed() -> tuple[int, int]:
             raise RuntimeError("torchrun on CUDA needs the NCCL backend, which this torch build lacks")
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if cuda else "gloo")
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=timeout_min))
     return dist_info()
 
 
@@ -171,9 +175,10 @@ def _named_unique(model) -> list[tuple[str, list[str], torch.nn.Parameter]]:
 
 
 def full_model_state(model) -> dict[str, torch.Tensor]:
-    """{name: whole tensor on the CPU} in the unsharded model's names, tied weights once. Under
-    FSDP2 every rank must call it (one all-gather per parameter)."""
-    return {n: full(p.detach()).cpu() for n, _, p in _named_unique(model)}
+    """{name: whole tensor on the CPU} in the unsharded model's names, tied weights once under the
+    alphabetically first of their names (as safetensors.save_model keeps them). Under FSDP2 every
+    rank must call it (one all-gather per parameter)."""
+    return {min(aliases): full(p.detach()).cpu() for _, aliases, p in _named_unique(model)}
 
 
 @torch.no_grad()

@@ -26,6 +26,10 @@ time is printed and listed in report.md (a cached stage shows as cached, ~0 s).
     train       grpo.train per arm and seed (resumes checkpoints)        arms/<arm>-s<seed>/
     report      accuracy curves, steps to target, data, stage times     report.md, report.png
 
+Under `torchrun --nproc_per_node N saerl.py ...` rank 0 runs the stages up to schedule while the
+other ranks wait on a barrier, then read them back from the cache; every rank trains and evaluates
+its share (parallel.py); rank 0 writes the report.
+
 The estimators (estimators.py), with z_i the pooled feature row of problem i over the probe columns:
 
     quality     q_i = sigma(w.z_i + b),  min_w  C sum_i [log(1 + e^eta_i) - y_i eta_i] + 1/2 |w|^2
@@ -41,7 +45,6 @@ over every problem: shuffled epochs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
@@ -60,7 +63,8 @@ import estimators
 import grpo
 import plan
 import toy
-from data import (DataError, Problem, add_dataclass_args, atomic_write_text, dataclass_from_args, dir_stamp,
+from parallel import barrier, dist_info, init_distributed
+from data import (DataError, Problem, Stages, add_dataclass_args, atomic_write_text, dataclass_from_args, dir_stamp,
                   file_stamp, flag, format_prompt, given_args, load_model, load_problems, number_label, read_jsonl,
                   resolve_device, stable_hash, write_jsonl, write_problems)
 from evaluate import (cluster_purity, cluster_summary, generate_completions, load_benchmark, make_eval_fn, metric_name,
@@ -135,6 +139,7 @@ def main(argv=None) -> Path | None:
         gcfg = grpo.GRPOConfig.preset(cfg.preset or "qwen-math-1.5b", **grpo_overrides)
         print(plan.memory_plan_report(cfg.model or "Qwen/Qwen2.5-Math-1.5B", gcfg, gpu_gib=plan_flags.gpu_memory))
         return None
+    init_distributed(timeout_min=120)  # under torchrun; the other ranks wait while rank 0 runs the data stages
     try:
         return run(cfg, grpo_overrides)
     except DataError as e:  # bad input: say what and where, without a traceback
@@ -144,8 +149,14 @@ def main(argv=None) -> Path | None:
 def run(cfg: Config, grpo_overrides: dict | None = None) -> Path:
     """Run the pipeline up to cfg.stage; returns the run folder. Every stage has the same shape:
     its key, then compute and record it unless it is cached, then read its output back."""
+    rank, world = dist_info()
+    if world > 1 and cfg.stage != "report":
+        raise SystemExit(f"saerl: torchrun runs the whole pipeline; for --stage {cfg.stage} use one process "
+                         "(python saerl.py --stage ...), then torchrun for training")
+    if rank > 0:  # wait for rank 0 to finish the data stages, then read them back below
+        barrier()
     cfg, gcfg, root, device = setup(cfg, grpo_overrides)
-    stages = Stages(root)
+    stages = Stages(root, log=log, write=rank == 0)  # data.Stages: the cache and the clock
     models = {}  # name -> (model, tokenizer), each loaded once per run
     key = {}     # stage -> its key in this run
 
@@ -244,6 +255,8 @@ def run(cfg: Config, grpo_overrides: dict | None = None) -> Path:
     if cfg.stage == "schedule":
         return stages.finish()
 
+    if rank == 0 and world > 1:  # the data stages are on disk: the other ranks may go on
+        barrier()
     with stages.timed("train") as timing:
         models.clear()  # the SAE model's copy is no longer needed: free it before training
         if device.type == "cuda":
@@ -251,56 +264,13 @@ def run(cfg: Config, grpo_overrides: dict | None = None) -> Path:
         results, all_finished = train_arms(cfg, gcfg, root, problems, schedules, device)
         timing["cached"] = all_finished  # every arm had reached its last step: nothing was trained
         stages.done("train", stable_hash("train", key["schedule"]))
-    if cfg.stage == "train":
+    if cfg.stage == "train" or rank > 0:
         return stages.finish()
 
     with stages.timed("report"):
         write_report(root, cfg, gcfg, layer, paced, problems, quality, difficulty, clusters, results,
                      stages.times, metric_name(cfg.eval_samples, cfg.eval_temperature))
     return stages.finish()
-
-
-# ================================================================================================
-# The stage cache: one helper for every stage
-# ================================================================================================
-
-
-class Stages:
-    """The run folder's cache and clock. stages.json maps each stage to the key it last finished with;
-    `cached` says whether a stage can be read back, `done` records a computed one, `timed` measures a
-    stage's wall time (printed, and kept in `times` for the report)."""
-
-    def __init__(self, root: Path):
-        self.root, self.path = root, root / "stages.json"
-        self.keys = json.loads(self.path.read_text()) if self.path.exists() else {}
-        self.times = {}  # stage -> {"seconds": wall time, "cached": nothing was computed}
-
-    def cached(self, stage: str, key: str, *files: str) -> bool:
-        """True when `stage` finished before with this key and its files are still there."""
-        hit = self.keys.get(stage) == key and all((self.root / f).exists() for f in files)
-        log(f"{stage}: {'cached' if hit else 'computing'}")
-        if stage in self.times:
-            self.times[stage]["cached"] = hit
-        return hit
-
-    def done(self, stage: str, key: str) -> None:
-        self.keys[stage] = key
-        atomic_write_text(self.path, json.dumps(self.keys, indent=1))
-
-    @contextlib.contextmanager
-    def timed(self, stage: str):
-        """Time the block; yields the stage's entry in `times` (its "cached" flag may be set inside)."""
-        entry = self.times[stage] = {"seconds": None, "cached": False}
-        start = time.perf_counter()
-        yield entry
-        entry["seconds"] = time.perf_counter() - start
-        log(f"{stage}: {entry['seconds']:.1f} s" + (" (cached)" if entry["cached"] else ""))
-
-    def finish(self) -> Path:
-        """Print where the time went; returns the run folder."""
-        log("stage times: " + ", ".join(f"{s} {t['seconds']:.1f} s" + (" (cached)" if t["cached"] else "")
-                                        for s, t in self.times.items() if t["seconds"] is not None))
-        return self.root
 
 
 # ================================================================================================
@@ -336,7 +306,9 @@ def setup(cfg: Config, grpo_overrides: dict | None):
     gcfg.max_steps = cfg.steps
     if cfg.eval_every:
         gcfg.eval_every = cfg.eval_every
-    write_json(root / "config.json", {"pipeline": dataclasses.asdict(cfg), "grpo": dataclasses.asdict(gcfg)}, indent=1)
+    if dist_info()[0] == 0:
+        write_json(root / "config.json", {"pipeline": dataclasses.asdict(cfg), "grpo": dataclasses.asdict(gcfg)},
+                   indent=1)
     log(f"run folder {root} (device {device})")
     return cfg, gcfg, root, device
 
@@ -589,12 +561,14 @@ def train_arms(cfg: Config, gcfg, root: Path, problems, schedules: dict, device)
         key = stable_hash("train", batches, cfg.model, dataclasses.asdict(gcfg), cfg.benchmarks, cfg.eval_limit,
                           max_eval, *([cfg.eval_samples, cfg.eval_temperature] if cfg.eval_samples > 1 else []))
         marker = arm_dir / "key.txt"
-        if marker.exists() and marker.read_text() != key:  # settings changed: keep the old arm aside
-            stale = arm_dir.with_name(f"{arm_name}.stale-{int(time.time())}")
-            arm_dir.rename(stale)
-            log(f"{arm_name}: settings changed; previous run moved to {stale}")
-        arm_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(marker, key)
+        if dist_info()[0] == 0:
+            if marker.exists() and marker.read_text() != key:  # settings changed: keep the old arm aside
+                stale = arm_dir.with_name(f"{arm_name}.stale-{int(time.time())}")
+                arm_dir.rename(stale)
+                log(f"{arm_name}: settings changed; previous run moved to {stale}")
+            arm_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(marker, key)
+        barrier()
         seed = int(arm_name.rsplit("-s", 1)[1])
         # a fresh fp32 policy per arm (arms must not share weights): load_model gives bf16 on CUDA for
         # inference, but AdamW on bf16 weights loses small updates (grpo's bf16 flag autocasts the compute)
@@ -893,7 +867,8 @@ def write_json(path, obj, indent=None) -> None:
 
 
 def log(msg: str) -> None:
-    print(f"[saerl] {msg}", file=sys.stderr, flush=True)
+    rank, world = dist_info()
+    print(f"[saerl{f' rank {rank}' if world > 1 else ''}] {msg}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -234,8 +234,8 @@ def saerl_cmd(world, out, *extra):
             "--name", "mini", *MINI, *extra]
 
 
-def run_saerl(cmd, **kw):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+def run_saerl(cmd, env_extra=None, **kw):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **(env_extra or {}))
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, **kw)
 
 
@@ -288,6 +288,37 @@ def test_end_to_end_outputs(mini_world, tmp_path):
     assert all(note.strip() == "cached" for _, note in rows.values()), rows  # shown as cached, and quick
     # (the sae and train stages still load a model and read its checkpoints back)
     assert all(float(t.split()[0]) < 5.0 for stage, (t, _) in rows.items() if stage not in ("sae", "train")), rows
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without torch.distributed")
+def test_torchrun_two_ranks_run_the_pipeline_as_one_process(mini_world, tmp_path):
+    """torchrun --nproc_per_node 2 saerl.py: rank 0 computes the data stages, rank 1 reads them back,
+    both train (FSDP2 shards) and evaluate their shares; one process on the same data stages (copied,
+    so only training runs) ends at the same weights and the same evaluation."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    flags = ["--steps", "2", "--gen-batch-size", "4", "--parallel", "fsdp2"]
+    two = run_saerl([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                     *saerl_cmd(mini_world, tmp_path / "two", *flags)[1:]], env_extra={"OMP_NUM_THREADS": "1"})
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "[saerl rank 0] sae: computing" in two.stderr and "[saerl rank 1] sae: cached" in two.stderr
+    assert "[saerl rank 1] features: computing" not in two.stderr
+    assert (tmp_path / "two" / "mini" / "report.md").exists()
+    shutil.copytree(tmp_path / "two" / "mini", tmp_path / "one" / "mini",
+                    ignore=lambda d, names: [n for n in names if n in ("arms", "report.md", "report.png")])
+    one = run_saerl(saerl_cmd(mini_world, tmp_path / "one", *flags), env_extra={"OMP_NUM_THREADS": "1"})
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "schedule: cached" in one.stderr and "train: cached" not in one.stderr
+    for arm in ("vanilla-s0", "saerl-s0"):
+        a, b = (load_file(str(tmp_path / d / "mini" / "arms" / arm / "checkpoints" / "step_000002" / "model.safetensors"))
+                for d in ("two", "one"))
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=lambda m: f"{arm} {k}: {m}")
+        evals = [read_jsonl(tmp_path / d / "mini" / "arms" / arm / "eval_log.jsonl") for d in ("two", "one")]
+        assert evals[0] == evals[1] and [r["step"] for r in evals[0]] == [0, 2]
 
 
 def test_killed_run_resumes(mini_world, tmp_path):

@@ -828,7 +828,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.plan:
         import plan
 
-        print(plan.memory_plan_report(args.model, cfg, gpu_gib=args.gpu_memory, prompt_tokens=args.plan_prompt_tokens))
+        print(plan.memory_plan_report(args.model, cfg, gpu_gib=args.gpu_memory, prompt_tokens=args.plan_prompt_tokens,
+                                      world=args.world_size))
         return
     if not args.train_data:
         raise SystemExit("grpo.py: --train-data is required (a jsonl / json / parquet file or a Hub dataset id)")

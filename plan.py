@@ -25,13 +25,17 @@ What is counted (B = bytes; P = parameters; T = tokens of a micro-batch):
                is kept, plus one layer's full set while it is recomputed;
     logits     one chunk of `logprob_chunk` positions x vocab: bf16 head output, its fp32 copy, the
                softmax temporary and the gradient, 16 B per entry.
+Per GPU under torchrun with N ranks: ddp holds all of the above on every rank; fsdp2 holds 1/N of the
+    fp32 weights, gradients, AdamW moments (and reference), plus the whole bf16 rollout copy (2P, which
+    generates) and, while a layer computes, its gathered bf16 weights (two layers with the prefetch,
+    and the root's embeddings and lm head) and that layer's unsharded fp32 gradient before the
+    reduce-scatter. Activations, KV cache and logits are per rank and do not shrink with N.
 Not counted: the CUDA context (~0.5 GiB) and allocator fragmentation, hence the 10% headroom that
 `fit_flags` keeps; evaluation, which decodes fewer rows than training's generation.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,10 +64,12 @@ class ModelShape:
     @property
     def params(self) -> int:
         """Parameters of a Qwen2/Llama-style decoder (q/k/v biases as in Qwen2)."""
+        return self.vocab * self.hidden * (1 if self.tied else 2) + self.layers * self.layer_params + self.hidden
+
+    @property
+    def layer_params(self) -> int:
         h, q = self.hidden, self.heads * self.head_dim
-        attn = h * q + q + 2 * (h * self.kv_dim + self.kv_dim) + q * h
-        layer = attn + 3 * h * self.intermediate + 2 * h
-        return self.vocab * h * (1 if self.tied else 2) + self.layers * layer + h
+        return h * q + q + 2 * (h * self.kv_dim + self.kv_dim) + q * h + 3 * h * self.intermediate + 2 * h
 
     @classmethod
     def from_config(cls, c) -> "ModelShape":
@@ -111,13 +117,14 @@ def activation_bytes_per_token(shape: ModelShape, *, bf16: bool, checkpointing: 
     return {"stored": 10 * h + shape.layers * layer, "recompute": 0.0}
 
 
-def memory_plan(shape: ModelShape, cfg, *, prompt_tokens: int = 512, cuda: bool = True) -> dict:
-    """Peak bytes per phase for `cfg` (a grpo.GRPOConfig) on one device. prompt_tokens is the longest
-    prompt expected (the KV cache and a padded micro-batch are sized by it)."""
+def memory_plan(shape: ModelShape, cfg, *, prompt_tokens: int = 512, cuda: bool = True, world: int = 1) -> dict:
+    """Peak bytes per phase for `cfg` (a grpo.GRPOConfig) on one device of `world` (torchrun ranks).
+    prompt_tokens is the longest prompt expected (the KV cache and a padded micro-batch are sized by it)."""
     p = shape.params
+    shard = getattr(cfg, "parallel", "ddp") == "fsdp2" and world > 1
     rollout_dtype = cfg.rollout_dtype
     if rollout_dtype == "auto":
-        rollout_dtype = "bfloat16" if cuda else "policy"
+        rollout_dtype = "bfloat16" if cuda else ("float32" if shard else "policy")
     copy_bytes = {"policy": 0, "bfloat16": 2, "float16": 2, "float32": 4}[rollout_dtype] * p
     bf16 = cuda and cfg.bf16
     # what generation's keys/values are stored in
@@ -132,25 +139,30 @@ def memory_plan(shape: ModelShape, cfg, *, prompt_tokens: int = 512, cuda: bool 
     else:
         mb_tokens = cfg.micro_batch_size * seq
     act = activation_bytes_per_token(shape, bf16=bf16, checkpointing=checkpointing)
-    resident = {"weights (fp32)": 4 * p, "AdamW moments (fp32)": 8 * p,
-                "rollout copy": copy_bytes, "reference model": 4 * p if cfg.beta > 0 else 0}
+    n = world if shard else 1  # FSDP2 divides what is sharded by the world size
+    resident = {"weights (fp32)": 4 * p / n, "AdamW moments (fp32)": 8 * p / n,
+                "rollout copy": copy_bytes, "reference model": 4 * p / n if cfg.beta > 0 else 0}
     generation = dict(resident)
     generation["KV cache"] = rows * seq * shape.layers * 2 * shape.kv_dim * kv_bytes
     generation["prefill (one layer)"] = cfg.gen_batch_size * prompt_tokens * (3 * shape.intermediate
                                                                               + 4 * shape.hidden) * act_bytes
     generation["last-token logits"] = rows * shape.vocab * 4 * 3
     training = dict(resident)
-    training["gradients (fp32)"] = 4 * p
+    training["gradients (fp32)"] = 4 * p / n
+    if shard:  # two layers gathered (one prefetched) and the root, in the compute dtype; one layer's fp32 grads
+        root = shape.vocab * shape.hidden * (1 if shape.tied else 2) + shape.hidden
+        training["gathered layers (FSDP2)"] = (2 * shape.layer_params + root) * (2 if bf16 else 4)
+        training["unsharded layer gradient"] = 4 * max(shape.layer_params, root)
     training["activations"] = mb_tokens * (act["stored"] + act["recompute"])
     training["logits chunk"] = min(cfg.logprob_chunk, mb_tokens) * shape.vocab * 16
     phases = {"generation": generation, "training": training}
     totals = {k: sum(v.values()) for k, v in phases.items()}
-    return {"model_params": p, "rows": rows, "seq_tokens": seq, "micro_batch_tokens": mb_tokens,
+    return {"model_params": p, "world": world, "parallel": "fsdp2" if shard else "ddp", "rows": rows, "seq_tokens": seq, "micro_batch_tokens": mb_tokens,
             "checkpointing": checkpointing, "rollout_dtype": rollout_dtype, "phases": phases, "totals": totals,
             "peak": max(totals.values()), "peak_phase": max(totals, key=totals.get)}
 
 
-def fit_flags(shape: ModelShape, cfg, gpu_gib: float, *, prompt_tokens: int = 512) -> tuple[dict, dict]:
+def fit_flags(shape: ModelShape, cfg, gpu_gib: float, *, prompt_tokens: int = 512, world: int = 1) -> tuple[dict, dict]:
     """Changes, tried in this order (activation checkpointing, a smaller micro-batch token budget, a smaller
     log-prob chunk, fewer prompts per generate call, and last no separate rollout copy) that bring the plan's peak
     under HEADROOM x gpu_gib. Returns (flag overrides, the plan with them); raises if none fits."""
@@ -159,7 +171,7 @@ def fit_flags(shape: ModelShape, cfg, gpu_gib: float, *, prompt_tokens: int = 51
     changes: dict = {}
 
     def plan():
-        return memory_plan(shape, dataclasses.replace(cfg, **changes), prompt_tokens=prompt_tokens)
+        return memory_plan(shape, dataclasses.replace(cfg, **changes), prompt_tokens=prompt_tokens, world=world)
 
     current = plan()
     while current["peak"] > budget:
@@ -172,13 +184,15 @@ def fit_flags(shape: ModelShape, cfg, gpu_gib: float, *, prompt_tokens: int = 51
             changes["logprob_chunk"] = c.logprob_chunk // 2
         elif current["peak_phase"] == "generation" and c.gen_batch_size > 1:
             changes["gen_batch_size"] = c.gen_batch_size // 2
-        elif current["rollout_dtype"] != "policy":  # last: generate from the fp32 policy, no bf16 copy
+        elif current["rollout_dtype"] != "policy" and current["parallel"] == "ddp":  # last: no bf16 copy
             changes["rollout_dtype"] = "policy"
         else:
             raise ValueError(f"no setting fits {gpu_gib} GiB: the peak stays {current['peak'] / GIB:.1f} GiB "
                              f"({current['peak_phase']}) with {changes or 'the defaults'}; the resident weights, "
                              "gradients and AdamW moments alone need "
-                             f"{16 * current['model_params'] / GIB:.1f} GiB (shard them: issue 12's FSDP2)")
+                             f"{16 * current['model_params'] / GIB / (world if current['parallel'] == 'fsdp2' else 1):.1f}"
+                             " GiB per GPU (shard them over more GPUs: torchrun --nproc_per_node N with "
+                             "--parallel fsdp2, planned with --world-size N)")
         current = plan()
     return changes, current
 
@@ -188,7 +202,9 @@ def format_plan(plan: dict, *, title: str = "") -> str:
     phases = list(plan["phases"])
     names = list(dict.fromkeys(k for ph in phases for k in plan["phases"][ph]))
     lines = [f"{title}\n" if title else "",
-             f"model {plan['model_params'] / 1e9:.2f}B params; {plan['rows']} rows x {plan['seq_tokens']} tokens "
+             f"model {plan['model_params'] / 1e9:.2f}B params; "
+             + (f"{plan['parallel']} over {plan['world']} GPUs (per GPU below); " if plan["world"] > 1 else "")
+             + f"{plan['rows']} rows x {plan['seq_tokens']} tokens "
              f"per generate call; micro-batch {plan['micro_batch_tokens']} tokens; activation checkpointing "
              f"{'on' if plan['checkpointing'] else 'off'}; rollout model: {plan['rollout_dtype']}", "",
              "| GiB | " + " | ".join(phases) + " |", "|---|" + "---:|" * len(phases)]
@@ -209,18 +225,20 @@ def plan_flags():
     ap.add_argument("--plan", action="store_true", help="print the memory plan per phase for --model (from its "
                     "config, nothing loaded) and the flags that fit --gpu-memory, then exit")
     ap.add_argument("--gpu-memory", type=float, default=80.0, help="GiB of the card --plan fits the run to")
+    ap.add_argument("--world-size", type=int, default=1, help="GPUs --plan plans for (torchrun --nproc_per_node); "
+                    "with --parallel fsdp2 the weights, gradients and AdamW moments are split over them")
     return ap
 
 
-def memory_plan_report(model: str, cfg, *, gpu_gib: float, prompt_tokens: int = 512) -> str:
+def memory_plan_report(model: str, cfg, *, gpu_gib: float, prompt_tokens: int = 512, world: int = 1) -> str:
     """--plan: the plan of `cfg` for `model` (config only, no weights) and the flags that fit gpu_gib."""
     shape = ModelShape.load(model)
-    base = memory_plan(shape, cfg, prompt_tokens=prompt_tokens)
-    out = [format_plan(base, title=f"Memory plan for {model} on one CUDA device (GiB; prompts up to "
-                                            f"{prompt_tokens} tokens)")]
+    base = memory_plan(shape, cfg, prompt_tokens=prompt_tokens, world=world)
+    where = "one CUDA device" if world == 1 else f"each of {world} CUDA devices"
+    out = [format_plan(base, title=f"Memory plan for {model} on {where} (GiB; prompts up to {prompt_tokens} tokens)")]
     budget = HEADROOM * gpu_gib
     try:
-        changes, fitted = fit_flags(shape, cfg, gpu_gib, prompt_tokens=prompt_tokens)
+        changes, fitted = fit_flags(shape, cfg, gpu_gib, prompt_tokens=prompt_tokens, world=world)
     except ValueError as e:
         out.append(f"\nDoes not fit {gpu_gib:g} GiB: {e}")
         return "\n".join(out)

@@ -137,7 +137,8 @@ def main(argv=None) -> Path | None:
     plan_flags, _ = plan.plan_flags().parse_known_args(argv)
     if plan_flags.plan:  # the real run's memory per phase, from the config alone (default: the paper's policy)
         gcfg = grpo.GRPOConfig.preset(cfg.preset or "qwen-math-1.5b", **grpo_overrides)
-        print(plan.memory_plan_report(cfg.model or "Qwen/Qwen2.5-Math-1.5B", gcfg, gpu_gib=plan_flags.gpu_memory))
+        print(plan.memory_plan_report(cfg.model or "Qwen/Qwen2.5-Math-1.5B", gcfg, gpu_gib=plan_flags.gpu_memory,
+                                      world=plan_flags.world_size))
         return None
     init_distributed(timeout_min=120)  # under torchrun; the other ranks wait while rank 0 runs the data stages
     try:

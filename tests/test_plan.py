@@ -118,3 +118,31 @@ def test_defaults_fit_an_80gb_card():
     shape = plan.KNOWN["Qwen/Qwen2.5-Math-1.5B"]
     changes, _ = plan.fit_flags(shape, grpo.GRPOConfig(), 80)
     assert changes == {}
+
+
+def test_fsdp2_splits_the_fp32_state_per_gpu_and_ddp_does_not():
+    shape = plan.KNOWN["Qwen/Qwen2.5-Math-7B"]
+    p = 7_615_616_512  # Qwen2.5-7B's published parameter count (untied embeddings)
+    one = plan.memory_plan(shape, grpo.GRPOConfig())
+    ddp = plan.memory_plan(shape, grpo.GRPOConfig(), world=8)
+    fsdp = plan.memory_plan(shape, grpo.GRPOConfig(parallel="fsdp2"), world=8)
+    assert ddp["totals"] == one["totals"]  # every ddp rank holds everything
+    t = fsdp["phases"]["training"]
+    assert t["weights (fp32)"] == 4 * p / 8 and t["AdamW moments (fp32)"] == 8 * p / 8
+    assert t["gradients (fp32)"] == 4 * p / 8
+    assert t["rollout copy"] == 2 * p  # the copy that generates is whole on every rank
+    # what FSDP2 adds by hand: layers 0 and 1 (prefetch) and the root (2 x 152064 x 3584 + 3584) in bf16
+    layer = (3584 * 3584 + 3584) + 2 * (3584 * 512 + 512) + 3584 * 3584 + 3 * 3584 * 18944 + 2 * 3584
+    root = 2 * 152064 * 3584 + 3584
+    assert t["gathered layers (FSDP2)"] == 2 * (2 * layer + root)
+    assert t["unsharded layer gradient"] == 4 * root
+    # per-rank work (KV cache, activations) does not shrink with the world size
+    for phase in ("generation", "training"):
+        for k in ("KV cache", "activations"):
+            if k in one["phases"][phase]:
+                assert fsdp["phases"][phase][k] == one["phases"][phase][k]
+    assert fsdp["peak"] < 80 * GIB < one["peak"]
+    with pytest.raises(ValueError, match="--parallel fsdp2"):  # the advice names the way out
+        plan.fit_flags(shape, grpo.GRPOConfig(), 80)
+    changes, fitted = plan.fit_flags(shape, grpo.GRPOConfig(parallel="fsdp2"), 80, world=8)
+    assert fitted["peak"] <= 0.9 * 80 * GIB and "rollout_dtype" not in changes

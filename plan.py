@@ -16,7 +16,7 @@ What is counted (B = bytes; P = parameters; T = tokens of a micro-batch):
     the rollout copy 2P (bf16) when it is separate, a frozen reference 4P when beta > 0;
     KV cache   rows x (prompt + max_new) x layers x 2 x kv_dim x 2 B  (bf16 copy; fp32 keys +
                bf16 values = 3 B average when fp32 weights generate under autocast, as RoPE
-               promotes the keys), rows = gen_batch_size x G, allocated once per generate call;
+               promotes the keys), rows = min(gen_batch_size, B / N ranks) x G, allocated once per generate call;
     prefill    one layer's transient for the gen_batch_size prompts (each prefilled once, shared by G);
     activations what autograd keeps for backward. Per token and decoder layer, counted on a Qwen2
                layer (saved-tensor hooks, `tests/test_plan.py` checks shapes it was not fitted on):
@@ -130,7 +130,8 @@ def memory_plan(shape: ModelShape, cfg, *, prompt_tokens: int = 512, cuda: bool 
     # what generation's keys/values are stored in
     kv_bytes = 2 if rollout_dtype in ("bfloat16", "float16") else (3 if bf16 else 4)
     act_bytes = 2 if (bf16 or rollout_dtype in ("bfloat16", "float16")) else 4
-    rows = cfg.gen_batch_size * cfg.group_size
+    gen_prompts = min(cfg.gen_batch_size, max(1, cfg.batch_size // world))  # a rank generates its share B/N at most
+    rows = gen_prompts * cfg.group_size
     seq = prompt_tokens + cfg.max_new_tokens
     checkpointing = cfg.checkpointing
     if cfg.max_tokens_per_micro_batch > 0:
@@ -144,7 +145,7 @@ def memory_plan(shape: ModelShape, cfg, *, prompt_tokens: int = 512, cuda: bool 
                 "rollout copy": copy_bytes, "reference model": 4 * p / n if cfg.beta > 0 else 0}
     generation = dict(resident)
     generation["KV cache"] = rows * seq * shape.layers * 2 * shape.kv_dim * kv_bytes
-    generation["prefill (one layer)"] = cfg.gen_batch_size * prompt_tokens * (3 * shape.intermediate
+    generation["prefill (one layer)"] = gen_prompts * prompt_tokens * (3 * shape.intermediate
                                                                               + 4 * shape.hidden) * act_bytes
     generation["last-token logits"] = rows * shape.vocab * 4 * 3
     training = dict(resident)
@@ -182,8 +183,8 @@ def fit_flags(shape: ModelShape, cfg, gpu_gib: float, *, prompt_tokens: int = 51
             changes["max_tokens_per_micro_batch"] = max(seq, c.max_tokens_per_micro_batch // 2)
         elif current["peak_phase"] == "training" and c.logprob_chunk > 128:
             changes["logprob_chunk"] = c.logprob_chunk // 2
-        elif current["peak_phase"] == "generation" and c.gen_batch_size > 1:
-            changes["gen_batch_size"] = c.gen_batch_size // 2
+        elif current["peak_phase"] == "generation" and current["rows"] > c.group_size:
+            changes["gen_batch_size"] = current["rows"] // c.group_size // 2
         elif current["rollout_dtype"] != "policy" and current["parallel"] == "ddp":  # last: no bf16 copy
             changes["rollout_dtype"] = "policy"
         else:

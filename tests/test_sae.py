@@ -34,14 +34,6 @@ def tiny_model(vocab, layers=3, seed=0):
     return Qwen2ForCausalLM(cfg).eval()
 
 
-def relu(a):
-    return np.maximum(a, 0)
-
-
-def encode(sae, x):
-    return sae.encode(st(x)).numpy()
-
-
 
 
 # --- residual capture ---------------------------------------------------------------------

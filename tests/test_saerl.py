@@ -3,7 +3,6 @@ quality filter, the batch schedule with mixing and pacing, the cluster summary; 
 end to end on a miniature toy world (outputs, caching, resuming, flags, stage times). Expected values come
 from hand derivations or slow obvious re-implementations written here, never from the code under test."""
 import json
-import math
 import os
 import signal
 import subprocess

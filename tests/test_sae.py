@@ -3,7 +3,6 @@ are tiny random Qwen2s with a character tokenizer built in this file."""
 import math
 import string
 
-import numpy as np
 import pytest
 import torch
 

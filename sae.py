@@ -379,17 +379,31 @@ def train_sae(model, tokenizer, texts: Sequence[str], layer: int, *, d_sae: int,
     parallel to each row is removed before the Adam step and rows are renormalised after it.
     b_dec starts at the geometric median of init_tokens scaled activations, W_enc at W_dec^T.
     lr defaults to 2e-4 / sqrt(d_sae / 2^14) (the paper's scaling). s is stored as the SAE's input
-    scale, so encode() takes raw activations. Deterministic for a seed on CPU."""
+    scale, so encode() takes raw activations. Deterministic for a seed on CPU. The loop itself is
+    `fit_sae`, which takes any stream of activations."""
     device = torch.device(device) if device is not None else _model_device(model)
     model.to(device).eval()
+    stream = _activation_stream(model, tokenizer, texts, layer, batch_size=batch_size,
+                                max_length=max_length, seed=seed, device=device)
+    return fit_sae(stream, model.config.hidden_size, d_sae=d_sae, k=k, tokens=tokens, batch_tokens=batch_tokens,
+                   lr=lr, seed=seed, device=device, aux_k=aux_k, aux_coef=aux_coef, dead_steps=dead_steps,
+                   init_tokens=init_tokens, progress=progress, layer=layer,
+                   model_name=getattr(model.config, "_name_or_path", None))
+
+
+def fit_sae(stream: Iterator[torch.Tensor], d_in: int, *, d_sae: int, k: int, tokens: int, layer: int,
+            batch_tokens: int = 4096, lr: float | None = None, seed: int = 0, device="cpu",
+            aux_k: int | None = None, aux_coef: float = 1 / 32, dead_steps: int | None = None,
+            init_tokens: int = 8192, progress: bool = True, model_name: str | None = None,
+            curve: list | None = None) -> SAE:
+    """`train_sae`'s loop on an endless `stream` of raw [n, d_in] activations of decoder layer `layer`
+    (bench/feature_quality.py feeds it cached ones). `curve`, when given, receives a row
+    {step, tokens, fvu, l0, dead_fraction} every 20 steps and at the end."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    d_in = model.config.hidden_size
     aux_k = aux_k or d_in // 2
     dead_steps = dead_steps or max(1, 1_000_000 // batch_tokens)
     lr = lr or 2e-4 / math.sqrt(d_sae / 2 ** 14)
-    stream = _activation_stream(model, tokenizer, texts, layer, batch_size=batch_size,
-                                max_length=max_length, seed=seed, device=device)
     init, n = [], 0
     while n < init_tokens:  # these tokens also go to training, through the shuffle buffer
         init.append(next(stream))
@@ -443,9 +457,13 @@ def train_sae(model, tokenizer, texts: Sequence[str], layer: int, *, d_sae: int,
             sae.W_dec.data /= sae.W_dec.data.norm(dim=1, keepdim=True).clamp_min(1e-8)
         if step % 20 == 0 or step == n_steps - 1:
             bar.set_postfix(fvu=f"{fvu.item():.3f}", dead=int(dead.sum()))
+            if curve is not None:
+                curve.append({"step": step + 1, "tokens": (step + 1) * batch_tokens, "fvu": float(fvu),
+                              "l0": float((codes > 0).sum(1).float().mean()),
+                              "dead_fraction": float(dead.float().mean())})
     bar.close()
     sae.meta.update(format="saerl", hook_name=f"blocks.{layer}.hook_resid_post", layer=layer,
-                    model_name=getattr(model.config, "_name_or_path", None))
+                    model_name=model_name)
     sae.requires_grad_(False)
     # the check reads batches the optimiser has not stepped on (later in the stream)
     held_out = torch.cat([next(batches) for _ in range(max(1, 4096 // batch_tokens))])

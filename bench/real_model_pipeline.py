@@ -77,6 +77,8 @@ def parse_args(argv=None):
     p.add_argument("--sae-k", type=int, default=32)
     p.add_argument("--sae-tokens", type=int, default=100_000)
     p.add_argument("--sae-layer", type=int, default=None, help="default: the middle layer")
+    p.add_argument("--sae", default=None, help="a trained SAE folder to load instead of training one (e.g. "
+                   "bench/feature_quality.py's runs/feature_quality/sae_L15_8192x32x1000000_4000)")
     p.add_argument("--label-size", type=int, default=300)
     p.add_argument("--template", default="chat", help="chat (SmolLM2 is an instruct model) or qwen-math")
     p.add_argument("--grpo-steps", type=int, default=2)
@@ -100,7 +102,7 @@ def make_config(args, stage: str):
 
     cfg = saerl.Config(
         model=args.smollm, train_data=args.train_data, limit=args.limit, seed=args.seed,
-        sae_layer=args.sae_layer, sae_width=args.sae_width, sae_k=args.sae_k, sae_tokens=args.sae_tokens,
+        sae=args.sae, sae_layer=args.sae_layer, sae_width=args.sae_width, sae_k=args.sae_k, sae_tokens=args.sae_tokens,
         difficulty_labels="field:difficulty", label_size=args.label_size, compare=False, seeds=1,
         steps=args.grpo_steps, eval_every=0, eval_limit=4, benchmarks=f"minerva={args.eval_data}",
         preset="qwen-math-1.5b", out=args.out, name="smollm2-math", stage=stage, device="cpu")
@@ -172,7 +174,7 @@ def held_out_sae_check(args) -> dict:
     pool = [p for p in load_problems(args.train_data, seed=args.seed + 7, verbose=False) if p.id not in used]
     picked = pool[: args.check_problems]
     model, tok = load_model(args.smollm, device="cpu")
-    sae_obj = sae_mod.load_sae(run_dir / "sae", device="cpu")
+    sae_obj = sae_mod.load_sae(args.sae or run_dir / "sae", device="cpu")
     layer = json.loads((run_dir / "config.json").read_text())["pipeline"]["sae_layer"]
     layer = layer if layer is not None else model.config.num_hidden_layers // 2
     texts = [format_prompt(p.problem, tok, args.template) for p in picked]
@@ -314,7 +316,7 @@ def main(argv=None) -> dict | None:
                     "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
                     "loadavg_at_end": os.getloadavg()},
         "settings": {"model": args.smollm, "train_data": args.train_data, "limit": args.limit,
-                     "sae_width": args.sae_width, "sae_k": args.sae_k, "sae_tokens": args.sae_tokens,
+                     "sae": args.sae, "sae_width": args.sae_width, "sae_k": args.sae_k, "sae_tokens": args.sae_tokens,
                      "sae_layer": json.loads((run_dir / "config.json").read_text())["pipeline"]["sae_layer"],
                      "label_size": args.label_size, "template": args.template, "difficulty_labels": "field:difficulty",
                      "grpo": overrides | {"steps": args.grpo_steps}, "seed": args.seed,

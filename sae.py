@@ -35,7 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from data import flag, stable_hash
+from data import atomic_path, flag, stable_hash
 # the SAE module and its files; load_sae, save_sae and topk_relu are importable from here too
 from sae_formats import (DEFAULT_ENCODE_ELEMENTS, SAE, load_sae, sae_check, save_safetensors,  # noqa: F401
                          save_sae, topk_relu)
@@ -315,11 +315,12 @@ def encode_problems(model, tokenizer, texts: Sequence[str], sae: SAE, layer: int
 # ---------------------------------------------------------------------------------------------
 
 def _activation_stream(model, tokenizer, texts: Sequence[str], layer: int, *, batch_size: int,
-                       max_length: int, seed: int, device) -> Iterator[torch.Tensor]:
+                       max_length: int, seed: int, device, skip: int = 0) -> Iterator[torch.Tensor]:
     """Endless stream of [n, d] residual tokens (valid positions only, as in pooling), epoch after
     epoch over the texts in a seeded random order, sorted by length inside windows of 32 batches
     so that batches carry little padding (the shuffle buffer downstream mixes the tokens again);
-    nothing beyond one model batch is held."""
+    nothing beyond one model batch is held. `skip` drops the first items without running the model
+    (a resumed SAE run continues where the interrupted one stopped)."""
     gen = torch.Generator().manual_seed(seed)
     lengths = [len(x) for x in tokenizer(list(texts), add_special_tokens=True, truncation=True,
                                          max_length=max_length)["input_ids"]]
@@ -330,24 +331,39 @@ def _activation_stream(model, tokenizer, texts: Sequence[str], layer: int, *, ba
                  for i in sorted(order[w:w + window], key=lambda i: -lengths[i])]
         for _, ids, mask, valid in _token_batches(tokenizer, texts, batch_size=batch_size,
                                                   max_length=max_length, order=order):
+            if not valid.any():
+                continue
+            if skip:
+                skip -= 1
+                continue
             hidden = capture_residuals(model, ids.to(device), mask.to(device), layer)
-            tokens = hidden[valid.to(device)].float()
-            if tokens.shape[0]:
-                yield tokens
+            yield hidden[valid.to(device)].float()
 
 
 def _shuffled_batches(stream: Iterator[torch.Tensor], batch_tokens: int, buffer_tokens: int,
-                      gen: torch.Generator) -> Iterator[torch.Tensor]:
-    """Mixes tokens of several model batches (a shuffle buffer) and yields [batch_tokens, d]."""
-    buffer = torch.empty(0)
-    for tokens in stream:
+                      gen: torch.Generator, state: dict | None = None) -> Iterator[torch.Tensor]:
+    """Mixes tokens of several model batches (a shuffle buffer) and yields [batch_tokens, d]: the
+    buffer fills to buffer_tokens, is permuted, and is drained down to buffer_tokens - batch_tokens.
+    `state` ({buffer, draining, consumed}: the buffer, whether it is being drained, how many stream
+    items were read) is kept current at every yield, so a saved copy resumes the same sequence."""
+    state = state if state is not None else {}
+    buffer = state.get("buffer", torch.empty(0))
+    state.setdefault("consumed", 0)
+    while True:
+        while state.get("draining") and buffer.shape[0] >= max(batch_tokens, buffer_tokens - batch_tokens):
+            out, buffer = buffer[:batch_tokens], buffer[batch_tokens:]
+            state["buffer"] = buffer
+            yield out
+        state["draining"] = False
+        tokens = next(stream, None)
+        if tokens is None:
+            return
+        state["consumed"] += 1
         buffer = torch.cat([buffer.to(tokens), tokens]) if buffer.numel() else tokens
-        if buffer.shape[0] < buffer_tokens:
-            continue
-        buffer = buffer[torch.randperm(buffer.shape[0], generator=gen).to(buffer.device)]
-        while buffer.shape[0] >= buffer_tokens - batch_tokens and buffer.shape[0] >= batch_tokens:
-            yield buffer[:batch_tokens]
-            buffer = buffer[batch_tokens:]
+        if buffer.shape[0] >= buffer_tokens:
+            buffer = buffer[torch.randperm(buffer.shape[0], generator=gen).to(buffer.device)]
+            state["draining"] = True
+        state["buffer"] = buffer
 
 
 @torch.no_grad()
@@ -367,7 +383,8 @@ def train_sae(model, tokenizer, texts: Sequence[str], layer: int, *, d_sae: int,
               tokens: int = 2_000_000, batch_tokens: int = 4096, lr: float | None = None,
               seed: int = 0, device: str | torch.device | None = None, aux_k: int | None = None,
               aux_coef: float = 1 / 32, dead_steps: int | None = None, batch_size: int = 16,
-              max_length: int = 512, init_tokens: int = 8192, progress: bool = True) -> SAE:
+              max_length: int = 512, init_tokens: int = 8192, progress: bool = True,
+              state_path: str | Path | None = None, save_every: int = 200) -> SAE:
     """TopK SAE on the residual of decoder layer `layer` (Gao et al. 2024, sections 2-3 and
     appendix A-B). Loss per batch, on inputs x' = s x scaled so that E||x'|| = sqrt(d_in):
 
@@ -380,36 +397,74 @@ def train_sae(model, tokenizer, texts: Sequence[str], layer: int, *, d_sae: int,
     b_dec starts at the geometric median of init_tokens scaled activations, W_enc at W_dec^T.
     lr defaults to 2e-4 / sqrt(d_sae / 2^14) (the paper's scaling). s is stored as the SAE's input
     scale, so encode() takes raw activations. Deterministic for a seed on CPU. The loop itself is
-    `fit_sae`, which takes any stream of activations."""
+    `fit_sae`, which takes any stream of activations; with `state_path` an interrupted run resumes
+    (see fit_sae) and skips the texts it has read without running the model on them again."""
     device = torch.device(device) if device is not None else _model_device(model)
     model.to(device).eval()
-    stream = _activation_stream(model, tokenizer, texts, layer, batch_size=batch_size,
-                                max_length=max_length, seed=seed, device=device)
+
+    def stream(skip: int = 0):
+        return _activation_stream(model, tokenizer, texts, layer, batch_size=batch_size,
+                                  max_length=max_length, seed=seed, device=device, skip=skip)
+
     return fit_sae(stream, model.config.hidden_size, d_sae=d_sae, k=k, tokens=tokens, batch_tokens=batch_tokens,
                    lr=lr, seed=seed, device=device, aux_k=aux_k, aux_coef=aux_coef, dead_steps=dead_steps,
                    init_tokens=init_tokens, progress=progress, layer=layer,
-                   model_name=getattr(model.config, "_name_or_path", None))
+                   model_name=getattr(model.config, "_name_or_path", None), state_path=state_path,
+                   save_every=save_every, stream_key=stable_hash(model_fingerprint(model, tokenizer), list(texts),
+                                                                 batch_size, max_length))
 
 
-def fit_sae(stream: Iterator[torch.Tensor], d_in: int, *, d_sae: int, k: int, tokens: int, layer: int,
+def fit_sae(stream, d_in: int, *, d_sae: int, k: int, tokens: int, layer: int,
             batch_tokens: int = 4096, lr: float | None = None, seed: int = 0, device="cpu",
             aux_k: int | None = None, aux_coef: float = 1 / 32, dead_steps: int | None = None,
             init_tokens: int = 8192, progress: bool = True, model_name: str | None = None,
-            curve: list | None = None) -> SAE:
-    """`train_sae`'s loop on an endless `stream` of raw [n, d_in] activations of decoder layer `layer`
-    (bench/feature_quality.py feeds it cached ones). `curve`, when given, receives a row
-    {step, tokens, fvu, l0, dead_fraction} every 20 steps and at the end."""
+            curve: list | None = None, state_path: str | Path | None = None, save_every: int = 200,
+            stream_key: str = "") -> SAE:
+    """`train_sae`'s loop on an endless stream of raw [n, d_in] activations of decoder layer `layer`
+    (bench/feature_quality.py feeds it cached ones). `stream` is an iterator, or a function
+    skip -> iterator that starts after its first `skip` items. `curve`, when given, receives a row
+    {step, tokens, fvu, l0, dead_fraction} every 20 steps and at the end.
+
+    Resuming: with `state_path`, every `save_every` steps the whole training state (SAE, Adam
+    moments, dead-latent counters, the shuffle buffer, the random generator, the curve and how many
+    stream items were read) is written there atomically. A later call with the same settings loads
+    it, restarts the stream after the items already read (a function skips them; an iterator is
+    read and discarded) and continues: the result is bitwise the uninterrupted one. The file is
+    removed when training ends; one written with other settings or another `stream_key` (what
+    identifies the stream: train_sae hashes the model, the tokenizer and the texts) is ignored,
+    with a warning."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     aux_k = aux_k or d_in // 2
     dead_steps = dead_steps or max(1, 1_000_000 // batch_tokens)
     lr = lr or 2e-4 / math.sqrt(d_sae / 2 ** 14)
-    init, n = [], 0
-    while n < init_tokens:  # these tokens also go to training, through the shuffle buffer
-        init.append(next(stream))
-        n += init[-1].shape[0]
-    sample = torch.cat(init)
-    scale = math.sqrt(d_in) / float(sample.norm(dim=-1).mean())
+    n_steps = max(1, tokens // batch_tokens)
+    settings = dict(d_in=d_in, d_sae=d_sae, k=k, tokens=tokens, layer=layer, batch_tokens=batch_tokens, lr=lr,
+                    seed=seed, aux_k=aux_k, aux_coef=aux_coef, dead_steps=dead_steps, init_tokens=init_tokens,
+                    stream_key=stream_key)
+    saved = None
+    if state_path is not None and Path(state_path).exists():
+        saved = torch.load(state_path, map_location="cpu", weights_only=False)
+        if saved.get("settings") != settings:
+            warnings.warn(f"{state_path}: an SAE training state with other settings ({saved.get('settings')}); "
+                          f"starting afresh")
+            saved = None
+    skip = saved["shuffle"]["consumed"] if saved else 0
+    if callable(stream):
+        stream = stream(skip)
+    else:
+        stream = iter(stream)
+        for _ in range(skip):
+            next(stream)
+    if saved:
+        scale, init = saved["scale"], []
+    else:
+        init, n = [], 0
+        while n < init_tokens:  # these tokens also go to training, through the shuffle buffer
+            init.append(next(stream))
+            n += init[-1].shape[0]
+        sample = torch.cat(init)
+        scale = math.sqrt(d_in) / float(sample.norm(dim=-1).mean())
 
     def replay():
         yield from init
@@ -421,14 +476,29 @@ def fit_sae(stream: Iterator[torch.Tensor], d_in: int, *, d_sae: int, k: int, to
         w_dec = torch.randn(d_sae, d_in, generator=gen)
         sae.W_dec.copy_(w_dec / w_dec.norm(dim=1, keepdim=True))
         sae.W_enc.copy_(sae.W_dec.T)
-        sae.b_dec.copy_(geometric_median(sample * scale))
+        if not saved:
+            sae.b_dec.copy_(geometric_median(sample * scale))
     params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
     sae.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=6.25e-10)
     steps_since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
-    n_steps = max(1, tokens // batch_tokens)
-    batches = _shuffled_batches(replay(), batch_tokens, 4 * batch_tokens, gen)
-    bar = tqdm(range(n_steps), desc=f"train SAE (layer {layer}, k={k})", disable=not progress)
+    shuffle, start, rows = {}, 0, []
+    if saved:
+        with torch.no_grad():
+            for p, v in zip(params, saved["params"]):
+                p.copy_(v)
+        opt.load_state_dict(saved["optimizer"])
+        steps_since_fired.copy_(saved["steps_since_fired"])
+        gen.set_state(saved["generator"])
+        shuffle = {**saved["shuffle"], "buffer": saved["shuffle"]["buffer"].to(device)}
+        start, rows = saved["step"], saved["curve"]
+    if curve is not None:
+        curve[:] = rows
+    else:
+        curve = rows
+    batches = _shuffled_batches(replay(), batch_tokens, 4 * batch_tokens, gen, shuffle)
+    bar = tqdm(range(start, n_steps), desc=f"train SAE (layer {layer}, k={k})", disable=not progress,
+               initial=start, total=n_steps)
     for step in bar:
         x = next(batches) * scale  # [n, d_in] in SAE space
         pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc  # [n, d_sae]
@@ -457,10 +527,15 @@ def fit_sae(stream: Iterator[torch.Tensor], d_in: int, *, d_sae: int, k: int, to
             sae.W_dec.data /= sae.W_dec.data.norm(dim=1, keepdim=True).clamp_min(1e-8)
         if step % 20 == 0 or step == n_steps - 1:
             bar.set_postfix(fvu=f"{fvu.item():.3f}", dead=int(dead.sum()))
-            if curve is not None:
-                curve.append({"step": step + 1, "tokens": (step + 1) * batch_tokens, "fvu": float(fvu),
-                              "l0": float((codes > 0).sum(1).float().mean()),
-                              "dead_fraction": float(dead.float().mean())})
+            curve.append({"step": step + 1, "tokens": (step + 1) * batch_tokens, "fvu": fvu.item(),
+                          "l0": float((codes > 0).sum(1).float().mean()),
+                          "dead_fraction": float(dead.float().mean())})
+        if state_path is not None and (step + 1) % save_every == 0 and step + 1 < n_steps:
+            with atomic_path(state_path) as tmp:
+                torch.save({"settings": settings, "step": step + 1, "scale": scale,
+                            "params": [p.detach().cpu() for p in params], "optimizer": opt.state_dict(),
+                            "steps_since_fired": steps_since_fired.cpu(), "generator": gen.get_state(),
+                            "shuffle": {**shuffle, "buffer": shuffle["buffer"].cpu()}, "curve": curve}, tmp)
     bar.close()
     sae.meta.update(format="saerl", hook_name=f"blocks.{layer}.hook_resid_post", layer=layer,
                     model_name=model_name)
@@ -468,6 +543,8 @@ def fit_sae(stream: Iterator[torch.Tensor], d_in: int, *, d_sae: int, k: int, to
     # the check reads batches the optimiser has not stepped on (later in the stream)
     held_out = torch.cat([next(batches) for _ in range(max(1, 4096 // batch_tokens))])
     sae.meta["check"] = sae_check(sae, held_out, verbose=progress)
+    if state_path is not None:
+        Path(state_path).unlink(missing_ok=True)
     return sae
 
 

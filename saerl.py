@@ -182,7 +182,7 @@ def run(cfg: Config, grpo_overrides: dict | None = None) -> Path:
         if not given and not stages.cached("sae", key["sae"], "sae/cfg.json"):
             texts = [format_prompt(p.problem, tok, template) for p in problems]
             save_sae(train_sae(model, tok, texts, layer, d_sae=cfg.sae_width, k=cfg.sae_k, tokens=cfg.sae_tokens,
-                               seed=cfg.seed, device=device), root / "sae")
+                               seed=cfg.seed, device=device, state_path=root / "sae.state.pt"), root / "sae")
             stages.done("sae", key["sae"])
         sae_obj = given or load_sae(root / "sae", device=device)
     if cfg.stage == "sae":

@@ -286,7 +286,8 @@ def main(argv=None):
             curve: list = []
             t0 = time.perf_counter()
             sae = fit_sae(token_stream(tokens, args.seed), model.config.hidden_size, d_sae=width, k=k, tokens=n_tok,
-                          layer=args.sae_layer, seed=args.seed, curve=curve, progress=True)
+                          layer=args.sae_layer, seed=args.seed, curve=curve, progress=True,
+                          state_path=work / f"{folder.name}.state.pt")
             save_sae(sae, folder)
             atomic_write_text(folder / "train.json", json.dumps(
                 {"check": sae.meta["check"], "curve": curve, "train_seconds": time.perf_counter() - t0}))

@@ -210,6 +210,93 @@ def test_train_is_deterministic_for_a_seed():
     assert torch.equal(runs[0].W_dec, runs[1].W_dec) and torch.equal(runs[0].b_dec, runs[1].b_dec)
 
 
+def _chunks(n=40, rows=300, d=16, seed=0):
+    # low-rank activations with noise, like residual tokens: 40 stream items of 300 tokens
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.randn(6, d, generator=g)
+    return [torch.randn(rows, 6, generator=g) @ basis + 0.1 * torch.randn(rows, d, generator=g) for _ in range(n)]
+
+
+def _params(sae):
+    return [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
+
+
+def test_fit_sae_resumes_bitwise_after_a_kill(tmp_path):
+    chunks = _chunks()
+    settings = dict(d_sae=64, k=4, tokens=256 * 30, batch_tokens=256, layer=0, init_tokens=512, progress=False)
+
+    def stream(skip=0, die_at=None):
+        for i in range(skip, 10**9):
+            if i == die_at:
+                raise KeyboardInterrupt("killed")
+            yield chunks[i % len(chunks)]
+
+    whole_curve = []
+    whole = S.fit_sae(stream, 16, curve=whole_curve, **settings)
+    state = tmp_path / "sae.state.pt"
+    with pytest.raises(KeyboardInterrupt):
+        S.fit_sae(lambda skip: stream(skip, die_at=20), 16, state_path=state, save_every=7, **settings)
+    saved = torch.load(state, weights_only=False)
+    assert saved["step"] % 7 == 0 and 0 < saved["step"] < 30 and saved["shuffle"]["consumed"] <= 20
+    # resumed from a plain iterator: the items already read are read again and discarded
+    resumed_curve = []
+    resumed = S.fit_sae(stream(), 16, state_path=state, save_every=7, curve=resumed_curve, **settings)
+    assert all(torch.equal(a, b) for a, b in zip(_params(whole), _params(resumed)))
+    assert resumed_curve == whole_curve and resumed.meta["check"] == whole.meta["check"]
+    assert not state.exists()  # removed once the SAE is done
+
+
+def test_fit_sae_ignores_a_state_written_with_other_settings(tmp_path):
+    chunks = _chunks(seed=1)
+    state = tmp_path / "sae.state.pt"
+    base = dict(d_sae=32, tokens=256 * 12, batch_tokens=256, layer=0, init_tokens=512, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        def dying():
+            for i, c in enumerate(chunks):
+                if i == 12:
+                    raise KeyboardInterrupt
+                yield c
+        S.fit_sae(dying(), 16, k=4, state_path=state, save_every=4, **base)
+    assert state.exists()
+    with pytest.warns(UserWarning, match="other settings"):
+        other = S.fit_sae(iter(chunks), 16, k=8, state_path=state, **base)
+    fresh = S.fit_sae(iter(chunks), 16, k=8, **base)
+    assert all(torch.equal(a, b) for a, b in zip(_params(other), _params(fresh)))
+
+
+def test_train_sae_resume_skips_the_texts_already_read(tmp_path, monkeypatch):
+    # a kill inside the model stream; the resumed run must not run the model on the texts it had read
+    tok = char_tokenizer()
+    model = tiny_model(len(tok), layers=2, seed=1)
+    texts = [f"{i} + {i * 37 % 101} = ?" for i in range(40)]
+    kw = dict(d_sae=64, k=4, tokens=256 * 24, batch_tokens=256, seed=3, batch_size=4, progress=False,
+              init_tokens=256)
+    real = S.capture_residuals
+    calls = []
+
+    def counted(*a, **k):
+        calls.append(1)
+        if die_at is not None and len(calls) == die_at:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(S, "capture_residuals", counted)
+    die_at = None
+    whole = S.train_sae(model, tok, texts, 0, **kw)
+    n_whole = len(calls)
+    calls.clear()
+    die_at = n_whole // 2
+    state = tmp_path / "state.pt"
+    with pytest.raises(KeyboardInterrupt):
+        S.train_sae(model, tok, texts, 0, state_path=state, save_every=5, **kw)
+    read = torch.load(state, weights_only=False)["shuffle"]["consumed"]
+    calls.clear()
+    die_at = None
+    resumed = S.train_sae(model, tok, texts, 0, state_path=state, save_every=5, **kw)
+    assert all(torch.equal(a, b) for a, b in zip(_params(whole), _params(resumed)))
+    assert len(calls) == n_whole - read  # the skipped batches never reached the model
+
+
 def test_probe_columns_by_hand():
     # rows: problem 0 has features 5 (1.0) and 2 (0.5); problem 1 has 2 (3.0) and 7 (2.0); problem 2
     # has 2 (1.0) and a padded slot (value 0, index 0, which is not an active feature)

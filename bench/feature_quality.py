@@ -1,8 +1,8 @@
 """Do SAE features carry the signal SAERL needs? (issue 15) MATH subject and level from four
 representations of the same problems, on SmolLM2-135M-Instruct.
 
-    python bench/feature_quality.py --smollm /work/models/smollm2 --limit 4000   # ~40 min, 2-core CPU
-    python bench/feature_quality.py --smollm DIR --limit 1500 --sae-tokens 200000   # a quick pass
+    python bench/feature_quality.py --smollm /work/models/smollm2   # all of MATH train, ~55 min, 2-core CPU
+    python bench/feature_quality.py --smollm DIR --limit 1500 --sae-configs 2048x32x200000   # a quick pass
 
 Stages, each cached under --work (a killed run resumes at the stage it was in):
   1. extract  every problem of MATH train (7474), rendered with the chat template as the pipeline
@@ -10,7 +10,9 @@ Stages, each cached under --work (a killed run resumes at the stage it was in):
               Kept: each problem's mean-pooled residual at every layer (over the problem's own
               tokens, the pipeline's `valid` mask), and the tokens of the SAE layer (fp16).
   2. sae      TopK SAEs (sae.fit_sae, the pipeline's trainer) on those cached tokens, one per
-              --sae-configs entry (width x k x tokens); each SAE's curve (FVU, L0, dead) is kept.
+              --sae-configs entry (width x k x tokens), each resumable mid-training; each SAE's
+              curve (FVU, L0, dead) is kept and plotted (feature_quality_sae_curves.svg).
+              The shipped MATH train has no solutions, so the SAEs read the problems' tokens.
   3. score    on a fixed --sample (2000) problems with a seeded 70/30 split:
                 subject accuracy  multinomial logistic regression (hand-written, L2 strength by a
                                   validation split of the training rows), features z-scored;
@@ -23,6 +25,8 @@ Stages, each cached under --work (a killed run resumes at the stage it was in):
               tf, l2 rows), the dense residual at each layer, and each SAE's pooled features exactly
               as the pipeline stores them (mean over the problem's tokens, top 256 kept; the
               probe columns are the most active features, the pipeline's most_active).
+              Pooling: the SAE layer's residual also pooled by max and by the last token, and the
+              best-reconstructing SAE's codes max-pooled.
   4. time     sae.encode_problems (the pipeline's feature stage) on 200 problems: seconds per
               problem, and the check that its pooled features equal the bench's (same SAE).
 
@@ -126,18 +130,62 @@ def token_stream(tokens: torch.Tensor, seed: int, chunk: int = 8192):
 
 
 @torch.no_grad()
-def pooled_sae(sae: SAE, tokens, offsets, top_m: int = 256) -> PooledFeatures:
+def pooled_sae(sae: SAE, tokens, offsets, top_m: int = 256, pooling: str = "mean") -> PooledFeatures:
     """The pipeline's pooled features from cached tokens: SAE codes per token, mean over the
-    problem's tokens, the top_m largest kept (sae.encode_problems does the same from a forward)."""
+    problem's tokens, the top_m largest kept (sae.encode_problems does the same from a forward).
+    pooling="max" takes each feature's largest code instead of its mean (the pooling comparison)."""
     n = len(offsets) - 1
     values = torch.zeros(n, top_m)
     indices = torch.zeros(n, top_m, dtype=torch.long)
     for i in range(n):
         codes = sae.encode(tokens[offsets[i]:offsets[i + 1]].float())
-        mean = codes.mean(0) if codes.shape[0] else torch.zeros(sae.d_sae)
-        v, ix = mean.topk(top_m)
+        if not codes.shape[0]:
+            pooled = torch.zeros(sae.d_sae)
+        else:
+            pooled = codes.mean(0) if pooling == "mean" else codes.max(0).values
+        v, ix = pooled.topk(top_m)
         values[i], indices[i] = v.clamp(min=0), ix
     return PooledFeatures(values, indices, sae.d_sae)
+
+
+def pooled_dense(tokens, offsets, pooling: str) -> np.ndarray:
+    """The residual pooled over each problem's tokens: mean, max (per dimension) or the last token."""
+    out = []
+    for i in range(len(offsets) - 1):
+        t = tokens[offsets[i]:offsets[i + 1]].float()
+        out.append(t.mean(0) if pooling == "mean" else t.max(0).values if pooling == "max" else t[-1])
+    return torch.stack(out).double().numpy()
+
+
+def curves_svg(saes: dict, path) -> None:
+    """The SAEs' training curves (FVU and dead fraction against tokens) as a small hand-written SVG,
+    so the plot needs no plotting library."""
+    w, h, pad = 640, 300, 48
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    lo = 3  # the axis runs from 1e3 tokens to the next power of ten above the longest run
+    hi = math.ceil(math.log10(max(r["tokens"] for t in saes.values() for r in t["curve"])))
+    x = lambda tok: pad + (w - 2 * pad) * (math.log10(tok) - lo) / (hi - lo)  # noqa: E731
+    y = lambda v: h - pad - (h - 2 * pad) * min(v, 1.0)  # noqa: E731
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
+             f'font-size="11"><rect width="{w}" height="{h}" fill="white"/>',
+             f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="black"/>',
+             f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="black"/>',
+             f'<text x="{w / 2}" y="{h - 12}" text-anchor="middle">training tokens (log scale)</text>',
+             f'<text x="12" y="{h / 2}" transform="rotate(-90 12 {h / 2})" text-anchor="middle">'
+             f'FVU (solid), dead fraction (dashed)</text>']
+    for v in (0.0, 0.25, 0.5, 0.75, 1.0):
+        parts.append(f'<text x="{pad - 6}" y="{y(v) + 4}" text-anchor="end">{v:g}</text>')
+    for e in range(lo, hi + 1):
+        parts.append(f'<text x="{x(10 ** e)}" y="{h - pad + 14}" text-anchor="middle">1e{e}</text>')
+    for j, (spec, t) in enumerate(saes.items()):
+        c = colours[j % len(colours)]
+        fvu = " ".join(f"{x(r['tokens']):.1f},{y(r['fvu']):.1f}" for r in t["curve"])
+        dead = " ".join(f"{x(r['tokens']):.1f},{y(r['dead_fraction']):.1f}" for r in t["curve"])
+        parts += [f'<polyline points="{fvu}" fill="none" stroke="{c}" stroke-width="1.5"/>',
+                  f'<polyline points="{dead}" fill="none" stroke="{c}" stroke-dasharray="4 3"/>',
+                  f'<text x="{w - pad - 4}" y="{pad + 14 * j}" text-anchor="end" fill="{c}">{spec} '
+                  f'(held-out FVU {t["check"]["fvu"]:.3f})</text>']
+    atomic_write_text(path, "\n".join(parts + ["</svg>"]) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,7 +292,7 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "feature_quality.json"))
     ap.add_argument("--layers", default="5,10,15,20", help="layers whose pooled residual is scored")
     ap.add_argument("--sae-layer", type=int, default=15, help="the layer the SAEs read (the pipeline's default: the middle)")
-    ap.add_argument("--sae-configs", default="2048x32x20000,2048x32x1000000,8192x32x1000000",
+    ap.add_argument("--sae-configs", default="2048x32x20000,2048x32x1000000,2048x32x3000000,8192x32x1000000",
                     help="width x k x training tokens, comma-separated")
     ap.add_argument("--sample", type=int, default=2000)
     ap.add_argument("--limit", type=int, default=None, help="a seeded subset of N MATH problems (data.load_problems)")
@@ -314,15 +362,22 @@ def main(argv=None):
     for layer in layers:
         rows.append(score(f"dense residual L{layer} (mean)", saved["pooled"][layer][sample].double().numpy(),
                           subjects, levels, train, test, args.seed))
+    sel = torch.as_tensor(sample)
+    sub_offsets = torch.cat([torch.zeros(1, dtype=torch.long), (offsets[sel + 1] - offsets[sel]).cumsum(0)])
+    sub_tokens = torch.cat([tokens[offsets[i]:offsets[i + 1]] for i in sample])
+    for pooling in ("max", "last"):  # which pooling of the SAE layer's residual carries the signal
+        rows.append(score(f"dense residual L{args.sae_layer} ({pooling})", pooled_dense(sub_tokens, sub_offsets, pooling),
+                          subjects, levels, train, test, args.seed))
     feats = {}
     for spec, sae in saes.items():
-        sel = torch.as_tensor(sample)
-        sub_offsets = torch.cat([torch.zeros(1, dtype=torch.long), (offsets[sel + 1] - offsets[sel]).cumsum(0)])
-        sub_tokens = torch.cat([tokens[offsets[i]:offsets[i + 1]] for i in sample])
         feats[spec] = pooled_sae(sae, sub_tokens, sub_offsets)
         cols = feats[spec].most_active(list(train), 2048)
         X = feats[spec].columns(range(len(sample)), cols)
         rows.append(score(f"SAE L{args.sae_layer} {spec} (top-256)", X, subjects, levels, train, test, args.seed))
+    best = min(saes, key=lambda spec: trained[spec]["check"]["fvu"])  # the best reconstruction
+    maxed = pooled_sae(saes[best], sub_tokens, sub_offsets, pooling="max")
+    X = maxed.columns(range(len(sample)), maxed.most_active(list(train), 2048))
+    rows.append(score(f"SAE L{args.sae_layer} {best} (top-256, max)", X, subjects, levels, train, test, args.seed))
 
     # 4. the pipeline's own feature stage on 200 problems: time per problem, and equality
     spec = args.sae_configs.split(",")[-1]
@@ -347,7 +402,9 @@ def main(argv=None):
            "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(out, indent=1))
-    print(f"wrote {args.out}")
+    svg = Path(args.out).with_name(Path(args.out).stem + "_sae_curves.svg")
+    curves_svg(trained, svg)
+    print(f"wrote {args.out} and {svg}")
 
 
 if __name__ == "__main__":

@@ -444,7 +444,7 @@ def fit_sae(stream, d_in: int, *, d_sae: int, k: int, tokens: int, layer: int,
                     stream_key=stream_key)
     saved = None
     if state_path is not None and Path(state_path).exists():
-        saved = torch.load(state_path, map_location="cpu", weights_only=False)
+        saved = torch.load(state_path, map_location="cpu", weights_only=True)
         if saved.get("settings") != settings:
             warnings.warn(f"{state_path}: an SAE training state with other settings ({saved.get('settings')}); "
                           f"starting afresh")

@@ -90,6 +90,8 @@ class Config:
     sae_k: int | None = flag(None, "k of a trained TopK SAE (default 64; toy 16)")
     sae_tokens: int | None = flag(None, "training tokens of a trained SAE (default 20M; toy 300k)")
     top_m: int = flag(256, "pooled features kept per problem")
+    pooling: str = flag("mean", "SAE codes pooled over a problem's tokens (bench/feature_quality.py: max "
+                        "predicts the subject better, mean the level)", choices=("mean", "max"))
     train_data: str | None = flag(None, f"training problems: .jsonl/.json/.parquet or Hub id (default {DEEPMATH}; toy: its train set)")
     problem_field: str | None = flag(None, "field holding the problem text (default: aliases)")
     answer_field: str | None = flag(None, "field holding the reference answer (default: aliases)")
@@ -189,10 +191,13 @@ def run(cfg: Config, grpo_overrides: dict | None = None) -> Path:
         return stages.finish()
 
     def encode(items):  # pooled features, with the policy's prompt rendering, over the problem's own text
-        return encode_features(model, tok, items, sae_obj, layer, template, cfg.top_m, device, root / "cache")
+        return encode_features(model, tok, items, sae_obj, layer, template, cfg.top_m, device, root / "cache",
+                               cfg.pooling)
 
     with stages.timed("features"):
-        key["features"] = stable_hash("features", key["sae"], key["problems"], cfg.top_m)
+        # mean pooling keeps the key it had before --pooling existed, so older run folders stay cached
+        key["features"] = stable_hash("features", key["sae"], key["problems"], cfg.top_m,
+                                      *(() if cfg.pooling == "mean" else (cfg.pooling,)))
         if not stages.cached("features", key["features"], "features.safetensors"):
             encode(problems).save(root / "features.safetensors")
             stages.done("features", key["features"])
@@ -358,11 +363,11 @@ def load_once(models: dict, name: str, device):
     return models[name]
 
 
-def encode_features(model, tok, problems, sae_obj, layer, template, top_m, device, cache_dir):
+def encode_features(model, tok, problems, sae_obj, layer, template, top_m, device, cache_dir, pooling="mean"):
     """Pooled features of problems: the policy's prompt rendering, pooled over the problem text only."""
     texts, spans = prompt_texts(problems, tok, template)
-    return encode_problems(model, tok, texts, sae_obj, layer, top_m=top_m, char_spans=spans, device=device,
-                           cache_dir=cache_dir, progress=True)
+    return encode_problems(model, tok, texts, sae_obj, layer, pooling=pooling, top_m=top_m, char_spans=spans,
+                           device=device, cache_dir=cache_dir, progress=True)
 
 
 def label_size(cfg: Config, n: int) -> int:

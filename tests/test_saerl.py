@@ -17,6 +17,7 @@ import torch
 import saerl
 import toy
 from data import Problem, load_problems, read_jsonl
+from sae import PooledFeatures
 
 
 def make_problems(n=20):
@@ -413,3 +414,16 @@ def test_ablations_write_their_schedule(mini_world, tmp_path, flags, arm):
     assert not (run / "arms").exists()  # --stage schedule stops before training
     kept = {s["id"] for s in read_jsonl(run / "scores.jsonl") if s["kept"]}
     assert sorted(i for row in read_jsonl(run / "schedule.jsonl") for i in row["ids"]) == sorted(kept)
+
+
+def test_pooling_max_recomputes_the_features_and_bounds_the_mean(mini_world, tmp_path):
+    proc = run_saerl(saerl_cmd(mini_world, tmp_path, "--stage", "features"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mean = PooledFeatures.load(tmp_path / "mini" / "features.safetensors").dense()
+    proc = run_saerl(saerl_cmd(mini_world, tmp_path, "--stage", "features", "--pooling", "max"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sae: cached" in proc.stderr and "features: computing" in proc.stderr
+    top = PooledFeatures.load(tmp_path / "mini" / "features.safetensors").dense()
+    # codes are >= 0, so a feature's largest code over the tokens is at least its mean; d_sae 64 < top-m
+    # keeps every feature, and on tokens that differ the two poolings differ
+    assert top.shape == mean.shape and bool((top >= mean - 1e-6).all()) and not torch.allclose(top, mean)

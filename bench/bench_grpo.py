@@ -288,14 +288,9 @@ def heldout_reward(model, tok, problems, cfg, *, samples: int, seed: int = 1234)
     rewards = [math_reward(x, problems[i // samples].answer) for i, x in enumerate(roll.texts)]
     boxed = [last_boxed(x) is not None for x in roll.texts]
     sampled = sum(rewards) / len(rewards)
-    texts = []
-    with torch.no_grad():
-        for s in range(0, len(prompts), 128):
-            enc = [tok(x, add_special_tokens=False)["input_ids"] for x in prompts[s:s + 128]]
-            ids, att = grpo._left_pad(enc, tok.pad_token_id)
-            out = model.generate(input_ids=ids, attention_mask=att, do_sample=False, max_new_tokens=cfg.max_new_tokens,
-                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-            texts += tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+    import sampler  # greedy by the one sampler, as training and evaluation decode
+
+    texts = [t[0] for t in sampler.complete(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=128)]
     greedy_acc = sum(math_reward(x, p.answer) for x, p in zip(texts, problems)) / len(problems)
     return {"sampled_reward": sampled, "boxed_rate": sum(boxed) / len(boxed),
             "reward_when_boxed": sum(r for r, b in zip(rewards, boxed) if b) / max(1, sum(boxed)),

@@ -470,7 +470,7 @@ def _heldout(model, tok, problems, samples=8):
 def test_forty_toy_steps_raise_heldout_reward(toy_world, tmp_path):
     """Vanilla GRPO (random order over all training problems, corrupted ones included), the toy
     preset, 40 steps. bench_grpo.py --learn measured on 500 held-out problems x 4 samples:
-    0.103 -> 0.146 over 3 seeds (range 0.0025), the boxed rate 0.67 -> 0.93. Here (200 problems
+    0.110 -> 0.147 over 3 seeds (range 0.014), the boxed rate 0.66 -> 0.93. Here (200 problems
     x 8 samples, seed 0; 0.139 -> 0.205 when written) a single seed must gain more than half of
     the bench's margin."""
     import toy

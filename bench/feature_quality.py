@@ -61,8 +61,8 @@ sys.path.insert(0, str(ROOT))
 
 import estimators  # noqa: E402
 from data import atomic_write_text, load_model, load_problems  # noqa: E402
-from sae import (SAE, PooledFeatures, _token_batches, decoder_layers, encode_problems, fit_sae,  # noqa: E402
-                 prompt_texts, save_sae, load_sae)
+from sae import (SAE, PooledFeatures, _pool_batch, _token_batches, decoder_layers,  # noqa: E402
+                 encode_problems, fit_sae, prompt_texts, save_sae, load_sae)
 
 MATH = ROOT.parent / "shared" / "data" / "train" / "math_train.jsonl"
 SUBJECTS = ("Algebra", "Counting & Probability", "Geometry", "Intermediate Algebra", "Number Theory",
@@ -131,29 +131,26 @@ def token_stream(tokens: torch.Tensor, seed: int, chunk: int = 8192):
 
 @torch.no_grad()
 def pooled_sae(sae: SAE, tokens, offsets, top_m: int = 256, pooling: str = "mean") -> PooledFeatures:
-    """The pipeline's pooled features from cached tokens: SAE codes per token, mean over the
-    problem's tokens, the top_m largest kept (sae.encode_problems does the same from a forward).
-    pooling="max" takes each feature's largest code instead of its mean (the pooling comparison)."""
+    """The pipeline's pooled features from cached tokens: per problem, the pipeline's own pooling
+    (sae._pool_batch: mean or max of the codes over the problem's tokens), the top_m largest kept,
+    as sae.encode_problems keeps them after its forward."""
     n = len(offsets) - 1
     values = torch.zeros(n, top_m)
     indices = torch.zeros(n, top_m, dtype=torch.long)
     for i in range(n):
-        codes = sae.encode(tokens[offsets[i]:offsets[i + 1]].float())
-        if not codes.shape[0]:
-            pooled = torch.zeros(sae.d_sae)
-        else:
-            pooled = codes.mean(0) if pooling == "mean" else codes.max(0).values
-        v, ix = pooled.topk(top_m)
-        values[i], indices[i] = v.clamp(min=0), ix
+        t = tokens[offsets[i]:offsets[i + 1]].float()[None]  # [1, T, d]
+        pooled = _pool_batch(sae, t, torch.ones(t.shape[:2], dtype=torch.bool), pooling)[0]
+        values[i], indices[i] = pooled.topk(top_m)
     return PooledFeatures(values, indices, sae.d_sae)
 
 
 def pooled_dense(tokens, offsets, pooling: str) -> np.ndarray:
-    """The residual pooled over each problem's tokens: mean, max (per dimension) or the last token."""
+    """The residual pooled over each problem's tokens by its per-dimension max or its last token
+    (the mean is the extract stage's)."""
     out = []
     for i in range(len(offsets) - 1):
         t = tokens[offsets[i]:offsets[i + 1]].float()
-        out.append(t.mean(0) if pooling == "mean" else t.max(0).values if pooling == "max" else t[-1])
+        out.append(t.max(0).values if pooling == "max" else t[-1])
     return torch.stack(out).double().numpy()
 
 
@@ -366,8 +363,8 @@ def main(argv=None):
     sub_offsets = torch.cat([torch.zeros(1, dtype=torch.long), (offsets[sel + 1] - offsets[sel]).cumsum(0)])
     sub_tokens = torch.cat([tokens[offsets[i]:offsets[i + 1]] for i in sample])
     for pooling in ("max", "last"):  # which pooling of the SAE layer's residual carries the signal
-        rows.append(score(f"dense residual L{args.sae_layer} ({pooling})", pooled_dense(sub_tokens, sub_offsets, pooling),
-                          subjects, levels, train, test, args.seed))
+        X = pooled_dense(sub_tokens, sub_offsets, pooling)
+        rows.append(score(f"dense residual L{args.sae_layer} ({pooling})", X, subjects, levels, train, test, args.seed))
     feats = {}
     for spec, sae in saes.items():
         feats[spec] = pooled_sae(sae, sub_tokens, sub_offsets)

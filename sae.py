@@ -472,30 +472,27 @@ def fit_sae(stream, d_in: int, *, d_sae: int, k: int, tokens: int, layer: int,
 
     sae = SAE(d_in, d_sae, activation="topk", k=k, apply_b_dec_to_input=True, input_scale=scale,
               device=device)
-    with torch.no_grad():
-        w_dec = torch.randn(d_sae, d_in, generator=gen)
-        sae.W_dec.copy_(w_dec / w_dec.norm(dim=1, keepdim=True))
-        sae.W_enc.copy_(sae.W_dec.T)
-        if not saved:
-            sae.b_dec.copy_(geometric_median(sample * scale))
     params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
-    sae.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=6.25e-10)
     steps_since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
-    shuffle, start, rows = {}, 0, []
-    if saved:
-        with torch.no_grad():
+    curve = [] if curve is None else curve
+    with torch.no_grad():
+        if saved:  # everything the loop below reads, as it was after step saved["step"]
             for p, v in zip(params, saved["params"]):
                 p.copy_(v)
-        opt.load_state_dict(saved["optimizer"])
-        steps_since_fired.copy_(saved["steps_since_fired"])
-        gen.set_state(saved["generator"])
-        shuffle = {**saved["shuffle"], "buffer": saved["shuffle"]["buffer"].to(device)}
-        start, rows = saved["step"], saved["curve"]
-    if curve is not None:
-        curve[:] = rows
-    else:
-        curve = rows
+            opt.load_state_dict(saved["optimizer"])
+            steps_since_fired.copy_(saved["steps_since_fired"])
+            gen.set_state(saved["generator"])
+            shuffle = {**saved["shuffle"], "buffer": saved["shuffle"]["buffer"].to(device)}
+            start = saved["step"]
+            curve[:] = saved["curve"]
+        else:
+            w_dec = torch.randn(d_sae, d_in, generator=gen)
+            sae.W_dec.copy_(w_dec / w_dec.norm(dim=1, keepdim=True))
+            sae.W_enc.copy_(sae.W_dec.T)
+            sae.b_dec.copy_(geometric_median(sample * scale))
+            shuffle, start = {}, 0
+    sae.requires_grad_(True)
     batches = _shuffled_batches(replay(), batch_tokens, 4 * batch_tokens, gen, shuffle)
     bar = tqdm(range(start, n_steps), desc=f"train SAE (layer {layer}, k={k})", disable=not progress,
                initial=start, total=n_steps)

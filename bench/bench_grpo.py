@@ -39,6 +39,7 @@ TOY_DEFAULT = ROOT / "toy_world"
 import torch  # noqa: E402
 
 import grpo  # noqa: E402
+import sampler  # noqa: E402
 from data import atomic_write_text, load_problems  # noqa: E402
 
 
@@ -288,8 +289,7 @@ def heldout_reward(model, tok, problems, cfg, *, samples: int, seed: int = 1234)
     rewards = [math_reward(x, problems[i // samples].answer) for i, x in enumerate(roll.texts)]
     boxed = [last_boxed(x) is not None for x in roll.texts]
     sampled = sum(rewards) / len(rewards)
-    import sampler  # greedy by the one sampler, as training and evaluation decode
-
+    # greedy by the one sampler, as training and evaluation decode
     texts = [t[0] for t in sampler.complete(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=128)]
     greedy_acc = sum(math_reward(x, p.answer) for x, p in zip(texts, problems)) / len(problems)
     return {"sampled_reward": sampled, "boxed_rate": sum(boxed) / len(boxed),

@@ -13,6 +13,7 @@ Public functions
     load_problems(source, ...)     a local .jsonl / .json / .parquet file or a Hub dataset id
     format_prompt(text, tok, t)    the `qwen-math`, `plain`, `chat` or `chatml` template
     stop_token_ids(model, tok)     where a completion ends (training and evaluation alike)
+    long_prompts(problems, tok, template, max_tokens)   ids whose prompt leaves no room for the completion
     answer_from_row(row, ...)      the reference answer of one raw row (aliases, \\boxed, ####)
     atomic_write_text / atomic_write_bytes / atomic_path / write_jsonl / append_jsonl / read_jsonl
     stable_hash(*parts)            sha256 of JSON-serialised parts, for cache keys
@@ -20,6 +21,7 @@ Public functions
     file_stamp / dir_stamp / number_label   input identity for cache keys; numeric label fields
     resolve_device(d)              "auto" -> cuda when available, else cpu
     load_model(name, device, dtype)  (model, tokenizer); fails at once, naming a local path, offline
+    pad_safe_attention(model)      SDPA whose fully masked (left-padding) query rows stay finite
     flag(default, help) / add_dataclass_args(parser, cls) / dataclass_from_args / given_args
 
 Field aliases (first match wins; `problem_field` / `answer_field` override them):
@@ -301,6 +303,15 @@ def format_prompt(problem: str | Problem, tokenizer=None, template: str = "qwen-
     raise ValueError(f"unknown prompt template {template!r}; expected one of {', '.join(TEMPLATES)}")
 
 
+def long_prompts(problems: list[Problem], tokenizer, template: str, max_tokens: int) -> list[str]:
+    """Ids of the problems whose rendered prompt is longer than `max_tokens` tokens (a prompt plus its
+    completion budget must fit the model's context: positions past max_position_embeddings are
+    computed, silently, out of the range the model was trained on)."""
+    prompts = [format_prompt(p.problem, tokenizer, template) for p in problems]
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
+    return [p.id for p, n in zip(problems, lengths) if n > max_tokens]
+
+
 def stop_token_ids(model, tokenizer) -> list[int]:
     """Tokens that end a completion, shared by training rollouts and evaluation: the tokenizer's
     EOS, the model's generation-config EOS ids, and <|im_end|> when the vocabulary has it (the
@@ -503,7 +514,41 @@ def load_model(name, device=None, dtype=None):
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device)
     except OSError as exc:  # no network, a typo in the id, a gated repo
         raise SystemExit(f"could not load model {name!r}: {exc}\nPass a local path: --model /path/to/model_dir") from exc
-    return model, tokenizer
+    return pad_safe_attention(model), tokenizer
+
+
+PAD_SAFE_SDPA = "sdpa_pad_safe"
+
+
+def pad_safe_attention(model):
+    """Make left-padded batches safe under SDPA; returns `model` (its attention switched in place).
+
+    Every prefill and every training forward here runs left-padded rows, and a padding position's
+    query may attend to no key at all (causal, and every key before it is padding). A fully masked
+    row is a softmax over nothing: CUDA SDPA kernels return NaN for it, the NaN reaches the real
+    tokens of the next layer through 0 x NaN, and transformers 5 no longer repairs such rows (4.x
+    did, in `_unmask_unattended`). This registers "sdpa_pad_safe" with transformers' attention
+    interfaces: the same SDPA attention, with a mask in which a row that may attend to nothing may
+    attend to every key instead. Only padding rows change; what a real token attends to does not.
+    Other attention implementations are left alone: eager masks with a finite minimum, and
+    flash-attention drops padding rows before it attends.
+    """
+    import torch
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    def pad_safe_sdpa_mask(*args, **kwargs):
+        mask = sdpa_mask(*args, **kwargs)  # [B, 1, q, kv] bool, True = may attend; None = plain causal
+        if mask is None or mask.dtype != torch.bool:
+            return mask
+        return mask | ~mask.any(-1, keepdim=True)  # a row with no key left attends to all of them
+
+    if PAD_SAFE_SDPA not in AttentionInterface._global_mapping:
+        AttentionInterface.register(PAD_SAFE_SDPA, AttentionInterface._global_mapping["sdpa"])
+        AttentionMaskInterface.register(PAD_SAFE_SDPA, pad_safe_sdpa_mask)
+    if getattr(model.config, "_attn_implementation", None) == "sdpa":
+        model.set_attn_implementation(PAD_SAFE_SDPA)
+    return model
 
 
 def flag(default, help: str, **argparse_kw):

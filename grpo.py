@@ -59,14 +59,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from data import add_dataclass_args, flag, load_model, stop_token_ids
+from data import add_dataclass_args, flag, load_model, pad_safe_attention, stop_token_ids
 import parallel
 from checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from parallel import (all_gather, all_reduce_gradients, all_reduce_sum, barrier, dist_info, init_distributed,
                       rank_slice)
 from plan import oom_phase
-from sampler import (ENGINES, NonFiniteError, Rollouts, refresh_rollout_model, rollout_model,  # noqa: F401
-                     sample_rollouts)
+from sampler import (ENGINES, NonFiniteError, Rollouts, context_length, refresh_rollout_model,  # noqa: F401
+                     rollout_model, sample_rollouts)
 
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 ADV_SCALES = ("std", "none")
@@ -347,7 +347,7 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     if completion_mask.shape[0] != n or c >= width:
         raise ValueError(f"completion_mask {tuple(completion_mask.shape)} does not fit input_ids "
                          f"{tuple(input_ids.shape)}: expected [N, C] with C < sequence length")
-    decoder, head = _split_model(model)
+    decoder, head = _split_model(pad_safe_attention(model))  # padding rows attend to something: no NaN on CUDA
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [N, P + C]
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                      use_cache=False).last_hidden_state  # [N, P + C, H]
@@ -659,6 +659,33 @@ def _truncate_log(path: Path, key_ok: Callable[[dict], bool]) -> None:
             write_jsonl(path, kept)
 
 
+def fit_to_context(schedule: list[list[str]], by_id: dict, tokenizer, cfg: GRPOConfig, context: int | None, *,
+                   report: bool = True) -> list[list[str]]:
+    """The schedule without the problems whose prompt + cfg.max_new_tokens exceed the model's context
+    (`context` positions; None: no limit known). Those are reported (count, first ids) and left out
+    of their batches, like bad rows; a batch left empty is an error naming its step."""
+    if context is None:
+        return schedule
+    from data import long_prompts
+
+    scheduled = list(dict.fromkeys(pid for batch in schedule for pid in batch))
+    room = context - cfg.max_new_tokens
+    too_long = set(long_prompts([by_id[pid] for pid in scheduled], tokenizer, cfg.template, room))
+    if not too_long:
+        return schedule
+    if report:
+        first = [pid for pid in scheduled if pid in too_long][:5]
+        print(f"grpo: {len(too_long)} of {len(scheduled)} scheduled problems have prompts over {room} tokens "
+              f"(context {context} - max_new_tokens {cfg.max_new_tokens}) and are left out of their batches; "
+              f"first ids: {', '.join(map(repr, first))}", file=sys.stderr)
+    fitted = [[pid for pid in batch if pid not in too_long] for batch in schedule]
+    for i, batch in enumerate(fitted):
+        if not batch:
+            raise ValueError(f"schedule step {i}: every problem's prompt is over {room} tokens (context {context} - "
+                             f"max_new_tokens {cfg.max_new_tokens}); lower --max-new-tokens or drop those problems")
+    return fitted
+
+
 def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRPOConfig, *, out_dir,
           eval_fn: Callable[[int, Any], dict] | None = None, resume: bool = True,
           reward_fn: Callable[[str, str], float] | None = None) -> dict:
@@ -690,11 +717,11 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
         if missing:
             raise KeyError(f"schedule step {i} names problem id {missing[0]!r}, not among the {len(problems)} "
                            "training problems")
-    n_steps = len(schedule) if cfg.max_steps is None else min(cfg.max_steps, len(schedule))
-    sched_hash = stable_hash([list(map(str, b)) for b in schedule])
-
     rank, world = dist_info()
     lead = rank == 0  # under torchrun only rank 0 writes files and prints; every rank reads checkpoints
+    schedule = fit_to_context(schedule, by_id, tokenizer, cfg, context_length(policy), report=lead)
+    n_steps = len(schedule) if cfg.max_steps is None else min(cfg.max_steps, len(schedule))
+    sched_hash = stable_hash([list(map(str, b)) for b in schedule])
     on_cuda = next(policy.parameters()).device.type == "cuda"
     shard = cfg.parallel == "fsdp2" and world > 1
     # The reference is the policy as given (before any resume), frozen; none at beta = 0.
@@ -735,7 +762,9 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "grpo_config.json", json.dumps(asdict(cfg), indent=2) + "\n")
     stop_ids = stop_token_ids(rollout, tokenizer)
-    eval_model = rollout if shard else policy  # what eval_fn generates with
+    # eval_fn generates with the rollout model, like the rollouts: a bf16 copy on CUDA (the fp32
+    # policy under autocast would re-cast every weight for every decoded token), the policy on CPU
+    eval_model = rollout
 
     def run_eval(done: int):  # every rank evaluates its share (evaluate.evaluate); rank 0 writes
         if eval_fn is not None:

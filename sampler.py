@@ -2,7 +2,7 @@
 rollout difficulty/quality labels, the toy world's greedy answers) is decoded here.
 
 Owns: the rollout copy of the policy, the decoding engines, and `Rollouts`. Imports only
-torch, transformers and `data.stop_token_ids`; nothing imports it back but grpo/evaluate/toy.
+torch, transformers and `data` (stop tokens, the pad-safe attention); nothing imports it back but grpo/evaluate/toy.
 
     rollout_model(policy, dtype)        the copy that generates (bf16 on CUDA: both KV caches bf16,
                                         no per-step autocast); refresh_rollout_model after each update
@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from data import stop_token_ids
+from data import pad_safe_attention, stop_token_ids
 
 ENGINES = ("compact", "hf")
 COMPACT_AT = 0.75  # compact the cache when live rows <= this fraction of its rows
@@ -83,6 +84,11 @@ def refresh_rollout_model(rollout, policy) -> None:
         dst.copy_(src.full_tensor() if hasattr(src, "full_tensor") else src)  # an FSDP2 shard: gather it
 
 
+def context_length(model) -> int | None:
+    """Positions the model was trained for (max_position_embeddings), None when its config has none."""
+    return getattr(model.config.get_text_config(), "max_position_embeddings", None)
+
+
 def autocast_for(model):
     """bf16 autocast for an fp32 model on CUDA (the `policy` rollout dtype); a no-op otherwise."""
     p = next(model.parameters())
@@ -101,14 +107,29 @@ def complete(model, tokenizer, prompts: list[str], *, n: int = 1, temperature: f
     0) decodes once and repeats it n times; sampling is seeded by `seed` alone."""
     stop_ids = stop_ids or stop_token_ids(model, tokenizer)
     per_prompt = n if temperature > 0 else 1
+    context = context_length(model)
     out: list[list[str]] = []
+    cut = []  # (first prompt of a call, its budget) where prompt + max_new_tokens would pass the context
     for s in range(0, len(prompts), batch_size):
+        budget = max_new_tokens
+        if context is not None:
+            longest = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts[s:s + batch_size])
+            if longest >= context:
+                raise ValueError(f"prompt {s}..{s + batch_size - 1} of {len(prompts)}: {longest} tokens, the "
+                                 f"model's whole context ({context} positions) or more")
+            budget = min(max_new_tokens, context - longest)
+            if budget < max_new_tokens:
+                cut.append((s, budget))
         roll = sample_rollouts(model, tokenizer, prompts[s:s + batch_size], group_size=per_prompt,
-                               temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                               temperature=temperature, top_p=top_p, max_new_tokens=budget,
                                gen_batch_size=batch_size, seed=seed + s, stop_ids=stop_ids, engine=engine)
         for i in range(0, len(roll.texts), per_prompt):
             group = roll.texts[i:i + per_prompt]
             out.append(group if per_prompt == n else group * n)
+    if cut:
+        print(f"sampler.complete: {len(cut)} of {-(-len(prompts) // batch_size)} generate calls had their "
+              f"completion budget cut below max_new_tokens {max_new_tokens} to fit the model's context of "
+              f"{context} positions (first: prompts from {cut[0][0]}, budget {cut[0][1]})", file=sys.stderr)
     return out
 
 
@@ -141,6 +162,13 @@ def sample_rollouts(model, tokenizer, prompts: list[str], *, group_size: int, te
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     if any(len(e) == 0 for e in encoded):
         raise ValueError("an empty prompt was given to sample_rollouts")
+    context = context_length(model)
+    longest = max(len(e) for e in encoded)
+    if context is not None and longest + max_new_tokens > context:
+        raise ValueError(f"a prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the model's "
+                         f"context of {context} positions (max_position_embeddings); skip longer prompts "
+                         "(grpo.train and evaluate do) or lower the completion budget")
+    pad_safe_attention(model)  # the prefill's left-padding rows must not be fully masked (NaN on CUDA)
     device = next(model.parameters()).device
     prompt_ids, prompt_att = _left_pad(encoded, pad_id)  # [B, P]
     comps, logps = [], []

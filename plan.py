@@ -23,15 +23,19 @@ What is counted (B = bytes; P = parameters; T = tokens of a micro-batch):
                fp32: 32H + 16I + 8kv_dim B;  bf16 autocast: 32H + 9.5I + 5kv_dim B;  embeddings and
                final norm 10H B. With activation checkpointing only each layer's fp32 input (4H B)
                is kept, plus one layer's full set while it is recomputed;
-    logits     one chunk of `logprob_chunk` positions x vocab: bf16 head output, its fp32 copy, the
-               softmax temporary and the gradient, 16 B per entry.
+    logits     one chunk of `logprob_chunk` positions x vocab, LOGPROB_BYTES_PER_LOGIT (20 B) per entry;
+               the sampler's last-token logits, SAMPLER_BYTES_PER_LOGIT (22 B) per entry and row;
+    autocast   bf16 copies of the fp32 weights (2P) that autocast keeps during the training forward
+               (not under fsdp2, whose gathered layers are already bf16).
 Per GPU under torchrun with N ranks: ddp holds all of the above on every rank; fsdp2 holds 1/N of the
     fp32 weights, gradients, AdamW moments (and reference), plus the whole bf16 rollout copy (2P, which
     generates) and, while a layer computes, its gathered bf16 weights (two layers with the prefetch,
     and the root's embeddings and lm head) and that layer's unsharded fp32 gradient before the
     reduce-scatter. Activations, KV cache and logits are per rank and do not shrink with N.
 Not counted: the CUDA context (~0.5 GiB) and allocator fragmentation, hence the 10% headroom that
-`fit_flags` keeps; evaluation, which decodes fewer rows than training's generation.
+`fit_flags` keeps; evaluation, which decodes on the same rollout copy with fewer rows than
+training's generation (--eval-batch-size prompts, one row each when greedy); the SAE stage's model,
+which saerl.py frees before training.
 """
 from __future__ import annotations
 
@@ -44,6 +48,14 @@ import torch
 
 GIB = 1024 ** 3
 HEADROOM = 0.90  # plan to use at most this fraction of the card
+# Bytes live at once per vocabulary entry of one row. The sampler's step (top-p 1) holds the bf16
+# logits 2, their fp32 copy and the tempered copy 4 + 4, the log-softmax 4 and the probabilities 4:
+# 17-18 B tracked on a CPU (tests/test_plan.py counts live tensors), ~18-22 B in a review of the CUDA
+# path (multinomial's own copy). The trainer's log-prob chunk: 16.5 B tracked on a CPU under bf16
+# autocast (head output, fp32 copy, logsumexp temporaries, their gradients), ~20 B on CUDA. The plan
+# takes the upper ends.
+SAMPLER_BYTES_PER_LOGIT = 22
+LOGPROB_BYTES_PER_LOGIT = 20
 
 
 @dataclass(frozen=True)
@@ -147,15 +159,17 @@ def memory_plan(shape: ModelShape, cfg, *, prompt_tokens: int = 512, cuda: bool 
     generation["KV cache"] = rows * seq * shape.layers * 2 * shape.kv_dim * kv_bytes
     generation["prefill (one layer)"] = gen_prompts * prompt_tokens * (3 * shape.intermediate
                                                                               + 4 * shape.hidden) * act_bytes
-    generation["last-token logits"] = rows * shape.vocab * 4 * 3
+    generation["last-token logits"] = rows * shape.vocab * SAMPLER_BYTES_PER_LOGIT
     training = dict(resident)
     training["gradients (fp32)"] = 4 * p / n
+    if bf16 and not shard:  # autocast keeps a bf16 copy of each weight it casts until the forward ends
+        training["autocast bf16 weight copies"] = 2 * p
     if shard:  # two layers gathered (one prefetched) and the root, in the compute dtype; one layer's fp32 grads
         root = shape.vocab * shape.hidden * (1 if shape.tied else 2) + shape.hidden
         training["gathered layers (FSDP2)"] = (2 * shape.layer_params + root) * (2 if bf16 else 4)
         training["unsharded layer gradient"] = 4 * max(shape.layer_params, root)
     training["activations"] = mb_tokens * (act["stored"] + act["recompute"])
-    training["logits chunk"] = min(cfg.logprob_chunk, mb_tokens) * shape.vocab * 16
+    training["logits chunk"] = min(cfg.logprob_chunk, mb_tokens) * shape.vocab * LOGPROB_BYTES_PER_LOGIT
     phases = {"generation": generation, "training": training}
     totals = {k: sum(v.values()) for k, v in phases.items()}
     return {"model_params": p, "world": world, "parallel": "fsdp2" if shard else "ddp", "rows": rows, "seq_tokens": seq, "micro_batch_tokens": mb_tokens,
@@ -262,7 +276,8 @@ class PhaseOutOfMemory(torch.OutOfMemoryError):
 ADVICE = {
     "generation": "lower --gen-batch-size or --max-new-tokens (KV cache = rows x tokens; see --plan)",
     "training": "lower --max-tokens-per-micro-batch or --logprob-chunk, or pass --gradient-checkpointing",
-    "evaluation": "lower --eval-batch-size or --eval-max-new-tokens",
+    "evaluation": "lower --eval-batch-size or --max-eval-tokens (saerl.py), --batch-size or --max-new-tokens "
+                  "(evaluate.py)",
 }
 
 

@@ -48,6 +48,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -117,6 +118,8 @@ class Config:
     eval_every: int | None = flag(None, "evaluate every this many steps (default 50; toy 10)")
     eval_limit: int | None = flag(None, "problems per benchmark for in-loop evaluation (default all; toy 300)")
     max_eval_tokens: int | None = flag(None, "completion budget at evaluation (default: the training one)")
+    eval_batch_size: int | None = flag(None, "prompts per generate call at evaluation (default 128, each one row "
+                                             "when greedy; toy 16)")
     eval_samples: int | None = flag(None, "completions per problem at evaluation: 1 = greedy pass@1, N = avg@N "
                                           "sampled at --eval-temperature (default 1; toy 4)")
     eval_temperature: float | None = flag(None, "sampling temperature of avg@N evaluation (default 1.0, the "
@@ -135,6 +138,8 @@ class Config:
 
 
 def main(argv=None) -> Path | None:
+    # before CUDA starts: grow segments instead of fragmenting (rollout shapes change every step)
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     cfg, grpo_overrides = parse_args(argv)
     plan_flags, _ = plan.plan_flags().parse_known_args(argv)
     if plan_flags.plan:  # the real run's memory per phase, from the config alone (default: the paper's policy)
@@ -264,7 +269,10 @@ def run(cfg: Config, grpo_overrides: dict | None = None) -> Path:
     if rank == 0 and world > 1:  # the data stages are on disk: the other ranks may go on
         barrier()
     with stages.timed("train") as timing:
-        models.clear()  # the SAE model's copy is no longer needed: free it before training
+        # the SAE stage's model (held by `models`, `model` and the `encode` closure) and the SAE are no
+        # longer needed: free them before training, which --plan sizes without them
+        models.clear()
+        model = tok = encode = sae_obj = given = None  # noqa: F841
         if device.type == "cuda":
             torch.cuda.empty_cache()
         results, all_finished = train_arms(cfg, gcfg, root, problems, schedules, device)
@@ -293,6 +301,8 @@ def setup(cfg: Config, grpo_overrides: dict | None):
                f"--k {cfg.k!r}; expected a positive integer or 'auto'"),
               (cfg.eval_samples is None or cfg.eval_samples >= 1,
                f"--eval-samples {cfg.eval_samples}; expected an integer >= 1"),
+              (cfg.eval_batch_size is None or cfg.eval_batch_size >= 1,
+               f"--eval-batch-size {cfg.eval_batch_size}; expected an integer >= 1"),
               (cfg.eval_temperature is None or cfg.eval_temperature > 0,
                f"--eval-temperature {cfg.eval_temperature}; expected > 0 (greedy is --eval-samples 1)")]
     for ok, message in checks:
@@ -335,10 +345,10 @@ def resolve_defaults(cfg: Config) -> Config:
     if toy_sized:  # a 0.5M-parameter model on a CPU
         # avg@4: what 40 toy steps learn first is the answer format, which greedy decoding already has
         defaults = dict(sae_width=512, sae_k=16, sae_tokens=300_000, label_size=400, eval_every=10, eval_limit=300,
-                        eval_samples=4, compare=True)
+                        eval_samples=4, eval_batch_size=16, compare=True)
     else:
         defaults = dict(sae_width=16384, sae_k=64, sae_tokens=20_000_000, label_size=None, eval_every=50,
-                        eval_limit=None, eval_samples=1, preset="qwen-math-1.5b", compare=False)
+                        eval_limit=None, eval_samples=1, eval_batch_size=128, preset="qwen-math-1.5b", compare=False)
     defaults["eval_temperature"] = 1.0
     for name, value in defaults.items():
         if getattr(c, name) is None:
@@ -565,7 +575,8 @@ def train_arms(cfg: Config, gcfg, root: Path, problems, schedules: dict, device)
         arm_dir = root / "arms" / arm_name
         # keyed by this arm's own batches, so adding seeds or arms keeps the finished ones
         key = stable_hash("train", batches, cfg.model, dataclasses.asdict(gcfg), cfg.benchmarks, cfg.eval_limit,
-                          max_eval, *([cfg.eval_samples, cfg.eval_temperature] if cfg.eval_samples > 1 else []))
+                          max_eval, cfg.eval_batch_size,
+                          *([cfg.eval_samples, cfg.eval_temperature] if cfg.eval_samples > 1 else []))
         marker = arm_dir / "key.txt"
         if dist_info()[0] == 0:
             if marker.exists() and marker.read_text() != key:  # settings changed: keep the old arm aside
@@ -582,7 +593,7 @@ def train_arms(cfg: Config, gcfg, root: Path, problems, schedules: dict, device)
 
         eval_fn = make_eval_fn(tok, benches, template=gcfg.template, n=cfg.eval_samples,
                                temperature=eval_temperature, max_new_tokens=max_eval,
-                               batch_size=max(8, gcfg.gen_batch_size), seed=seed,
+                               batch_size=cfg.eval_batch_size, seed=seed,
                                metric=metric_name(cfg.eval_samples, cfg.eval_temperature))
         last = grpo.latest_checkpoint(arm_dir / "checkpoints")
         done = int(last.name.rsplit("_", 1)[-1]) if last else 0

@@ -1,4 +1,6 @@
-"""Shared test setup: no network, tiny CPU threads, repo root importable."""
+"""Shared test setup: no network, tiny CPU threads, repo root importable; helpers the test files import
+(`from conftest import ...`): tolerances relative to scale, and the attention masks a model runs with."""
+import contextlib
 import os
 import sys
 
@@ -27,3 +29,56 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+def assert_close_to_scale(actual, expected, rel: float = 1e-5, msg: str = "") -> None:
+    """|actual - expected| <= rel x the largest |expected| (elementwise, in float64).
+
+    Float results that are summed in another order (packed vs padded rows, micro-batches, another
+    thread count or CPU model) differ by a few units in the last place of their *scale*, not of each
+    element: an absolute tolerance such as 1e-6 holds on one machine and fails on the next."""
+    import torch
+
+    a, e = torch.as_tensor(actual).double(), torch.as_tensor(expected).double()
+    assert a.shape == e.shape, f"{msg} shapes {tuple(a.shape)} vs {tuple(e.shape)}"
+    scale = float(e.abs().max()) if e.numel() else 0.0
+    err = float((a - e).abs().max()) if e.numel() else 0.0
+    assert err <= rel * max(scale, 1e-30), f"{msg} max |diff| {err:.3g} > {rel:g} x scale {scale:.3g}"
+
+
+@contextlib.contextmanager
+def attention_masks():
+    """Every attention mask that reaches a transformers attention function inside the block (a list,
+    filled as the model runs: [B, 1, q, kv] bool where True may attend, or None for plain causal)."""
+    from transformers import AttentionInterface
+
+    functions = AttentionInterface._global_mapping
+    saved = dict(functions)
+    seen = []
+
+    def recording(inner):
+        def attention(module, query, key, value, attention_mask, **kwargs):
+            seen.append(attention_mask)
+            return inner(module, query, key, value, attention_mask, **kwargs)
+        return attention
+
+    for name, fn in saved.items():
+        functions[name] = recording(fn)
+    try:
+        yield seen
+    finally:
+        functions.clear()
+        functions.update(saved)
+
+
+def every_query_row_attends(masks) -> bool:
+    """True when every query row of every recorded mask may attend to at least one key."""
+    import torch
+
+    for m in masks:
+        if m is None:
+            continue
+        allowed = m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2
+        if not bool(allowed.any(-1).all()):
+            return False
+    return True

@@ -231,3 +231,30 @@ def test_dataclass_flags_round_trip():
     overrides = add_dataclass_args(argparse.ArgumentParser(), Args, unset=None)
     assert given_args(Args, overrides.parse_args(["--mix", "1"])) == {"mix": 1.0}
     assert "[0.25]" in overrides.format_help()  # the field's default is shown when flags start unset
+
+
+def test_pad_safe_attention_changes_only_the_padding_rows():
+    """Real tokens see exactly what they saw; a padding row that could attend to nothing now attends."""
+    import torch
+    from conftest import assert_close_to_scale, attention_masks, every_query_row_attends
+    from test_grpo import tiny_model
+
+    from data import pad_safe_attention
+
+    model = tiny_model(seed=2).eval()
+    ids = torch.randint(5, 40, (3, 9))
+    att = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1, 1], [1] * 9, [0, 0, 1, 1, 1, 1, 1, 1, 1]])
+    pos = (att.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad(), attention_masks() as before:
+        plain = model(input_ids=ids, attention_mask=att, position_ids=pos).logits
+    assert not every_query_row_attends(before), "plain sdpa masks leave the padding rows empty"
+    assert pad_safe_attention(model) is model and model.config._attn_implementation == "sdpa_pad_safe"
+    with torch.no_grad(), attention_masks() as after:
+        safe = model(input_ids=ids, attention_mask=att, position_ids=pos).logits
+    assert every_query_row_attends(after)
+    real = att.bool()
+    assert_close_to_scale(safe[real], plain[real], rel=1e-6)
+    # without padding nothing is materialised: plain causal attention, as before
+    with torch.no_grad(), attention_masks() as unpadded:
+        model(input_ids=ids[1:2])
+    assert unpadded and all(m is None for m in unpadded)

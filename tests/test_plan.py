@@ -147,3 +147,106 @@ def test_fsdp2_splits_the_fp32_state_per_gpu_and_ddp_does_not():
         plan.fit_flags(shape, grpo.GRPOConfig(), 80)
     changes, fitted = plan.fit_flags(shape, grpo.GRPOConfig(parallel="fsdp2"), 80, world=8)
     assert fitted["peak"] <= 0.9 * 80 * GIB and "rollout_dtype" not in changes
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-vocabulary-entry bytes, counted as live tensors (what the allocator would have to hold at once)
+# ----------------------------------------------------------------------------------------------
+class LiveBytes:
+    """A dispatch mode that counts the bytes of every tensor storage created inside it (plus those
+    given) while some tensor still refers to it, and the peak of that count."""
+
+    def __init__(self, *already):
+        import weakref
+
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+
+        refs, sizes = {}, {}
+        state = {"live": 0, "peak": 0}
+
+        def drop(key):
+            refs[key] -= 1
+            if refs[key] == 0:
+                state["live"] -= sizes.pop(key)
+                del refs[key]
+
+        def track(t):
+            storage = t.untyped_storage()
+            key = storage.data_ptr()
+            if storage.nbytes() == 0:
+                return
+            if key not in refs:
+                refs[key], sizes[key] = 0, storage.nbytes()
+                state["live"] += storage.nbytes()
+            refs[key] += 1
+            weakref.finalize(t, drop, key)
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in tree_flatten(out)[0]:
+                    if isinstance(t, torch.Tensor):
+                        track(t)
+                state["peak"] = max(state["peak"], state["live"])
+                return out
+
+        for t in already:
+            track(t)
+        state["peak"] = state["live"]
+        self.mode, self.state = Mode(), state
+
+    def __enter__(self):
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.mode.__exit__(*exc)
+
+    @property
+    def peak(self) -> int:
+        return self.state["peak"]
+
+
+def test_sampler_step_bytes_per_logit_are_within_the_plan():
+    rows, vocab = 16, 50_000
+    logits = torch.randn(rows, vocab).to(torch.bfloat16)  # what the bf16 rollout copy's lm head returns
+    with LiveBytes(logits) as live:
+        sampler._next_token(logits, 1.0, 1.0, torch.Generator().manual_seed(0))
+    per_entry = live.peak / (rows * vocab)
+    # an upper bound that is not loose: CUDA's multinomial adds a copy the CPU's does not
+    assert 0.7 * plan.SAMPLER_BYTES_PER_LOGIT <= per_entry <= plan.SAMPLER_BYTES_PER_LOGIT, per_entry
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_logprob_chunk_bytes_per_logit_are_within_the_plan(autocast):
+    n, hidden, vocab = 256, 32, 50_000
+    head = torch.nn.Linear(hidden, vocab, bias=False)
+    h = torch.randn(n, hidden, requires_grad=True)
+    targets = torch.randint(0, vocab, (n,))
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else torch.autocast("cpu", enabled=False)
+    with LiveBytes() as live, ctx:
+        grpo.token_logprobs(h, targets, head, chunk_size=n).sum().backward()
+    per_entry = (live.peak - 4 * hidden * vocab) / (n * vocab)  # less the head's own weight gradient
+    assert 0.7 * plan.LOGPROB_BYTES_PER_LOGIT <= per_entry <= plan.LOGPROB_BYTES_PER_LOGIT, per_entry
+
+
+def test_training_counts_autocasts_bf16_weight_copies_on_cuda_only():
+    shape = plan.KNOWN["Qwen/Qwen2.5-Math-1.5B"]
+    cuda = plan.memory_plan(shape, grpo.GRPOConfig())["phases"]["training"]
+    cpu = plan.memory_plan(shape, grpo.GRPOConfig(), cuda=False)["phases"]["training"]
+    assert cuda["autocast bf16 weight copies"] == 2 * shape.params
+    assert "autocast bf16 weight copies" not in cpu
+
+
+def test_out_of_memory_advice_names_flags_that_exist():
+    import re
+
+    import evaluate
+    import saerl
+
+    known = {s for a in grpo.build_parser()._actions for s in a.option_strings}
+    for config in (saerl.Config, evaluate.EvalConfig):  # their flags are their fields
+        known |= {"--" + f.name.replace("_", "-") for f in dataclasses.fields(config)}
+    named = {flag for advice in plan.ADVICE.values() for flag in re.findall(r"--[a-z][a-z0-9-]*", advice)}
+    assert named and named <= known, named - known

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 import sae_formats as S
+from conftest import assert_close_to_scale
 
 D_IN, D_SAE = 8, 24
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -273,7 +274,7 @@ def test_chunked_encode_equals_one_shot():
     set_weights(sae, a)
     x = torch.randn(2, 50, D_IN, generator=torch.Generator().manual_seed(0))
     # the same codes up to float rounding (a matmul over 7 rows may round differently from one over 100)
-    torch.testing.assert_close(sae.encode(x, chunk_rows=7), sae.encode(x), rtol=1e-6, atol=1e-6)
+    assert_close_to_scale(sae.encode(x, chunk_rows=7), sae.encode(x), rel=1e-5)  # another matmul blocking
 
 
 def test_sae_check_reports_and_warns():

@@ -5,6 +5,7 @@ import torch
 
 import grpo
 import sampler
+from conftest import assert_close_to_scale
 from test_grpo import chatml, tiny_model, tiny_problems, tiny_tokenizer
 
 
@@ -75,7 +76,7 @@ def test_sampler_logprobs_equal_the_trainers(model, tok):
                                     max_new_tokens=20, gen_batch_size=7, seed=2)
         trainer = grpo.sequence_logprobs(model, r.input_ids, r.attention_mask, r.completion_mask,
                                          temperature=temperature)
-        torch.testing.assert_close(r.sampler_logprobs, trainer, rtol=0, atol=1e-5)
+        assert_close_to_scale(r.sampler_logprobs, trainer, rel=1e-5)
         assert (r.sampler_logprobs[r.completion_mask == 0] == 0).all()
 
 
@@ -143,3 +144,41 @@ def test_rollout_model_on_cpu_is_the_policy_itself():
     assert sampler.rollout_model(policy, "auto") is policy
     with pytest.raises(ValueError, match="rollout dtype 'int8'"):
         sampler.rollout_model(policy, "int8")
+
+
+# ----------------------------------------------------------------------------------------------
+# Left padding and the context length (what CUDA would break on, checked on a CPU)
+# ----------------------------------------------------------------------------------------------
+def test_prefill_gives_every_left_padded_query_row_a_key(tok):
+    """A fully masked query row is NaN in CUDA's SDPA kernels (CPU kernels return finite values, so
+    the masks themselves are checked): every row the prefill and the decode steps attend with must
+    keep at least one key."""
+    from conftest import attention_masks, every_query_row_attends
+
+    model = tiny_model(seed=1)  # as built from a config: plain "sdpa"
+    with attention_masks() as masks:
+        r = sampler.sample_rollouts(model, tok, PROMPTS, group_size=2, max_new_tokens=6, gen_batch_size=7, seed=0)
+    assert (r.attention_mask[:, 0] == 0).any(), "the case needs left-padded prompts"
+    assert any(m is not None for m in masks) and every_query_row_attends(masks)
+
+
+def test_a_prompt_past_the_context_is_refused_naming_the_lengths(tok):
+    model = tiny_model()  # max_position_embeddings 128
+    long_prompt = chatml("1+1=? " * 16)  # > 100 tokens
+    n = len(tok(long_prompt, add_special_tokens=False)["input_ids"])
+    assert 100 < n < 128
+    with pytest.raises(ValueError, match=rf"prompt of {n} tokens \+ max_new_tokens 30 exceeds .* 128"):
+        sampler.sample_rollouts(model, tok, [long_prompt], group_size=1, max_new_tokens=30, gen_batch_size=1, seed=0)
+
+
+def test_complete_cuts_the_budget_to_the_context_and_says_so(tok, capsys):
+    model = tiny_model()
+    long_prompt = chatml("1+1=? " * 16)
+    n = len(tok(long_prompt, add_special_tokens=False)["input_ids"])
+    short = chatml("1+1=?")
+    texts = sampler.complete(model, tok, [short, long_prompt], max_new_tokens=60, batch_size=1)
+    assert len(texts) == 2
+    err = capsys.readouterr().err
+    assert "1 of 2 generate calls had their completion budget cut" in err and f"budget {128 - n}" in err
+    # the first call kept its whole budget: the short prompt's completion is what a lone call gives
+    assert texts[0] == sampler.complete(model, tok, [short], max_new_tokens=60, batch_size=1)[0]

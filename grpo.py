@@ -98,7 +98,9 @@ class GRPOConfig:
     max_new_tokens: int = flag(3000, "completion budget; also Dr. GRPO's max_len and DAPO's L_max")
     gen_batch_size: int = flag(32, "prompts per generate call (each expanded to G rows; the KV cache is sized by it)")
     rollout_engine: str = flag("compact", "decoder: compact (preallocated KV cache, finished rows leave the "
-                             "batch) | hf (transformers generate, the reference)")
+                             "batch) | hf (transformers generate, the reference) | graph (fixed-shape decode "
+                             "steps as CUDA graphs, no host sync between checks; graph_decode.py)")
+    sync_every: int = flag(32, "graph engine: the host checks finiteness and finished rows every this many tokens")
     rollout_dtype: str = flag("auto", "the model that generates: auto (a bf16 copy on CUDA, the policy on CPU) "
                             "| policy | bfloat16 | float16 | float32 (a copy refreshed after each update)")
     tis_cap: float = flag(2.0, "truncated importance weight min(pi_train/pi_sampler, cap) on each token when the "
@@ -145,7 +147,7 @@ class GRPOConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"GRPOConfig.{name}={getattr(self, name)!r}; expected one of {allowed}")
         for name in ("batch_size", "group_size", "max_new_tokens", "gen_batch_size", "num_iterations",
-                     "micro_batch_size", "logprob_chunk", "save_every", "keep_checkpoints"):
+                     "micro_batch_size", "logprob_chunk", "save_every", "keep_checkpoints", "sync_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"GRPOConfig.{name}={getattr(self, name)}; expected an integer >= 1")
         if self.max_tokens_per_micro_batch < 0 or self.tis_cap < 0:
@@ -495,7 +497,7 @@ def grpo_step(policy, tokenizer, batch: list, cfg: GRPOConfig, optimizer, *, ste
                                top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                                gen_batch_size=cfg.gen_batch_size,
                                seed=step_seed(cfg.seed, step) + 7_919 * (share.start // cfg.gen_batch_size),
-                               stop_ids=stop_ids, engine=cfg.rollout_engine)
+                               stop_ids=stop_ids, engine=cfg.rollout_engine, check_every=cfg.sync_every)
     t_gen = time.perf_counter() - t0
 
     # 2. score

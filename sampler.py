@@ -18,6 +18,9 @@ Engines (`engine=`):
              sampled token under the sampling distribution comes for free (the trainer compares it
              with its own: the sampler/trainer gap, and the truncated importance weight).
     hf       transformers' `generate` (the reference: greedy tokens must equal compact's).
+    graph    graph_decode.py: a fixed-shape decode step captured as CUDA graphs, sampling by an
+             exponential race, the host looking in every `check_every` tokens (greedy tokens equal
+             compact's; sampled tokens follow the same distribution with other draws).
 Sampling is softmax(logits / temperature) with optional top-p; temperature 0 is greedy. Every
 decoding knob a model's generation_config may carry (top-k 20, repetition penalty 1.05 on Qwen) is
 switched off, so the distribution is exactly the one `grpo.sequence_logprobs` scores.
@@ -26,15 +29,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import sys
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+import graph_decode
 from data import pad_safe_attention, stop_token_ids
 
-ENGINES = ("compact", "hf")
+ENGINES = ("compact", "hf", "graph")
 COMPACT_AT = 0.75  # compact the cache when live rows <= this fraction of its rows
 
 
@@ -149,7 +154,7 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 @torch.no_grad()
 def sample_rollouts(model, tokenizer, prompts: list[str], *, group_size: int, temperature: float = 1.0,
                     top_p: float = 1.0, max_new_tokens: int, gen_batch_size: int, seed: int,
-                    stop_ids: list[int] | None = None, engine: str = "compact") -> Rollouts:
+                    stop_ids: list[int] | None = None, engine: str = "compact", check_every: int = 32) -> Rollouts:
     """Sample `group_size` completions per prompt on token ids (never re-tokenising decoded text).
 
     Prompts go to the engine `gen_batch_size` at a time (each expanded to G rows). The result
@@ -178,7 +183,8 @@ def sample_rollouts(model, tokenizer, prompts: list[str], *, group_size: int, te
         for k, s in enumerate(range(0, len(prompts), gen_batch_size)):
             ids = prompt_ids[s:s + gen_batch_size].to(device)  # [b, P]
             att = prompt_att[s:s + gen_batch_size].to(device)
-            run = decode_hf if engine == "hf" else decode
+            run = {"hf": decode_hf, "compact": decode,
+                   "graph": functools.partial(graph_decode.decode, check_every=check_every)}[engine]
             tokens, lp = run(model, ids, att, group_size=group_size, temperature=temperature, top_p=top_p,
                              max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id,
                              seed=seed + 7_919 * k)  # [b * G, C]

@@ -39,7 +39,7 @@ def assert_close_to_scale(actual, expected, rel: float = 1e-5, msg: str = "") ->
     element: an absolute tolerance such as 1e-6 holds on one machine and fails on the next."""
     import torch
 
-    a, e = torch.as_tensor(actual).double(), torch.as_tensor(expected).double()
+    a, e = torch.as_tensor(actual).detach().double(), torch.as_tensor(expected).detach().double()
     assert a.shape == e.shape, f"{msg} shapes {tuple(a.shape)} vs {tuple(e.shape)}"
     scale = float(e.abs().max()) if e.numel() else 0.0
     err = float((a - e).abs().max()) if e.numel() else 0.0

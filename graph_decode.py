@@ -20,7 +20,7 @@ How (Qwen2 / Llama-family decoders: each layer an RMSNorm, q/k/v/o projections w
   rotary embedding, MLP, lm head): the new key/value is written at one column of the buffers
   (`index_copy_`, the same column for every row: prompts are left-padded to a common width), and
   attention reads the first `keys` columns (a multiple of KEY_BUCKET) under a boolean key mask,
-  with grouped KV heads attended directly (SDPA's `enable_gqa`, no `repeat_kv` copies).
+  the query heads that share a KV head stacked as that head's queries (no `repeat_kv` copies).
 - Shapes come from two ladders: rows in use are a power of two (finished rows leave at the checks,
   below) and key columns a multiple of KEY_BUCKET, so a 3000-token rollout meets a few dozen shapes,
   each captured once (CUDA) and replayed; on a CPU the same step runs eagerly.
@@ -151,14 +151,14 @@ def _rope(x, cos, sin):
 
 
 def _attend(q, k, v, mask, scale):
-    """SDPA of q [R, heads, 1, hd] over k, v [R, kv_heads, K, hd]: grouped heads attend to their shared
-    KV head directly where torch has `enable_gqa` (2.5+); older torch repeats K and V."""
-    if q.shape[1] != k.shape[1]:
-        try:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
-        except TypeError:
-            k, v = (x.repeat_interleave(q.shape[1] // k.shape[1], 1) for x in (k, v))
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    """Attention of one new token per row, q [R, heads, 1, hd], over k, v [R, kv_heads, K, hd] with
+    grouped KV heads and no copies: the heads that share a KV head become that head's "query
+    positions" ([R, kv_heads, heads / kv_heads, hd]), so one SDPA call reads each key once (head h
+    uses KV head h // (heads / kv_heads), as transformers' repeat_kv pairs them)."""
+    rows, heads, _, head_dim = q.shape
+    grouped = q.reshape(rows, k.shape[1], heads // k.shape[1], head_dim)
+    out = F.scaled_dot_product_attention(grouped, k, v, attn_mask=mask, scale=scale)  # mask [R, 1, 1, K]
+    return out.reshape(rows, heads, 1, head_dim)
 
 
 # ----------------------------------------------------------------------------------------------

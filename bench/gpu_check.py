@@ -1,42 +1,80 @@
-"""bench/gpu_check.py -- the CUDA path in one prepared run: bf16, generation per engine, training, SAE encoding.
+"""bench/gpu_check.py -- the project's one prepared GPU check: the CUDA path of a GRPO step, check by check.
 
-    python bench/gpu_check.py [--size 1.5b|small] [--gpu-memory 80] [--out bench/results/gpu_check.json]
+    python bench/gpu_check.py [--size 1.5b|small] [--out PATH] [--toy-world DIR] [--time-budget 400]
+                              [--gpu-memory 80] [--checks 1,2,...]
 
-Written for a session that is lent a GPU for a few minutes: one command (about 5 minutes on an
-H100/H200 at the defaults), a table, a JSON file. `--size 1.5b` (the default on CUDA) builds a
-randomly initialised Qwen2 with Qwen2.5-Math-1.5B's shapes directly on the device (no download; a
-word-level tokenizer of the same 151,936 entries) and caps the process at --gpu-memory GiB
-(`set_per_process_memory_fraction`), so an H200 tests what an 80 GB card allows; `--size small`
-(the default on CPU) runs the same checks on a small config, so the script itself is exercised on
-machines without a GPU. Nothing here needs the network.
+Written for a session lent a GPU for a few minutes: one command, at most ~7 minutes on an H100/H200
+at the defaults, a table at the end and a JSON file (default bench/results/gpu_check.json) rewritten
+atomically after every check, so a crash or a kill keeps what ran. Every check runs in its own
+try/except: a failure is that check's verdict "error" (message and a short traceback) and the next
+check runs. No check starts once --time-budget seconds are spent ("skipped: time budget").
 
-1. toy world, toy preset: completion log-probs under bf16 autocast against float32 (max |diff|),
-   then `--steps` GRPO steps (the first one is a warm-up and is not timed).
-2. the real regime on the sized policy: the preset's 32 prompts x G 8 per generate call, every row
-   forced to --max-new-tokens 2048 (random weights never sample the stop token), once per rollout
-   engine (tokens/s, peak memory with the AdamW moments resident), then one training pass over
-   those rollouts as grpo_step micro-batches them (tokens/s, TFLOP/s, peak), beside --plan's peaks.
-3. SAE encoding: a random TopK SAE (d_sae 16384, k 64; small: 2048, 32) on the sized model's middle
-   layer, 512 toy prompts: tokens/s and peak memory.
+`--size 1.5b` (the default on CUDA) is a randomly initialised Qwen2ForCausalLM with
+Qwen2.5-Math-1.5B's shapes, built on the device (no download; a word-level tokenizer of the same
+151,936 entries), fp32 master weights and the bf16 rollout copy as grpo.train makes them, the
+process capped at --gpu-memory GiB (an H200 tests what an 80 GB card allows). `--size small` (the
+default on CPU) runs every check scaled down, in under a minute on a 2-core CPU. Random weights
+never emit a stop token, so the rollout checks stop on a set of token ids whose probability mass
+under the model gives a real run's lengths (mean ~700 of 3000; some rows reach the cap).
+
+Checks, in order of value:
+ 1 left_pad       prefill and grpo.sequence_logprobs + backward on left-padded rows of very different
+                  prompt lengths, bf16 weights and fp32 + bf16 autocast (CPU: fp32, bf16), with the
+                  attention as built and after data.pad_safe_attention: finite logits / log-probs /
+                  gradients, and the SDPA backend that ran (profiler op and kernel names)
+ 2 engines        compact vs hf greedy (first divergent token per row), forced compaction
+                  (sampler.COMPACT_AT 1.0) vs none (0.0): identical tokens, the same seed twice: equal;
+                  the graph engine's greedy tokens vs compact's where the sampler has that engine
+ 3 decode_anatomy one decode step at 256 / 64 / 8 live rows, KV ~2000: ms, GPU kernels, host syncs
+                  and GPU busy fraction per step (small: 8 / 4 / 2 rows, KV 64; CPU: ms and ops only)
+ 4 rollouts       32 prompts x G 8 up to 3000 tokens on the rollout copy: tokens/s, lengths,
+                  compactions, peak memory beside plan.memory_plan; then 64 prompts x 8 at 1500, and
+                  the first call again on the graph engine (CUDA) while time is left for check 5
+ 5 training       grpo.grpo_step (importance weight, checkpointing, chunked log-probs, fused AdamW)
+                  on such a batch: tokens/s, TFLOP/s, MFU, peak memory beside the plan, gradient
+                  norm, sampler gap, the rollout copy refreshed (skipped when check 4's generate
+                  call says it would overrun the budget)
+ 6 toy_resume     grpo.train on the toy world (--toy-world, built beforehand on a CPU by
+                  `python toy.py --out runs/toy_world`) with evaluation: 3 steps + resume to 4 vs 4
+ 7 sae            sae.train_sae (~200k tokens; small ~5k) and sae.encode_problems on the bf16 model:
+                  tokens/s, the projected time for the real run's 20M tokens
+ 8 fsdp2          parallel.fsdp2 over NCCL (gloo on CPU) at world size 1: one grpo_step, the
+                  whole-state gathers a checkpoint runs, the rollout refresh (small: the checkpoint
+                  written too; 1.5b: not, 18 GB of disk writes)
+Verdicts: ok, fail (ran; an expectation did not hold), error, skipped: <why>; "not run yet" is left
+by a run killed before reaching the check.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import dataclasses
+import datetime
+import gc
 import json
+import math
 import os
+import random
 import sys
+import tempfile
 import time
+import traceback
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
+import data  # noqa: E402
 import grpo  # noqa: E402
+import parallel  # noqa: E402
+import plan  # noqa: E402
+import sampler  # noqa: E402
 import toy  # noqa: E402
-from data import atomic_write_text, format_prompt  # noqa: E402
 
 # Qwen2.5-Math-1.5B's config.json shapes (the weights here are random)
 QWEN_MATH_1_5B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
@@ -45,6 +83,253 @@ QWEN_MATH_1_5B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=896
 SMALL = dict(vocab_size=8192, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
              rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=True)
+PEAK_BF16_TFLOPS = 790.0  # the reference the issue sets for MFU on an H100/H200 (dense bf16)
+TEMPLATE = "qwen-math"    # the real run's prompt template (~170 tokens with the character tokenizer)
+
+
+@dataclass(frozen=True)
+class Size:
+    """Every knob that scales with --size."""
+    shapes: dict
+    pad_prompts: tuple          # 1: prompt lengths of the left-padded rows
+    pad_completion: int         # 1: completion columns
+    engine_rows: tuple          # 2: (prompts, G, new tokens)
+    anatomy_rows: tuple         # 3: live rows measured
+    anatomy_kv: int             # 3: KV length while measuring
+    anatomy_steps: tuple        # 3: two decode lengths; per step = difference / (n2 - n1)
+    rollout: tuple              # 4, 5: (prompts, G, max new tokens, target mean length)
+    wide: tuple                 # 4: (prompts, max new tokens), G as above, one generate call
+    calibration: tuple          # stop set: (prompts, G, tokens) sampled to estimate next-token mass
+    toy: tuple                  # 6: (batch, G, test problems evaluated)
+    sae: tuple                  # 7: (train tokens, d_sae, k, batch tokens, texts encoded)
+    fsdp: tuple                 # 8: (prompts, G, new tokens, write a checkpoint to disk)
+
+
+SIZES = {
+    "1.5b": Size(QWEN_MATH_1_5B, (1, 24, 300, 900), 128, (8, 4, 128), (256, 64, 8), 2000, (8, 40),
+                 (32, 8, 3000, 700), (64, 1500), (8, 4, 128), (16, 16, 64), (200_000, 16384, 64, 4096, 256),
+                 (4, 4, 64, False)),
+    "small": Size(SMALL, (1, 3, 17, 60), 16, (4, 2, 24), (8, 4, 2), 64, (2, 6),
+                  (4, 4, 48, 12), (8, 16), (4, 2, 16), (4, 4, 8), (5000, 512, 16, 512, 32), (2, 2, 8, True)),
+}
+
+
+class Skipped(Exception):
+    """A check that cannot run here; its verdict is "skipped: <message>"."""
+
+
+# ----------------------------------------------------------------------------------------------
+# The run: checks in order, each guarded, the JSON rewritten after each
+# ----------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cuda = torch.cuda.is_available()
+    ap.add_argument("--size", choices=sorted(SIZES), default="1.5b" if cuda else "small")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu_check.json")
+    ap.add_argument("--toy-world", type=Path, default=ROOT / "runs" / "toy_world",
+                    help="toy world folder built beforehand (python toy.py --out DIR); never built here")
+    ap.add_argument("--time-budget", type=float, default=400.0, help="seconds after which no check starts")
+    ap.add_argument("--gpu-memory", type=float, default=80.0, help="GiB the process may allocate "
+                    "(set_per_process_memory_fraction, so a larger card tests an 80 GB card's limit)")
+    ap.add_argument("--checks", default=",".join(str(i) for i in range(1, len(CHECKS) + 1)),
+                    help="which checks to run, by number (a rerun of a few)")
+    args = ap.parse_args(argv)
+    device = torch.device("cuda" if cuda else "cpu")
+    if cuda:
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.gpu_memory * 2 ** 30 / total))
+    import transformers
+
+    result = {"device": torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores)",
+              "torch": torch.__version__, "transformers": transformers.__version__, "cuda": torch.version.cuda,
+              "size": args.size, "gpu_memory_gib": args.gpu_memory if cuda else None,
+              "time_budget_s": args.time_budget, "toy_world": str(args.toy_world),
+              "started": _now(), "ended": None, "checks": {}}
+    wanted = {int(c) for c in args.checks.split(",") if c.strip()}
+    checks = [(f"{i}_{fn.__name__.removeprefix('check_')}", fn) for i, fn in enumerate(CHECKS, 1) if i in wanted]
+    ctx = Context(args, SIZES[args.size], device)
+    threads = torch.get_num_threads()
+    if not cuda and args.size == "small":  # ops too small for threads to pay; on a shared CPU they spin-wait
+        torch.set_num_threads(1)
+    result["cpu_threads"] = torch.get_num_threads()
+    try:
+        run_checks(checks, ctx, result, args.out, args.time_budget)
+    finally:
+        torch.set_num_threads(threads)
+    result["policy"] = ctx.info
+    result["ended"] = _now()
+    write_json(args.out, result)
+    print_table(result)
+    print(f"wrote {args.out}")
+    return result
+
+
+def run_checks(checks: list, ctx, result: dict, out: Path, budget_s: float) -> dict:
+    """Run (name, fn(ctx) -> dict) in order into result["checks"]; rewrite `out` after each."""
+    t0 = time.perf_counter()
+    for name, _ in checks:
+        result["checks"][name] = {"verdict": "not run yet"}
+    write_json(out, result)
+    for name, fn in checks:
+        if time.perf_counter() - t0 >= budget_s:
+            result["checks"][name] = {"verdict": "skipped: time budget"}
+            write_json(out, result)
+            continue
+        print(f"[gpu_check] {name} ...", flush=True)
+        start = time.perf_counter()
+        try:
+            entry = fn(ctx)
+            entry["verdict"] = entry.get("verdict", "ok")
+        except Skipped as e:
+            entry = {"verdict": f"skipped: {e}"}
+        except Exception as e:  # noqa: BLE001 -- every failure is this check's verdict; the next check runs
+            tb = traceback.format_exc().strip().splitlines()
+            entry = {"verdict": "error", "error": f"{type(e).__name__}: {e}"[:2000], "traceback": tb[-12:]}
+        entry["seconds"] = round(time.perf_counter() - start, 2)
+        result["checks"][name] = entry
+        write_json(out, result)
+        print(f"[gpu_check] {name}: {entry['verdict']} ({entry['seconds']:.1f} s) {entry.get('summary', '')}",
+              flush=True)
+        _free_memory()
+    return result
+
+
+def write_json(path: Path, result: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    data.atomic_write_text(path, json.dumps(_jsonable(result), indent=2) + "\n")
+
+
+def print_table(result: dict) -> None:
+    print(f"\ndevice {result['device']}, torch {result['torch']}, transformers {result['transformers']}, "
+          f"CUDA {result['cuda']}, size {result['size']}")
+    print(f"{'check':18s} {'verdict':22s} {'seconds':>8s}  summary")
+    for name, e in result["checks"].items():
+        verdict = e["verdict"] if len(e["verdict"]) <= 22 else e["verdict"][:19] + "..."
+        note = e.get("summary") or e.get("error", "")
+        print(f"{name:18s} {verdict:22s} {e.get('seconds', 0):8.1f}  {str(note)[:110]}")
+
+
+# ----------------------------------------------------------------------------------------------
+# What the checks share: the sized policy, its rollout copy, the stop-token set, the optimizer
+# ----------------------------------------------------------------------------------------------
+class Context:
+    """Built on first use, so that a check that needs nothing big (or a run whose budget is 0)
+    builds nothing."""
+
+    def __init__(self, args, size: Size, device: torch.device):
+        self.args, self.size, self.device = args, size, device
+        self.cuda = device.type == "cuda"
+        self.info: dict = {}
+        self.started = time.perf_counter()
+        self._tok = self._policy = self._rollout = self._opt = self._mass = None
+        self.generate_s = None  # check 4's generate call at the real regime, to size check 5's
+
+    def time_left(self) -> float:
+        return self.args.time_budget - (time.perf_counter() - self.started)
+
+    def tokenizer(self):
+        if self._tok is None:
+            self._tok = wide_tokenizer(self.size.shapes["vocab_size"])
+        return self._tok
+
+    def policy(self):
+        """The fp32 master weights (on the device), as grpo.train holds them."""
+        if self._policy is None:
+            t0 = time.perf_counter()
+            self._policy = sized_policy(self.size.shapes, self.tokenizer(), self.device)
+            self.info = {"params_m": round(sum(p.numel() for p in self._policy.parameters()) / 1e6, 1),
+                         "build_s": round(time.perf_counter() - t0, 1),
+                         "attn_implementation": self._policy.config._attn_implementation}
+        return self._policy
+
+    def rollout(self):
+        """The model that generates: a bf16 copy on CUDA, the policy itself on CPU (rollout dtype auto)."""
+        if self._rollout is None:
+            self._rollout = sampler.rollout_model(self.policy(), "auto")
+        return self._rollout
+
+    def optimizer(self):
+        """AdamW as grpo.train makes it (fused on CUDA), its moments allocated by one zero-gradient
+        step (the memory after step 1; the weights do not move)."""
+        if self._opt is None:
+            policy = self.policy()
+            self._opt = torch.optim.AdamW(policy.parameters(), lr=1e-6, weight_decay=0.0,
+                                          fused=True if self.cuda else None)
+            for q in policy.parameters():
+                q.grad = torch.zeros_like(q)
+            self._opt.step()
+            self._opt.zero_grad(set_to_none=True)
+        return self._opt
+
+    def drop_optimizer(self) -> None:
+        self._opt = None
+        _free_memory()
+
+    def release_policy(self) -> None:
+        self._policy = self._rollout = self._opt = None
+        _free_memory()
+
+    def prompts(self, n: int, seed: int) -> tuple[list, list[str]]:
+        problems = toy.make_problems(n, seed=seed, corrupt_frac=0.0, prefix=f"gpu{seed}")
+        return problems, [data.format_prompt(p.problem, self.tokenizer(), TEMPLATE) for p in problems]
+
+    def stop_ids(self, target_mean: float, cap: int) -> tuple[list[int], dict]:
+        """Token ids that end a completion after ~target_mean tokens on average (at most cap).
+
+        A stop set of total next-token probability p ends a row after a geometric number of tokens,
+        mean (1 - (1 - p)^cap) / p under the cap; p is solved for, then ids are drawn (seeded) from
+        the vocabulary, leaving out the most probable 1% (no single token, whose probability varies
+        most with the context, should dominate the set), until their mean probability under the
+        model, measured on its own sampled continuations, reaches p."""
+        mass = self._next_token_mass()
+        p = _stop_probability(target_mean, cap)
+        top = mass.topk(max(1, len(mass) // 100)).indices
+        tok = self.tokenizer()
+        banned = set(top.tolist()) | {tok.pad_token_id, tok.eos_token_id}
+        order = torch.randperm(len(mass), generator=torch.Generator().manual_seed(0)).tolist()
+        ids, total = [tok.eos_token_id], float(mass[tok.eos_token_id])
+        for i in order:
+            if total >= p:
+                break
+            if i not in banned:
+                ids.append(i)
+                total += float(mass[i])
+        return ids, {"target_mean": target_mean, "cap": cap, "stop_probability": p, "stop_ids": len(ids),
+                     "stop_mass_measured": total}
+
+    def _next_token_mass(self) -> torch.Tensor:
+        """Mean next-token distribution [V] of the rollout model over its own sampled continuations."""
+        if self._mass is None:
+            n, g, tokens = self.size.calibration
+            model, tok = self.rollout(), self.tokenizer()
+            _, prompts = self.prompts(n, seed=11)
+            roll = sampler.sample_rollouts(model, tok, prompts, group_size=g, max_new_tokens=tokens,
+                                           gen_batch_size=n, seed=11, stop_ids=[tok.eos_token_id])
+            total, count = torch.zeros(model.config.vocab_size, dtype=torch.float64), 0
+            with torch.no_grad(), sampler.autocast_for(model):
+                for ids, att, cm in zip(roll.input_ids, roll.attention_mask, roll.completion_mask):
+                    real = ids[att.bool()][None]  # one row, no padding
+                    k = int(cm.sum())
+                    logits = model(input_ids=real).logits[0, -k - 1:-1]  # [k, V]: predicting each completion token
+                    total += logits.float().softmax(-1).sum(0).double().cpu()
+                    count += k
+            self._mass = (total / max(count, 1)).float()
+        return self._mass
+
+
+def _stop_probability(target_mean: float, cap: int) -> float:
+    """p with (1 - (1 - p)^cap) / p = target_mean: the per-token stop probability (bisection)."""
+    if target_mean >= cap:
+        return 0.0
+    lo, hi = 1e-9, 1.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if (1 - (1 - mid) ** cap) / mid > target_mean:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
 
 
 def wide_tokenizer(vocab_size: int):
@@ -65,207 +350,654 @@ def wide_tokenizer(vocab_size: int):
 
 
 def sized_policy(shapes: dict, tokenizer, device: torch.device):
+    """A randomly initialised Qwen2ForCausalLM with `shapes`, fp32, initialised on the device."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     cfg = Qwen2Config(**shapes, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
                       pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
-    with device:  # initialise on the device: no 6 GB round trip through host memory
+    with device:  # no 6 GB round trip through host memory
         model = Qwen2ForCausalLM(cfg)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
 
 
-def _peak_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2 ** 20
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def timed_steps(policy, tok, problems, cfg, steps: int, reward_fn, device) -> dict:
-    """`steps` + 1 GRPO steps; the first is a warm-up. Mean generation / train seconds of the rest."""
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
-    rows = []
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    for step in range(steps + 1):
-        batch = problems[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-        row = grpo.grpo_step(policy, tok, batch, cfg, opt, step=step, reward_fn=reward_fn)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        rows.append(row)  # a NaN/inf loss or gradient norm already stopped grpo_step (NonFiniteError)
-    timed = rows[1:] or rows
-    mean = lambda k: sum(r[k] for r in timed) / len(timed)  # noqa: E731
-    tokens = mean("response_len") * cfg.batch_size * cfg.group_size
-    return {"steps": len(timed), "gen_s": mean("gen_s"), "train_s": mean("train_s"),
-            "completion_tokens": tokens, "tokens_per_s": tokens / (mean("gen_s") + mean("train_s")),
-            "reward": mean("reward"), "grad_norm": mean("grad_norm"), "truncated": mean("truncated"),
-            "peak_mib": _peak_mib(device)}
-
-
-def check_toy(device: torch.device, steps: int, world_dir: Path) -> dict:
-    from verifier import math_reward
-
-    world = toy.build_world(world_dir, verbose=False)  # reused when it is already there
-    model, tok, train, _ = toy.load_world(world.root)
-    model.to(device)
-    cfg = grpo.GRPOConfig.toy()
-    prompts = [format_prompt(p.problem, tok, cfg.template) for p in train[:16]]
-    roll = grpo.sample_rollouts(model, tok, prompts, group_size=4, max_new_tokens=16, gen_batch_size=16, seed=0)
-    with torch.no_grad():
-        fp32 = grpo.sequence_logprobs(model, roll.input_ids, roll.attention_mask, roll.completion_mask)
-        with grpo._autocast(device, cfg):
-            bf16 = grpo.sequence_logprobs(model, roll.input_ids, roll.attention_mask, roll.completion_mask)
-    out = {"bf16_autocast": device.type == "cuda",
-           "logprob_max_abs_diff_bf16_vs_fp32": float((fp32 - bf16).abs().max())}
-    out.update(timed_steps(model, tok, train, cfg, steps, math_reward, device))
+# ----------------------------------------------------------------------------------------------
+# 1. Left padding stays finite
+# ----------------------------------------------------------------------------------------------
+def check_left_pad(ctx: Context) -> dict:
+    policy, tok = ctx.policy(), ctx.tokenizer()
+    built = ctx.info["attn_implementation"]
+    ids, att, cmask = _left_padded_batch(ctx.size, tok, policy.config.vocab_size)
+    ids, att, cmask = ids.to(ctx.device), att.to(ctx.device), cmask.to(ctx.device)
+    pad_safe = getattr(data, "pad_safe_attention", None)
+    if ctx.cuda:
+        variants = [("bf16 weights", torch.bfloat16, False), ("fp32 + bf16 autocast", torch.float32, True)]
+    else:
+        variants = [("fp32", torch.float32, False), ("bf16 weights", torch.bfloat16, False)]
+    out = {"prompt_lengths": list(ctx.size.pad_prompts), "completion_lengths": cmask.sum(1).tolist(),
+           "attn_as_built": built, "pad_safe_attention_exists": pad_safe is not None, "runs": {}}
+    if ctx.cuda:
+        out["sdp_enabled"] = {k: getattr(torch.backends.cuda, f"{k}_sdp_enabled")()
+                              for k in ("flash", "mem_efficient", "math", "cudnn")
+                              if hasattr(torch.backends.cuda, f"{k}_sdp_enabled")}
+    modes = ["as built"] + (["pad_safe_attention"] if pad_safe else [])
+    for dtype_name, dtype, autocast in variants:
+        model = policy if dtype == torch.float32 else copy.deepcopy(policy).to(dtype)
+        try:
+            for mode in modes:
+                if mode == "as built":
+                    model.set_attn_implementation(built)
+                else:
+                    pad_safe(model)
+                out["runs"][f"{dtype_name}, {mode}"] = _finiteness(model, ids, att, cmask, autocast, mode,
+                                                                   ctx.device)
+        finally:
+            model.set_attn_implementation(built)
+            model.zero_grad(set_to_none=True)
+            del model
+    judged = [r for k, r in out["runs"].items() if k.endswith(modes[-1])]
+    ok = all(r["all_finite"] for r in judged)
+    bad = [k for k, r in out["runs"].items() if not r["all_finite"]]
+    out["verdict"] = "ok" if ok else "fail"
+    backends = sorted({b for r in out["runs"].values() for b in r["sdpa_ops"]})
+    out["summary"] = (f"{modes[-1]}: {'finite' if ok else 'NON-FINITE'}; non-finite runs: {bad or 'none'}; "
+                      f"sdpa {backends}")
     return out
 
 
-def _phase_peak(device, fn):
-    """Run fn(); return (its result, seconds, peak MiB allocated during it)."""
-    if device.type == "cuda":
+def _left_padded_batch(size: Size, tok, vocab: int):
+    """Rows of very different prompt lengths, left-padded, and completions of different lengths,
+    right-padded, as sample_rollouts lays them out: ids, attention mask [N, P + C], completion mask [N, C]."""
+    gen = torch.Generator().manual_seed(0)
+    lo = len(toy.SPECIAL_TOKENS) + 1  # characters and fillers, no special token
+    p, c = max(size.pad_prompts), size.pad_completion
+    comp = [c, c // 2, 3, c]
+    n = len(size.pad_prompts)
+    ids = torch.full((n, p + c), tok.pad_token_id, dtype=torch.long)
+    att = torch.zeros((n, p + c), dtype=torch.long)
+    for i, lp in enumerate(size.pad_prompts):
+        lc = comp[i % len(comp)]
+        ids[i, p - lp:p + lc] = torch.randint(lo, vocab, (lp + lc,), generator=gen)
+        att[i, p - lp:p + lc] = 1
+    return ids, att, att[:, p:].clone()
+
+
+def _finiteness(model, ids, att, cmask, autocast: bool, mode: str, device) -> dict:
+    """Prefill as sampler.decode runs it, then completion log-probs + backward (grpo.sequence_logprobs
+    after pad_safe_attention; as built, the same computation without switching the attention)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    p = ids.shape[1] - cmask.shape[1]
+    prompt_att = att[:, :p]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        with torch.no_grad(), amp:
+            positions = (prompt_att.cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=ids[:, :p], attention_mask=prompt_att,
+                           position_ids=positions).logits  # [N, P, V]
+        with amp:
+            if mode == "as built":
+                lp = _logprobs_as_built(model, ids, att, cmask)
+            else:
+                lp = grpo.sequence_logprobs(model, ids, att, cmask)[cmask.bool()]  # [n_tok]
+            (-lp.float().mean()).backward()
+    real = prompt_att.bool()
+    grads = [q.grad for q in model.parameters() if q.grad is not None]
+    r = {"attn_implementation": model.config._attn_implementation,
+         "prefill_last_finite": bool(torch.isfinite(logits[:, -1]).all()),
+         "prefill_real_finite": bool(torch.isfinite(logits[real]).all()),
+         "prefill_padding_finite": bool(torch.isfinite(logits[~real]).all()),
+         "logprobs_finite": bool(torch.isfinite(lp).all()),
+         "grads_finite": bool(grads) and all(bool(torch.isfinite(g).all()) for g in grads),
+         "logprob_mean": float(lp.float().mean()), **_sdpa_backend(prof)}
+    r["all_finite"] = all(r[k] for k in ("prefill_last_finite", "prefill_real_finite", "logprobs_finite",
+                                          "grads_finite"))
+    model.zero_grad(set_to_none=True)
+    return r
+
+
+def _logprobs_as_built(model, ids, att, cmask) -> torch.Tensor:
+    """grpo.sequence_logprobs's computation with the model's attention left as it is: [n_tok]."""
+    decoder, head = model.base_model, model.get_output_embeddings()
+    positions = (att.cumsum(-1) - 1).clamp(min=0)
+    hidden = decoder(input_ids=ids, attention_mask=att, position_ids=positions, use_cache=False).last_hidden_state
+    p, on = ids.shape[1] - cmask.shape[1], cmask.bool()
+    return grpo.token_logprobs(hidden[:, p - 1:-1][on], ids[:, p:][on], head)
+
+
+def _sdpa_backend(prof) -> dict:
+    """Which scaled-dot-product kernels ran: aten op names (CPU and CUDA) and attention kernel names (CUDA)."""
+    cuda_type = torch.autograd.DeviceType.CUDA
+    ops = {e.name for e in prof.events()
+           if "scaled_dot_product" in e.name and e.name != "aten::scaled_dot_product_attention"}
+    kernels = {e.name[:80] for e in prof.events() if e.device_type == cuda_type
+               and any(s in e.name.lower() for s in ("flash", "fmha", "attention", "attn", "cudnn"))}
+    return {"sdpa_ops": sorted(ops), "attention_kernels": sorted(kernels)[:6]}
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Decoding engines agree
+# ----------------------------------------------------------------------------------------------
+def check_engines(ctx: Context) -> dict:
+    model, tok = ctx.rollout(), ctx.tokenizer()
+    n, g, new = ctx.size.engine_rows
+    _, prompts = ctx.prompts(n, seed=3)
+    kw = dict(group_size=g, max_new_tokens=new, gen_batch_size=n, seed=5)
+    # rows that stop at different greedy steps: stop on tokens each greedy row emits at a different place
+    with compact_at(0.0):
+        probe = sampler.sample_rollouts(model, tok, prompts, temperature=0.0, stop_ids=[tok.eos_token_id],
+                                        engine="compact", **kw)
+    comp = _completions(probe)
+    stop = {tok.eos_token_id}
+    for r, row in enumerate(comp[: len(comp) // 2]):
+        if len(row) > 2:
+            stop.add(row[1 + (r * 7) % (len(row) - 1)])
+    stop = sorted(stop - {tok.pad_token_id})
+    greedy = dict(temperature=0.0, stop_ids=stop, **kw)
+    hf = sampler.sample_rollouts(model, tok, prompts, engine="hf", **greedy)
+    with compact_at(1.0):
+        forced = sampler.sample_rollouts(model, tok, prompts, engine="compact", **greedy)
+    with compact_at(0.0):
+        never = sampler.sample_rollouts(model, tok, prompts, engine="compact", **greedy)
+    first = [_first_divergence(a, b) for a, b in zip(_completions(never), _completions(hf))]
+    compaction_div = [_first_divergence(a, b) for a, b in zip(_completions(forced), _completions(never))]
+    a = sampler.sample_rollouts(model, tok, prompts, temperature=1.0, stop_ids=stop, **kw)
+    b = sampler.sample_rollouts(model, tok, prompts, temperature=1.0, stop_ids=stop, **kw)
+    seed_equal = torch.equal(a.input_ids, b.input_ids) and (
+        a.sampler_logprobs is None or torch.equal(a.sampler_logprobs, b.sampler_logprobs))
+    compaction_same = all(d is None for d in compaction_div)
+    graph = None
+    if "graph" in getattr(sampler, "ENGINES", ()):  # the CUDA-graph engine, where the sampler has it
+        try:
+            rolled = sampler.sample_rollouts(model, tok, prompts, engine="graph", **greedy)
+            graph = [_first_divergence(x, y) for x, y in zip(_completions(rolled), _completions(never))]
+        except Exception as e:  # noqa: BLE001 -- reported beside the compact/hf results, which stand
+            graph = f"{type(e).__name__}: {e}"
+    out = {"rows": n * g, "max_new_tokens": new, "stop_ids": len(stop), "lengths": never.lengths.tolist(),
+           "hf_vs_compact_first_divergence": first, "hf_vs_compact_identical_rows": sum(d is None for d in first),
+           "compaction_identical": compaction_same, "compaction_first_divergence": compaction_div,
+           "same_seed_bitwise_equal": seed_equal, "graph_vs_compact_first_divergence": graph,
+           "rollout_dtype": str(next(model.parameters()).dtype)}
+    # bitwise expectations: the same seed always; compaction on the CPU (on CUDA a batch of another
+    # size may pick other bf16 GEMM kernels, so a near-tie can flip: reported, not failed)
+    out["verdict"] = "ok" if seed_equal and (compaction_same or ctx.cuda) else "fail"
+    out["summary"] = (f"hf==compact rows {out['hf_vs_compact_identical_rows']}/{n * g}, compaction identical "
+                      f"{compaction_same}, same seed equal {seed_equal}")
+    if isinstance(graph, list):
+        out["summary"] += f", graph==compact rows {sum(d is None for d in graph)}/{n * g}"
+    elif graph is not None:
+        out["summary"] += f", graph engine failed: {graph[:60]}"
+    return out
+
+
+@contextlib.contextmanager
+def compact_at(fraction: float):
+    """sampler.COMPACT_AT set for the block and restored (1.0: compact every step, 0.0: never)."""
+    saved = sampler.COMPACT_AT
+    sampler.COMPACT_AT = fraction
+    try:
+        yield
+    finally:
+        sampler.COMPACT_AT = saved
+
+
+def _completions(roll) -> list[list[int]]:
+    """Each row's completion tokens up to and including its stop token."""
+    c = roll.completion_mask.shape[1]
+    return [row[-c:][m.bool()].tolist() for row, m in zip(roll.input_ids, roll.completion_mask)]
+
+
+def _first_divergence(a: list[int], b: list[int]) -> int | None:
+    """Index of the first differing token (a length difference counts); None when equal."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Anatomy of one decode step
+# ----------------------------------------------------------------------------------------------
+def check_decode_anatomy(ctx: Context) -> dict:
+    model, tok = ctx.rollout(), ctx.tokenizer()
+    n1, n2 = ctx.size.anatomy_steps
+    prompt_len = ctx.size.anatomy_kv - n2
+    gen = torch.Generator().manual_seed(1)
+    out = {"kv_length": ctx.size.anatomy_kv, "rows": {}}
+    for rows in ctx.size.anatomy_rows:
+        b = min(8, rows)  # prompts prefilled once, each cache row copied rows / b times, as in decode
+        ids = torch.randint(len(toy.SPECIAL_TOKENS) + 1, model.config.vocab_size, (b, prompt_len),
+                            generator=gen).to(ctx.device)
+        att = torch.ones_like(ids)
+
+        def run(steps):
+            sampler.decode(model, ids, att, group_size=rows // b, temperature=1.0, top_p=1.0,
+                           max_new_tokens=steps, stop_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, seed=0)
+
+        with compact_at(0.0):  # every row stays in the batch: the step is measured at `rows`
+            run(2)  # warm-up
+            seconds = [min(_timed(run, n, ctx.cuda) for _ in range(2)) for n in (n1, n2)]
+            counts = [_profiled(run, n, ctx.cuda) for n in (n1, n2)]
+        per = lambda k: None if counts[0][k] is None else (counts[1][k] - counts[0][k]) / (n2 - n1)  # noqa: E731
+        step_s = (seconds[1] - seconds[0]) / (n2 - n1)
+        kernel_us = per("gpu_us")
+        out["rows"][str(rows)] = {
+            "ms_per_step": step_s * 1e3, "gpu_kernels_per_step": per("gpu_kernels"),
+            "gpu_copies_per_step": per("gpu_copies"),
+            "host_syncs_per_step": per("sync_calls"), "sync_warnings_per_step": per("sync_warnings"),
+            "cpu_ops_per_step": per("cpu_ops"),
+            "gpu_busy_fraction": None if kernel_us is None else kernel_us / 1e6 / max(step_s, 1e-12)}
+    first = out["rows"][str(ctx.size.anatomy_rows[0])]
+    out["summary"] = ", ".join(f"{r} rows {v['ms_per_step']:.1f} ms" for r, v in out["rows"].items())
+    if first["gpu_kernels_per_step"] is not None:
+        out["summary"] += (f"; at {ctx.size.anatomy_rows[0]}: {first['gpu_kernels_per_step']:.0f} kernels, "
+                           f"{first['host_syncs_per_step']:.1f} syncs, busy {first['gpu_busy_fraction']:.0%}")
+    return out
+
+
+def _timed(fn, steps: int, cuda: bool) -> float:
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn(steps)
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def _profiled(fn, steps: int, cuda: bool) -> dict:
+    """Counts over one call: CPU ops, GPU activities (kernels, copies, sets) and their time, host
+    synchronisations (profiler runtime calls, and torch's sync-debug warnings)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with warnings.catch_warnings(record=True) as caught, profile(activities=activities) as prof:
+        warnings.simplefilter("always")
+        if cuda:
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn(steps)
+            if cuda:
+                torch.cuda.synchronize()
+        finally:
+            if cuda:
+                torch.cuda.set_sync_debug_mode(0)
+    events = prof.events()
+    cuda_type, cpu_type = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+    gpu = [e for e in events if e.device_type == cuda_type]
+    copies = sum(1 for e in gpu if e.name.startswith(("Memcpy", "Memset")))
+    syncs = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+    return {"cpu_ops": sum(1 for e in events if e.device_type == cpu_type and e.name.startswith("aten::")),
+            "gpu_kernels": len(gpu) - copies if cuda else None, "gpu_copies": copies if cuda else None,
+            "gpu_us": sum(e.time_range.elapsed_us() for e in gpu) if cuda else None,
+            "sync_calls": sum(1 for e in events if e.name in syncs) if cuda else None,
+            "sync_warnings": sum(1 for w in caught if "synchroniz" in str(w.message)) if cuda else None}
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Rollouts as the real run makes them
+# ----------------------------------------------------------------------------------------------
+def check_rollouts(ctx: Context) -> dict:
+    model, tok, policy = ctx.rollout(), ctx.tokenizer(), ctx.policy()
+    n, g, max_new, target = ctx.size.rollout
+    stop, stop_info = ctx.stop_ids(target, max_new)
+    ctx.optimizer()  # the AdamW moments are resident while a real run generates
+    out = {"stop_set": stop_info, "calls": {}}
+    calls = [(n, max_new, "compact"), (*ctx.size.wide, "compact")]
+    if ctx.cuda and "graph" in getattr(sampler, "ENGINES", ()):  # the CUDA-graph engine, where the sampler has it
+        calls.append((n, max_new, "graph"))
+    first_s = None
+    for i, (prompts_n, new, engine) in enumerate(calls):
+        name = f"{prompts_n}x{g}@{new} {engine}"
+        if first_s is not None and ctx.time_left() < 2 * first_s:  # leave check 5 its generate call
+            out["calls"][name] = {"verdict": "skipped: time budget"}
+            continue
+        _, prompts = ctx.prompts(prompts_n, seed=20 + i % 2)
+        cfg = grpo.GRPOConfig.preset("qwen-math-1.5b", batch_size=prompts_n, gen_batch_size=prompts_n,
+                                     group_size=g, max_new_tokens=new)
+        _reset_peak(ctx.cuda)
+        with counting_compactions() as kept:
+            t0 = time.perf_counter()
+            roll = sampler.sample_rollouts(model, tok, prompts, group_size=g, max_new_tokens=new,
+                                           gen_batch_size=prompts_n, seed=i % 2, stop_ids=stop, engine=engine)
+            _sync(ctx.cuda)
+            sec = time.perf_counter() - t0
+        first_s = first_s or sec
+        ctx.generate_s = ctx.generate_s or sec
+        lengths = roll.lengths.float()
+        prompt_width = roll.input_ids.shape[1] - roll.completion_mask.shape[1]
+        planned = plan.memory_plan(plan.ModelShape.from_config(policy.config), cfg, prompt_tokens=prompt_width,
+                                   cuda=ctx.cuda)
+        out["calls"][name] = {
+            "rows": len(lengths), "seconds": sec, "tokens": float(lengths.sum()),
+            "tokens_per_s": float(lengths.sum()) / sec, "mean_length": float(lengths.mean()),
+            "max_length": float(lengths.max()), "truncated_fraction": float(roll.truncated.float().mean()),
+            "compactions": len(kept) if kept is not None and engine == "compact" else None,
+            "rows_kept_at_compactions": kept if engine == "compact" else None,
+            "prompt_width": prompt_width, "peak_gib": _peak_gib(ctx.cuda),
+            "plan_generation_gib": planned["totals"]["generation"] / 2 ** 30,
+            "plan_generation_parts_gib": {k: v / 2 ** 30 for k, v in planned["phases"]["generation"].items()}}
+    c = out["calls"][f"{n}x{g}@{max_new} compact"]
+    out["summary"] = (f"{c['rows']} rows: {c['tokens_per_s']:.0f} tok/s, mean len {c['mean_length']:.0f} max "
+                      f"{c['max_length']:.0f}, {c['compactions']} compactions, {c['seconds']:.1f} s, peak "
+                      f"{_fmt(c['peak_gib'])} GiB (plan {c['plan_generation_gib']:.1f})")
+    graph = out["calls"].get(f"{n}x{g}@{max_new} graph", {})
+    if "tokens_per_s" in graph:
+        out["summary"] += f"; graph engine {graph['tokens_per_s']:.0f} tok/s"
+    return out
+
+
+@contextlib.contextmanager
+def counting_compactions():
+    """Yields a list that receives the rows kept at each compaction of the compact engine's cache
+    (a wrapper around sampler._slab_cache for the block, as tests/test_sampler.py counts them);
+    yields None when the sampler has no such function."""
+    make = getattr(sampler, "_slab_cache", None)
+    if make is None:
+        yield None
+        return
+    kept: list[int] = []
+
+    def counting(*args, **kwargs):
+        cache = make(*args, **kwargs)
+        select = cache.batch_select_indices
+
+        def counted(indices):
+            kept.append(len(indices))
+            return select(indices)
+        cache.batch_select_indices = counted
+        return cache
+
+    setattr(sampler, "_slab_cache", counting)
+    try:
+        yield kept
+    finally:
+        setattr(sampler, "_slab_cache", make)
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Training as grpo_step does it
+# ----------------------------------------------------------------------------------------------
+def check_training(ctx: Context) -> dict:
+    policy, rollout, tok = ctx.policy(), ctx.rollout(), ctx.tokenizer()
+    n, g, max_new, target = ctx.size.rollout
+    if ctx.generate_s is not None and ctx.time_left() < 1.5 * ctx.generate_s:  # its step would overrun
+        raise Skipped(f"time budget ({ctx.time_left():.0f} s left; check 4's generate call alone took "
+                      f"{ctx.generate_s:.0f} s)")
+    stop, _ = ctx.stop_ids(target, max_new)
+    cfg = grpo.GRPOConfig.preset("qwen-math-1.5b", batch_size=n, gen_batch_size=n, group_size=g,
+                                 max_new_tokens=max_new, gradient_checkpointing=True, template=TEMPLATE)
+    opt = ctx.optimizer()
+    grpo.set_activation_checkpointing(policy, True)
+    problems, prompts = ctx.prompts(n, seed=30)
+    prompt_tokens = sum(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts) * g
+    rng = random.Random(0)
+    _reset_peak(ctx.cuda)
+    row = grpo.grpo_step(policy, tok, problems, cfg, opt, step=0, stop_ids=stop, rollout=rollout,
+                         reward_fn=lambda text, gold: float(rng.random() < 0.5))  # groups with variance
+    _sync(ctx.cuda)
+    peak = _peak_gib(ctx.cuda)
+    params = sum(p.numel() for p in policy.parameters())
+    tokens = prompt_tokens + row["response_len"] * n * g  # every real token runs forward and backward
+    # attention: 6 x layers x hidden x L^2 per sequence (forward QK^T and AV, causal halves; x3 with
+    # backward), from the mean length L (a lower bound: the log row has no per-row lengths)
+    layers, hidden = policy.config.num_hidden_layers, policy.config.hidden_size
+    attn_flop = 6 * layers * hidden * (tokens / (n * g)) ** 2 * n * g
+    model_tflops = 6 * params * tokens / row["train_s"] / 1e12
+    planned = plan.memory_plan(plan.ModelShape.from_config(policy.config), cfg,
+                               prompt_tokens=max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts),
+                               cuda=ctx.cuda)
+    same = _rollout_matches_policy(rollout, policy)
+    out = {"rows": n * g, "gen_s": row["gen_s"], "train_s": row["train_s"], "tokens": tokens,
+           "train_tokens_per_s": tokens / row["train_s"], "response_len": row["response_len"],
+           "truncated": row["truncated"], "model_tflops": model_tflops,
+           "model_plus_attention_tflops": (6 * params * tokens + attn_flop) / row["train_s"] / 1e12,
+           "flops_counted": "6 x params x tokens (model); + 6 x layers x hidden x mean_len^2 per sequence (attention); "
+                            "the checkpointing recompute is not counted",
+           "mfu": model_tflops / PEAK_BF16_TFLOPS if ctx.cuda else None, "peak_gib": peak,
+           "plan_training_gib": planned["totals"]["training"] / 2 ** 30,
+           "plan_generation_gib": planned["totals"]["generation"] / 2 ** 30,
+           "grad_norm": row["grad_norm"], "grad_norm_finite": math.isfinite(row["grad_norm"]),
+           "sampler_gap_max": row.get("sampler_gap_max"), "sampler_gap_mean": row.get("sampler_gap_mean"),
+           "importance_weight_on": next(rollout.parameters()).dtype != next(policy.parameters()).dtype,
+           "rollout_refreshed": same, "packed": grpo.uses_packing(policy, cfg),
+           "log_row": {k: v for k, v in row.items() if k != "problem_ids"}}
+    out["verdict"] = "ok" if out["grad_norm_finite"] and same else "fail"
+    out["summary"] = (f"{out['train_tokens_per_s']:.0f} train tok/s, {model_tflops:.1f} TFLOP/s"
+                      + (f" (MFU {out['mfu']:.1%})" if ctx.cuda else "")
+                      + f", peak {_fmt(peak)} GiB (plan {out['plan_training_gib']:.1f}), gap max "
+                      f"{_fmt(out['sampler_gap_max'])}, refreshed {same}")
+    return out
+
+
+def _rollout_matches_policy(rollout, policy) -> bool:
+    """The rollout copy holds the policy's weights (cast to its dtype) after the update."""
+    if rollout is policy:
+        return True
+    with torch.no_grad():
+        return all(torch.equal(r, parallel.full(p).to(r.dtype))
+                   for r, p in zip(rollout.parameters(), policy.parameters(), strict=True))
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. The toy world: train, resume, evaluate
+# ----------------------------------------------------------------------------------------------
+def check_toy_resume(ctx: Context) -> dict:
+    import evaluate
+
+    root = ctx.args.toy_world
+    if not (root / "model" / "config.json").exists() or not (root / "train.jsonl").exists():
+        raise Skipped(f"no toy world at {root} (build it on a CPU: python toy.py --out {root})")
+    batch, g, n_eval = ctx.size.toy
+    _, tok, train, test = toy.load_world(root)
+    cfg = grpo.GRPOConfig.toy(batch_size=batch, group_size=g, gen_batch_size=batch, eval_every=2, save_every=2)
+    schedule = grpo.random_schedule([p.id for p in train], batch, 4, seed=0)
+    eval_fn = evaluate.make_eval_fn(tok, [("toy_test", test[:n_eval])], template=cfg.template, n=1,
+                                    temperature=0.0, max_new_tokens=cfg.max_new_tokens, batch_size=n_eval, seed=0,
+                                    metric="greedy pass@1")
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {}
+        for name, legs in (("straight", [None]), ("resumed", [3, None])):
+            for max_steps in legs:  # each leg a fresh process's policy: loaded again, resumed from disk
+                policy, _ = data.load_model(root / "model", device=ctx.device, dtype=torch.float32)
+                grpo.train(policy, tok, train, schedule, dataclasses.replace(cfg, max_steps=max_steps),
+                           out_dir=Path(tmp) / name, eval_fn=eval_fn, resume=True)
+            runs[name] = {"weights": {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()},
+                          "train": data.read_jsonl(Path(tmp) / name / "train_log.jsonl"),
+                          "eval": data.read_jsonl(Path(tmp) / name / "eval_log.jsonl")}
+    a, b = runs["straight"], runs["resumed"]
+    weight_diff = max(float((a["weights"][k].float() - b["weights"][k].float()).abs().max()) for k in a["weights"])
+    timing = {"gen_s", "train_s", "tokens_per_s", "gen_tokens_per_s"}
+    row_diff = _max_row_diff(a["train"], b["train"], skip=timing)
+    eval_a, eval_b = ({r["step"]: r for r in run["eval"]} for run in (a, b))
+    common = [step for step in eval_a if step in eval_b]  # the resumed run also evaluates at its stop (3)
+    eval_diff = _max_row_diff([eval_a[s] for s in common], [eval_b[s] for s in common], skip=set())
+    ids_equal = [r["problem_ids"] for r in a["train"]] == [r["problem_ids"] for r in b["train"]]
+    exact = weight_diff == 0 and row_diff == 0 and eval_diff == 0
+    out = {"steps": len(a["train"]), "resumed_steps": len(b["train"]), "weights_max_abs_diff": weight_diff,
+           "train_log_max_abs_diff": row_diff, "eval_log_max_abs_diff": eval_diff, "problem_ids_equal": ids_equal,
+           "bitwise_equal": exact, "eval_steps": [r["step"] for r in b["eval"]],
+           "final_eval": a["eval"][-1] if a["eval"] else None,
+           "rows_straight": [{k: r[k] for k in ("step", "reward", "grad_norm", "response_len")} for r in a["train"]],
+           "rows_resumed": [{k: r[k] for k in ("step", "reward", "grad_norm", "response_len")} for r in b["train"]]}
+    # on the CPU the run is deterministic: exact equality; on CUDA bf16 kernels need not be
+    out["verdict"] = "ok" if ids_equal and len(b["train"]) == 4 and (exact or ctx.cuda) else "fail"
+    out["summary"] = (f"resume vs straight: weights max |diff| {weight_diff:.2e}, log rows {row_diff:.2e}, "
+                      f"eval {eval_diff:.2e}")
+    return out
+
+
+def _max_row_diff(rows_a: list[dict], rows_b: list[dict], skip: set) -> float:
+    """Largest |a - b| over the numeric fields of paired log rows (inf when rows or other fields differ)."""
+    if len(rows_a) != len(rows_b):
+        return math.inf
+    worst = 0.0
+    for ra, rb in zip(rows_a, rows_b):
+        for k in set(ra) | set(rb):
+            if k in skip:
+                continue
+            va, vb = ra.get(k), rb.get(k)
+            if isinstance(va, (int, float)) and isinstance(vb, (int, float)) and not isinstance(va, bool):
+                worst = max(worst, abs(float(va) - float(vb)))
+            elif va != vb:
+                return math.inf
+    return worst
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. SAE training and encoding
+# ----------------------------------------------------------------------------------------------
+def check_sae(ctx: Context) -> dict:
+    import sae
+
+    model, tok = ctx.rollout(), ctx.tokenizer()  # bf16 on CUDA, as saerl's SAE stage loads the model
+    tokens, d_sae, k, batch_tokens, n_encode = ctx.size.sae
+    problems = toy.make_problems(1000, seed=40, corrupt_frac=0.0)
+    texts = ["\n".join(p.problem for p in problems[i:i + 10]) for i in range(0, len(problems), 10)]  # ~250 tokens
+    layer = model.config.num_hidden_layers // 2
+    _sync(ctx.cuda)
+    t0 = time.perf_counter()
+    trained = sae.train_sae(model, tok, texts, layer, d_sae=d_sae, k=k, tokens=tokens, batch_tokens=batch_tokens,
+                            init_tokens=min(8192, tokens), progress=False, seed=0)
+    _sync(ctx.cuda)
+    train_s = time.perf_counter() - t0
+    enc_texts = [data.format_prompt(p.problem, tok, TEMPLATE) for p in problems[:n_encode]]
+    enc_tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in enc_texts)
+    t0 = time.perf_counter()
+    feats = sae.encode_problems(model, tok, enc_texts, trained, layer, progress=False)
+    _sync(ctx.cuda)
+    enc_s = time.perf_counter() - t0
+    finite = bool(torch.isfinite(feats.values).all())
+    out = {"layer": layer, "d_sae": d_sae, "k": k, "train_tokens": tokens, "train_s": train_s,
+           "train_tokens_per_s": tokens / train_s, "projected_20m_tokens_s": 20e6 / (tokens / train_s),
+           "encode_texts": n_encode, "encode_tokens": enc_tokens, "encode_s": enc_s,
+           "encode_tokens_per_s": enc_tokens / enc_s, "features_finite": finite,
+           "model_dtype": str(next(model.parameters()).dtype)}
+    out["verdict"] = "ok" if finite else "fail"
+    out["summary"] = (f"train {out['train_tokens_per_s']:.0f} tok/s (20M tokens: "
+                      f"{out['projected_20m_tokens_s'] / 60:.1f} min), encode {out['encode_tokens_per_s']:.0f} tok/s")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# 8. FSDP2 at world size 1
+# ----------------------------------------------------------------------------------------------
+def check_fsdp2(ctx: Context) -> dict:
+    import socket
+
+    import torch.distributed as dist
+
+    import checkpoint
+
+    if dist.is_initialized():
+        raise Skipped("a process group is already initialised in this process")
+    backend = "nccl" if ctx.cuda else "gloo"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    policy, tok = ctx.policy(), ctx.tokenizer()
+    ctx.drop_optimizer()  # check 5's AdamW state belongs to the unsharded parameters
+    # the unsharded copy that generates, made before sharding (as grpo.train does under fsdp2)
+    rollout = sampler.rollout_model(policy, "bfloat16" if ctx.cuda else "float32")
+    n, g, new, write = ctx.size.fsdp
+    cfg = grpo.GRPOConfig.preset("qwen-math-1.5b", batch_size=n, gen_batch_size=n, group_size=g, max_new_tokens=new,
+                                 template=TEMPLATE, parallel="fsdp2")
+    if ctx.cuda:
+        torch.cuda.set_device(0)
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=120))
+    try:
+        root = parallel.fsdp2(policy, bf16=ctx.cuda)
+        opt = torch.optim.AdamW(root.parameters(), lr=cfg.lr, fused=True if ctx.cuda else None)
+        problems, _ = ctx.prompts(n, seed=50)
+        rng = random.Random(1)
+        row = grpo.grpo_step(root, tok, problems, cfg, opt, step=0, rollout=rollout,
+                             reward_fn=lambda text, gold: float(rng.random() < 0.5))
+        _sync(ctx.cuda)
+        t0 = time.perf_counter()
+        full = parallel.full_model_state(root)  # the gathers a checkpoint runs: weights, then AdamW moments
+        gather_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        moments = parallel.full_optimizer_state(root, opt)["state"]
+        gather_opt_s = time.perf_counter() - t0
+        refreshed = rollout.state_dict()  # grpo_step refreshed the copy from the shards
+        diff = max(float((full[k].to(refreshed[k].dtype).to(refreshed[k].device) - refreshed[k]).abs().max())
+                   for k in full)
+        out = {"backend": backend, "world_size": dist.get_world_size(), "sharded": parallel.is_sharded(root),
+               "grad_norm": row["grad_norm"], "train_s": row["train_s"], "gen_s": row["gen_s"],
+               "full_state_tensors": len(full), "gather_s": gather_s, "optimizer_states": len(moments),
+               "gather_optimizer_s": gather_opt_s, "rollout_vs_full_state_max_abs_diff": diff,
+               "checkpoint_files": None}
+        if write:  # the whole save (1.5b: ~18 GB to disk, longer than the gathers it adds nothing to)
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                saved = checkpoint.save_checkpoint(Path(tmp), 1, root, opt, cfg, "gpu_check")
+                out["checkpoint_save_s"] = time.perf_counter() - t0
+                out["checkpoint_files"] = sorted(p.name for p in saved.iterdir())
+    finally:
+        dist.destroy_process_group()
+        ctx.release_policy()  # sharded in place: nothing after this may use it as a plain model
+    saved_ok = not write or "model.safetensors" in (out["checkpoint_files"] or [])
+    out["verdict"] = "ok" if math.isfinite(out["grad_norm"]) and diff == 0 and saved_ok else "fail"
+    out["summary"] = (f"{backend} world 1: grad norm {out['grad_norm']:.3g}, gather {gather_s:.2f} s, "
+                      f"rollout == full state: {diff == 0}")
+    return out
+
+
+CHECKS = [check_left_pad, check_engines, check_decode_anatomy, check_rollouts, check_training, check_toy_resume,
+          check_sae, check_fsdp2]
+
+
+# ----------------------------------------------------------------------------------------------
+# Small helpers
+# ----------------------------------------------------------------------------------------------
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _sync(cuda: bool) -> None:
+    if cuda:
+        torch.cuda.synchronize()
+
+
+def _reset_peak(cuda: bool) -> None:
+    if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return out, time.perf_counter() - t0, _peak_mib(device)
 
 
-def check_regime(shapes: dict, device: torch.device, rows_prompts: int, G: int, max_new: int,
-                 engines: list[str]) -> tuple[dict, object, object]:
-    """The real regime on the sized policy: one generate call of `rows_prompts` prompts x G rows per
-    engine (random weights never stop early: every row runs to max_new, the worst case), then one
-    training pass over the compact engine's rollouts. Peak memory per phase, next to --plan's."""
-    import plan
-    import sampler
-
-    tok = wide_tokenizer(shapes["vocab_size"])
-    t0 = time.perf_counter()
-    policy = sized_policy(shapes, tok, device)
-    build_s = time.perf_counter() - t0
-    cfg = grpo.GRPOConfig(batch_size=rows_prompts, group_size=G, max_new_tokens=max_new,
-                          gen_batch_size=rows_prompts, lr=1e-6, template="chatml")
-    rollout = sampler.rollout_model(policy, cfg.rollout_dtype)
-    prompts = [format_prompt(p.problem, tok, cfg.template) for p in toy.make_problems(rows_prompts, seed=1)]
-    out = {"params_m": sum(p.numel() for p in policy.parameters()) / 1e6, "build_s": build_s,
-           "prompts": rows_prompts, "group_size": G, "max_new_tokens": max_new, "engines": {}}
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            fused=device.type == "cuda" or None)
-    for q in policy.parameters():  # a zero-gradient step allocates the AdamW moments, as after step 1
-        q.grad = torch.zeros_like(q)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    roll = None
-    for engine in engines:
-        r, sec, peak = _phase_peak(device, lambda: sampler.sample_rollouts(
-            rollout, tok, prompts, group_size=G, max_new_tokens=max_new, gen_batch_size=rows_prompts,
-            seed=0, engine=engine))
-        tokens = float(r.lengths.sum())
-        out["engines"][engine] = {"seconds": sec, "tokens": tokens, "tokens_per_s": tokens / sec, "peak_mib": peak}
-        if engine == "compact" or roll is None:
-            roll = r
-    # training: the step's loss over these rollouts, micro-batched as grpo_step does
-    grpo.set_activation_checkpointing(policy, cfg.checkpointing)
-    adv = torch.randn(len(roll.texts), device=device)
-    packed = grpo.uses_packing(policy, cfg)
-
-    def train_pass():
-        cm = roll.completion_mask.float()
-        norm = grpo.loss_normalizer(cm, cfg.loss_type, cfg.max_new_tokens)
-        lengths = roll.attention_mask.sum(1).tolist()
-        for m in grpo.micro_batches(lengths, max_rows=cfg.micro_batch_size,
-                                    max_tokens=cfg.max_tokens_per_micro_batch, packed=packed):
-            m = torch.tensor(m, device=device)
-            lp = grpo._logprobs(policy, roll.input_ids[m], roll.attention_mask[m], cm[m], cfg, device, True, packed)
-            loss, _ = grpo.policy_loss(lp, lp.detach(), adv[m], cm[m], normalizer=norm)
-            loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    policy.train()
-    _, sec, peak = _phase_peak(device, train_pass)
-    tokens = float(roll.attention_mask.sum())
-    flops = (8 if cfg.checkpointing else 6) * out["params_m"] * 1e6 * tokens  # fwd 2 + bwd 4 (+ recompute 2)
-    out["training"] = {"seconds": sec, "tokens": tokens, "tokens_per_s": tokens / sec, "peak_mib": peak,
-                       "tflops": flops / sec / 1e12, "packed": packed, "checkpointing": cfg.checkpointing}
-    shape = plan.ModelShape.from_config(policy.config)
-    prompt_tokens = int(roll.input_ids.shape[1] - roll.completion_mask.shape[1])
-    p = plan.memory_plan(shape, cfg, prompt_tokens=prompt_tokens, cuda=device.type == "cuda")
-    out["plan_gib"] = {k: v / 2 ** 30 for k, v in p["totals"].items()}
-    return out, policy, tok
+def _peak_gib(cuda: bool) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None
 
 
-def check_sae(policy, tok, device: torch.device, d_sae: int, k: int) -> dict:
-    from bench_sae import random_topk_sae, run
-
-    grpo.set_activation_checkpointing(policy, False)
-    texts = [format_prompt(p.problem, tok, "chatml") for p in toy.make_problems(512, seed=2)]
-    sae = random_topk_sae(policy.config.hidden_size, d_sae, k)
-    layer = policy.config.num_hidden_layers // 2
-    with grpo._autocast(device, grpo.GRPOConfig()):
-        return run("sized policy", policy.eval(), tok, texts, sae, layer, batch_size=64, max_length=512)
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cuda = torch.cuda.is_available()
-    ap.add_argument("--size", choices=("1.5b", "small"), default="1.5b" if cuda else "small")
-    ap.add_argument("--steps", type=int, default=3, help="timed toy GRPO steps (after one warm-up step)")
-    ap.add_argument("--prompts", type=int, default=None, help="prompts per generate call (1.5b: 32, the "
-                    "preset's gen_batch_size; small: 4)")
-    ap.add_argument("--group-size", type=int, default=None, help="G (1.5b: 8; small: 4)")
-    ap.add_argument("--max-new-tokens", type=int, default=None, help="forced completion length (1.5b: 2048; small: 32)")
-    ap.add_argument("--engines", default="compact,hf", help="rollout engines to time, comma-separated")
-    ap.add_argument("--gpu-memory", type=float, default=80.0, help="GiB the run may use (set_per_process_memory_"
-                    "fraction on a larger card, so an 80 GB card's limit is what is tested)")
-    ap.add_argument("--toy", type=Path, default=ROOT / "runs" / "toy_world",
-                    help="toy world folder (built there, about a minute on CPU, when missing)")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu_check.json")
-    args = ap.parse_args()
-    device = torch.device("cuda" if cuda else "cpu")
-    if cuda:
-        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-        total = torch.cuda.get_device_properties(0).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, args.gpu_memory * 2 ** 30 / total))
-    big = args.size == "1.5b"
-    shapes = QWEN_MATH_1_5B if big else SMALL
-    prompts = args.prompts or (32 if big else 4)
-    G = args.group_size or (8 if big else 4)
-    max_new = args.max_new_tokens or (2048 if big else 32)
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3g}"
 
-    result = {"device": torch.cuda.get_device_name() if cuda else f"{os.cpu_count()}-core CPU",
-              "torch": torch.__version__, "size": args.size, "gpu_memory_gib": args.gpu_memory if cuda else None}
-    t0 = time.perf_counter()
-    result["toy"] = check_toy(device, args.steps, args.toy)
-    result["regime"], policy, tok = check_regime(shapes, device, prompts, G, max_new, args.engines.split(","))
-    result["sae"] = check_sae(policy, tok, device, 16384 if big else 2048, 64 if big else 32)
-    result["seconds"] = time.perf_counter() - t0
 
-    print(f"device: {result['device']}, torch {result['torch']}, size {args.size}, {result['seconds']:.0f} s")
-    t = result["toy"]
-    print(f"toy: bf16 autocast {t['bf16_autocast']}, log-prob max |bf16 - fp32| "
-          f"{t['logprob_max_abs_diff_bf16_vs_fp32']:.2e}; step gen {t['gen_s']:.2f} s, train {t['train_s']:.2f} s")
-    r = result["regime"]
-    print(f"policy {r['params_m']:.0f}M, {r['prompts']} prompts x G {r['group_size']} x {r['max_new_tokens']} tokens; "
-          f"plan (GiB): " + ", ".join(f"{k} {v:.1f}" for k, v in r["plan_gib"].items()))
-    print(f"{'phase':18s} {'seconds':>8s} {'tokens':>9s} {'tok/s':>9s} {'peak MiB':>9s}")
-    for name, e in r["engines"].items():
-        print(f"{'generate ' + name:18s} {e['seconds']:8.1f} {e['tokens']:9.0f} {e['tokens_per_s']:9.0f} {e['peak_mib']:9.0f}")
-    tr = r["training"]
-    print(f"{'train (one pass)':18s} {tr['seconds']:8.1f} {tr['tokens']:9.0f} {tr['tokens_per_s']:9.0f} "
-          f"{tr['peak_mib']:9.0f}   {tr['tflops']:.0f} TFLOP/s (MFU on H100/H200 bf16 dense 989: "
-          f"{tr['tflops'] / 989:.1%})")
-    s = result["sae"]
-    print(f"SAE encode (d_sae {s['d_sae']}, layer {s['layer']}): {s['tokens_per_s']:.0f} tokens/s, "
-          f"{s['problems']} prompts in {s['seconds']:.2f} s, peak {s['peak_mem_growth_mib']:.0f} MiB")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+def _jsonable(x):
+    """JSON-safe: tensors and numpy scalars as numbers, non-finite floats as strings."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return _jsonable(x.tolist())
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    return str(x)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -96,7 +97,10 @@ class GRPOConfig:
     temperature: float = flag(1.0, "sampling temperature; log-probs use the same temperature")
     top_p: float = flag(1.0, "nucleus sampling; log-probs ignore it (as TRL), so keep 1.0 for exact ratios")
     max_new_tokens: int = flag(3000, "completion budget; also Dr. GRPO's max_len and DAPO's L_max")
-    gen_batch_size: int = flag(32, "prompts per generate call (each expanded to G rows; the KV cache is sized by it)")
+    gen_batch_size: int | str = flag(32, "prompts per generate call (each expanded to G rows; the KV cache is sized "
+                                     "by it); auto: the most that the memory plan fits on this GPU, the whole "
+                                     "batch in one call where it fits (plan.auto_gen_batch_size)",
+                                     type=lambda text: text if text == "auto" else int(text))
     rollout_engine: str = flag("compact", "decoder: compact (preallocated KV cache, finished rows leave the "
                              "batch) | hf (transformers generate, the reference) | graph (fixed-shape decode "
                              "steps as CUDA graphs, no host sync between checks; graph_decode.py)")
@@ -148,6 +152,8 @@ class GRPOConfig:
                 raise ValueError(f"GRPOConfig.{name}={getattr(self, name)!r}; expected one of {allowed}")
         for name in ("batch_size", "group_size", "max_new_tokens", "gen_batch_size", "num_iterations",
                      "micro_batch_size", "logprob_chunk", "save_every", "keep_checkpoints", "sync_every"):
+            if name == "gen_batch_size" and self.gen_batch_size == "auto":
+                continue
             if getattr(self, name) < 1:
                 raise ValueError(f"GRPOConfig.{name}={getattr(self, name)}; expected an integer >= 1")
         if self.max_tokens_per_micro_batch < 0 or self.tis_cap < 0:
@@ -688,6 +694,29 @@ def fit_to_context(schedule: list[list[str]], by_id: dict, tokenizer, cfg: GRPOC
     return fitted
 
 
+def auto_gen_batch_size(policy, tokenizer, schedule, by_id: dict, cfg: GRPOConfig, world: int, *,
+                        report: bool = True) -> int:
+    """--gen-batch-size auto: on CUDA the most prompts per generate call that the memory plan fits on
+    this GPU for the longest scheduled prompt (plan.auto_gen_batch_size); elsewhere a rank's whole
+    share of the batch in one call."""
+    share = max(1, cfg.batch_size // world)
+    if next(policy.parameters()).device.type != "cuda":
+        return share
+    import plan
+    from data import format_prompt
+
+    scheduled = list(dict.fromkeys(pid for batch in schedule for pid in batch))
+    prompts = [format_prompt(by_id[pid].problem, tokenizer, cfg.template) for pid in scheduled]
+    longest = max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
+    gib = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / plan.GIB
+    size = plan.auto_gen_batch_size(plan.ModelShape.from_config(parallel.unwrap(policy).config), cfg, gib,
+                                    prompt_tokens=longest, world=world)
+    if report:
+        print(f"grpo: --gen-batch-size auto: {size} prompts per generate call ({gib:.0f} GiB GPU, prompts up to "
+              f"{longest} tokens)", file=sys.stderr)
+    return size
+
+
 def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRPOConfig, *, out_dir,
           eval_fn: Callable[[int, Any], dict] | None = None, resume: bool = True,
           reward_fn: Callable[[str, str], float] | None = None) -> dict:
@@ -722,6 +751,9 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
     rank, world = dist_info()
     lead = rank == 0  # under torchrun only rank 0 writes files and prints; every rank reads checkpoints
     schedule = fit_to_context(schedule, by_id, tokenizer, cfg, context_length(policy), report=lead)
+    if cfg.gen_batch_size == "auto":
+        cfg = dataclasses.replace(cfg, gen_batch_size=auto_gen_batch_size(policy, tokenizer, schedule, by_id, cfg,
+                                                                          world, report=lead))
     n_steps = len(schedule) if cfg.max_steps is None else min(cfg.max_steps, len(schedule))
     sched_hash = stable_hash([list(map(str, b)) for b in schedule])
     on_cuda = next(policy.parameters()).device.type == "cuda"

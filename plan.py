@@ -7,6 +7,7 @@ Imports the standard library and torch (transformers' AutoConfig and data.hub_re
     ModelShape.load(name_or_path)         hidden/intermediate/layers/heads/vocab from config.json
     memory_plan(shape, cfg, ...) -> dict  bytes per component and phase, and the peak
     fit_flags(shape, cfg, gpu_gib) -> (overrides, plan)   the changes that fit the budget
+    auto_gen_batch_size(shape, cfg, gpu_gib)   --gen-batch-size auto: the most prompts per call that fit
     format_plan(plan) -> str              the markdown table README's memory section shows
     memory_plan_report(model, cfg, gpu_gib)   what --plan prints
     oom_phase(phase)                      an out-of-memory error that names its phase and the flag to lower
@@ -177,6 +178,20 @@ def memory_plan(shape: ModelShape, cfg, *, prompt_tokens: int = 512, cuda: bool 
             "peak": max(totals.values()), "peak_phase": max(totals, key=totals.get)}
 
 
+def auto_gen_batch_size(shape: ModelShape, cfg, gpu_gib: float, *, prompt_tokens: int = 512, world: int = 1) -> int:
+    """--gen-batch-size auto: the most prompts per generate call whose planned generation stays under
+    HEADROOM x gpu_gib, tried as a rank's share B / N in 1, 2, 3, ... equal calls (so no call is a
+    small remainder); 1 when even that does not fit (the plan's report then says what else to lower)."""
+    share = max(1, cfg.batch_size // world)
+    for calls in range(1, share + 1):
+        size = -(-share // calls)
+        planned = memory_plan(shape, dataclasses.replace(cfg, gen_batch_size=size), prompt_tokens=prompt_tokens,
+                              world=world)
+        if planned["totals"]["generation"] <= HEADROOM * gpu_gib * GIB:  # training does not depend on it
+            return size
+    return 1
+
+
 def fit_flags(shape: ModelShape, cfg, gpu_gib: float, *, prompt_tokens: int = 512, world: int = 1) -> tuple[dict, dict]:
     """Changes, tried in this order (activation checkpointing, a smaller micro-batch token budget, a smaller
     log-prob chunk, fewer prompts per generate call, and last no separate rollout copy) that bring the plan's peak
@@ -248,6 +263,9 @@ def plan_flags():
 def memory_plan_report(model: str, cfg, *, gpu_gib: float, prompt_tokens: int = 512, world: int = 1) -> str:
     """--plan: the plan of `cfg` for `model` (config only, no weights) and the flags that fit gpu_gib."""
     shape = ModelShape.load(model)
+    if cfg.gen_batch_size == "auto":
+        cfg = dataclasses.replace(cfg, gen_batch_size=auto_gen_batch_size(shape, cfg, gpu_gib,
+                                                                          prompt_tokens=prompt_tokens, world=world))
     base = memory_plan(shape, cfg, prompt_tokens=prompt_tokens, world=world)
     where = "one CUDA device" if world == 1 else f"each of {world} CUDA devices"
     out = [format_plan(base, title=f"Memory plan for {model} on {where} (GiB; prompts up to {prompt_tokens} tokens)")]

@@ -5,7 +5,8 @@
         for the toy model and for SmolLM2-135M when a folder is given (default /work/models/smollm2
         if it exists); where `trl` imports, the same step through trl.GRPOTrainer, as a ratio.
     python bench/bench_grpo.py --engines [--smollm DIR] [--threads 2]
-        generation tokens/s of each rollout engine (hf = transformers generate, the old path;
+        generation tokens/s of each rollout engine, side by side (hf = transformers generate, the old path;
+        graph = graph_decode.py, eager on a CPU;
         compact = ours) on the same prompts, and training tokens/s of one step's loss + backward
         padded in order (the old path), padded after sorting under a token budget, and packed.
     python bench/bench_grpo.py --learn [--seeds 0 1 2] [--learn-steps 40] [--bare-fracs 0.3 0.0]
@@ -195,7 +196,7 @@ def engines(args, base) -> None:
                                                                    gen_batch_size=8, lr=1e-6))}
     out = {}
     for name, spec in specs.items():
-        spec["engines"] = ["hf", "compact"]
+        spec["engines"] = ["hf", "compact", "graph"]
         spec["threads"] = args.threads
         out[name] = run_worker("engines", spec)
         r = out[name]

@@ -250,3 +250,39 @@ def test_out_of_memory_advice_names_flags_that_exist():
         known |= {"--" + f.name.replace("_", "-") for f in dataclasses.fields(config)}
     named = {flag for advice in plan.ADVICE.values() for flag in re.findall(r"--[a-z][a-z0-9-]*", advice)}
     assert named and named <= known, named - known
+
+
+def test_auto_gen_batch_size_takes_the_largest_equal_split_that_fits():
+    shape = plan.KNOWN["Qwen/Qwen2.5-Math-1.5B"]
+    cfg = grpo.GRPOConfig(gen_batch_size="auto")  # B 64
+
+    def generation_gib(size):
+        return plan.memory_plan(shape, dataclasses.replace(cfg, gen_batch_size=size))["totals"]["generation"] / GIB
+
+    # by hand from the plan's own table: 64 prompts need generation_gib(64), 32 need generation_gib(32)
+    assert generation_gib(32) < 0.9 * 60 < generation_gib(64)
+    assert plan.auto_gen_batch_size(shape, cfg, 140) == 64  # an H200: the whole batch in one call
+    assert plan.auto_gen_batch_size(shape, cfg, 60) == 32   # two equal calls, not 63 + 1
+    assert plan.auto_gen_batch_size(shape, cfg, 140, world=4) == 16  # a rank's share B / N at most
+    with pytest.raises(ValueError, match="gen_batch_size"):
+        grpo.GRPOConfig(gen_batch_size=0)
+    assert grpo.build_parser().parse_args(["--model", "m", "--gen-batch-size", "auto"]).gen_batch_size == "auto"
+
+
+def test_auto_gen_batch_size_on_a_cpu_is_the_whole_share(tmp_path):
+    from test_grpo import has_e_reward, small_cfg, tiny_model, tiny_problems, tiny_tokenizer
+
+    seen = []
+    real = sampler.sample_rollouts
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["gen_batch_size"])
+        return real(*args, **kwargs)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(grpo, "sample_rollouts", spy):
+        grpo.train(tiny_model(), tiny_tokenizer(), tiny_problems(4), [["p0", "p1", "p2", "p3"]],
+                   small_cfg(batch_size=4, gen_batch_size="auto", num_iterations=1), out_dir=tmp_path,
+                   reward_fn=has_e_reward)
+    assert seen == [4]

@@ -2,8 +2,9 @@
 answers (fractions, roots, powers, factorials, pi/e, trig and logs, free variables), for verifier.py.
 
 Owns: _parse(text) -> AST, _value(AST, env) -> exact Fraction or float, _free_vars(AST). Imports only
-the standard library. Model output is untrusted text: no eval/exec/sympify; nesting depth (MAX_DEPTH)
-and the size of exact results (MAX_RESULT_BITS) are bounded, so every call returns in milliseconds.
+the standard library. Model output is untrusted text: no eval/exec/sympify; nesting depth (MAX_DEPTH),
+the height of the parsed tree (MAX_TREE_HEIGHT) and the size of exact results (MAX_RESULT_BITS) are
+bounded, so every call returns in milliseconds.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fractions import Fraction
 from functools import lru_cache
 
 MAX_DEPTH = 60  # parser nesting depth
+MAX_TREE_HEIGHT = 200  # levels of a parsed expression (the evaluators recurse once or twice per level)
 MAX_RESULT_BITS = 20_000  # exact powers / factorials / sci exponents beyond this size are not evaluated
 
 
@@ -59,7 +61,20 @@ def _parse(s: str):
     node = parser.expr()
     if parser.pos != len(tokens):
         raise _ParseError(f"unexpected {tokens[parser.pos]!r}")
+    if _height(node) > MAX_TREE_HEIGHT:  # chains (1+1+...+1, 3!!!...!) nest the tree without nesting the text
+        raise _ParseError(f"expression deeper than {MAX_TREE_HEIGHT} operations")
     return node
+
+
+def _height(node) -> int:
+    """Levels of an AST, counted with an explicit stack (a deep tree cannot exhaust Python's while it is
+    measured), so that the recursive evaluators below only ever see trees of bounded height."""
+    best, stack = 0, [(node, 1)]
+    while stack:
+        n, level = stack.pop()
+        best = max(best, level)
+        stack.extend((child, level + 1) for child in n[1:] if isinstance(child, tuple))
+    return best
 
 
 class _Parser:

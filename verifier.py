@@ -53,12 +53,24 @@ N_POINTS = 6  # evaluation points for expressions with free variables
 
 
 # ------------------------------------------------------------------------------------------------ extraction
+def as_text(value, what: str = "text") -> str | None:
+    """Model output or a reference answer as a str: bytes are decoded as UTF-8 (undecodable bytes become
+    U+FFFD, as in any text that reaches a tokenizer), None stays None; anything else is refused with
+    a message naming what was given."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", errors="replace")
+    raise TypeError(f"{what} must be a str (or UTF-8 bytes); got {type(value).__name__} {str(value)[:40]!r}")
+
+
 def extract_answer(text: str | None) -> str | None:
     """The final answer of a completion: the last balanced \\boxed{...} (joined with the boxes just before it
     when only "and", commas, $ or labels divide them: \\boxed{-2} and \\boxed{1} is "-2, 1"), or the answer
     after the last "final answer" / "answer is" / "answer:" / "####" when there is no box, or when that phrase
     comes after the box and states a number or LaTeX (the Minerva format "Final Answer: The final answer is X.
     I hope it is correct." wins over an earlier box); else None (never a stray number)."""
+    text = as_text(text, "completion")
     if not text:
         return None
     text = text[-MAX_COMPLETION_CHARS:]
@@ -214,6 +226,7 @@ def normalize_answer(s: str | None) -> str:
     {1,2} is the set \\{1,2\\}; brackets around a single matrix go; drop a label on the left of one "="
     ("x =", "f(x) =", "(p,q) =", "AB =", "x \\in") unless keep_lhs; collapse spaces (one is kept only
     between two letters)."""
+    s = as_text(s, "answer")
     if s is None:
         return ""
     return _normalize(str(s)[:MAX_ANSWER_CHARS])
@@ -318,8 +331,8 @@ def is_equiv(pred: str | None, gold: str | None) -> bool:
     try:
         a, b = _structure(p), _structure(g)
         if (a[0] == "rel") != (b[0] == "rel"):  # "y = 2x+1" lost its label, "2x-y+1 = 0" kept it: retry whole
-            a_eq = _structure(_normalize(str(pred)[:MAX_ANSWER_CHARS], True), True)
-            b_eq = _structure(_normalize(str(gold)[:MAX_ANSWER_CHARS], True), True)
+            a_eq = _structure(_normalize(as_text(pred, "answer")[:MAX_ANSWER_CHARS], True), True)
+            b_eq = _structure(_normalize(as_text(gold, "answer")[:MAX_ANSWER_CHARS], True), True)
             if a_eq[0] == b_eq[0] == "rel":
                 return _structures_equiv(a_eq, b_eq)
         return _structures_equiv(a, b)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+import verifier
+
 from verifier import extract_answer, gold_parse_report, is_equiv, math_reward, normalize_answer, verify
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,3 +123,30 @@ def test_gold_parse_report_counts_kinds_and_shows_unparsed_examples():
                                 "text": 1, "empty": 1, "list": 1, "matrix": 1}
     assert report["unparsed"] == 2
     assert report["examples"] == ["\\text{even}", ""]
+
+
+# ------------------------------------------------------------------------------------------------ totality
+CHAINS = {"factorials": "3" + "!" * 1000, "sum": "1" + "+1" * 3000, "powers": "2" + "^2" * 2000,
+          "parentheses": "(" * 2000 + "1" + ")" * 2000, "roots": "\\sqrt{" * 1000 + "2" + "}" * 1000,
+          "products": "1" + "\\cdot 1" * 2000, "signs": "-" * 5000 + "1"}
+
+
+@pytest.mark.parametrize("chain", list(CHAINS.values()), ids=list(CHAINS))
+def test_every_entry_point_returns_on_deep_input(chain):
+    """Chains nest a parsed tree as deep as the text is long: each call returns (no RecursionError) quickly."""
+    import time
+
+    t0 = time.perf_counter()
+    assert verifier.answer_kind(chain) in ("number", "expression", "text")
+    report = verifier.gold_parse_report([chain, "3"])
+    assert report["total"] == 2
+    assert verifier.verify(f"\\boxed{{{chain}}}", "3") in (True, False)
+    assert verifier.is_equiv(chain, chain) is True
+    assert time.perf_counter() - t0 < 5.0
+
+
+def test_bytes_are_decoded_and_other_types_refused_by_name():
+    assert verifier.verify(b"so \\boxed{3}", "3") and verifier.verify("\\boxed{3}", b"3")
+    assert verifier.answer_kind(b"\xff\xfe") == "text"  # undecodable bytes are text, not a crash
+    with pytest.raises(TypeError, match="completion must be a str .* got int"):
+        verifier.verify(3, "3")

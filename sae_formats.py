@@ -233,15 +233,15 @@ def load_sae(path_or_repo: str | os.PathLike, *, subfolder: str | None = None,
         raise FileNotFoundError(f"SAE path {path} is not a directory")
     names = {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()}
     if "params.npz" in names:
-        sae = _load_gemma_scope(path)
+        loader = _load_gemma_scope
     elif "sae.safetensors" in names and "cfg.json" in names:
-        sae = _load_sparsify(path)
+        loader = _load_sparsify
     elif "sae_weights.safetensors" in names and "cfg.json" in names:
-        sae = _load_saelens(path)
+        loader = _load_saelens
     elif "hyperparams.json" in names or ("sae_weights.safetensors" in names and "config.json" in names):
-        sae = _load_llama_scope(path)
+        loader = _load_llama_scope
     elif "ae.pt" in names:
-        sae = _load_dictionary_learning(path)
+        loader = _load_dictionary_learning
     else:
         found = ", ".join(sorted(names)[:30]) or "no files"
         markers = {"params.npz", "sae.safetensors", "sae_weights.safetensors", "hyperparams.json", "ae.pt"}
@@ -252,6 +252,18 @@ def load_sae(path_or_repo: str | os.PathLike, *, subfolder: str | None = None,
             "sae_weights.safetensors (SAELens), cfg.json + sae.safetensors (sparsify), ae.pt + "
             "config.json (dictionary_learning), hyperparams.json + checkpoints/final.safetensors "
             "(Llama Scope), params.npz (Gemma Scope)")
+    try:
+        sae = loader(path)
+    except (ValueError, FileNotFoundError) as e:
+        if isinstance(e, json.JSONDecodeError):
+            raise ValueError(f"SAE {path}: a JSON config is malformed ({e}); re-download or re-save the SAE") from e
+        raise  # our own messages already name the file and what was expected
+    except Exception as e:  # safetensors, numpy, torch and pickle each raise their own kinds on a damaged file
+        raise ValueError(f"SAE {path}: its files cannot be read ({type(e).__name__}: {str(e)[:200]}); a truncated or "
+                         "corrupt download? re-download or re-save the SAE") from e
+    bad = [name for name, t in sae.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ValueError(f"SAE {path}: {', '.join(bad)} hold NaN or inf values; its features would be NaN")
     sae.meta["source"] = str(path)
     return sae.to(device=device or "cpu", dtype=dtype or torch.float32)
 
@@ -270,8 +282,11 @@ def _download(repo_id: str, subfolder: str | None) -> Path:
 
 
 def _read_json(path: Path) -> dict:
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); re-download or re-save the SAE") from e
 
 
 def _load_saelens(path: Path) -> SAE:

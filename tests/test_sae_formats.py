@@ -288,3 +288,36 @@ def test_sae_check_reports_and_warns():
         report = S.sae_check(sae, x)
     assert report["l0"] == pytest.approx(float((codes > 0).sum(1).float().mean()))
     assert report["fvu"] == pytest.approx(fvu, rel=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged files: named, never a library traceback, never NaN features two stages later
+# ---------------------------------------------------------------------------------------------
+def saved_sae(tmp_path):
+    sae = S.SAE(8, 16, k=4)
+    torch.nn.init.normal_(sae.W_enc)
+    torch.nn.init.normal_(sae.W_dec)
+    S.save_sae(sae, tmp_path)
+    return tmp_path
+
+
+def test_a_truncated_weights_file_is_named(tmp_path):
+    weights = saved_sae(tmp_path) / "sae_weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match=rf"SAE {tmp_path}: its files cannot be read .*re-download or re-save"):
+        S.load_sae(tmp_path)
+
+
+def test_a_malformed_cfg_json_is_named(tmp_path):
+    (saved_sae(tmp_path) / "cfg.json").write_text('{"d_in": 8, "d_sae":')
+    with pytest.raises(ValueError, match=r"cfg.json is not valid JSON"):
+        S.load_sae(tmp_path)
+
+
+def test_nan_weights_are_refused_naming_the_tensor(tmp_path):
+    sae = S.SAE(8, 16, k=4)
+    with torch.no_grad():
+        sae.b_enc[3] = float("nan")
+    S.save_sae(sae, tmp_path)
+    with pytest.raises(ValueError, match=r"b_enc hold NaN or inf"):
+        S.load_sae(tmp_path)

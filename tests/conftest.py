@@ -31,17 +31,20 @@ def one_thread():
     torch.set_num_threads(old)
 
 
-def assert_close_to_scale(actual, expected, rel: float = 1e-5, msg: str = "") -> None:
-    """|actual - expected| <= rel x the largest |expected| (elementwise, in float64).
+def assert_close_to_scale(actual, expected, rel: float = 1e-5, msg: str = "", scale: float | None = None) -> None:
+    """|actual - expected| <= rel x scale, elementwise in float64; scale defaults to the largest |expected|.
 
     Float results that are summed in another order (packed vs padded rows, micro-batches, another
     thread count or CPU model) differ by a few units in the last place of their *scale*, not of each
-    element: an absolute tolerance such as 1e-6 holds on one machine and fails on the next."""
+    element: an absolute tolerance such as 1e-6 holds on one machine and fails on the next. Pass the
+    scale of the whole computation (e.g. the largest weight of a model) when one tensor's own values
+    are small beside it."""
     import torch
 
     a, e = torch.as_tensor(actual).detach().double(), torch.as_tensor(expected).detach().double()
     assert a.shape == e.shape, f"{msg} shapes {tuple(a.shape)} vs {tuple(e.shape)}"
-    scale = float(e.abs().max()) if e.numel() else 0.0
+    if scale is None:
+        scale = float(e.abs().max()) if e.numel() else 0.0
     err = float((a - e).abs().max()) if e.numel() else 0.0
     assert err <= rel * max(scale, 1e-30), f"{msg} max |diff| {err:.3g} > {rel:g} x scale {scale:.3g}"
 

@@ -533,7 +533,7 @@ def test_token_budget_micro_batches_give_the_full_batch_gradient(rollouts, packe
     mbs = grpo.micro_batches(lengths, max_rows=5, max_tokens=60, packed=packed)
     assert len(mbs) > 2 and sorted(i for m in mbs for i in m) == list(range(len(cm)))
     loss, micro = grads(mbs, norm)
-    assert abs(loss - full_loss) <= 1e-6 * abs(full_loss)
+    assert abs(loss - full_loss) <= 1e-5 * abs(full_loss)  # a sum of micro-batch terms of both signs
     for a, b in zip(micro, full):
         assert_close_to_scale(a, b, rel=1e-5)
 

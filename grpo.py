@@ -28,7 +28,8 @@ the loss) or the soft overlong punishment added to the reward (DAPO §3.4).
 Public API
     GRPOConfig                      dataclass; fields are the CLI flags; presets via GRPOConfig.preset
     group_advantages(rewards, *, scale, eps)
-    loss_normalizer(mask, loss_type, max_len)  /  policy_loss(logp, old_logp, adv, mask, ...)
+    loss_normalizer(mask, loss_type, max_len)  /  normalizer_from_counts(n_rows, n_tokens, loss_type, max_len)
+    policy_loss(logp, old_logp, adv, mask, ...)   the clipped surrogate over [N, T] tokens
     sequence_logprobs(model, input_ids, attention_mask, completion_mask, ...)   padded rows
     packed_logprobs(...)  same result, padding-free;  micro_batches(lengths, max_rows, max_tokens, packed)
     train(policy, tokenizer, problems, schedule, cfg, *, out_dir, eval_fn=None, resume=True)
@@ -212,18 +213,25 @@ def group_advantages(rewards: torch.Tensor, *, scale: str = "std", eps: float = 
 
 
 def loss_normalizer(mask: torch.Tensor, loss_type: str, max_len: int | None = None) -> float:
-    """The denominator of the step's loss, from the step's completion mask [N, T].
+    """The denominator of the step's loss, from the step's completion mask [N, T] (max_len defaults
+    to T); `normalizer_from_counts` of its row and token counts."""
+    n_rows, width = mask.shape
+    return normalizer_from_counts(n_rows, mask.sum().item(), loss_type, width if max_len is None else max_len)
 
-    grpo: N sequences (each contributes its own token mean); dapo: number of completion tokens;
-    dr_grpo: N * max_len (max_len defaults to T). Computed once per step and passed to every
-    micro-batch, so that accumulated micro-batch gradients equal the full-batch gradient.
+
+def normalizer_from_counts(n_rows: float, n_tokens: float, loss_type: str, max_len: int) -> float:
+    """The denominator of the step's loss from its counts (under torchrun, summed over ranks).
+
+    grpo: n_rows sequences (each contributes its own token mean); dapo: n_tokens completion tokens;
+    dr_grpo: n_rows * max_len. Computed once per step and passed to every micro-batch, so that
+    accumulated micro-batch gradients equal the full-batch gradient.
     """
     if loss_type == "grpo":
-        return float(mask.shape[0])
+        return float(n_rows)
     if loss_type == "dapo":
-        return float(max(mask.sum().item(), 1.0))
+        return float(max(n_tokens, 1.0))
     if loss_type == "dr_grpo":
-        return float(mask.shape[0] * (mask.shape[1] if max_len is None else max_len))
+        return float(n_rows * max_len)
     raise ValueError(f"loss_type={loss_type!r}; expected one of {LOSS_TYPES}")
 
 
@@ -540,7 +548,7 @@ def grpo_step(policy, tokenizer, batch: list, cfg: GRPOConfig, optimizer, *, ste
     if n_rows:
         ids, att, adv_k = roll.input_ids[rows], roll.attention_mask[rows], adv[rows.cpu()].to(device)
         s_lp = None if sampler_lp is None else sampler_lp[rows]
-        norm = {"grpo": n_rows, "dapo": max(n_tok, 1.0), "dr_grpo": n_rows * cfg.max_new_tokens}[cfg.loss_type]
+        norm = normalizer_from_counts(n_rows, n_tok, cfg.loss_type, cfg.max_new_tokens)
         real_len = att.sum(1).tolist()  # prompt + completion tokens of each row
         mbs = [torch.tensor(m, device=ids.device) for m in
                micro_batches(real_len, max_rows=cfg.micro_batch_size, max_tokens=cfg.max_tokens_per_micro_batch,

@@ -28,16 +28,19 @@ the loss) or the soft overlong punishment added to the reward (DAPO §3.4).
 Public API
     GRPOConfig                      dataclass; fields are the CLI flags; presets via GRPOConfig.preset
     group_advantages(rewards, *, scale, eps)
-    loss_normalizer(mask, loss_type, max_len)  /  policy_loss(logp, old_logp, adv, mask, ...)
+    loss_normalizer(mask, loss_type, max_len)  /  normalizer_from_counts(n_rows, n_tokens, loss_type, max_len)
+    policy_loss(logp, old_logp, adv, mask, ...)   the clipped surrogate over [N, T] tokens
     sequence_logprobs(model, input_ids, attention_mask, completion_mask, ...)   padded rows
     packed_logprobs(...)  same result, padding-free;  micro_batches(lengths, max_rows, max_tokens, packed)
+    grpo_step(policy, tokenizer, batch, cfg, optimizer, *, step, reward_fn, ...)   one step -> its log row
     train(policy, tokenizer, problems, schedule, cfg, *, out_dir, eval_fn=None, resume=True)
     random_schedule(ids, batch_size, num_steps, seed) / read_schedule(path)
     python grpo.py --model M --train-data FILE [--schedule schedule.jsonl] [--out DIR] [--preset toy]
     python grpo.py --model M --plan [--gpu-memory 80]          the memory plan, nothing loaded
     torchrun --nproc_per_node N grpo.py ... [--parallel fsdp2]  data parallel / sharded (parallel.py)
 
-The file reads bottom-up: config, the math, log-probs, the step, the run, CLI.
+The file reads bottom-up: config, the math, log-probs, the step, the run, CLI; in the step's section
+`grpo_step` is followed by the helpers it calls, in the order it calls them.
 """
 from __future__ import annotations
 
@@ -63,8 +66,8 @@ from torch.utils.checkpoint import checkpoint
 from data import add_dataclass_args, flag, load_model, pad_safe_attention, stop_token_ids
 import parallel
 from checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from parallel import (all_gather, all_reduce_gradients, all_reduce_sum, barrier, dist_info, init_distributed,
-                      rank_slice)
+from parallel import (all_gather, all_reduce_gradients, all_reduce_stats, all_reduce_sum, barrier, dist_info,
+                      init_distributed, rank_slice)
 from plan import oom_phase
 from sampler import (ENGINES, NonFiniteError, Rollouts, context_length, refresh_rollout_model,  # noqa: F401
                      rollout_model, sample_rollouts)
@@ -220,18 +223,25 @@ def group_advantages(rewards: torch.Tensor, *, scale: str = "std", eps: float = 
 
 
 def loss_normalizer(mask: torch.Tensor, loss_type: str, max_len: int | None = None) -> float:
-    """The denominator of the step's loss, from the step's completion mask [N, T].
+    """The denominator of the step's loss, from the step's completion mask [N, T] (max_len defaults
+    to T); `normalizer_from_counts` of its row and token counts."""
+    n_rows, width = mask.shape
+    return normalizer_from_counts(n_rows, mask.sum().item(), loss_type, width if max_len is None else max_len)
 
-    grpo: N sequences (each contributes its own token mean); dapo: number of completion tokens;
-    dr_grpo: N * max_len (max_len defaults to T). Computed once per step and passed to every
-    micro-batch, so that accumulated micro-batch gradients equal the full-batch gradient.
+
+def normalizer_from_counts(n_rows: float, n_tokens: float, loss_type: str, max_len: int) -> float:
+    """The denominator of the step's loss from its counts (under torchrun, summed over ranks).
+
+    grpo: n_rows sequences (each contributes its own token mean); dapo: n_tokens completion tokens;
+    dr_grpo: n_rows * max_len. Computed once per step and passed to every micro-batch, so that
+    accumulated micro-batch gradients equal the full-batch gradient.
     """
     if loss_type == "grpo":
-        return float(mask.shape[0])
+        return float(n_rows)
     if loss_type == "dapo":
-        return float(max(mask.sum().item(), 1.0))
+        return float(max(n_tokens, 1.0))
     if loss_type == "dr_grpo":
-        return float(mask.shape[0] * (mask.shape[1] if max_len is None else max_len))
+        return float(n_rows * max_len)
     raise ValueError(f"loss_type={loss_type!r}; expected one of {LOSS_TYPES}")
 
 
@@ -481,153 +491,136 @@ def grpo_step(policy, tokenizer, batch: list, cfg: GRPOConfig, optimizer, *, ste
               reward_fn: Callable[[str, str], float], ref_model=None, stop_ids=None, rollout=None) -> dict:
     """One scheduled batch -> cfg.num_iterations optimizer updates. Returns the step's log row.
 
-    `rollout` is the model that samples (`sampler.rollout_model`: the policy itself, or a bf16 copy
-    that this function refreshes after each update); None means the policy. Under FSDP2 `policy`
-    is the sharded root (parallel.fsdp2) and `rollout` its unsharded copy.
-    """
+    `rollout` samples (`sampler.rollout_model`: the policy itself, or a bf16 copy that this function
+    refreshes after each update; None: the policy). Under FSDP2 `policy` is the sharded root
+    (parallel.fsdp2) and `rollout` its unsharded copy. Under torchrun each rank samples its share."""
     from data import format_prompt
 
     device = next(policy.parameters()).device
     rollout = policy if rollout is None else rollout
     g = cfg.group_size
     t0 = time.perf_counter()
-    rank, world = dist_info()
-    full_batch = batch
-    share = rank_slice(len(batch), cfg.gen_batch_size, rank, world) if world > 1 else slice(0, len(batch))
-    batch = batch[share]
+    share = rank_slice(len(batch), cfg.gen_batch_size, *dist_info())  # this rank's prompts (all in one process)
+    mine = batch[share]
 
-    # 1. sample (generate call k of the global batch is seeded step_seed + 7919 k, whatever the rank)
-    prompts = [format_prompt(p.problem, tokenizer, cfg.template) for p in batch]
-    with oom_phase("generation", f" at step {step} ({len(batch)} x {g} rows)"):
+    # 1. sample: B prompts x G completions; generate call k of the global batch is seeded step_seed + 7919 k
+    prompts = [format_prompt(p.problem, tokenizer, cfg.template) for p in mine]
+    with oom_phase("generation", f" at step {step} ({len(mine)} x {g} rows)"):
         roll = sample_rollouts(rollout, tokenizer, prompts, group_size=g, temperature=cfg.temperature,
-                               top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                               gen_batch_size=cfg.gen_batch_size,
+                               top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, gen_batch_size=cfg.gen_batch_size,
                                seed=step_seed(cfg.seed, step) + 7_919 * (share.start // cfg.gen_batch_size),
-                               stop_ids=stop_ids, engine=cfg.rollout_engine, check_every=cfg.sync_every)
+                               stop_ids=stop_ids, engine=cfg.rollout_engine,
+                               check_every=cfg.sync_every)  # row b * G + j: completion j of prompt b
     t_gen = time.perf_counter() - t0
 
     # 2. score
-    correct = torch.tensor([float(reward_fn(text, batch[i // g].answer)) for i, text in enumerate(roll.texts)])
-    bad = (~torch.isfinite(correct)).nonzero()
-    if len(bad):
-        raise NonFiniteError(f"step {step}: reward {correct[bad[0, 0]].item()} for problem "
-                             f"{batch[int(bad[0, 0]) // g].id!r}; the reward function must return a finite number")
-    lengths = roll.lengths.cpu()
-    rewards = correct.clone()
-    if cfg.overlong == "soft":
-        rewards = rewards + overlong_penalty(lengths, cfg.max_new_tokens, cfg.overlong_buffer)
+    correct = torch.tensor([float(reward_fn(text, mine[i // g].answer)) for i, text in enumerate(roll.texts)])  # [B*G]
+    _check_rewards(correct, mine, g, step)
+    lengths = roll.lengths.cpu()  # [B*G] completion tokens
+    rewards = correct  # [B*G]
+    if cfg.overlong == "soft":  # DAPO soft overlong punishment
+        rewards = correct + overlong_penalty(lengths, cfg.max_new_tokens, cfg.overlong_buffer)
 
-    # 3. advantage
+    # 3. advantage, and the rows that enter the loss
     groups = rewards.view(-1, g)  # [B, G]
-    zero_std = (groups.max(1).values == groups.min(1).values)  # [B]
-    adv = group_advantages(groups, scale=cfg.adv_scale).view(-1)  # [N]
-    keep = torch.ones_like(adv, dtype=torch.bool)
-    if cfg.skip_zero_std:
+    zero_std = groups.max(1).values == groups.min(1).values  # [B]
+    adv = group_advantages(groups, scale=cfg.adv_scale).view(-1)  # [B*G]
+    keep = torch.ones_like(adv, dtype=torch.bool)  # [B*G]
+    if cfg.skip_zero_std:  # DAPO-lite dynamic sampling: a group with equal rewards has no signal
         keep &= ~zero_std.repeat_interleave(g)
-    if cfg.overlong == "mask":
+    if cfg.overlong == "mask":  # DAPO overlong filtering
         keep &= ~roll.truncated.cpu()
-    rows = keep.nonzero().squeeze(1)  # sequences that enter the loss
+    rows = keep.nonzero().squeeze(1).to(roll.input_ids.device)  # [N]
+    cmask = roll.completion_mask[rows].float()  # [N, C]
 
-    # 4. loss + 5. update
+    # 4. loss, its gradient accumulated over micro-batches -> 5. update; cfg.num_iterations passes
     t1 = time.perf_counter()
-    agg = {"clip_frac": 0.0, "kl": 0.0, "ratio_mean": 0.0, "ratio_max": 0.0, "tokens": 0.0}
-    gap = {"sum": 0.0, "max": 0.0}
-    loss_total, grad_norm = 0.0, 0.0
-    lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else cfg.lr
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    sampler_lp = roll.sampler_logprobs
-    # a copy in the policy's own dtype samples the policy's distribution: no correction needed
-    use_tis = cfg.tis_cap > 0 and sampler_lp is not None and (
-        next(rollout.parameters()).dtype != next(policy.parameters()).dtype)
-    packed = uses_packing(policy, cfg)
-    rows = rows.to(roll.input_ids.device)
-    cmask = roll.completion_mask[rows].float()
-    # the denominator of the whole step: over all ranks' rows (a rank may have none, the step may not)
-    n_rows, n_tok = all_reduce_sum([float(len(rows)), float(cmask.sum())], device)
-    if n_rows:
-        ids, att, adv_k = roll.input_ids[rows], roll.attention_mask[rows], adv[rows.cpu()].to(device)
-        s_lp = None if sampler_lp is None else sampler_lp[rows]
-        norm = {"grpo": n_rows, "dapo": max(n_tok, 1.0), "dr_grpo": n_rows * cfg.max_new_tokens}[cfg.loss_type]
-        real_len = att.sum(1).tolist()  # prompt + completion tokens of each row
-        mbs = [torch.tensor(m, device=ids.device) for m in
-               micro_batches(real_len, max_rows=cfg.micro_batch_size, max_tokens=cfg.max_tokens_per_micro_batch,
-                             packed=packed)]
-        n_real = len(mbs)
-        if parallel.is_sharded(policy):
-            ids, att, cmask, adv_k, s_lp, mbs = _even_micro_batches(ids, att, cmask, adv_k, s_lp, mbs, roll, device)
-        old = ref = None
+    lr = set_learning_rate(optimizer, cfg, step)
+    n_rows, n_tokens = all_reduce_sum([float(len(rows)), float(cmask.sum())], device)  # over all ranks
+    loss_sums, loss_maxima, grad_norm = dict.fromkeys(LOSS_SUMS, 0.0), dict.fromkeys(LOSS_MAXIMA, 0.0), 0.0
+    if n_rows:  # a rank may have no rows in the loss (it still takes part), the step may not
+        norm = normalizer_from_counts(n_rows, n_tokens, cfg.loss_type, cfg.max_new_tokens)  # the step's denominator
         with oom_phase("training", f" at step {step}"):
-            if cfg.num_iterations > 1:  # the policy that sampled, frozen for all passes
-                old = _scatter_rows([_logprobs(policy, ids[m], att[m], cmask[m], cfg, device, False, packed)
-                                     for m in mbs], mbs, cmask)
-            if ref_model is not None:
-                ref = _scatter_rows([_logprobs(ref_model, ids[m], att[m], cmask[m], cfg, device, False, packed)
-                                     for m in mbs], mbs, cmask)
+            loss_batch = build_loss_batch(policy, ref_model, rollout, roll, rows, adv, cmask, cfg)
             policy.train()
-            for it in range(cfg.num_iterations):
+            for _ in range(cfg.num_iterations):
                 optimizer.zero_grad(set_to_none=True)
-                agg = {k: 0.0 for k in agg}
-                loss_total = 0.0
-                for j, m in enumerate(mbs):
-                    logp = _logprobs(policy, ids[m], att[m], cmask[m], cfg, device, True, packed)  # [n, C]
-                    if j >= n_real:  # an FSDP2 padding micro-batch: only its collectives count
-                        (logp.sum() * 0.0).backward()
-                        continue
-                    old_m = logp.detach() if old is None else old[m]
-                    is_w = None
-                    if s_lp is not None and it == 0:  # how far the sampler's log-probs are from ours
-                        d = (old_m - s_lp[m]).abs() * cmask[m]
-                        gap["sum"] += float(d.sum())
-                        gap["max"] = max(gap["max"], float(d.max()))
-                    if use_tis:  # Yao et al. 2025: truncated importance sampling for the sampler mismatch
-                        is_w = torch.exp(old_m - s_lp[m]).clamp(max=cfg.tis_cap) * cmask[m]
-                    loss, st = policy_loss(logp, old_m, adv_k[m], cmask[m], loss_type=cfg.loss_type,
-                                           eps_low=cfg.eps_low, eps_high=cfg.eps_high,
-                                           ref_logp=None if ref is None else ref[m], beta=cfg.beta,
-                                           max_len=cfg.max_new_tokens, normalizer=norm, is_weight=is_w)
-                    if not torch.isfinite(loss):
-                        raise NonFiniteError(f"step {step}: loss is {loss.item()} (micro-batch of {len(m)} rows); "
-                                             "the update was not applied")
-                    loss.backward()
-                    loss_total += loss.item()
-                    for k in ("clip_frac", "kl", "ratio_mean"):
-                        agg[k] += st[k] * st["tokens"]
-                    agg["ratio_max"] = max(agg["ratio_max"], st["ratio_max"])
-                    agg["tokens"] += st["tokens"]
-                if world > 1 and not parallel.is_sharded(policy):  # FSDP2 reduce-scatters in backward
-                    all_reduce_gradients([p for p in policy.parameters() if p.requires_grad])
-                params = [p for p in policy.parameters() if p.grad is not None]
-                clip_to = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-                grad_norm = float(parallel.full(torch.nn.utils.clip_grad_norm_(params, clip_to)))
-                if not math.isfinite(grad_norm):
-                    raise NonFiniteError(f"step {step}: gradient norm is {grad_norm}; the update was not applied")
+                loss_sums, loss_maxima = accumulate_policy_gradient(policy, loss_batch, norm, cfg, step)
+                grad_norm = reduce_and_clip_gradients(policy, cfg, step)  # summed over ranks, clipped
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         refresh_rollout_model(rollout, policy)
     t_train = time.perf_counter() - t1
-    # every logged mean is over the whole step (all ranks)
-    n, n_groups = len(rewards), len(zero_std)
-    (n, n_groups, r_sum, c_sum, z_sum, len_sum, trunc_sum, loss_total, clip, kl, ratio, toks, gap_sum) = all_reduce_sum(
-        [n, n_groups, float(rewards.sum()), float(correct.sum()), float(zero_std.sum()), float(lengths.sum()),
-         float(roll.truncated.sum()), loss_total, agg["clip_frac"], agg["kl"], agg["ratio_mean"], agg["tokens"],
-         gap["sum"]], device)
-    ratio_max, gap_max = all_reduce_sum([agg["ratio_max"], gap["max"]], device, op="max")
-    n_tok = max(toks, 1.0)
-    row = {
-        "step": step, "problem_ids": [p.id for p in full_batch],
-        "reward": r_sum / n, "accuracy": c_sum / n, "frac_zero_std": z_sum / n_groups, "response_len": len_sum / n,
-        "truncated": trunc_sum / n, "n_loss_seqs": int(n_rows),
-        "loss": loss_total, "clip_frac": clip / n_tok, "kl": kl / n_tok,
-        "ratio_mean": ratio / n_tok if toks else 1.0, "ratio_max": ratio_max,
-        "grad_norm": grad_norm, "lr": lr, "gen_s": t_gen, "train_s": t_train,
-        "tokens_per_s": len_sum / max(t_gen + t_train, 1e-9), "gen_tokens_per_s": len_sum / max(t_gen, 1e-9),
-        "skipped": n_rows == 0,
-    }
-    if sampler_lp is not None:
-        row["sampler_gap_max"] = gap_max
-        row["sampler_gap_mean"] = gap_sum / n_tok if toks else 0.0
-    return row
+
+    # the log row: every mean is over the whole step (all ranks)
+    sums, maxima = all_reduce_stats(
+        {"n": len(rewards), "groups": len(zero_std), "reward": float(rewards.sum()), "correct": float(correct.sum()),
+         "zero_std": float(zero_std.sum()), "len": float(lengths.sum()), "truncated": float(roll.truncated.sum()),
+         **loss_sums}, loss_maxima, device)
+    return log_row(step, batch, sums, maxima, n_rows=n_rows, grad_norm=grad_norm, lr=lr, t_gen=t_gen,
+                   t_train=t_train, has_sampler_logp=roll.sampler_logprobs is not None)
+
+
+def _check_rewards(correct: torch.Tensor, problems: list, group_size: int, step: int) -> None:
+    """The reward function is the user's: a non-finite reward stops the run naming its problem."""
+    bad = (~torch.isfinite(correct)).nonzero()
+    if len(bad):
+        raise NonFiniteError(f"step {step}: reward {correct[bad[0, 0]].item()} for problem "
+                             f"{problems[int(bad[0, 0]) // group_size].id!r}; the reward function must return a "
+                             "finite number")
+
+
+def set_learning_rate(optimizer, cfg: GRPOConfig, step: int) -> float:
+    """Linear warmup from cfg.lr / warmup_steps over cfg.warmup_steps steps, then constant cfg.lr."""
+    lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else cfg.lr
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+@dataclass
+class LossBatch:
+    """The step's rows that enter the loss (this rank's), on the training device, cut into micro-batches,
+    with the log-probs every optimisation pass compares against."""
+    input_ids: torch.Tensor            # [N, P + C]
+    attention_mask: torch.Tensor       # [N, P + C]
+    completion_mask: torch.Tensor      # [N, C] float
+    adv: torch.Tensor                  # [N]
+    micro_batches: list[torch.Tensor]  # row indices; under FSDP2 those from n_real on are padding
+    n_real: int
+    packed: bool                       # padding-free micro-batches (uses_packing)
+    sampler_logp: torch.Tensor | None  # [N, C] the sampler's log-probs (None: not recorded)
+    old_logp: torch.Tensor | None      # [N, C] the policy that sampled; None (one pass): the pass's own, detached
+    ref_logp: torch.Tensor | None      # [N, C] the reference policy; None without one
+    tis_cap: float                     # cap of the truncated importance weights; 0: no weights
+
+
+def build_loss_batch(policy, ref_model, rollout, roll: Rollouts, rows: torch.Tensor, adv: torch.Tensor,
+                     cmask: torch.Tensor, cfg: GRPOConfig) -> LossBatch:
+    """Rows `rows` of `roll` (adv [B*G], cmask [N, C]) as a LossBatch: micro-batches under the token
+    budget (padded to every rank's count under FSDP2), the frozen log-probs of the policy that sampled
+    (when num_iterations > 1) and of the reference, and whether importance weights apply."""
+    device = next(policy.parameters()).device
+    packed = uses_packing(policy, cfg)
+    ids, att, adv = roll.input_ids[rows], roll.attention_mask[rows], adv[rows.cpu()].to(device)
+    s_lp = None if roll.sampler_logprobs is None else roll.sampler_logprobs[rows]
+    mbs = [torch.tensor(m, device=ids.device) for m in
+           micro_batches(att.sum(1).tolist(), max_rows=cfg.micro_batch_size,  # prompt + completion tokens per row
+                         max_tokens=cfg.max_tokens_per_micro_batch, packed=packed)]
+    n_real = len(mbs)
+    if parallel.is_sharded(policy):
+        ids, att, cmask, adv, s_lp, mbs = _even_micro_batches(ids, att, cmask, adv, s_lp, mbs, roll, device)
+
+    def frozen_logprobs(model) -> torch.Tensor:  # [N, C]
+        return _scatter_rows([_logprobs(model, ids[m], att[m], cmask[m], cfg, device, False, packed) for m in mbs],
+                             mbs, cmask)
+
+    old = frozen_logprobs(policy) if cfg.num_iterations > 1 else None  # the policy that sampled, for every pass
+    ref = None if ref_model is None else frozen_logprobs(ref_model)
+    # a copy in the policy's own dtype samples the policy's distribution: no correction needed
+    other_dtype = next(rollout.parameters()).dtype != next(policy.parameters()).dtype
+    tis_cap = cfg.tis_cap if s_lp is not None and other_dtype else 0.0
+    return LossBatch(ids, att, cmask, adv, mbs, n_real, packed, s_lp, old, ref, tis_cap)
 
 
 def _even_micro_batches(ids, att, cmask, adv, s_lp, mbs: list, roll, device):
@@ -651,6 +644,101 @@ def _scatter_rows(parts: list[torch.Tensor], mbs: list[torch.Tensor], like: torc
     for part, m in zip(parts, mbs):
         out[m.to(out.device)] = part
     return out
+
+
+# What accumulate_policy_gradient sums and maximises over a rank's loss tokens (clip_frac, kl and
+# ratio_mean weighted by each micro-batch's token count), before the sum over ranks.
+LOSS_SUMS = ("loss", "clip_frac", "kl", "ratio_mean", "tokens", "sampler_gap")
+LOSS_MAXIMA = ("ratio_max", "sampler_gap")
+
+
+def accumulate_policy_gradient(policy, loss_batch: LossBatch, norm: float, cfg: GRPOConfig,
+                               step: int) -> tuple[dict, dict]:
+    """One pass of the loss's backward, a micro-batch at a time. Each micro-batch's `policy_loss` is
+    divided by the whole step's denominator `norm` (all ranks' rows), so the gradients accumulated in
+    .grad are those of the step's loss. Returns this rank's sums (LOSS_SUMS) and maxima (LOSS_MAXIMA);
+    the sampler gap is measured against the frozen old log-probs, so every pass reports the same."""
+    device = next(policy.parameters()).device
+    sums, maxima = dict.fromkeys(LOSS_SUMS, 0.0), dict.fromkeys(LOSS_MAXIMA, 0.0)
+    for j, m in enumerate(loss_batch.micro_batches):
+        cm = loss_batch.completion_mask[m]  # [n, C]
+        logp = _logprobs(policy, loss_batch.input_ids[m], loss_batch.attention_mask[m], cm, cfg, device, True,
+                         loss_batch.packed)  # [n, C]
+        if j >= loss_batch.n_real:  # an FSDP2 padding micro-batch: only its collectives count
+            (logp.sum() * 0.0).backward()
+            continue
+        old = logp.detach() if loss_batch.old_logp is None else loss_batch.old_logp[m]  # [n, C]
+        ref = None if loss_batch.ref_logp is None else loss_batch.ref_logp[m]  # [n, C]
+        is_w = None
+        if loss_batch.sampler_logp is not None:
+            s_lp = loss_batch.sampler_logp[m]  # [n, C]
+            gap_sum, gap_max = sampler_gap(old, s_lp, cm)
+            sums["sampler_gap"] += gap_sum
+            maxima["sampler_gap"] = max(maxima["sampler_gap"], gap_max)
+            if loss_batch.tis_cap > 0:
+                is_w = importance_weights(old, s_lp, cm, loss_batch.tis_cap)  # [n, C]
+        loss, st = policy_loss(logp, old, loss_batch.adv[m], cm, loss_type=cfg.loss_type, eps_low=cfg.eps_low,
+                               eps_high=cfg.eps_high, ref_logp=ref, beta=cfg.beta, max_len=cfg.max_new_tokens,
+                               normalizer=norm, is_weight=is_w)
+        if not torch.isfinite(loss):
+            raise NonFiniteError(f"step {step}: loss is {loss.item()} (micro-batch of {len(m)} rows); "
+                                 "the update was not applied")
+        loss.backward()
+        sums["loss"] += loss.item()
+        for k in ("clip_frac", "kl", "ratio_mean"):
+            sums[k] += st[k] * st["tokens"]
+        sums["tokens"] += st["tokens"]
+        maxima["ratio_max"] = max(maxima["ratio_max"], st["ratio_max"])
+    return sums, maxima
+
+
+def sampler_gap(logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    """Sum and max over the masked tokens of |logp - sampler_logp| ([n, C] each): how far the sampler's
+    log-probs (a bf16 copy's, say) are from the trainer's."""
+    d = (logp - sampler_logp).abs() * mask  # [n, C]
+    return float(d.sum()), float(d.max())
+
+
+def importance_weights(logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance sampling for the sampler mismatch (Yao et al. 2025): min(pi_train / pi_sampler,
+    cap) per token, 0 off the mask. [n, C]."""
+    return torch.exp(logp - sampler_logp).clamp(max=cap) * mask
+
+
+def reduce_and_clip_gradients(policy, cfg: GRPOConfig, step: int) -> float:
+    """Sum the gradients over ranks (ddp; FSDP2 reduce-scatters them in backward) and clip them by global
+    norm to cfg.max_grad_norm (<= 0: no clipping). Returns the norm before clipping; a non-finite norm
+    stops the run before the update."""
+    if dist_info()[1] > 1 and not parallel.is_sharded(policy):
+        all_reduce_gradients([p for p in policy.parameters() if p.requires_grad])
+    params = [p for p in policy.parameters() if p.grad is not None]
+    clip_to = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+    grad_norm = float(parallel.full(torch.nn.utils.clip_grad_norm_(params, clip_to)))
+    if not math.isfinite(grad_norm):
+        raise NonFiniteError(f"step {step}: gradient norm is {grad_norm}; the update was not applied")
+    return grad_norm
+
+
+def log_row(step: int, batch: list, sums: dict, maxima: dict, *, n_rows: float, grad_norm: float, lr: float,
+            t_gen: float, t_train: float, has_sampler_logp: bool) -> dict:
+    """The step's train_log.jsonl row from the sums and maxima over ranks (grpo_step): rewards and lengths
+    per rollout, frac_zero_std per group, clip_frac, kl, ratios and the sampler gap per loss token."""
+    n, n_tok = sums["n"], max(sums["tokens"], 1.0)
+    row = {
+        "step": step, "problem_ids": [p.id for p in batch],
+        "reward": sums["reward"] / n, "accuracy": sums["correct"] / n,
+        "frac_zero_std": sums["zero_std"] / sums["groups"], "response_len": sums["len"] / n,
+        "truncated": sums["truncated"] / n, "n_loss_seqs": int(n_rows),
+        "loss": sums["loss"], "clip_frac": sums["clip_frac"] / n_tok, "kl": sums["kl"] / n_tok,
+        "ratio_mean": sums["ratio_mean"] / n_tok if sums["tokens"] else 1.0, "ratio_max": maxima["ratio_max"],
+        "grad_norm": grad_norm, "lr": lr, "gen_s": t_gen, "train_s": t_train,
+        "tokens_per_s": sums["len"] / max(t_gen + t_train, 1e-9), "gen_tokens_per_s": sums["len"] / max(t_gen, 1e-9),
+        "skipped": n_rows == 0,
+    }
+    if has_sampler_logp:
+        row["sampler_gap_max"] = maxima["sampler_gap"]
+        row["sampler_gap_mean"] = sums["sampler_gap"] / n_tok if sums["tokens"] else 0.0
+    return row
 
 
 # ----------------------------------------------------------------------------------------------

@@ -57,7 +57,9 @@ def init_distributed(timeout_min: float = 30) -> tuple[int, int]:
 def rank_slice(n_prompts: int, gen_batch_size: int, rank: int, world: int) -> slice:
     """This rank's contiguous share of a step's prompts. Shares are whole generate calls, and a
     call's sampling seed is its index in the global batch, so N ranks draw exactly the rollouts
-    one process draws: the update does not depend on the world size."""
+    one process draws: the update does not depend on the world size. One process takes them all."""
+    if world == 1:
+        return slice(0, n_prompts)
     share = n_prompts // world
     if n_prompts % world or share % gen_batch_size:
         raise ValueError(f"a step of {n_prompts} prompts cannot be split over {world} ranks in whole generate "
@@ -75,6 +77,14 @@ def all_reduce_sum(values: list[float], device, op: str = "sum") -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
     return t.tolist()
+
+
+def all_reduce_stats(sums: dict[str, float], maxima: dict[str, float], device) -> tuple[dict, dict]:
+    """A step's statistics over ranks: each value of `sums` summed and of `maxima` maximised, one
+    collective for each dict (float64); both dicts as they are in one process."""
+    summed = all_reduce_sum(list(sums.values()), device)
+    most = all_reduce_sum(list(maxima.values()), device, op="max")
+    return dict(zip(sums, summed)), dict(zip(maxima, most))
 
 
 def all_gather(value) -> list:

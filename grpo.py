@@ -65,7 +65,7 @@ from torch.utils.checkpoint import checkpoint
 
 from data import add_dataclass_args, flag, load_model, pad_safe_attention, stop_token_ids
 import parallel
-from checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from checkpoint import latest_checkpoint, resume_latest, save_checkpoint
 from parallel import (all_gather, all_reduce_gradients, all_reduce_stats, all_reduce_sum, barrier, dist_info,
                       init_distributed, rank_slice)
 from plan import oom_phase
@@ -871,8 +871,8 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
     last = latest_checkpoint(ckpt_dir)
     if last is not None and not resume:
         raise FileExistsError(f"{ckpt_dir} holds checkpoints ({last.name}); pass resume=True or a new out_dir")
-    if last is not None:
-        start = load_checkpoint(last, policy, optimizer, cfg, sched_hash)
+    if last is not None:  # the newest readable one: a damaged newest checkpoint falls back, with a warning
+        start, last = resume_latest(ckpt_dir, policy, optimizer, cfg, sched_hash)
         refresh_rollout_model(rollout, policy)
         if lead:
             _truncate_log(train_log, lambda r: r["step"] < start)

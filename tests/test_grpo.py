@@ -613,3 +613,24 @@ def test_prompts_past_the_context_are_reported_and_left_out(tmp_path, tok, capsy
     with pytest.raises(ValueError, match="schedule step 0: every problem's prompt is over"):
         grpo.train(tiny_model(), tok, problems, [["long"]], small_cfg(), out_dir=tmp_path / "b",
                    reward_fn=has_e_reward)
+
+
+def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(tmp_path, tok):
+    """A run killed after step 2 whose step-2 checkpoint was torn resumes from step 1, says so, and
+    ends where an uninterrupted run ends."""
+    problems = tiny_problems(6)
+    schedule = grpo.random_schedule([p.id for p in problems], 2, 4, seed=0)
+    cfg = small_cfg(save_every=1, keep_checkpoints=3)
+    straight = tiny_model()
+    grpo.train(straight, tok, problems, schedule, cfg, out_dir=tmp_path / "a", reward_fn=has_e_reward)
+    grpo.train(tiny_model(), tok, problems, schedule, small_cfg(save_every=1, keep_checkpoints=3, max_steps=2),
+               out_dir=tmp_path / "b", reward_fn=has_e_reward)
+    torn = tmp_path / "b" / "checkpoints" / "step_000002" / "model.safetensors"
+    torn.write_bytes(torn.read_bytes()[:64])
+    resumed = tiny_model()
+    with pytest.warns(UserWarning, match="step_000002 is unreadable"):
+        grpo.train(resumed, tok, problems, schedule, cfg, out_dir=tmp_path / "b", reward_fn=has_e_reward)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    from data import read_jsonl
+    assert [r["step"] for r in read_jsonl(tmp_path / "b" / "train_log.jsonl")] == [0, 1, 2, 3]

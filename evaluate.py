@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import data
-from data import add_dataclass_args, dataclass_from_args, flag, load_model
+from data import format_prompt, load_problems
+from runtime import (DataError, add_dataclass_args, atomic_path, atomic_write_text, dataclass_from_args, flag,
+                     load_model, write_jsonl)
 from estimators import normalized_mutual_info
 from parallel import all_gather, dist_info
 from verifier import extract_answer, gold_parse_report, is_equiv
@@ -74,14 +75,14 @@ def load_benchmark(spec: str, *, limit: int | None = None, seed: int = 0) -> tup
     """(name, problems) through data.load_problems. A Hub copy that cannot be read names the local file to pass."""
     name, bench = resolve_benchmark(spec)
     try:
-        problems = data.load_problems(bench.source, split=bench.split, limit=limit, seed=seed,
-                                      problem_field=bench.problem_field, answer_field=bench.answer_field)
-    except data.DataError as exc:
+        problems = load_problems(bench.source, split=bench.split, limit=limit, seed=seed,
+                                 problem_field=bench.problem_field, answer_field=bench.answer_field)
+    except DataError as exc:
         local = SHARED_BENCH_DIR / (bench.local_name or f"{name}.jsonl")
         hint = f"--bench {name}={local}" if local.exists() else f"--bench {name}=path/to/{name}.jsonl"
-        raise data.DataError(f"benchmark {name!r}: {exc}\n  pass a local copy instead: {hint}") from exc
+        raise DataError(f"benchmark {name!r}: {exc}\n  pass a local copy instead: {hint}") from exc
     if not problems:
-        raise data.DataError(f"benchmark {name!r} ({bench.source}) has no usable problems")
+        raise DataError(f"benchmark {name!r} ({bench.source}) has no usable problems")
     return name, problems
 
 
@@ -118,7 +119,7 @@ def evaluate(model, tokenizer, benchmark, *, template: str = "qwen-math", n: int
     else:
         problems, name = list(benchmark)[:limit], name or "problems"
     t0 = time.perf_counter()
-    prompts = [data.format_prompt(p.problem, tokenizer, template) for p in problems]
+    prompts = [format_prompt(p.problem, tokenizer, template) for p in problems]
     # under torchrun each rank decodes a contiguous share of whole batches, seeded by the batch's
     # global position (sampler.complete), so the completions do not depend on the world size
     rank, world = dist_info()
@@ -155,7 +156,7 @@ def evaluate(model, tokenizer, benchmark, *, template: str = "qwen-math", n: int
     if out_dir is not None:
         path = Path(out_dir) / f"{name}.jsonl"
         if rank == 0:
-            data.write_jsonl(path, rows)
+            write_jsonl(path, rows)
         result["completions_path"] = str(path)
     return result
 
@@ -320,7 +321,7 @@ def plot_curves(curves, path) -> str:
     ax.set_ylabel("held-out accuracy")
     ax.legend()
     fig.tight_layout()
-    with data.atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return f"![accuracy curves]({Path(path).name})"
@@ -399,7 +400,7 @@ def _stage_times(times: dict) -> list[str]:
 
 
 def _write_report_file(path, lines) -> None:
-    data.atomic_write_text(path, "\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
     print(f"[saerl] report: {path}", file=sys.stderr, flush=True)
 
 
@@ -439,7 +440,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     specs = [s for s in config.benchmarks.split(",") if s.strip()] + (config.bench or [])
     try:  # every benchmark is read before the model is loaded, so a missing one fails in seconds
         loaded = [load_benchmark(s.strip(), limit=config.limit, seed=config.seed) for s in specs]
-    except (data.DataError, ValueError) as exc:
+    except (DataError, ValueError) as exc:
         raise SystemExit(str(exc)) from exc
     model, tokenizer = load_model(config.model, config.device)
     results = []
@@ -454,8 +455,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         results.append(result)
     table = markdown_table(results)
     print(table)
-    data.atomic_write_text(Path(config.out) / "results.md", table + "\n")
-    data.atomic_write_text(Path(config.out) / "results.json",
+    atomic_write_text(Path(config.out) / "results.md", table + "\n")
+    atomic_write_text(Path(config.out) / "results.json",
                            json.dumps({"config": vars(config), "results": results}, indent=2, default=str))
     return results
 

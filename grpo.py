@@ -59,14 +59,18 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from data import add_dataclass_args, flag, load_model, pad_safe_attention, stop_token_ids
 import parallel
+import plan
 from checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from data import load_problems, long_prompts, stop_token_ids
 from parallel import (all_gather, all_reduce_gradients, all_reduce_sum, barrier, dist_info, init_distributed,
                       rank_slice)
 from plan import oom_phase
+from runtime import (add_dataclass_args, append_jsonl, atomic_write_text, flag, load_model, pad_safe_attention,
+                     read_jsonl, stable_hash, write_jsonl)
 from sampler import (ENGINES, NonFiniteError, Rollouts, context_length, refresh_rollout_model,  # noqa: F401
                      rollout_model, sample_rollouts)
+from verifier import math_reward
 
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 ADV_SCALES = ("std", "none")
@@ -650,8 +654,6 @@ def _scatter_rows(parts: list[torch.Tensor], mbs: list[torch.Tensor], like: torc
 # ----------------------------------------------------------------------------------------------
 def _truncate_log(path: Path, key_ok: Callable[[dict], bool]) -> None:
     """After a resume, drop log rows written after the checkpoint (they will be written again)."""
-    from data import read_jsonl, write_jsonl
-
     if path.exists():
         rows = list(read_jsonl(path))
         kept = [r for r in rows if key_ok(r)]
@@ -666,8 +668,6 @@ def fit_to_context(schedule: list[list[str]], by_id: dict, tokenizer, cfg: GRPOC
     of their batches, like bad rows; a batch left empty is an error naming its step."""
     if context is None:
         return schedule
-    from data import long_prompts
-
     scheduled = list(dict.fromkeys(pid for batch in schedule for pid in batch))
     room = context - cfg.max_new_tokens
     too_long = set(long_prompts([by_id[pid] for pid in scheduled], tokenizer, cfg.template, room))
@@ -703,10 +703,8 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
     Under --parallel fsdp2 (world > 1) `policy` is sharded in place; its trained weights are those of
     the last checkpoint. Returns the last step's log row (or {} when nothing was left to do).
     """
-    from data import append_jsonl, atomic_write_text, stable_hash
-
     if reward_fn is None:
-        from verifier import math_reward as reward_fn
+        reward_fn = math_reward
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
     by_id = {p.id: p for p in problems}
@@ -831,8 +829,6 @@ def read_schedule(path) -> list[list[str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import plan
-
     ap = argparse.ArgumentParser(description="GRPO / DAPO / Dr. GRPO on a batch schedule.", parents=[plan.plan_flags()])
     ap.add_argument("--model", required=True, help="policy: HF model id or folder")
     ap.add_argument("--train-data", help="problems: jsonl / json / parquet / Hub id (required unless --plan)")
@@ -849,14 +845,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from data import load_problems, write_jsonl
-
     args = build_parser().parse_args(argv)
     overrides = {f.name: getattr(args, f.name) for f in fields(GRPOConfig) if hasattr(args, f.name)}
     cfg = GRPOConfig.preset(args.preset, **overrides)
     if args.plan:
-        import plan
-
         print(plan.memory_plan_report(args.model, cfg, gpu_gib=args.gpu_memory, prompt_tokens=args.plan_prompt_tokens,
                                       world=args.world_size))
         return

@@ -65,9 +65,9 @@ import grpo
 import plan
 import toy
 from parallel import barrier, dist_info, init_distributed
-from data import (DataError, Problem, Stages, add_dataclass_args, atomic_write_text, dataclass_from_args, dir_stamp,
-                  file_stamp, flag, format_prompt, given_args, load_model, load_problems, number_label, read_jsonl,
-                  resolve_device, stable_hash, write_jsonl, write_problems)
+from data import Problem, format_prompt, load_problems, write_problems
+from runtime import (DataError, Stages, add_dataclass_args, atomic_write_text, dataclass_from_args, dir_stamp,
+                     file_stamp, flag, given_args, load_model, read_jsonl, resolve_device, stable_hash, write_jsonl)
 from evaluate import (cluster_purity, cluster_summary, generate_completions, load_benchmark, make_eval_fn, metric_name,
                       write_report)
 from sae import PooledFeatures, encode_problems, load_sae, prompt_texts, sae_layer, save_sae, train_sae
@@ -382,6 +382,17 @@ def encode_features(model, tok, problems, sae_obj, layer, template, top_m, devic
 
 def label_size(cfg: Config, n: int) -> int:
     return min(cfg.label_size or min(2000, max(50, round(0.05 * n))), n)
+
+
+def number_label(v):
+    """A number from a label field: 3, 3.0, "3" or MATH's "Level 3"; None otherwise."""
+    if isinstance(v, str) and v.strip().lower().startswith("level "):
+        v = v.strip()[6:]
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
 
 
 def make_labels(cfg: Config, gcfg, problems, policy) -> dict:

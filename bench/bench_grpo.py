@@ -40,7 +40,8 @@ import torch  # noqa: E402
 
 import grpo  # noqa: E402
 import sampler  # noqa: E402
-from data import atomic_write_text, load_problems  # noqa: E402
+from data import load_problems  # noqa: E402
+from runtime import atomic_write_text  # noqa: E402
 
 
 def _peak_mb(device) -> float:
@@ -314,7 +315,7 @@ def worker_learn(spec: dict) -> dict:
     last = grpo.train(model, tok, train, schedule, cfg, out_dir=out, resume=False)
     seconds = time.perf_counter() - t0
     after = heldout_reward(model, tok, test, cfg, samples=spec["samples"])
-    from data import read_jsonl
+    from runtime import read_jsonl
     log = read_jsonl(out / "train_log.jsonl")
     return {"seed": spec["seed"], "before": before, "after": after, "train_seconds": seconds,
             "sec_per_step": seconds / len(log), "n_heldout": len(test),

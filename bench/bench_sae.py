@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
+import runtime  # noqa: E402
 import sae as S  # noqa: E402
 
 
@@ -119,7 +120,7 @@ def main():
               f"{r['problems_per_s']:7.2f} {r['peak_mem_growth_mib']:9.1f}")
     result = {"machine": f"{os.cpu_count()}-core CPU" if not torch.cuda.is_available()
               else torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}
-    data.atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    runtime.atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

@@ -60,7 +60,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import estimators  # noqa: E402
-from data import atomic_write_text, load_model, load_problems  # noqa: E402
+from data import load_problems  # noqa: E402
+from runtime import atomic_write_text, load_model  # noqa: E402
 from sae import (SAE, PooledFeatures, _pool_batch, _token_batches, decoder_layers,  # noqa: E402
                  encode_problems, fit_sae, prompt_texts, save_sae, load_sae)
 

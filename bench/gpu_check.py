@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import grpo  # noqa: E402
 import toy  # noqa: E402
-from data import atomic_write_text, format_prompt  # noqa: E402
+from data import format_prompt  # noqa: E402
+from runtime import atomic_write_text  # noqa: E402
 
 # Qwen2.5-Math-1.5B's config.json shapes (the weights here are random)
 QWEN_MATH_1_5B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,

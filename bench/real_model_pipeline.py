@@ -60,7 +60,7 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from data import atomic_write_text  # noqa: E402
+from runtime import atomic_write_text  # noqa: E402
 
 SHARED = Path("/work/shared/data")
 STEPS = ["problems", "sae", "features", "quality", "difficulty", "clusters", "schedule", "train"]
@@ -166,8 +166,8 @@ def held_out_sae_check(args) -> dict:
     import torch
 
     import sae as sae_mod
-    from data import format_prompt, load_problems, read_jsonl
-    from data import load_model
+    from data import format_prompt, load_problems
+    from runtime import load_model, read_jsonl
 
     run_dir = Path(args.out) / "smollm2-math"
     used = {row["id"] for row in read_jsonl(run_dir / "problems.jsonl")}
@@ -196,7 +196,8 @@ def token_counts(args, run_dir: Path) -> dict:
     saerl.encode_features -> sae.encode_problems (batches of 16, longest first)."""
     from transformers import AutoTokenizer
 
-    from data import format_prompt, read_jsonl
+    from data import format_prompt
+    from runtime import read_jsonl
 
     tok = AutoTokenizer.from_pretrained(args.smollm)
     probs = list(read_jsonl(run_dir / "problems.jsonl"))
@@ -222,7 +223,7 @@ def analyse(args, run_dir: Path) -> dict:
     from scipy.stats import spearmanr
     from sklearn.metrics import normalized_mutual_info_score, r2_score
 
-    from data import read_jsonl
+    from runtime import read_jsonl
 
     probs = list(read_jsonl(run_dir / "problems.jsonl"))
     level = np.array([float(p["difficulty"]) for p in probs])

@@ -11,6 +11,7 @@ import torch
 
 import data
 import evaluate as ev
+import runtime
 from verifier import gold_parse_report, is_equiv, verify
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ def test_registry_names_hub_ids_and_local_files():
 
 
 def test_unreachable_hub_benchmark_names_the_local_file_to_pass():
-    with pytest.raises(data.DataError, match="--bench aime24="):
+    with pytest.raises(runtime.DataError, match="--bench aime24="):
         ev.load_benchmark("aime24")
 
 
@@ -129,7 +130,7 @@ def test_evaluate_greedy_pass_at_1_end_to_end(tiny, tmp_path):
     assert result["metric"] == "pass@1" and result["n_problems"] == 6
     assert result["accuracy"] == pytest.approx(4 / 6)
     assert (result["ci_low"], result["ci_high"]) == pytest.approx(ev.wilson_interval(4, 6))
-    rows = data.read_jsonl(tmp_path / "toy.jsonl")
+    rows = runtime.read_jsonl(tmp_path / "toy.jsonl")
     assert [r["correct"] for r in rows] == [True, False, True, True, False, True]
     assert all(r["completion"] == "\\boxed{1}" and r["extracted"] == "1" for r in rows)
 
@@ -138,7 +139,7 @@ def test_evaluate_avg_at_n_writes_every_sample(tiny, tmp_path):
     model, tokenizer = tiny
     result = ev.evaluate(model, tokenizer, _problems(["1", "5", "1"]), template="chatml", n=4, temperature=1.0,
                          max_new_tokens=12, out_dir=tmp_path, name="toy")
-    rows = data.read_jsonl(tmp_path / "toy.jsonl")
+    rows = runtime.read_jsonl(tmp_path / "toy.jsonl")
     assert result["metric"] == "avg@4" and result["interval"] == "normal over problems" and len(rows) == 12
     per_problem = [sum(r["correct"] for r in rows if r["id"] == f"p{i}") / 4 for i in range(3)]
     assert per_problem[1] == 0.0
@@ -156,7 +157,7 @@ def test_cli_evaluates_a_saved_model_on_a_local_benchmark(tiny, tmp_path):
                        "--template", "chatml", "--max-new-tokens", "12", "--out", str(out)])
     assert [r["accuracy"] for r in results] == [0.5]
     assert "| toy | pass@1 | 2 | 50.0 |" in (out / "results.md").read_text()
-    assert len(data.read_jsonl(out / "toy.jsonl")) == 2
+    assert len(runtime.read_jsonl(out / "toy.jsonl")) == 2
 
 
 # ------------------------------------------------------------------------------------------------ real golds

@@ -348,7 +348,7 @@ def test_resumed_run_on_toy_world_ends_with_bitwise_equal_weights(tmp_path):
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     assert not torch.equal(straight.state_dict()["model.norm.weight"], fresh().state_dict()["model.norm.weight"])
-    from data import read_jsonl
+    from runtime import read_jsonl
     log_a, log_b = read_jsonl(tmp_path / "a" / "train_log.jsonl"), read_jsonl(tmp_path / "b" / "train_log.jsonl")
     assert [r["step"] for r in log_b] == [0, 1, 2, 3]
     for ra, rb in zip(log_a, log_b):
@@ -416,7 +416,7 @@ def test_cli_flags_are_the_config_fields():
 
 
 def test_schedule_file_round_trip_and_errors(tmp_path):
-    from data import write_jsonl
+    from runtime import write_jsonl
     write_jsonl(tmp_path / "s.jsonl", [{"step": 1, "ids": ["b", "c"]}, {"step": 0, "ids": ["a", 7]}])
     assert grpo.read_schedule(tmp_path / "s.jsonl") == [["a", "7"], ["b", "c"]]
     write_jsonl(tmp_path / "gap.jsonl", [{"step": 0, "ids": ["a"]}, {"step": 2, "ids": ["b"]}])
@@ -608,7 +608,7 @@ def test_prompts_past_the_context_are_reported_and_left_out(tmp_path, tok, capsy
     err = capsys.readouterr().err
     assert "1 of 5 scheduled problems have prompts over 122 tokens (context 128 - max_new_tokens 6)" in err
     assert "'long'" in err
-    from data import read_jsonl
+    from runtime import read_jsonl
     assert [r["problem_ids"] for r in read_jsonl(tmp_path / "train_log.jsonl")] == [["p0", "p1"], ["p2", "p3"]]
     with pytest.raises(ValueError, match="schedule step 0: every problem's prompt is over"):
         grpo.train(tiny_model(), tok, problems, [["long"]], small_cfg(), out_dir=tmp_path / "b",

@@ -17,7 +17,8 @@ import torch
 import saerl
 import toy
 from conftest import assert_close_to_scale
-from data import Problem, load_problems, read_jsonl
+from data import Problem, load_problems
+from runtime import read_jsonl
 from sae import PooledFeatures
 
 

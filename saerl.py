@@ -68,8 +68,8 @@ from parallel import barrier, dist_info, init_distributed
 from data import Problem, format_prompt, load_problems, write_problems
 from runtime import (DataError, Stages, add_dataclass_args, atomic_write_text, dataclass_from_args, dir_stamp,
                      file_stamp, flag, given_args, load_model, read_jsonl, resolve_device, stable_hash, write_jsonl)
-from evaluate import (cluster_purity, cluster_summary, generate_completions, load_benchmark, make_eval_fn, metric_name,
-                      write_report)
+from evaluate import generate_completions, load_benchmark, make_eval_fn
+from report import cluster_purity, cluster_summary, metric_name, write_report
 from sae import PooledFeatures, encode_problems, load_sae, prompt_texts, sae_layer, save_sae, train_sae
 from verifier import extract_answer, gold_parse_report, is_equiv, verify
 
@@ -282,8 +282,8 @@ def run(cfg: Config, grpo_overrides: dict | None = None) -> Path:
         return stages.finish()
 
     with stages.timed("report"):
-        write_report(root, cfg, gcfg, layer, paced, problems, quality, difficulty, clusters, results,
-                     stages.times, metric_name(cfg.eval_samples, cfg.eval_temperature))
+        write_report(root, cfg, gcfg, layer=layer, paced=paced, problems=problems, quality=quality,
+                     difficulty=difficulty, clusters=clusters, results=results, times=stages.times)
     return stages.finish()
 
 

@@ -1,5 +1,5 @@
-"""Specification of evaluate.py: intervals, the benchmark registry, generation and evaluation, reports
-(the verifier it judges with is specified in test_verifier*.py). Here the
+"""Specification of evaluate.py: intervals, the benchmark registry, generation and evaluation
+(the verifier it judges with is specified in test_verifier*.py; the run report in test_report.py). Here the
 end-to-end tests use a ~40k-parameter Qwen2 with a character tokenizer, trained for a fraction of a second to
 answer every prompt with \\boxed{1}: its verdicts are then known without trusting the code under test.
 """
@@ -173,17 +173,3 @@ def test_every_shared_benchmark_gold_is_equivalent_to_itself_and_its_boxed_form(
         report = gold_parse_report(golds)
         print(f"{path.name}: {report['total']} golds, {report['unparsed']} not parsed as math, kinds "
               f"{report['counts']}, e.g. {report['examples'][:3]}")
-
-
-# ------------------------------------------------------------------------------------------------ run report
-def test_cluster_summary_top_features_dense_and_sparse():
-    feats = torch.zeros(4, 6)
-    feats[0, 2], feats[1, 2], feats[1, 5] = 1.0, 3.0, 0.5  # cluster 7: means f2 = 2, f5 = 0.25
-    feats[2, 0], feats[3, 1] = 4.0, 1.0                    # cluster 3: means f0 = 2, f1 = 0.5
-    problems = [data.Problem(id=f"p{i}", problem=f"what is {i} plus {i + 1}", answer=str(2 * i + 1)) for i in range(4)]
-    args = ([7, 7, 3, 3], [0.1, 0.3, 0.9, 0.5])
-    text = ev.cluster_summary(*args, feats, problems, top=2)
-    assert "## Cluster 3" in text and "## Cluster 7" in text
-    assert "`0` (2), `1` (0.5)" in text and "`2` (2), `5` (0.25)" in text
-    assert "mean predicted difficulty: 0.7" in text and "`p3`" in text
-    assert text == ev.cluster_summary(*args, feats.to_sparse_coo(), problems, top=2)

@@ -2,8 +2,8 @@
 
 SAERL decides *which* problems go into *which* step (saerl.py writes schedule.jsonl, one batch of
 problem ids per line); this file turns each scheduled batch into one policy update. Imports data,
-sampler, plan, parallel, checkpoint (and verifier, lazily, for the default reward). A step is five named
-stages, visible in `grpo_step`:
+runtime, sampler, plan, parallel, checkpoint, schedule (the random order, schedule files) and verifier
+(the default reward). A step is five named stages, visible in `grpo_step`:
 
     sample    B prompts x G completions by sampler.sample_rollouts (the bf16 rollout copy on CUDA)
     score     reward = verifier.math_reward(completion text, gold answer)  (1.0 / 0.0)
@@ -32,7 +32,6 @@ Public API
     sequence_logprobs(model, input_ids, attention_mask, completion_mask, ...)   padded rows
     packed_logprobs(...)  same result, padding-free;  micro_batches(lengths, max_rows, max_tokens, packed)
     train(policy, tokenizer, problems, schedule, cfg, *, out_dir, eval_fn=None, resume=True)
-    random_schedule(ids, batch_size, num_steps, seed) / read_schedule(path)
     python grpo.py --model M --train-data FILE [--schedule schedule.jsonl] [--out DIR] [--preset toy]
     python grpo.py --model M --plan [--gpu-memory 80]          the memory plan, nothing loaded
     torchrun --nproc_per_node N grpo.py ... [--parallel fsdp2]  data parallel / sharded (parallel.py)
@@ -54,7 +53,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -70,6 +68,7 @@ from runtime import (add_dataclass_args, append_jsonl, atomic_write_text, flag, 
                      read_jsonl, stable_hash, write_jsonl)
 from sampler import (ENGINES, NonFiniteError, Rollouts, context_length, refresh_rollout_model,  # noqa: F401
                      rollout_model, sample_rollouts)
+from schedule import random_schedule, read_schedule, write_schedule
 from verifier import math_reward
 
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
@@ -692,7 +691,7 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
     """Train `policy` in place on `schedule`, in order.
 
     problems: data.Problem list; schedule: list of batches, each a list of problem ids (the rows of
-    schedule.jsonl, see `read_schedule`); step i of train_log.jsonl is schedule[i].
+    schedule.jsonl, see `schedule.read_schedule`); step i of train_log.jsonl is schedule[i].
     eval_fn(step, model) is called with the number of completed steps (0 before training when
     starting fresh) every cfg.eval_every steps and at the end, and the model to generate with (the
     policy; under FSDP2 its unsharded rollout copy); on every rank under torchrun
@@ -801,33 +800,8 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
 
 
 # ----------------------------------------------------------------------------------------------
-# Schedules and the CLI
+# The CLI
 # ----------------------------------------------------------------------------------------------
-def random_schedule(ids: list[str], batch_size: int, num_steps: int, seed: int) -> list[list[str]]:
-    """Vanilla GRPO's data order: shuffled epochs (a fresh permutation each epoch), cut into batches."""
-    if len(ids) < batch_size:
-        raise ValueError(f"{len(ids)} problems cannot fill a batch of {batch_size}")
-    rng = np.random.default_rng(seed)
-    order: list[str] = []
-    while len(order) < num_steps * batch_size:
-        order += [ids[i] for i in rng.permutation(len(ids))]
-    return [order[i * batch_size:(i + 1) * batch_size] for i in range(num_steps)]
-
-
-def read_schedule(path) -> list[list[str]]:
-    """schedule.jsonl rows {"step": i, "ids": [...]} -> batches ordered by step (steps must be 0..S-1)."""
-    from data import read_jsonl
-
-    rows = list(read_jsonl(path))
-    for n, r in enumerate(rows):
-        if "step" not in r or "ids" not in r:
-            raise ValueError(f"row {n + 1} of {path} needs keys 'step' and 'ids'; got {sorted(r)}")
-    rows.sort(key=lambda r: r["step"])
-    if [r["step"] for r in rows] != list(range(len(rows))):
-        raise ValueError(f"{path}: steps must be 0..{len(rows) - 1} without gaps or repeats")
-    return [[str(i) for i in r["ids"]] for r in rows]
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description="GRPO / DAPO / Dr. GRPO on a batch schedule.", parents=[plan.plan_flags()])
     ap.add_argument("--model", required=True, help="policy: HF model id or folder")
@@ -866,7 +840,7 @@ def main(argv: list[str] | None = None) -> None:
         schedule = random_schedule([p.id for p in problems], cfg.batch_size, cfg.num_steps, cfg.seed)
         out.mkdir(parents=True, exist_ok=True)
         if rank == 0 and not (out / "schedule.jsonl").exists():
-            write_jsonl(out / "schedule.jsonl", [{"step": i, "ids": b} for i, b in enumerate(schedule)])
+            write_schedule(out / "schedule.jsonl", schedule)
     last = train(policy, tokenizer, problems, schedule, cfg, out_dir=out, resume=args.resume)
     if rank != 0:
         return

@@ -70,6 +70,7 @@ from runtime import (DataError, Stages, add_dataclass_args, atomic_write_text, d
                      file_stamp, flag, given_args, load_model, read_jsonl, resolve_device, stable_hash, write_jsonl)
 from evaluate import generate_completions, load_benchmark, make_eval_fn
 from report import cluster_purity, cluster_summary, metric_name, write_report
+from schedule import arms, make_schedules, pace_applies, write_schedule
 from sae import PooledFeatures, encode_problems, load_sae, prompt_texts, sae_layer, save_sae, train_sae
 from verifier import extract_answer, gold_parse_report, is_equiv, verify
 
@@ -253,12 +254,16 @@ def run(cfg: Config, grpo_overrides: dict | None = None) -> Path:
         return stages.finish()
 
     with stages.timed("schedule"):
-        paced = pace_applies(cfg, gcfg.batch_size, len(quality["kept"]))
+        paced = pace_applies(cfg.pace, cfg.schedule, cfg.steps, gcfg.batch_size, len(quality["kept"]), log=log)
         key["schedule"] = stable_hash("schedule", key["clusters"], gcfg.batch_size, cfg.mix, cfg.no_curriculum,
-                                      cfg.steps, arms(cfg), *(["budget"] if paced else []))
+                                      cfg.steps, arms(cfg.schedule, cfg.compare, cfg.seeds, cfg.seed),
+                                      *(["budget"] if paced else []))
         if not stages.cached("schedule", key["schedule"], "schedule.jsonl", "schedules.json", "scores.jsonl"):
-            schedules, epoch = make_schedules(cfg, gcfg.batch_size, problems, quality, difficulty, clusters, paced)
-            write_jsonl(root / "schedule.jsonl", [{"step": i, "ids": b} for i, b in enumerate(epoch)])
+            schedules, epoch = make_schedules(problems, quality, difficulty, clusters, batch_size=gcfg.batch_size,
+                                              steps=cfg.steps, schedule=cfg.schedule, compare=cfg.compare,
+                                              seeds=cfg.seeds, seed=cfg.seed, mix=cfg.mix,
+                                              curriculum=not cfg.no_curriculum, paced=paced)
+            write_schedule(root / "schedule.jsonl", epoch)
             write_json(root / "schedules.json", schedules)
             write_jsonl(root / "scores.jsonl", problem_scores(problems, quality, difficulty, clusters))
             stages.done("schedule", key["schedule"])
@@ -506,67 +511,6 @@ def cluster_kept(cfg: Config, problems, feats, kept, predicted, device) -> tuple
             "purity": cluster_purity(labels, [problems[i].meta for i in kept])}, summary
 
 
-def arms(cfg: Config) -> list[tuple[str, int]]:
-    """(arm, seed) pairs. `vanilla`: random order over every problem (plain GRPO). `saerl`: the
-    engineered schedule over the kept problems; with --schedule random, `saerl-random`: random
-    order over the kept problems (the filter without the schedule)."""
-    engineered = "saerl" if cfg.schedule == "saerl" else "saerl-random"
-    names = ["vanilla", engineered] if cfg.compare else [engineered]
-    return [(name, cfg.seed + s) for s in range(cfg.seeds) for name in names]
-
-
-def pace_applies(cfg: Config, batch_size: int, n_kept: int) -> bool:
-    """--pace budget acts only on the engineered arm, and only when the budget is under one epoch."""
-    paced = cfg.pace == "budget" and cfg.schedule == "saerl" and cfg.steps * batch_size < n_kept
-    if cfg.pace == "budget" and not paced:
-        why = ("--schedule random has no easy-to-hard order" if cfg.schedule != "saerl" else
-               f"--steps {cfg.steps} x batch {batch_size} covers all {n_kept} kept problems")
-        log(f"--pace budget has no effect here: {why}")
-    return paced
-
-
-def make_schedules(cfg: Config, B: int, problems, quality, difficulty, clusters, paced: bool):
-    """One schedule per (arm, seed), each --steps full batches of problem ids; and one whole epoch of
-    the engineered arm over the kept problems (each exactly once, the last batch possibly short) for
-    schedule.jsonl, which any trainer can follow. The engineered arm repeats build_schedule epochs
-    (epoch n seeded seed*1000 + n); the random arms are grpo.random_schedule's shuffled epochs."""
-    kept = quality["kept"]
-    if len(kept) < B:
-        raise SystemExit(f"only {len(kept)} problems are kept, fewer than one batch of {B}; lower "
-                         "--quality-drop or --batch-size, or add problems")
-    diff = [difficulty["predicted"][i] for i in kept]
-    kept_ids = [problems[i].id for i in kept]
-
-    def engineered_epoch(seed: int, budget: int | None = None) -> list[list[str]]:
-        rows = list(range(len(kept)))
-        if budget is not None:  # --pace budget: a stratified subset, so each cluster runs easy to hard
-            rows = budget_subset(clusters["labels"], None if cfg.no_curriculum else diff, budget, seed=seed)
-        batches = build_schedule([clusters["labels"][j] for j in rows], [diff[j] for j in rows], B, mix=cfg.mix,
-                                 curriculum=not cfg.no_curriculum, seed=seed)
-        return [[kept_ids[rows[j]] for j in b] for b in batches]
-
-    out = {}
-    for arm, seed in arms(cfg):
-        # seed * 1000: the engineered arm's epoch n is seeded seed*1000 + n, and a random arm's first
-        # epoch is the same permutation as in earlier versions, so their cached runs stay valid
-        if arm == "saerl":
-            batches, n = [], 0
-            while len(batches) < cfg.steps:  # full batches only, epochs reshuffled by seed
-                batches += [b for b in engineered_epoch(seed * 1000 + n, cfg.steps * B if paced else None)
-                            if len(b) == B]
-                n += 1
-            out[f"{arm}-s{seed}"] = batches[:cfg.steps]
-        else:
-            ids = kept_ids if arm == "saerl-random" else [p.id for p in problems]
-            out[f"{arm}-s{seed}"] = grpo.random_schedule(ids, B, cfg.steps, seed * 1000)
-    if cfg.schedule == "saerl":
-        epoch = engineered_epoch(cfg.seed * 1000)
-    else:  # one batch of all kept ids is grpo.random_schedule's first shuffled epoch
-        order = grpo.random_schedule(kept_ids, len(kept_ids), 1, cfg.seed * 1000)[0]
-        epoch = [order[s:s + B] for s in range(0, len(order), B)]
-    return out, epoch
-
-
 def problem_scores(problems, quality, difficulty, clusters) -> list[dict]:
     """scores.jsonl: per problem its quality score, whether it was kept, predicted difficulty, cluster."""
     kept = set(quality["kept"])
@@ -722,142 +666,6 @@ def quality_filter(scores, drop: float) -> list[int]:
     n_drop = int(math.floor(drop * len(s) + 1e-9))
     order = np.lexsort((np.arange(len(s)), s))  # by score, then index
     return sorted(order[n_drop:].tolist())
-
-
-# ================================================================================================
-# Schedule: cluster-first batches, easy to hard, moderate mixing
-# ================================================================================================
-
-
-def _int_list(values) -> list[int]:
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu()
-    return [int(v) for v in np.asarray(values).reshape(-1).tolist()]
-
-
-def _difficulty_array(difficulty, n: int) -> np.ndarray:
-    """Predicted difficulties as a float64 [n] array; wrong length or NaN is an error."""
-    diff = np.asarray(difficulty.detach().cpu() if isinstance(difficulty, torch.Tensor) else difficulty,
-                      dtype=np.float64).reshape(-1)
-    if diff.shape[0] != n:
-        raise ValueError(f"difficulty has {diff.shape[0]} entries, cluster_ids has {n}")
-    if np.isnan(diff).any():
-        raise ValueError("difficulty contains NaN")
-    return diff
-
-
-def build_schedule(cluster_ids, difficulty, batch_size: int, *, mix: float = 0.25,
-                   curriculum: bool = True, seed: int = 0) -> list[list[int]]:
-    """The SAERL batch schedule (the module docstring): a list of batches of row indices into
-    cluster_ids / difficulty (the kept problems).
-
-    1. Inside each cluster, order problems easy first: stable sort by predicted difficulty, ties
-       by index (curriculum=False: a seeded shuffle instead; difficulty may then be None).
-    2. Cut each cluster of n_c problems into ⌊n_c / B⌋ full batches; full batch i of a cluster with
-       n_b of them gets progress (i + ½) / n_b.
-    3. Remainders (the last n_c mod B problems of each cluster) are pooled: each keeps its own
-       within-cluster progress (pos + ½) / n_c, the pool is sorted by (progress, cluster rank,
-       index) and cut into batches of B whose progress is the mean of their items'.
-    4. All complete batches are ordered by (progress, full before pooled, cluster rank), where the
-       cluster rank is a seeded permutation of the clusters, so batches of equal progress come
-       from different clusters in a seeded order; progress is compared as exact fractions. The
-       one possibly partial batch (the end of the pool, N mod B problems) goes last.
-    5. Mixing: s = ⌊mix·B/2⌋; for j = 0, 2, 4, … the last s items of batch j and of batch j+1 are
-       swapped (disjoint pairs, so no item moves twice; with a short final batch the tail is
-       min(s, its size)). mix=0 keeps pure cluster batches, mix=1 makes every paired batch half
-       and half.
-    Every index appears exactly once; every batch has B items except possibly the last one."""
-    clusters = _int_list(cluster_ids)
-    n = len(clusters)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if not 0 <= mix <= 1:
-        raise ValueError(f"mix must be in [0, 1], got {mix}")
-    if curriculum:
-        if difficulty is None:
-            raise ValueError("difficulty is required when curriculum=True")
-        diff = _difficulty_array(difficulty, n)
-    rng = np.random.default_rng(seed)
-    ids = sorted(set(clusters))
-    rank = {c: r for r, c in enumerate(np.asarray(ids)[rng.permutation(len(ids))].tolist())}
-    members = {c: [] for c in ids}
-    for i, c in enumerate(clusters):
-        members[c].append(i)
-
-    keyed, pool = [], []  # keyed: (sort key, batch); pool: (progress, rank, index)
-    B = batch_size
-    for c in ids:
-        items = members[c]
-        if curriculum:
-            items = sorted(items, key=lambda i: (diff[i], i))
-        else:
-            items = [items[j] for j in rng.permutation(len(items))]
-        n_full = len(items) // B
-        for b in range(n_full):
-            keyed.append(((Fraction(2 * b + 1, 2 * n_full), 0, rank[c]),
-                          items[b * B:(b + 1) * B]))
-        pool += [(Fraction(2 * pos + 1, 2 * len(items)), rank[c], i)
-                 for pos, i in enumerate(items) if pos >= n_full * B]
-    pool.sort()
-    tail = []
-    for r, s in enumerate(range(0, len(pool), B)):
-        chunk = pool[s:s + B]
-        if len(chunk) < B:
-            tail = [i for _, _, i in chunk]
-            break
-        progress = sum((p for p, _, _ in chunk), Fraction(0)) / len(chunk)
-        keyed.append(((progress, 1, r), [i for _, _, i in chunk]))
-    keyed.sort(key=lambda kb: kb[0])
-    batches = [list(b) for _, b in keyed] + ([tail] if tail else [])
-
-    s = int(math.floor(mix * B / 2))
-    for j in range(0, len(batches) - 1, 2):
-        t = min(s, len(batches[j]), len(batches[j + 1]))
-        if t > 0:
-            a, b = batches[j], batches[j + 1]
-            a[-t:], b[-t:] = b[-t:], a[-t:]
-    return batches
-
-
-def budget_subset(cluster_ids, difficulty, n_take: int, *, seed: int = 0) -> list[int]:
-    """The rows a step budget shorter than one epoch trains on (`--pace budget`): n_take of them,
-    sorted, so that a curriculum over the subset still runs from each cluster's easiest to its
-    hardest problems within the budget.
-
-    Each cluster's share is proportional to its size: n_c * n_take / n rounded down, the leftover
-    rows going to the largest remainders (ties: smaller cluster id). A cluster's m rows are drawn one
-    per stratum: its easy-to-hard order (stable sort by difficulty, ties by index) cut into m
-    ranges [floor(t n_c / m), floor((t + 1) n_c / m)), one seeded pick in each. difficulty=None
-    (no curriculum): m seeded picks without replacement. n_take >= n returns every row."""
-    clusters = _int_list(cluster_ids)
-    n = len(clusters)
-    if n_take < 0:
-        raise ValueError(f"n_take must be >= 0, got {n_take}")
-    if n_take >= n:
-        return list(range(n))
-    diff = None if difficulty is None else _difficulty_array(difficulty, n)
-    members: dict[int, list[int]] = {}
-    for i, c in enumerate(clusters):
-        members.setdefault(c, []).append(i)
-    ids = sorted(members)
-    quota = {c: len(members[c]) * n_take // n for c in ids}
-    leftover = n_take - sum(quota.values())
-    by_remainder = sorted(ids, key=lambda c: (-(len(members[c]) * n_take % n), c))
-    for c in by_remainder[:leftover]:
-        quota[c] += 1
-    rng = np.random.default_rng(seed)
-    picked = []
-    for c in ids:
-        items, m = members[c], quota[c]
-        if m == 0:
-            continue
-        if diff is None:
-            picked += [items[j] for j in rng.choice(len(items), size=m, replace=False)]
-            continue
-        items = sorted(items, key=lambda i: (diff[i], i))
-        n_c = len(items)
-        picked += [items[int(rng.integers(t * n_c // m, (t + 1) * n_c // m))] for t in range(m)]
-    return sorted(picked)
 
 
 # ================================================================================================

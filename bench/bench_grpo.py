@@ -42,6 +42,7 @@ import grpo  # noqa: E402
 import sampler  # noqa: E402
 from data import load_problems  # noqa: E402
 from runtime import atomic_write_text  # noqa: E402
+from schedule import random_schedule  # noqa: E402
 
 
 def _peak_mb(device) -> float:
@@ -308,7 +309,7 @@ def worker_learn(spec: dict) -> dict:
     test = [p for p in load_problems(spec["test_path"]) if int(p.meta.get("quality", 1)) == 1]
     cfg = grpo.GRPOConfig.toy(seed=spec["seed"], **spec.get("overrides", {}))
     before = heldout_reward(model, tok, test, cfg, samples=spec["samples"]) if spec["eval_before"] else None
-    schedule = grpo.random_schedule([p.id for p in train], cfg.batch_size, spec["steps"], seed=spec["seed"])
+    schedule = random_schedule([p.id for p in train], cfg.batch_size, spec["steps"], seed=spec["seed"])
     out = Path(spec["tmp"]) / f"learn_{spec['tag']}_{spec['seed']}"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()

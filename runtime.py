@@ -26,7 +26,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import MISSING, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 
@@ -118,42 +118,76 @@ def file_stamp(source) -> list:
 
 
 def dir_stamp(folder) -> list:
-    """(path, size, mtime) of every file under a local folder, for keys over a given SAE."""
+    """(path, [size, mtime]) of every file under a local folder (empty when it is not one), for keys over a given SAE."""
     files = sorted(p for p in Path(folder).rglob("*") if p.is_file()) if folder and Path(folder).is_dir() else []
     return [(str(p), file_stamp(p)) for p in files]
 
 
-class Stages:
-    """A run folder's stage cache and clock (saerl.py's stages). stages.json maps each stage to the key it last finished with;
-    `cached` says whether a stage can be read back, `done` records a computed one, `timed` measures a
-    stage's wall time (printed, and kept in `times` for the report)."""
+@dataclass(frozen=True)
+class Stage:
+    """One cached step of a pipeline, declared: the stages whose outputs it reads, the settings it depends on
+    (names in the settings dict Stages is given) and the files it leaves in the run folder."""
+    name: str
+    reads: tuple[str, ...] = ()
+    settings: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
 
-    def __init__(self, root: Path, *, log=print, write: bool = True):
-        self.root, self.path, self.log, self.write = root, root / "stages.json", log, write
-        self.keys = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+class Stages:
+    """A run folder's stage cache and clock.
+
+    A stage's key is derived, never written by hand: the hash of its name, the values of the settings it
+    names, the keys (in this run) of the stages it reads and any `stamp` of the files outside the run
+    folder it reads. stages.json keeps the key each stage last finished with; a stage whose key is
+    unchanged and whose files exist is read back, not recomputed, so a changed setting recomputes its
+    stage and every stage that reads it, directly or not. `times` holds each stage's wall time (printed,
+    and listed in the report), and whether it was read back."""
+
+    def __init__(self, root, pipeline, settings: dict, *, log=print, write: bool = True):
+        self.root = Path(root)
+        self.path = self.root / "stages.json"
+        self.pipeline = {stage.name: stage for stage in pipeline}
+        self.settings, self.log, self.write = settings, log, write  # write: False on all but one torchrun process
+        self.finished = json.loads(self.path.read_text()) if self.path.exists() else {}  # stage -> its last key
+        self.keys = {}   # stage -> its key in this run
         self.times = {}  # stage -> {"seconds": wall time, "cached": nothing was computed}
 
-    def cached(self, stage: str, key: str, *files: str) -> bool:
-        """True when `stage` finished before with this key and its files are still there."""
-        hit = self.keys.get(stage) == key and all((self.root / f).exists() for f in files)
-        self.log(f"{stage}: {'cached' if hit else 'computing'}")
-        if stage in self.times:
-            self.times[stage]["cached"] = hit
-        return hit
+    @contextlib.contextmanager
+    def run(self, name: str, *, stamp=(), files=None):
+        """Time stage `name` and yield whether it must be computed (False: read its files back); a computed
+        stage is recorded as finished when the block ends. stamp: file_stamp / dir_stamp of the inputs it
+        reads from outside the run folder; files: instead of the declared ones (e.g. none for a given input)."""
+        with self.timed(name) as entry:
+            key = self.keys[name] = self.key(name, stamp)
+            files = self.pipeline[name].files if files is None else files
+            entry["cached"] = self.finished.get(name) == key and all((self.root / f).exists() for f in files)
+            self.log(f"{name}: {'cached' if entry['cached'] else 'computing'}")
+            yield not entry["cached"]
+            if not entry["cached"]:
+                self.done(name)
 
-    def done(self, stage: str, key: str) -> None:
-        self.keys[stage] = key
-        if self.write:  # False on all but one process of a torchrun launch
-            atomic_write_text(self.path, json.dumps(self.keys, indent=1))
+    def key(self, name: str, stamp=()) -> str:
+        """Stage `name`'s key in this run (the stages it reads must have run first)."""
+        stage = self.pipeline[name]
+        return stable_hash(name, {s: self.settings[s] for s in stage.settings}, [self.keys[r] for r in stage.reads],
+                           stamp)
+
+    def done(self, name: str) -> None:
+        """Record stage `name` as finished with its key in this run."""
+        if name not in self.keys:  # a stage timed but not cached through run(), e.g. training
+            self.keys[name] = self.key(name)
+        self.finished[name] = self.keys[name]
+        if self.write:
+            atomic_write_text(self.path, json.dumps(self.finished, indent=1))
 
     @contextlib.contextmanager
-    def timed(self, stage: str):
+    def timed(self, name: str):
         """Time the block; yields the stage's entry in `times` (its "cached" flag may be set inside)."""
-        entry = self.times[stage] = {"seconds": None, "cached": False}
+        entry = self.times[name] = {"seconds": None, "cached": False}
         start = time.perf_counter()
         yield entry
         entry["seconds"] = time.perf_counter() - start
-        self.log(f"{stage}: {entry['seconds']:.1f} s" + (" (cached)" if entry["cached"] else ""))
+        self.log(f"{name}: {entry['seconds']:.1f} s" + (" (cached)" if entry["cached"] else ""))
 
     def finish(self) -> Path:
         """Print where the time went; returns the run folder."""

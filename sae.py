@@ -7,8 +7,7 @@ SAERL (Guiding LLM Post-training Data Engineering with Model Internals from Spar
 turns every training problem into a sparse SAE feature vector read at a middle layer of an LLM;
 quality, difficulty and diversity are read off those vectors (see saerl.py). This file holds:
 
-    SAE, load_sae, save_sae, sae_check, topk_relu   from sae_formats.py (the layout and the formats),
-                             importable from here as well
+    (SAE, load_sae, save_sae, sae_check, topk_relu: sae_formats.py, the layout and the formats)
     capture_residuals(...)   output of decoder layer L (= HF hidden_states[L+1]); later layers never run
     encode_problems(...)     masked mean/max pooling of SAE codes per problem, top-m kept, cached
     PooledFeatures           the top-m store: dense rows for a subset, a torch sparse matrix for all
@@ -38,9 +37,7 @@ from tqdm.auto import tqdm
 
 from data import format_prompt, load_problems
 from runtime import add_dataclass_args, atomic_path, flag, load_model, resolve_device, stable_hash
-# the SAE module and its files; load_sae, save_sae and topk_relu are importable from here too
-from sae_formats import (DEFAULT_ENCODE_ELEMENTS, SAE, load_sae, sae_check, save_safetensors,  # noqa: F401
-                         save_sae, topk_relu)
+from sae_formats import DEFAULT_ENCODE_ELEMENTS, SAE, load_sae, sae_check, save_safetensors, save_sae, topk_relu
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ class DataError(ValueError):
 # --------------------------------------------------------------------------------------------
 # Files: atomic writes (temp file in the same directory, fsync, os.replace) and JSONL
 
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside `path`; on success it replaces `path` in one step."""

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from runtime import DataError, append_jsonl, read_jsonl, stable_hash, write_jsonl
+from runtime import DataError, Stage, Stages, append_jsonl, read_jsonl, stable_hash, write_jsonl
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
@@ -35,6 +35,34 @@ def test_read_jsonl_ignores_torn_last_line_only(tmp_path):
 
 def test_stable_hash_is_order_independent_for_dicts():
     assert stable_hash({"a": 1, "b": 2}) == stable_hash({"b": 2, "a": 1}) != stable_hash({"a": 1, "b": 3})
+
+
+
+PIPELINE = (Stage("a", settings=("x",), files=("a.txt",)), Stage("b", reads=("a",), settings=("y",), files=("b.txt",)),
+            Stage("c", settings=("y",), files=("c.txt",)))
+
+
+def stages_run(root, settings) -> list[str]:
+    """Run the three stages of PIPELINE through the cache; returns the ones that were computed."""
+    stages = Stages(root, PIPELINE, settings, log=lambda message: None)
+    computed = []
+    for name in ("a", "b", "c"):
+        with stages.run(name) as compute:
+            if compute:
+                (root / f"{name}.txt").write_text(name)
+                computed.append(name)
+    return computed
+
+
+def test_stage_keys_follow_the_settings_and_stages_they_name(tmp_path):
+    settings = {"x": 1, "y": 2, "z": 3}
+    assert stages_run(tmp_path, settings) == ["a", "b", "c"]
+    assert stages_run(tmp_path, settings) == []                      # nothing changed: all read back
+    assert stages_run(tmp_path, settings | {"z": 4}) == []           # a setting no stage names
+    assert stages_run(tmp_path, settings | {"x": 5}) == ["a", "b"]   # a's setting: a and b, which reads a
+    assert stages_run(tmp_path, settings | {"x": 5, "y": 6}) == ["b", "c"]
+    (tmp_path / "c.txt").unlink()                                    # a missing file is recomputed
+    assert stages_run(tmp_path, settings | {"x": 5, "y": 6}) == ["c"]
 
 
 # ------------------------------------------------------------------------------------------------ entry points

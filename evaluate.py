@@ -1,7 +1,7 @@
-"""Benchmark evaluation and run reports: greedy pass@1 or sampled avg@n on math benchmarks, judged by
-verifier.py; the report.md / clusters.md a SAERL run writes.
-Imports: data, estimators (NMI), parallel (sharded evaluation) and verifier from this project --
-never saerl.py or grpo.py.
+"""evaluate.py -- benchmark evaluation: greedy pass@1 or sampled avg@n on math benchmarks, judged by
+verifier.py (a SAERL run's report.md is report.py's).
+Imports: data (problems, prompts), runtime (files, the model loader, CLI flags), sampler (decoding),
+parallel (sharded evaluation) and verifier from this project -- never saerl.py or grpo.py.
 
 The same template (data.format_prompt), decoding routine (generate_completions) and verifier serve the
 training reward, the pipeline's in-loop evaluation and the final report.
@@ -11,13 +11,13 @@ training reward, the pipeline's in-loop evaluation and the final report.
     generate_completions(model, tok, prompts)   left-padded batched generation, seeded, stop at EOS
     evaluate(model, tok, benchmark, ...)        accuracy with a 95% interval, every completion to JSONL
     make_eval_fn(tok, benches, ...)             the trainer's in-loop evaluation: (step, model) -> row
-    markdown_table(results), metric_name(n, temperature)
-    write_report(...), cluster_summary(...), cluster_purity(...)   a SAERL run's report.md / clusters.md
+    markdown_table(results)                     one row per benchmark, accuracy and interval
     python evaluate.py --model M --benchmarks math500,aime24 [--n 16 --temperature 0.6]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -25,13 +25,10 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-
-import data
-from data import add_dataclass_args, dataclass_from_args, flag, load_model
-from estimators import normalized_mutual_info
+import sampler
+from data import format_prompt, load_problems
 from parallel import all_gather, dist_info
+from runtime import DataError, add_dataclass_args, atomic_write_text, dataclass_from_args, flag, load_model, write_jsonl
 from verifier import extract_answer, gold_parse_report, is_equiv
 
 # ================================================================================================ benchmarks
@@ -74,14 +71,14 @@ def load_benchmark(spec: str, *, limit: int | None = None, seed: int = 0) -> tup
     """(name, problems) through data.load_problems. A Hub copy that cannot be read names the local file to pass."""
     name, bench = resolve_benchmark(spec)
     try:
-        problems = data.load_problems(bench.source, split=bench.split, limit=limit, seed=seed,
-                                      problem_field=bench.problem_field, answer_field=bench.answer_field)
-    except data.DataError as exc:
+        problems = load_problems(bench.source, split=bench.split, limit=limit, seed=seed,
+                                 problem_field=bench.problem_field, answer_field=bench.answer_field)
+    except DataError as exc:
         local = SHARED_BENCH_DIR / (bench.local_name or f"{name}.jsonl")
         hint = f"--bench {name}={local}" if local.exists() else f"--bench {name}=path/to/{name}.jsonl"
-        raise data.DataError(f"benchmark {name!r}: {exc}\n  pass a local copy instead: {hint}") from exc
+        raise DataError(f"benchmark {name!r}: {exc}\n  pass a local copy instead: {hint}") from exc
     if not problems:
-        raise data.DataError(f"benchmark {name!r} ({bench.source}) has no usable problems")
+        raise DataError(f"benchmark {name!r} ({bench.source}) has no usable problems")
     return name, problems
 
 
@@ -95,8 +92,6 @@ def generate_completions(model, tokenizer, prompts: list[str], *, n: int = 1, te
     temperature 0 is greedy (one generation, repeated n times); otherwise sampling seeded by `seed`
     without touching the caller's global RNG state. A completion stops at the first EOS /
     <|im_end|> token. An fp32 model on CUDA generates under bf16 autocast."""
-    import sampler
-
     return sampler.complete(model, tokenizer, prompts, n=n, temperature=temperature, top_p=top_p,
                             max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
 
@@ -118,7 +113,7 @@ def evaluate(model, tokenizer, benchmark, *, template: str = "qwen-math", n: int
     else:
         problems, name = list(benchmark)[:limit], name or "problems"
     t0 = time.perf_counter()
-    prompts = [data.format_prompt(p.problem, tokenizer, template) for p in problems]
+    prompts = [format_prompt(p.problem, tokenizer, template) for p in problems]
     # under torchrun each rank decodes a contiguous share of whole batches, seeded by the batch's
     # global position (sampler.complete), so the completions do not depend on the world size
     rank, world = dist_info()
@@ -155,7 +150,7 @@ def evaluate(model, tokenizer, benchmark, *, template: str = "qwen-math", n: int
     if out_dir is not None:
         path = Path(out_dir) / f"{name}.jsonl"
         if rank == 0:
-            data.write_jsonl(path, rows)
+            write_jsonl(path, rows)
         result["completions_path"] = str(path)
     return result
 
@@ -204,214 +199,6 @@ def make_eval_fn(tokenizer, benches, *, metric: str, **evaluate_kw):
     return eval_fn
 
 
-# ================================================================================================ run report
-def metric_name(samples: int, temperature: float) -> str:
-    """The evaluation metric in words: greedy pass@1, or avg@N at a temperature."""
-    if samples == 1:
-        return "greedy pass@1"
-    return f"avg@{samples} (mean reward of {samples} samples at temperature {temperature:g})"
-
-
-def write_report(root, c, g, layer, paced, problems, quality, difficulty, clusters, results, times, metric) -> None:
-    """report.md (+ report.png) of a SAERL run (saerl.py): the data engineering (quality, difficulty,
-    clusters), accuracy curves per arm, steps to the target accuracy, ablations, and where the time
-    went per stage. c: saerl.Config, g: grpo.GRPOConfig, times: {stage: {"seconds", "cached"}},
-    metric: the evaluation metric in words; the other arguments are the stages' outputs."""
-    root = Path(root)
-    curves = {}   # arm -> {seed: [(step, acc)]}
-    for name, res in results.items():
-        arm, seed = name.rsplit("-s", 1)
-        curves.setdefault(arm, {})[int(seed)] = [(row["step"], row["mean"]) for row in res["eval"]]
-    finals = {arm: [pts[-1][1] for pts in seeds.values() if pts] for arm, seeds in curves.items()}
-    target = c.target
-    if target is None and "vanilla" in finals and finals["vanilla"]:
-        target = float(np.mean(finals["vanilla"]))
-    kept = set(quality["kept"])
-    dropped = [p for i, p in enumerate(problems) if i not in kept]
-    lines = [f"# SAERL run: {root.name}", "",
-             f"Model `{c.model}`, SAE features from `{c.sae_model}` layer {layer}, "
-             f"{len(problems)} training problems from `{c.train_data}`.", "",
-             "## Data engineering", "",
-             f"- Quality: probe trained on {quality['n_labelled']} labelled rows ({quality['n_negative']} negative) "
-             f"from {quality['label_source']}; held-out "
-             + ", ".join(f"{k} {v:.3f}" for k, v in quality["metrics"].items() if isinstance(v, float))
-             + f". Kept {len(kept)} of {len(problems)}, dropped {len(dropped)} (lowest {quality['drop']:.0%}).",
-             f"- Difficulty proxy: ElasticNet (alpha {difficulty['alpha']:.3g}, {difficulty['nonzero_coefficients']} "
-             f"non-zero features) on {difficulty['n_labelled']} labels ({c.difficulty_labels}); held-out "
-             f"Spearman {_fmt(difficulty['held_out']['spearman'])}, R² {_fmt(difficulty['held_out']['r2'])} "
-             f"(n = {difficulty['held_out']['n']})"
-             + ("; all labels were equal, so the curriculum had no order to follow." if difficulty.get("constant_labels") else "."),
-             f"- Clusters: k = {clusters['k']}" + (f" (silhouette sweep {clusters['silhouettes']})" if clusters['silhouettes'] else "")
-             + (f"; NMI with the `{clusters['purity']['field']}` field {clusters['purity']['nmi']:.3f}" if clusters["purity"] else "")
-             + ". Per-cluster table: clusters.md.", ""]
-    known = [p for p in dropped if p.meta.get("quality") in (0, 1)]
-    if known:
-        bad_total = sum(p.meta.get("quality") == 0 for p in problems)
-        bad_dropped = sum(p.meta.get("quality") == 0 for p in dropped)
-        lines += [f"Known-bad problems dropped: {bad_dropped} of {bad_total} "
-                  f"({bad_dropped / max(1, len(dropped)):.0%} of the dropped set is known-bad).", ""]
-    lines += ["Examples of dropped problems (lowest quality score first):", ""]
-    order = sorted((i for i in range(len(problems)) if i not in kept), key=lambda i: quality["scores"][i])
-    for i in order[:5]:
-        p = problems[i]
-        tag = f" [{p.meta.get('corruption') or 'clean'}]" if "quality" in p.meta else ""
-        lines.append(f"- `{_short(p.problem)}` → `{_short(p.answer, 30)}` (score {quality['scores'][i]:.3f}){tag}")
-    n_eval = c.eval_limit or "all"
-    if not any(pts for seeds in curves.values() for pts in seeds.values()):
-        lines += ["", "## Training", "", "No evaluation was requested (--eval-every 0); see arms/*/train_log.jsonl.", ""]
-        _write_report_file(root / "report.md", lines + _stage_times(times))
-        return
-    lines += ["", "## Training", "",
-              f"Held-out accuracy: {metric} on {n_eval} problems of each of `{c.benchmarks}` (mean over "
-              f"benchmarks), every {c.eval_every} steps; {c.steps} GRPO steps of {g.batch_size} problems × "
-              f"{g.group_size} samples per arm (lr {g.lr:g}, loss {g.loss_type}).", ""]
-    steps = sorted({s for seeds in curves.values() for pts in seeds.values() for s, _ in pts})
-    lines += ["| step | " + " | ".join(f"{arm} (mean ± sd over {len(seeds)} seed{'s' * (len(seeds) > 1)})"
-                                       for arm, seeds in curves.items()) + " |",
-              "|---:|" + "---:|" * len(curves)]
-    for s in steps:
-        cells = []
-        for seeds in curves.values():
-            vals = [a for pts in seeds.values() for st, a in pts if st == s]
-            cells.append(f"{np.mean(vals):.3f} ± {np.std(vals):.3f}" if vals else "-")
-        lines.append(f"| {s} | " + " | ".join(cells) + " |")
-    start = [pts[0][1] for seeds in curves.values() for pts in seeds.values() if pts and pts[0][0] == 0]
-    if target is not None and start and target <= max(start) + 1e-12:
-        lines += ["", f"Target accuracy {target:.3f}" + (" (vanilla's final accuracy)" if c.target is None else "")
-                  + f" is not above the starting accuracy {max(start):.3f}: no arm needed training to reach it, "
-                  "so steps-to-target is not informative here (pass --target)."]
-    elif target is not None:
-        lines += ["", f"Steps to reach the target accuracy {target:.3f}"
-                  + (" (vanilla's final accuracy)" if c.target is None else "") + ":", ""]
-        for arm, seeds in curves.items():
-            hits = [next((s for s, a in pts if a >= target - 1e-12), None) for pts in seeds.values()]
-            lines.append(f"- {arm}: " + ", ".join("not reached" if h is None else str(h) for h in hits))
-    if len(finals) == 2 and "vanilla" in finals:
-        arm = next(a for a in finals if a != "vanilla")
-        ours, theirs = float(np.mean(finals[arm])), float(np.mean(finals["vanilla"]))
-        lines += ["", f"Final accuracy: {arm} {ours:.3f}, vanilla {theirs:.3f} "
-                  f"({'+' if ours >= theirs else ''}{100 * (ours - theirs):.1f} points). "
-                  + ("One seed per arm: a difference of a few points is within seed noise; "
-                     "run --seeds 3 for a spread." if c.seeds == 1 else "")]
-    ablations = [f"--{n.replace('_', '-')}" for n in ("no_curriculum", "no_cluster", "no_quality_filter") if getattr(c, n)]
-    if c.mix != 0.25:
-        ablations.append(f"--mix {c.mix}")
-    if c.schedule != "saerl":
-        ablations.append(f"--schedule {c.schedule}")
-    if paced:
-        ablations.append("--pace budget")
-    lines += ["", "Ablations in this run: " + (", ".join(ablations) if ablations else "none (SAERL defaults)") + ".", ""]
-    lines += [plot_curves(curves, root / "report.png"), ""]
-    _write_report_file(root / "report.md", lines + _stage_times(times))
-
-
-def plot_curves(curves, path) -> str:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "(report.png not drawn: matplotlib is not installed; `pip install matplotlib` to get it.)"
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for arm, seeds in curves.items():
-        for seed, pts in seeds.items():
-            ax.plot([s for s, _ in pts], [a for _, a in pts], marker="o", label=f"{arm} seed {seed}")
-    ax.set_xlabel("GRPO step")
-    ax.set_ylabel("held-out accuracy")
-    ax.legend()
-    fig.tight_layout()
-    with data.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return f"![accuracy curves]({Path(path).name})"
-
-
-def _cluster_feature_means(features, clusters: torch.Tensor, k: int) -> torch.Tensor:
-    """Mean activation of every feature over each cluster's rows, [k, d] (sparse-safe)."""
-    X = torch.as_tensor(features).cpu()
-    sizes = torch.bincount(clusters, minlength=k).clamp_min(1).double()
-    sums = torch.zeros(k, X.shape[1], dtype=torch.float64)
-    if X.layout == torch.strided:
-        sums.index_add_(0, clusters, X.double())
-    else:  # only the non-zeros: rows of a wide SAE matrix are never densified
-        X = X.to_sparse_coo().coalesce()
-        rows, cols = X.indices()
-        sums.view(-1).index_add_(0, clusters[rows] * X.shape[1] + cols, X.values().double())
-    return sums / sizes[:, None]
-
-
-def cluster_summary(cluster_ids, difficulty, features, problems, *, top: int = 8,
-                    examples: int = 3, max_chars: int = 160) -> str:
-    """Markdown for clusters.md: per cluster its size, mean predicted difficulty, the `top` SAE
-    features by mean activation over the cluster (feature id and mean), and `examples` problems
-    spread over the cluster's difficulty order (easiest, middle, hardest for 3), each truncated
-    to max_chars. features: [N, d_sae], dense or torch sparse."""
-    clusters = [int(c) for c in np.asarray(cluster_ids.detach().cpu() if isinstance(cluster_ids, torch.Tensor) else cluster_ids).reshape(-1).tolist()]
-    n = len(clusters)
-    diff = np.asarray(difficulty.detach().cpu() if isinstance(difficulty, torch.Tensor)
-                      else difficulty, dtype=np.float64).reshape(-1)
-    if not diff.shape[0] == n == len(problems) == features.shape[0]:
-        raise ValueError(f"cluster_ids ({n}), difficulty ({diff.shape[0]}), features "
-                         f"({features.shape[0]}) and problems ({len(problems)}) must align")
-    ids = sorted(set(clusters))
-    dense_id = {c: r for r, c in enumerate(ids)}
-    means = _cluster_feature_means(features, torch.tensor([dense_id[c] for c in clusters]),
-                                   len(ids))
-    lines = [f"# Clusters\n\n{n} problems in {len(ids)} clusters.\n"]
-    for c in ids:
-        items = sorted((i for i in range(n) if clusters[i] == c), key=lambda i: (diff[i], i))
-        vals, feats = torch.topk(means[dense_id[c]], min(top, means.shape[1]))
-        feat_text = ", ".join(f"`{int(f)}` ({float(v):.3g})" for v, f in zip(vals, feats)
-                              if float(v) > 0)
-        lines.append(f"## Cluster {c}\n\n- size: {len(items)}\n"
-                     f"- mean predicted difficulty: {float(diff[items].mean()):.4g}\n"
-                     f"- top SAE features (id, mean activation): {feat_text or 'none active'}\n"
-                     f"- examples (easiest to hardest):")
-        picks = sorted(set(np.linspace(0, len(items) - 1, min(examples, len(items)))
-                           .round().astype(int).tolist()))
-        for pos in picks:
-            p = problems[items[pos]]
-            text = " ".join(str(p.problem).split())
-            if len(text) > max_chars:
-                text = text[:max_chars - 1] + "…"
-            answer = " ".join(str(p.answer).split())[:40]
-            lines.append(f"  - `{p.id}` (d̂ = {diff[items[pos]]:.3g}): {text} → {answer}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def cluster_purity(labels, metas) -> dict | None:
-    """Normalised mutual information between clusters and a known topic field, when one exists."""
-    for name in ("topic", "type", "subject"):
-        topics = [m.get(name) for m in metas]
-        if all(t is not None for t in topics):
-            return {"field": name, "nmi": normalized_mutual_info(labels, topics)}
-    return None
-
-
-def _stage_times(times: dict) -> list[str]:
-    """The report's last section: each stage's wall time in this run; a cached stage did no work."""
-    done = {s: t for s, t in times.items() if t["seconds"] is not None}
-    lines = ["## Where the time went", "", "| stage | wall time | |", "|---|---:|---|"]
-    lines += [f"| {s} | {t['seconds']:.1f} s | {'cached' if t['cached'] else ''} |" for s, t in done.items()]
-    lines += [f"| total | {sum(t['seconds'] for t in done.values()):.1f} s | (the report itself not included) |", ""]
-    return lines
-
-
-def _write_report_file(path, lines) -> None:
-    data.atomic_write_text(path, "\n".join(lines))
-    print(f"[saerl] report: {path}", file=sys.stderr, flush=True)
-
-
-def _fmt(x) -> str:
-    return "undefined" if x is None else f"{x:.3f}"
-
-
-def _short(text: str, n: int = 70) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
 # ------------------------------------------------------------------------------------------------ CLI
 @dataclass
 class EvalConfig:
@@ -432,14 +219,13 @@ class EvalConfig:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    import json
     parser = argparse.ArgumentParser(description="Evaluate a model on math benchmarks (pass@1 or avg@n).")
     config = dataclass_from_args(EvalConfig, add_dataclass_args(parser, EvalConfig).parse_args(argv))
 
     specs = [s for s in config.benchmarks.split(",") if s.strip()] + (config.bench or [])
     try:  # every benchmark is read before the model is loaded, so a missing one fails in seconds
         loaded = [load_benchmark(s.strip(), limit=config.limit, seed=config.seed) for s in specs]
-    except (data.DataError, ValueError) as exc:
+    except (DataError, ValueError) as exc:
         raise SystemExit(str(exc)) from exc
     model, tokenizer = load_model(config.model, config.device)
     results = []
@@ -454,8 +240,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         results.append(result)
     table = markdown_table(results)
     print(table)
-    data.atomic_write_text(Path(config.out) / "results.md", table + "\n")
-    data.atomic_write_text(Path(config.out) / "results.json",
+    atomic_write_text(Path(config.out) / "results.md", table + "\n")
+    atomic_write_text(Path(config.out) / "results.json",
                            json.dumps({"config": vars(config), "results": results}, indent=2, default=str))
     return results
 

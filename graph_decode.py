@@ -39,6 +39,8 @@ import weakref
 import torch
 import torch.nn.functional as F
 
+from runtime import NonFiniteError, pad_safe_attention
+
 KEY_BUCKET = 256  # attention reads the cache in multiples of this many columns
 SUPPORTED = ("qwen2", "llama", "mistral", "qwen3")
 
@@ -221,8 +223,6 @@ def decode(model, ids: torch.Tensor, att: torch.Tensor, *, group_size: int = 1, 
 
     capture: CUDA graphs (default: on CUDA); otherwise the same step runs eagerly.
     """
-    from data import pad_safe_attention
-
     if check_every < 1:
         raise ValueError(f"check_every={check_every}; expected an integer >= 1")
     decoder, config = _text_model(model)
@@ -290,8 +290,6 @@ def decode(model, ids: torch.Tensor, att: torch.Tensor, *, group_size: int = 1, 
         if (t + 1) % check_every == 0 or t == max_new_tokens - 1:  # the host looks, once
             any_bad, n_alive = torch.stack([bad.long(), alive.sum()]).tolist()
             if any_bad:
-                from sampler import NonFiniteError
-
                 raise NonFiniteError("sampling failed: the next-token probabilities are non-finite (NaN/inf weights?)")
             if n_alive == 0:
                 break

@@ -2,8 +2,8 @@
 
 SAERL decides *which* problems go into *which* step (saerl.py writes schedule.jsonl, one batch of
 problem ids per line); this file turns each scheduled batch into one policy update. Imports data,
-sampler, plan, parallel, checkpoint (and verifier, lazily, for the default reward). A step is five named
-stages, visible in `grpo_step`:
+runtime, sampler, plan, parallel, checkpoint, schedule (the random order, schedule files) and verifier
+(the default reward). A step is five named stages, visible in `grpo_step`:
 
     sample    B prompts x G completions by sampler.sample_rollouts (the bf16 rollout copy on CUDA)
     score     reward = verifier.math_reward(completion text, gold answer)  (1.0 / 0.0)
@@ -34,7 +34,6 @@ Public API
     packed_logprobs(...)  same result, padding-free;  micro_batches(lengths, max_rows, max_tokens, packed)
     grpo_step(policy, tokenizer, batch, cfg, optimizer, *, step, reward_fn, ...)   one step -> its log row
     train(policy, tokenizer, problems, schedule, cfg, *, out_dir, eval_fn=None, resume=True)
-    random_schedule(ids, batch_size, num_steps, seed) / read_schedule(path)
     python grpo.py --model M --train-data FILE [--schedule schedule.jsonl] [--out DIR] [--preset toy]
     python grpo.py --model M --plan [--gpu-memory 80]          the memory plan, nothing loaded
     torchrun --nproc_per_node N grpo.py ... [--parallel fsdp2]  data parallel / sharded (parallel.py)
@@ -58,19 +57,22 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from data import add_dataclass_args, flag, load_model, pad_safe_attention, stop_token_ids
 import parallel
+import plan
 from checkpoint import latest_checkpoint, resume_latest, save_checkpoint
+from data import format_prompt, load_problems, long_prompts, stop_token_ids
 from parallel import (all_gather, all_reduce_gradients, all_reduce_stats, all_reduce_sum, barrier, dist_info,
                       init_distributed, rank_slice)
 from plan import oom_phase
-from sampler import (ENGINES, NonFiniteError, Rollouts, context_length, refresh_rollout_model,  # noqa: F401
-                     rollout_model, sample_rollouts)
+from runtime import (NonFiniteError, add_dataclass_args, append_jsonl, atomic_write_text, flag, load_model,
+                     pad_safe_attention, read_jsonl, stable_hash, write_jsonl)
+from sampler import ENGINES, Rollouts, context_length, refresh_rollout_model, rollout_model, sample_rollouts
+from schedule import random_schedule, read_schedule, write_schedule
+from verifier import math_reward
 
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 ADV_SCALES = ("std", "none")
@@ -494,8 +496,6 @@ def grpo_step(policy, tokenizer, batch: list, cfg: GRPOConfig, optimizer, *, ste
     `rollout` samples (`sampler.rollout_model`: the policy itself, or a bf16 copy that this function
     refreshes after each update; None: the policy). Under FSDP2 `policy` is the sharded root
     (parallel.fsdp2) and `rollout` its unsharded copy. Under torchrun each rank samples its share."""
-    from data import format_prompt
-
     device = next(policy.parameters()).device
     rollout = policy if rollout is None else rollout
     g = cfg.group_size
@@ -746,8 +746,6 @@ def log_row(step: int, batch: list, sums: dict, maxima: dict, *, n_rows: float, 
 # ----------------------------------------------------------------------------------------------
 def _truncate_log(path: Path, key_ok: Callable[[dict], bool]) -> None:
     """After a resume, drop log rows written after the checkpoint (they will be written again)."""
-    from data import read_jsonl, write_jsonl
-
     if path.exists():
         rows = list(read_jsonl(path))
         kept = [r for r in rows if key_ok(r)]
@@ -762,8 +760,6 @@ def fit_to_context(schedule: list[list[str]], by_id: dict, tokenizer, cfg: GRPOC
     of their batches, like bad rows; a batch left empty is an error naming its step."""
     if context is None:
         return schedule
-    from data import long_prompts
-
     scheduled = list(dict.fromkeys(pid for batch in schedule for pid in batch))
     room = context - cfg.max_new_tokens
     too_long = set(long_prompts([by_id[pid] for pid in scheduled], tokenizer, cfg.template, room))
@@ -790,9 +786,6 @@ def auto_gen_batch_size(policy, tokenizer, schedule, by_id: dict, cfg: GRPOConfi
     share = max(1, cfg.batch_size // world)
     if next(policy.parameters()).device.type != "cuda":
         return share
-    import plan
-    from data import format_prompt
-
     scheduled = list(dict.fromkeys(pid for batch in schedule for pid in batch))
     prompts = [format_prompt(by_id[pid].problem, tokenizer, cfg.template) for pid in scheduled]
     longest = max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
@@ -811,7 +804,7 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
     """Train `policy` in place on `schedule`, in order.
 
     problems: data.Problem list; schedule: list of batches, each a list of problem ids (the rows of
-    schedule.jsonl, see `read_schedule`); step i of train_log.jsonl is schedule[i].
+    schedule.jsonl, see `schedule.read_schedule`); step i of train_log.jsonl is schedule[i].
     eval_fn(step, model) is called with the number of completed steps (0 before training when
     starting fresh) every cfg.eval_every steps and at the end, and the model to generate with (the
     policy; under FSDP2 its unsharded rollout copy); on every rank under torchrun
@@ -822,10 +815,8 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
     Under --parallel fsdp2 (world > 1) `policy` is sharded in place; its trained weights are those of
     the last checkpoint. Returns the last step's log row (or {} when nothing was left to do).
     """
-    from data import append_jsonl, atomic_write_text, stable_hash
-
     if reward_fn is None:
-        from verifier import math_reward as reward_fn
+        reward_fn = math_reward
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
     by_id = {p.id: p for p in problems}
@@ -925,36 +916,9 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
 
 
 # ----------------------------------------------------------------------------------------------
-# Schedules and the CLI
+# The CLI
 # ----------------------------------------------------------------------------------------------
-def random_schedule(ids: list[str], batch_size: int, num_steps: int, seed: int) -> list[list[str]]:
-    """Vanilla GRPO's data order: shuffled epochs (a fresh permutation each epoch), cut into batches."""
-    if len(ids) < batch_size:
-        raise ValueError(f"{len(ids)} problems cannot fill a batch of {batch_size}")
-    rng = np.random.default_rng(seed)
-    order: list[str] = []
-    while len(order) < num_steps * batch_size:
-        order += [ids[i] for i in rng.permutation(len(ids))]
-    return [order[i * batch_size:(i + 1) * batch_size] for i in range(num_steps)]
-
-
-def read_schedule(path) -> list[list[str]]:
-    """schedule.jsonl rows {"step": i, "ids": [...]} -> batches ordered by step (steps must be 0..S-1)."""
-    from data import read_jsonl
-
-    rows = list(read_jsonl(path))
-    for n, r in enumerate(rows):
-        if "step" not in r or "ids" not in r:
-            raise ValueError(f"row {n + 1} of {path} needs keys 'step' and 'ids'; got {sorted(r)}")
-    rows.sort(key=lambda r: r["step"])
-    if [r["step"] for r in rows] != list(range(len(rows))):
-        raise ValueError(f"{path}: steps must be 0..{len(rows) - 1} without gaps or repeats")
-    return [[str(i) for i in r["ids"]] for r in rows]
-
-
 def build_parser() -> argparse.ArgumentParser:
-    import plan
-
     ap = argparse.ArgumentParser(description="GRPO / DAPO / Dr. GRPO on a batch schedule.", parents=[plan.plan_flags()])
     ap.add_argument("--model", required=True, help="policy: HF model id or folder")
     ap.add_argument("--train-data", help="problems: jsonl / json / parquet / Hub id (required unless --plan)")
@@ -971,14 +935,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from data import load_problems, write_jsonl
-
     args = build_parser().parse_args(argv)
     overrides = {f.name: getattr(args, f.name) for f in fields(GRPOConfig) if hasattr(args, f.name)}
     cfg = GRPOConfig.preset(args.preset, **overrides)
     if args.plan:
-        import plan
-
         print(plan.memory_plan_report(args.model, cfg, gpu_gib=args.gpu_memory, prompt_tokens=args.plan_prompt_tokens,
                                       world=args.world_size))
         return
@@ -996,7 +956,7 @@ def main(argv: list[str] | None = None) -> None:
         schedule = random_schedule([p.id for p in problems], cfg.batch_size, cfg.num_steps, cfg.seed)
         out.mkdir(parents=True, exist_ok=True)
         if rank == 0 and not (out / "schedule.jsonl").exists():
-            write_jsonl(out / "schedule.jsonl", [{"step": i, "ids": b} for i, b in enumerate(schedule)])
+            write_schedule(out / "schedule.jsonl", schedule)
     last = train(policy, tokenizer, problems, schedule, cfg, out_dir=out, resume=args.resume)
     if rank != 0:
         return

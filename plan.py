@@ -2,7 +2,7 @@
 
 Owns: peak-memory arithmetic per phase (generation, training) from a model's shape and a
 GRPOConfig, the flags that make a run fit a GPU, and a roofline estimate of the step time.
-Imports the standard library and torch (transformers' AutoConfig and data.hub_reachable lazily).
+Imports the standard library, torch (transformers' AutoConfig lazily) and runtime.hub_reachable.
 
     ModelShape.load(name_or_path)         hidden/intermediate/layers/heads/vocab from config.json
     memory_plan(shape, cfg, ...) -> dict  bytes per component and phase, and the peak
@@ -46,6 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from runtime import hub_reachable
 
 GIB = 1024 ** 3
 HEADROOM = 0.90  # plan to use at most this fraction of the card
@@ -103,7 +105,6 @@ class ModelShape:
             from transformers import AutoConfig
 
             return cls.from_config(AutoConfig.from_pretrained(path))
-        from data import hub_reachable
         if not hub_reachable():
             raise FileNotFoundError(f"--plan: no config for {name!r}: not a folder with config.json, not one of "
                                     f"{sorted(KNOWN)}, and the Hub is unreachable; pass a local model folder")

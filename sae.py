@@ -1,13 +1,13 @@
 """Sparse autoencoders for SAERL: load public SAEs, encode residual activations, pool per-problem
 features, train a TopK SAE.
-Imports: data and sae_formats (the SAE module and its file formats) from this project -- never saerl.py.
+Imports: data (prompts), runtime (files, cache keys, the model loader, CLI flags) and sae_formats (the
+SAE module and its file formats) from this project -- never saerl.py.
 
 SAERL (Guiding LLM Post-training Data Engineering with Model Internals from Sparse Autoencoders)
 turns every training problem into a sparse SAE feature vector read at a middle layer of an LLM;
 quality, difficulty and diversity are read off those vectors (see saerl.py). This file holds:
 
-    SAE, load_sae, save_sae, sae_check, topk_relu   from sae_formats.py (the layout and the formats),
-                             importable from here as well
+    (SAE, load_sae, save_sae, sae_check, topk_relu: sae_formats.py, the layout and the formats)
     capture_residuals(...)   output of decoder layer L (= HF hidden_states[L+1]); later layers never run
     encode_problems(...)     masked mean/max pooling of SAE codes per problem, top-m kept, cached
     PooledFeatures           the top-m store: dense rows for a subset, a torch sparse matrix for all
@@ -35,10 +35,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from data import atomic_path, flag, stable_hash
-# the SAE module and its files; load_sae, save_sae and topk_relu are importable from here too
-from sae_formats import (DEFAULT_ENCODE_ELEMENTS, SAE, load_sae, sae_check, save_safetensors,  # noqa: F401
-                         save_sae, topk_relu)
+from data import format_prompt, load_problems
+from runtime import add_dataclass_args, atomic_path, flag, load_model, resolve_device, stable_hash
+from sae_formats import DEFAULT_ENCODE_ELEMENTS, SAE, load_sae, sae_check, save_safetensors, save_sae, topk_relu
 
 
 # ---------------------------------------------------------------------------------------------
@@ -553,11 +552,9 @@ def prompt_texts(problems, tokenizer, template: str) -> tuple[list[str], list[tu
     """Each problem rendered with the prompt template the policy sees, plus the character span of
     the problem statement inside it: features pool over the problem's own tokens only, so the
     template's fixed tokens do not dilute them."""
-    import data
-
     texts, spans = [], []
     for p in problems:
-        text = data.format_prompt(p.problem, tokenizer, template=template)
+        text = format_prompt(p.problem, tokenizer, template=template)
         start = text.find(p.problem)
         texts.append(text)
         spans.append((start, start + len(p.problem)) if start >= 0 else (0, len(text)))
@@ -628,8 +625,6 @@ class EncodeArgs:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from data import add_dataclass_args, load_model, load_problems, resolve_device
-
     parser = argparse.ArgumentParser(description="SAERL sparse autoencoders: train one, or encode problems")
     sub = parser.add_subparsers(dest="command", required=True)
     common = add_dataclass_args(argparse.ArgumentParser(add_help=False), InputArgs)

@@ -76,7 +76,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from data import atomic_path, atomic_write_text
+from runtime import atomic_path, atomic_write_text
 
 ACTIVATIONS = ("relu", "topk", "jumprelu")
 INPUT_NORMS = ("scale", "token")

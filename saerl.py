@@ -1,30 +1,32 @@
 """saerl.py -- SAERL, the method and its entry point: `python saerl.py [flags]` runs it end to end.
 
-Owns: the run Config (every flag), main() and its stages in order, the stage cache, and the SAERL
-data operations (quality labels and filter, the difficulty-proxy fit, clustering, build_schedule
-with mixing and pacing). No file imports this one.
-Imports: the component modules below it -- data, estimators, sae, verifier, evaluate, toy, grpo.
+Owns: the run Config (every flag) and the two worlds' defaults (PAPER, TOY), run() with the stages in
+order, and the SAERL data operations (quality labels and filter, the difficulty-proxy fit, clustering).
+The order the kept problems are trained in is schedule.py's. No file imports this one.
+Imports: the component modules below it -- runtime, data, estimators, sae, sae_formats, verifier,
+evaluate, report, schedule, toy, grpo, plan, parallel.
 
 Reference: "Guiding LLM Post-training Data Engineering with Model Internals from Sparse Autoencoders".
 Each training problem becomes a pooled SAE feature row; three properties read off those rows drive
 three data operations before GRPO/DAPO training. With no --model the whole run happens in the toy
 world (toy.py) on a CPU in a few minutes and compares SAERL with vanilla GRPO.
 
-Stages of main(), in order. Each writes under runs/<name>/ and records a key (a hash of its settings
-and of the keys of the stages it reads) in stages.json; a stage whose key is unchanged is read back,
-not recomputed, and a changed flag recomputes that stage and the ones after it. Each stage's wall
-time is printed and listed in report.md (a cached stage shows as cached, ~0 s).
+Stages of run(), in order. Each writes under runs/<name>/ and is cached (runtime.Stages): its key is
+derived from what PIPELINE declares it depends on (the settings it names, the stages it reads), so a
+stage whose key is unchanged is read back, not recomputed, and a changed flag recomputes that stage
+and the ones that read it. Each stage's wall time is printed and listed in report.md (a cached stage
+shows as cached, ~0 s).
 
     problems    data.load_problems(--train-data)                         problems.jsonl
-    sae         sae.load_sae(--sae), or sae.train_sae on the problems    sae/
+    sae         sae_formats.load_sae(--sae), or sae.train_sae            sae/
     features    sae.encode_problems: pooled top-m SAE features z_i       features.safetensors
     labels      the labelled subset L; policy rollouts if asked for      labels.json
     quality     logistic probe on L -> q_i; drop the lowest fraction     quality.json
     difficulty  ElasticNet proxy fit on L -> d_i for every problem       difficulty.json
     clusters    k-means on the L2-normalised kept rows -> c_i            clusters.json, clusters.md
-    schedule    build_schedule (SAERL arm) / grpo.random_schedule        schedule(s).jsonl/.json, scores.jsonl
+    schedule    schedule.make_schedules: SAERL's order, vanilla's        schedule(s).jsonl/.json, scores.jsonl
     train       grpo.train per arm and seed (resumes checkpoints)        arms/<arm>-s<seed>/
-    report      accuracy curves, steps to target, data, stage times     report.md, report.png
+    report      report.write_report: curves, steps to target, data      report.md, report.png
 
 Under `torchrun --nproc_per_node N saerl.py ...` rank 0 runs the stages up to schedule while the
 other ranks wait on a barrier, then read them back from the cache; every rank trains and evaluates
@@ -36,11 +38,7 @@ The estimators (estimators.py), with z_i the pooled feature row of problem i ove
     difficulty  d_i = w.z_i + b,          min_w  1/(2n) |y - Zw - b|^2 + a rho |w|_1 + a (1 - rho)/2 |w|^2
     diversity   c_i = argmin_c |x_i - mu_c|^2,  x_i = z_i / |z_i|,  min sum_i |x_i - mu_(c_i)|^2
 
-and the schedule: inside each cluster, easy to hard by d_i, cut into batches of B; batch j of n_b in
-its cluster has progress (j + 1/2) / n_b; all batches ordered by progress (so every cluster advances at
-the same pace and consecutive batches come from different clusters); then the last floor(mix B / 2)
-problems of batches 2t and 2t+1 are swapped (moderate mixing). The vanilla arm is grpo.random_schedule
-over every problem: shuffled epochs.
+and the schedule built from d_i and c_i is defined in schedule.py's docstring.
 """
 from __future__ import annotations
 
@@ -54,8 +52,8 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,32 +62,77 @@ import estimators
 import grpo
 import plan
 import toy
+from checkpoint import latest_checkpoint
+from data import Problem, format_prompt, load_problems, write_problems
+from evaluate import generate_completions, load_benchmark, make_eval_fn
 from parallel import barrier, dist_info, init_distributed
-from data import (DataError, Problem, Stages, add_dataclass_args, atomic_write_text, dataclass_from_args, dir_stamp,
-                  file_stamp, flag, format_prompt, given_args, load_model, load_problems, number_label, read_jsonl,
-                  resolve_device, stable_hash, write_jsonl, write_problems)
-from evaluate import (cluster_purity, cluster_summary, generate_completions, load_benchmark, make_eval_fn, metric_name,
-                      write_report)
-from sae import PooledFeatures, encode_problems, load_sae, prompt_texts, sae_layer, save_sae, train_sae
+from report import cluster_purity, cluster_summary, metric_name, write_report
+from runtime import (DataError, Stage, Stages, add_dataclass_args, atomic_write_text, dataclass_from_args, dir_stamp,
+                     file_stamp, flag, given_args, load_model, read_jsonl, resolve_device, stable_hash, write_jsonl)
+from sae import PooledFeatures, encode_problems, prompt_texts, sae_layer, train_sae
+from sae_formats import load_sae, save_sae
+from schedule import make_schedules, pace_applies, write_schedule
 from verifier import extract_answer, gold_parse_report, is_equiv, verify
 
-STAGES = ("problems", "sae", "features", "labels", "quality", "difficulty", "clusters", "schedule",
-          "train", "report")
 DEEPMATH = "zwhe99/DeepMath-103K"
+PAPER_BENCHMARKS = "math500,aime24,amc23"
+
+# The defaults that differ between the two worlds, for the Config fields left at None: TOY without --model
+# (the toy world) or with --preset toy, PAPER otherwise. A flag given on the command line wins.
+PAPER = dict(preset="qwen-math-1.5b", sae_width=16384, sae_k=64, sae_tokens=20_000_000,
+             label_size=None,  # None: min(2000, 5% of the problems), see label_size()
+             compare=False, eval_every=50, eval_limit=None, eval_samples=1, eval_batch_size=128)
+# a 0.5M-parameter model on a CPU; avg@4 evaluation: what 40 toy steps learn first is the answer format,
+# which greedy decoding already has
+TOY = dict(preset="toy", sae_width=512, sae_k=16, sae_tokens=300_000, label_size=400,
+           compare=True, eval_every=10, eval_limit=300, eval_samples=4, eval_batch_size=16)
+
+
+def by_world(name: str, paper_none: str = "") -> str:
+    """A flag's help: its default in each world, read from PAPER and TOY."""
+    def show(v):
+        return paper_none if v is None else f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
+
+    return f" (default {show(PAPER[name])}; in the toy world {show(TOY[name])})"
+
+
+# The stages' cache keys (runtime.Stages), declared: the stages each one reads, the settings it depends on
+# (Config fields; GRPOConfig fields as grpo.<field>) and the files it leaves in the run folder.
+PIPELINE = (
+    Stage("problems", settings=("train_data", "limit", "seed", "problem_field", "answer_field"),
+          files=("problems.jsonl",)),
+    Stage("sae", reads=("problems",), files=("sae/cfg.json",),
+          settings=("sae", "sae_model", "sae_layer", "sae_width", "sae_k", "sae_tokens", "seed", "grpo.template")),
+    Stage("features", reads=("sae", "problems"), settings=("top_m", "pooling"), files=("features.safetensors",)),
+    Stage("labels", reads=("problems",), files=("labels.json",),
+          settings=("label_size", "difficulty_labels", "seed", "model", "grpo.template", "grpo.max_new_tokens")),
+    Stage("quality", reads=("features", "labels"), files=("quality.json",),
+          settings=("quality_drop", "no_quality_filter", "probe_features", "seed")),
+    Stage("difficulty", reads=("features", "labels"), settings=("probe_features", "seed"), files=("difficulty.json",)),
+    Stage("clusters", reads=("features", "quality", "difficulty"), settings=("k", "no_cluster", "seed"),
+          files=("clusters.json", "clusters.md")),
+    Stage("schedule", reads=("problems", "quality", "difficulty", "clusters"),
+          settings=("schedule", "pace", "steps", "mix", "no_curriculum", "compare", "seeds", "seed", "grpo.batch_size"),
+          files=("schedule.jsonl", "schedules.json", "scores.jsonl")),
+    Stage("train", reads=("schedule",)),  # never read back: each arm resumes from its own checkpoints (train_arms)
+)
+STAGES = tuple(stage.name for stage in PIPELINE) + ("report",)
 
 
 @dataclass
 class Config:
-    """Every setting of a run; each field is a flag (--sae-layer for sae_layer). None = the default
-    of the world the run is in (toy world without --model, the paper's setting with it): see
-    resolve_defaults. GRPO's own knobs (--lr, --group-size, ...) come from grpo.GRPOConfig."""
+    """Every setting of a run; each field is a flag (--sae-layer for sae_layer). A field left at None takes its
+    world's default (PAPER or TOY, above) or one that follows from other fields (--sae-model: --model;
+    --steps: the GRPO preset's num_steps; without --model, --train-data and --benchmarks: the toy world's,
+    with it DeepMath-103K and MATH-500, AIME24, AMC23). GRPO's own knobs (--lr, --group-size, ...) come from
+    grpo.GRPOConfig."""
     model: str | None = flag(None, "policy model (local folder or Hub id); none: the embedded toy world")
     sae_model: str | None = flag(None, "model whose SAE gives the features (default: --model)")
     sae: str | None = flag(None, "SAE to load (SAELens/sparsify/dictionary_learning/Llama Scope/Gemma Scope dir or Hub id); none: train one")
     sae_layer: int | None = flag(None, "decoder layer whose residual output is encoded (default: the middle one)")
-    sae_width: int | None = flag(None, "d_sae of a trained SAE (default 16384; toy 512)")
-    sae_k: int | None = flag(None, "k of a trained TopK SAE (default 64; toy 16)")
-    sae_tokens: int | None = flag(None, "training tokens of a trained SAE (default 20M; toy 300k)")
+    sae_width: int | None = flag(None, "d_sae of a trained SAE" + by_world("sae_width"))
+    sae_k: int | None = flag(None, "k of a trained TopK SAE" + by_world("sae_k"))
+    sae_tokens: int | None = flag(None, "training tokens of a trained SAE" + by_world("sae_tokens"))
     top_m: int = flag(256, "pooled features kept per problem")
     pooling: str = flag("mean", "SAE codes pooled over a problem's tokens (bench/feature_quality.py: max "
                         "predicts the subject better, mean the level)", choices=("mean", "max"))
@@ -101,7 +144,7 @@ class Config:
     mix: float = flag(0.25, "batch mixing: 0 = pure cluster batches, 1 = fully mixed")
     quality_drop: float = flag(0.1, "fraction of problems with the lowest quality score dropped")
     difficulty_labels: str = flag("field:difficulty", "difficulty labels: field:NAME, or rollouts:G (1 - pass rate of G samples)")
-    label_size: int | None = flag(None, "size of the labelled subset (default min(2000, 5%); toy 400)")
+    label_size: int | None = flag(None, "size of the labelled subset" + by_world("label_size", "min(2000, 5%)"))
     probe_features: int = flag(2048, "probes see the SAE features most often active in the labelled subset")
     schedule: str = flag("saerl", "saerl (engineered order) or random (ablation: random order over the kept problems)")
     pace: str = flag("epoch", "a budget shorter than one epoch: epoch (train the engineered epoch's first steps; the "
@@ -110,21 +153,21 @@ class Config:
     no_curriculum: bool = flag(False, "ablation: shuffle inside clusters instead of easy-to-hard")
     no_cluster: bool = flag(False, "ablation: one cluster (pure difficulty curriculum)")
     no_quality_filter: bool = flag(False, "ablation: keep every problem")
-    compare: bool | None = flag(None, "train vanilla GRPO and SAERL on the same budget (default: on in the toy world)")
+    compare: bool | None = flag(None, "train vanilla GRPO and SAERL on the same budget" + by_world("compare"))
     seeds: int = flag(1, "seeds per arm")
     steps: int | None = flag(None, "GRPO steps per arm (default: the preset's num_steps, 500; toy 40)")
     target: float | None = flag(None, "accuracy whose first crossing is reported (default: vanilla's final accuracy)")
-    benchmarks: str | None = flag(None, "comma-separated benchmarks for evaluation (default math500,aime24,amc23; toy: its test set)")
-    eval_every: int | None = flag(None, "evaluate every this many steps (default 50; toy 10)")
-    eval_limit: int | None = flag(None, "problems per benchmark for in-loop evaluation (default all; toy 300)")
+    benchmarks: str | None = flag(None, f"comma-separated benchmarks for evaluation (default {PAPER_BENCHMARKS}; toy: its test set)")
+    eval_every: int | None = flag(None, "evaluate every this many steps" + by_world("eval_every"))
+    eval_limit: int | None = flag(None, "problems per benchmark for in-loop evaluation" + by_world("eval_limit", "all"))
     max_eval_tokens: int | None = flag(None, "completion budget at evaluation (default: the training one)")
-    eval_batch_size: int | None = flag(None, "prompts per generate call at evaluation (default 128, each one row "
-                                             "when greedy; toy 16)")
+    eval_batch_size: int | None = flag(None, "prompts per generate call at evaluation (each one row when greedy)"
+                                       + by_world("eval_batch_size"))
     eval_samples: int | None = flag(None, "completions per problem at evaluation: 1 = greedy pass@1, N = avg@N "
-                                          "sampled at --eval-temperature (default 1; toy 4)")
-    eval_temperature: float | None = flag(None, "sampling temperature of avg@N evaluation (default 1.0, the "
-                                                "training temperature, so avg@N is the mean reward)")
-    preset: str | None = flag(None, "GRPOConfig preset: qwen-math-1.5b, dapo, dr_grpo, toy")
+                                          "sampled at --eval-temperature" + by_world("eval_samples"))
+    eval_temperature: float = flag(1.0, "sampling temperature of avg@N evaluation (the training temperature, so "
+                                        "avg@N is the mean reward)")
+    preset: str | None = flag(None, "GRPOConfig preset: qwen-math-1.5b, dapo, dr_grpo, toy" + by_world("preset"))
     seed: int = flag(0, "base seed (arm seeds are seed, seed+1, ...)")
     out: str = flag("runs", "parent folder of runs")
     name: str | None = flag(None, "run name: runs/<name>/ (default: toy, or the model's last path part)")
@@ -133,7 +176,7 @@ class Config:
 
 
 # ================================================================================================
-# main: the stages in order
+# main and run: the stages in order
 # ================================================================================================
 
 
@@ -143,7 +186,7 @@ def main(argv=None) -> Path | None:
     cfg, grpo_overrides = parse_args(argv)
     plan_flags, _ = plan.plan_flags().parse_known_args(argv)
     if plan_flags.plan:  # the real run's memory per phase, from the config alone (default: the paper's policy)
-        gcfg = grpo.GRPOConfig.preset(cfg.preset or "qwen-math-1.5b", **grpo_overrides)
+        gcfg = grpo.GRPOConfig.preset(cfg.preset or PAPER["preset"], **grpo_overrides)
         print(plan.memory_plan_report(cfg.model or "Qwen/Qwen2.5-Math-1.5B", gcfg, gpu_gib=plan_flags.gpu_memory,
                                       world=plan_flags.world_size))
         return None
@@ -155,145 +198,67 @@ def main(argv=None) -> Path | None:
 
 
 def run(cfg: Config, grpo_overrides: dict | None = None) -> Path:
-    """Run the pipeline up to cfg.stage; returns the run folder. Every stage has the same shape:
-    its key, then compute and record it unless it is cached, then read its output back."""
+    """Run the pipeline up to cfg.stage; returns the run folder. Each data stage is computed unless the
+    cache holds it (PIPELINE), then read back; under torchrun rank 0 computes them while the other ranks
+    wait, then read them back, and every rank trains its share."""
     rank, world = dist_info()
-    if world > 1 and cfg.stage != "report":
-        raise SystemExit(f"saerl: torchrun runs the whole pipeline; for --stage {cfg.stage} use one process "
-                         "(python saerl.py --stage ...), then torchrun for training")
+    cfg = resolve(cfg)  # on every rank: a bad flag fails at once
     if rank > 0:  # wait for rank 0 to finish the data stages, then read them back below
         barrier()
-    cfg, gcfg, root, device = setup(cfg, grpo_overrides)
-    stages = Stages(root, log=log, write=rank == 0)  # data.Stages: the cache and the clock
+    root = Path(cfg.out) / (cfg.name or ("toy" if cfg.model is None else Path(cfg.model.rstrip("/")).name))
+    if cfg.model is None:  # no --model: the toy world (toy.py), built under --out by the first run, reused after
+        cfg = enter_toy_world(cfg)
+    cfg, gcfg, device = setup(cfg, root, grpo_overrides)
+    stages = Stages(root, PIPELINE, stage_settings(cfg, gcfg), log=log, write=rank == 0)
     models = {}  # name -> (model, tokenizer), each loaded once per run
-    key = {}     # stage -> its key in this run
 
-    with stages.timed("problems"):
-        key["problems"] = stable_hash("problems", cfg.train_data, cfg.limit, cfg.seed, cfg.problem_field,
-                                      cfg.answer_field, file_stamp(cfg.train_data))
-        if not stages.cached("problems", key["problems"], "problems.jsonl"):
-            write_problems(root / "problems.jsonl", read_training_problems(cfg, gcfg.batch_size))
-            stages.done("problems", key["problems"])
-        problems = load_problems(root / "problems.jsonl", verbose=False)
+    problems = problems_stage(stages, cfg, gcfg)
     if cfg.stage == "problems":
         return stages.finish()
-
-    with stages.timed("sae"):  # a given SAE is read (its key names its files); otherwise one is trained
-        model, tok = load_once(models, cfg.sae_model, device)
-        given = load_sae(cfg.sae, device=device) if cfg.sae else None
-        layer = sae_layer(model, given, cfg.sae_layer, model_name=cfg.sae_model, sae_name=cfg.sae)
-        template = gcfg.template  # the SAE sees the prompts the policy sees
-        key["sae"] = (stable_hash("sae", cfg.sae, cfg.sae_model, layer, template, dir_stamp(cfg.sae)) if given else
-                      stable_hash("sae", cfg.sae_model, layer, cfg.sae_width, cfg.sae_k, cfg.sae_tokens, cfg.seed,
-                                  template, key["problems"]))
-        if not given and not stages.cached("sae", key["sae"], "sae/cfg.json"):
-            texts = [format_prompt(p.problem, tok, template) for p in problems]
-            save_sae(train_sae(model, tok, texts, layer, d_sae=cfg.sae_width, k=cfg.sae_k, tokens=cfg.sae_tokens,
-                               seed=cfg.seed, device=device, state_path=root / "sae.state.pt"), root / "sae")
-            stages.done("sae", key["sae"])
-        sae_obj = given or load_sae(root / "sae", device=device)
+    encoder = sae_stage(stages, cfg, gcfg, problems, models, device)
     if cfg.stage == "sae":
         return stages.finish()
-
-    def encode(items):  # pooled features, with the policy's prompt rendering, over the problem's own text
-        return encode_features(model, tok, items, sae_obj, layer, template, cfg.top_m, device, root / "cache",
-                               cfg.pooling)
-
-    with stages.timed("features"):
-        # mean pooling keeps the key it had before --pooling existed, so older run folders stay cached
-        key["features"] = stable_hash("features", key["sae"], key["problems"], cfg.top_m,
-                                      *(() if cfg.pooling == "mean" else (cfg.pooling,)))
-        if not stages.cached("features", key["features"], "features.safetensors"):
-            encode(problems).save(root / "features.safetensors")
-            stages.done("features", key["features"])
-        feats = PooledFeatures.load(root / "features.safetensors")
+    feats = features_stage(stages, problems, encoder)
     if cfg.stage == "features":
         return stages.finish()
-
-    with stages.timed("labels"):
-        key["labels"] = stable_hash("labels", key["problems"], label_size(cfg, len(problems)), cfg.difficulty_labels,
-                                    cfg.seed, cfg.model, gcfg.template, gcfg.max_new_tokens)
-        if not stages.cached("labels", key["labels"], "labels.json"):
-            policy = lambda: load_once(models, cfg.model, device)  # noqa: E731 -- loaded only for rollouts
-            write_json(root / "labels.json", make_labels(cfg, gcfg, problems, policy))
-            stages.done("labels", key["labels"])
-        labels = read_json(root / "labels.json")
+    labels = labels_stage(stages, cfg, gcfg, problems, models, device)
     if cfg.stage == "labels":
         return stages.finish()
-
-    with stages.timed("quality"):
-        key["quality"] = stable_hash("quality", key["features"], key["labels"], cfg.quality_drop,
-                                     cfg.no_quality_filter, cfg.probe_features, cfg.seed)
-        if not stages.cached("quality", key["quality"], "quality.json"):
-            write_json(root / "quality.json", fit_quality(cfg, problems, feats, labels, encode))
-            stages.done("quality", key["quality"])
-        quality = read_json(root / "quality.json")
+    quality = quality_stage(stages, cfg, problems, feats, labels, encoder)
     if cfg.stage == "quality":
         return stages.finish()
-
-    with stages.timed("difficulty"):
-        key["difficulty"] = stable_hash("difficulty", key["features"], key["labels"], cfg.probe_features, cfg.seed)
-        if not stages.cached("difficulty", key["difficulty"], "difficulty.json"):
-            write_json(root / "difficulty.json", fit_difficulty(cfg, feats, labels))
-            stages.done("difficulty", key["difficulty"])
-        difficulty = read_json(root / "difficulty.json")
+    difficulty = difficulty_stage(stages, cfg, feats, labels)
     if cfg.stage == "difficulty":
         return stages.finish()
-
-    with stages.timed("clusters"):
-        key["clusters"] = stable_hash("clusters", key["features"], key["quality"], key["difficulty"], cfg.k,
-                                      cfg.no_cluster, cfg.seed)
-        if not stages.cached("clusters", key["clusters"], "clusters.json", "clusters.md"):
-            clusters, summary = cluster_kept(cfg, problems, feats, quality["kept"], difficulty["predicted"], device)
-            atomic_write_text(root / "clusters.md", summary)
-            write_json(root / "clusters.json", clusters)
-            stages.done("clusters", key["clusters"])
-        clusters = read_json(root / "clusters.json")
+    clusters = clusters_stage(stages, cfg, problems, feats, quality, difficulty, device)
     if cfg.stage == "clusters":
         return stages.finish()
-
-    with stages.timed("schedule"):
-        paced = pace_applies(cfg, gcfg.batch_size, len(quality["kept"]))
-        key["schedule"] = stable_hash("schedule", key["clusters"], gcfg.batch_size, cfg.mix, cfg.no_curriculum,
-                                      cfg.steps, arms(cfg), *(["budget"] if paced else []))
-        if not stages.cached("schedule", key["schedule"], "schedule.jsonl", "schedules.json", "scores.jsonl"):
-            schedules, epoch = make_schedules(cfg, gcfg.batch_size, problems, quality, difficulty, clusters, paced)
-            write_jsonl(root / "schedule.jsonl", [{"step": i, "ids": b} for i, b in enumerate(epoch)])
-            write_json(root / "schedules.json", schedules)
-            write_jsonl(root / "scores.jsonl", problem_scores(problems, quality, difficulty, clusters))
-            stages.done("schedule", key["schedule"])
-        schedules = read_json(root / "schedules.json")
+    schedules, paced = schedule_stage(stages, cfg, gcfg, problems, quality, difficulty, clusters)
     if cfg.stage == "schedule":
         return stages.finish()
 
     if rank == 0 and world > 1:  # the data stages are on disk: the other ranks may go on
         barrier()
-    with stages.timed("train") as timing:
-        # the SAE stage's model (held by `models`, `model` and the `encode` closure) and the SAE are no
-        # longer needed: free them before training, which --plan sizes without them
-        models.clear()
-        model = tok = encode = sae_obj = given = None  # noqa: F841
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        results, all_finished = train_arms(cfg, gcfg, root, problems, schedules, device)
-        timing["cached"] = all_finished  # every arm had reached its last step: nothing was trained
-        stages.done("train", stable_hash("train", key["schedule"]))
+    layer = encoder.layer
+    del encoder  # the SAE stage's model and SAE: training, which --plan sizes without them, starts without them
+    models.clear()
+    results = train_stage(stages, cfg, gcfg, problems, schedules, device)
     if cfg.stage == "train" or rank > 0:
         return stages.finish()
-
     with stages.timed("report"):
-        write_report(root, cfg, gcfg, layer, paced, problems, quality, difficulty, clusters, results,
-                     stages.times, metric_name(cfg.eval_samples, cfg.eval_temperature))
+        write_report(root, cfg, gcfg, layer=layer, paced=paced, problems=problems, quality=quality,
+                     difficulty=difficulty, clusters=clusters, results=results, times=stages.times)
     return stages.finish()
 
 
 # ================================================================================================
-# Stage bodies, in stage order
+# The run's settings: flags checked, each world's defaults, the toy world, the GRPO config
 # ================================================================================================
 
 
-def setup(cfg: Config, grpo_overrides: dict | None):
-    """Check the flags, fill the defaults, write config.json: (cfg, GRPOConfig, run folder, device)."""
+def resolve(cfg: Config) -> Config:
+    """The flags checked (before anything is built or loaded), and the fields left at None filled from the
+    run's world: TOY without --model or with --preset toy, PAPER otherwise."""
     checks = [(cfg.stage in STAGES, f"--stage {cfg.stage!r}; expected one of {', '.join(STAGES)}"),
               (cfg.schedule in ("saerl", "random"), f"--schedule {cfg.schedule!r}; expected saerl or random"),
               (cfg.pace in ("epoch", "budget"), f"--pace {cfg.pace!r}; expected epoch or budget"),
@@ -303,67 +268,183 @@ def setup(cfg: Config, grpo_overrides: dict | None):
                f"--eval-samples {cfg.eval_samples}; expected an integer >= 1"),
               (cfg.eval_batch_size is None or cfg.eval_batch_size >= 1,
                f"--eval-batch-size {cfg.eval_batch_size}; expected an integer >= 1"),
-              (cfg.eval_temperature is None or cfg.eval_temperature > 0,
-               f"--eval-temperature {cfg.eval_temperature}; expected > 0 (greedy is --eval-samples 1)")]
+              (cfg.eval_temperature > 0,
+               f"--eval-temperature {cfg.eval_temperature}; expected > 0 (greedy is --eval-samples 1)"),
+              (dist_info()[1] == 1 or cfg.stage == "report",
+               f"saerl: torchrun runs the whole pipeline; for --stage {cfg.stage} use one process "
+               "(python saerl.py --stage ...), then torchrun for training")]
     for ok, message in checks:
         if not ok:
             raise SystemExit(message)
-    root = Path(cfg.out) / (cfg.name or ("toy" if cfg.model is None else Path(cfg.model.rstrip("/")).name))
+    world = TOY if cfg.model is None or cfg.preset == "toy" else PAPER
+    cfg = dataclasses.replace(cfg, **{name: value for name, value in world.items() if getattr(cfg, name) is None})
+    if cfg.eval_samples == 1 and cfg.eval_temperature != 1.0:  # 1.0: the default, which greedy ignores
+        raise SystemExit(f"--eval-temperature {cfg.eval_temperature} applies to avg@N evaluation: pass --eval-samples N "
+                         "(N > 1); one sample is greedy")
+    return cfg
+
+
+def enter_toy_world(cfg: Config) -> Config:
+    """The run without --model happens in the toy world (toy.py): built under --out by the first run (about
+    100 s on a CPU) and reused after, its model, training problems and test set stand in for --model,
+    --train-data and --benchmarks (those two unless given)."""
+    world = toy.build_world(Path(cfg.out) / "toy_world", seed=0)
+    return dataclasses.replace(cfg, model=str(world.model_dir), train_data=cfg.train_data or str(world.train_path),
+                               benchmarks=cfg.benchmarks or f"toy={world.test_path}")
+
+
+def setup(cfg: Config, root: Path, grpo_overrides: dict | None):
+    """The defaults that follow from other fields, the GRPO config (built once, with the pipeline's step
+    budget and evaluation period), the run folder and its config.json: (cfg, GRPOConfig, device)."""
+    steps = cfg.steps if cfg.steps is not None else grpo.GRPOConfig.preset(cfg.preset).num_steps
+    cfg = dataclasses.replace(cfg, sae_model=cfg.sae_model or cfg.model, train_data=cfg.train_data or DEEPMATH,
+                              benchmarks=cfg.benchmarks or PAPER_BENCHMARKS, steps=steps)
+    gcfg = grpo.GRPOConfig.preset(cfg.preset, **{**(grpo_overrides or {}), "max_steps": cfg.steps,
+                                                 "eval_every": cfg.eval_every})
     root.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
-    asked_temperature = cfg.eval_temperature
-    cfg = resolve_defaults(cfg)
-    if asked_temperature is not None and cfg.eval_samples == 1:
-        raise SystemExit(f"--eval-temperature {asked_temperature} applies to avg@N evaluation: pass --eval-samples N "
-                         "(N > 1); one sample is greedy")
-    gcfg = grpo.GRPOConfig.preset(cfg.preset, **(grpo_overrides or {}))
-    if cfg.steps is None:
-        cfg.steps = gcfg.num_steps
-    gcfg.max_steps = cfg.steps
-    if cfg.eval_every:
-        gcfg.eval_every = cfg.eval_every
     if dist_info()[0] == 0:
         write_json(root / "config.json", {"pipeline": dataclasses.asdict(cfg), "grpo": dataclasses.asdict(gcfg)},
                    indent=1)
     log(f"run folder {root} (device {device})")
-    return cfg, gcfg, root, device
+    return cfg, gcfg, device
 
 
-def resolve_defaults(cfg: Config) -> Config:
-    """Fill the None fields: the toy world's settings without --model, the paper's with it. The step
-    budget is the GRPO preset's num_steps (40 for the toy preset, 500 otherwise); see setup."""
-    c = dataclasses.replace(cfg)
-    toy_sized = c.model is None or c.preset == "toy"
-    if c.model is None:
-        world = toy.build_world(Path(c.out) / "toy_world", seed=0)
-        c.model = str(world.model_dir)
-        c.train_data = c.train_data or str(world.train_path)
-        c.benchmarks = c.benchmarks or f"toy={world.test_path}"
-        c.preset = c.preset or "toy"
-    c.train_data = c.train_data or DEEPMATH
-    c.benchmarks = c.benchmarks or "math500,aime24,amc23"
-    if toy_sized:  # a 0.5M-parameter model on a CPU
-        # avg@4: what 40 toy steps learn first is the answer format, which greedy decoding already has
-        defaults = dict(sae_width=512, sae_k=16, sae_tokens=300_000, label_size=400, eval_every=10, eval_limit=300,
-                        eval_samples=4, eval_batch_size=16, compare=True)
-    else:
-        defaults = dict(sae_width=16384, sae_k=64, sae_tokens=20_000_000, label_size=None, eval_every=50,
-                        eval_limit=None, eval_samples=1, eval_batch_size=128, preset="qwen-math-1.5b", compare=False)
-    defaults["eval_temperature"] = 1.0
-    for name, value in defaults.items():
-        if getattr(c, name) is None:
-            setattr(c, name, value)
-    c.sae_model = c.sae_model or c.model
-    return c
+def stage_settings(cfg: Config, gcfg) -> dict:
+    """What a PIPELINE stage may name: every Config field, and every GRPOConfig field as grpo.<field>."""
+    return dataclasses.asdict(cfg) | {f"grpo.{name}": value for name, value in dataclasses.asdict(gcfg).items()}
 
 
-def read_training_problems(cfg: Config, batch_size: int) -> list[Problem]:
-    problems = load_problems(cfg.train_data, limit=cfg.limit, seed=cfg.seed, problem_field=cfg.problem_field,
-                             answer_field=cfg.answer_field)
-    if len(problems) < 2 * batch_size:
-        raise SystemExit(f"{cfg.train_data}: {len(problems)} usable problems; need at least "
-                         f"{2 * batch_size} for batches of {batch_size}")
-    return problems
+# ================================================================================================
+# The stages, in order: each computes its output unless the cache holds it, then reads it back
+# ================================================================================================
+
+
+def problems_stage(stages: Stages, cfg: Config, gcfg) -> list[Problem]:
+    """--train-data read (bad rows reported, duplicates kept once), its seeded --limit subset."""
+    with stages.run("problems", stamp=file_stamp(cfg.train_data)) as compute:
+        if compute:
+            problems = load_problems(cfg.train_data, limit=cfg.limit, seed=cfg.seed, problem_field=cfg.problem_field,
+                                     answer_field=cfg.answer_field)
+            if len(problems) < 2 * gcfg.batch_size:
+                raise SystemExit(f"{cfg.train_data}: {len(problems)} usable problems; need at least "
+                                 f"{2 * gcfg.batch_size} for batches of {gcfg.batch_size}")
+            write_problems(stages.root / "problems.jsonl", problems)
+        return load_problems(stages.root / "problems.jsonl", verbose=False)
+
+
+@dataclass
+class Encoder:
+    """What the SAE stage hands on: encoder(problems) -> their pooled SAE features, the problems rendered
+    with the policy's prompt template and pooled over the problem's own tokens (the features stage encodes
+    the training problems, the quality stage their corrupted copies). It holds the SAE's model: run()
+    drops it before training."""
+    model: Any
+    tokenizer: Any
+    sae: Any
+    layer: int
+    template: str
+    top_m: int
+    pooling: str
+    device: torch.device
+    cache_dir: Path
+
+    def __call__(self, problems) -> PooledFeatures:
+        texts, spans = prompt_texts(problems, self.tokenizer, self.template)
+        return encode_problems(self.model, self.tokenizer, texts, self.sae, self.layer, pooling=self.pooling,
+                               top_m=self.top_m, char_spans=spans, device=self.device, cache_dir=self.cache_dir,
+                               progress=True)
+
+
+def sae_stage(stages: Stages, cfg: Config, gcfg, problems, models: dict, device) -> Encoder:
+    """A given --sae is read (its files' stamps are in the key); otherwise a TopK SAE is trained on the
+    problems' prompts (the ones the policy sees). Returns the Encoder of the later stages."""
+    with stages.run("sae", stamp=dir_stamp(cfg.sae), files=() if cfg.sae else None) as compute:
+        model, tok = load_once(models, cfg.sae_model, device)
+        given = load_sae(cfg.sae, device=device) if cfg.sae else None
+        layer = sae_layer(model, given, cfg.sae_layer, model_name=cfg.sae_model, sae_name=cfg.sae)
+        if compute and not given:
+            texts = [format_prompt(p.problem, tok, gcfg.template) for p in problems]
+            save_sae(train_sae(model, tok, texts, layer, d_sae=cfg.sae_width, k=cfg.sae_k, tokens=cfg.sae_tokens,
+                               seed=cfg.seed, device=device, state_path=stages.root / "sae.state.pt"),
+                     stages.root / "sae")
+        sae = given or load_sae(stages.root / "sae", device=device)
+        return Encoder(model, tok, sae, layer, template=gcfg.template, top_m=cfg.top_m, pooling=cfg.pooling,
+                       device=device, cache_dir=stages.root / "cache")
+
+
+def features_stage(stages: Stages, problems, encoder: Encoder) -> PooledFeatures:
+    """Every training problem's pooled top-m SAE features."""
+    with stages.run("features") as compute:
+        if compute:
+            encoder(problems).save(stages.root / "features.safetensors")
+        return PooledFeatures.load(stages.root / "features.safetensors")
+
+
+def labels_stage(stages: Stages, cfg: Config, gcfg, problems, models: dict, device) -> dict:
+    """The labelled subset and its difficulty labels (make_labels)."""
+    with stages.run("labels") as compute:
+        if compute:
+            policy = lambda: load_once(models, cfg.model, device)  # noqa: E731 -- loaded only for rollouts
+            write_json(stages.root / "labels.json", make_labels(cfg, gcfg, problems, policy))
+        return read_json(stages.root / "labels.json")
+
+
+def quality_stage(stages: Stages, cfg: Config, problems, feats, labels, encoder: Encoder) -> dict:
+    """The quality probe's score of every problem and the kept ones (fit_quality)."""
+    with stages.run("quality") as compute:
+        if compute:
+            write_json(stages.root / "quality.json", fit_quality(cfg, problems, feats, labels, encoder))
+        return read_json(stages.root / "quality.json")
+
+
+def difficulty_stage(stages: Stages, cfg: Config, feats, labels) -> dict:
+    """The difficulty proxy's prediction for every problem (fit_difficulty)."""
+    with stages.run("difficulty") as compute:
+        if compute:
+            write_json(stages.root / "difficulty.json", fit_difficulty(cfg, feats, labels))
+        return read_json(stages.root / "difficulty.json")
+
+
+def clusters_stage(stages: Stages, cfg: Config, problems, feats, quality, difficulty, device) -> dict:
+    """The kept problems' clusters (cluster_kept) and clusters.md."""
+    with stages.run("clusters") as compute:
+        if compute:
+            clusters, summary = cluster_kept(cfg, problems, feats, quality["kept"], difficulty["predicted"], device)
+            atomic_write_text(stages.root / "clusters.md", summary)
+            write_json(stages.root / "clusters.json", clusters)
+        return read_json(stages.root / "clusters.json")
+
+
+def schedule_stage(stages: Stages, cfg: Config, gcfg, problems, quality, difficulty, clusters) -> tuple[dict, bool]:
+    """Each arm's batches (schedules.json), the engineered epoch (schedule.jsonl) and every problem's scores;
+    returns the arms' schedules and whether --pace budget applied."""
+    paced = pace_applies(cfg.pace, cfg.schedule, cfg.steps, gcfg.batch_size, len(quality["kept"]), log=log)
+    with stages.run("schedule") as compute:
+        if compute:
+            schedules, epoch = make_schedules(problems, quality, difficulty, clusters, batch_size=gcfg.batch_size,
+                                              steps=cfg.steps, schedule=cfg.schedule, compare=cfg.compare,
+                                              seeds=cfg.seeds, seed=cfg.seed, mix=cfg.mix,
+                                              curriculum=not cfg.no_curriculum, paced=paced)
+            write_schedule(stages.root / "schedule.jsonl", epoch)
+            write_json(stages.root / "schedules.json", schedules)
+            write_jsonl(stages.root / "scores.jsonl", problem_scores(problems, quality, difficulty, clusters))
+        return read_json(stages.root / "schedules.json"), paced
+
+
+def train_stage(stages: Stages, cfg: Config, gcfg, problems, schedules: dict, device) -> dict:
+    """grpo.train for every arm (train_arms); shown as cached when every arm had already reached its last step."""
+    with stages.timed("train") as timing:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the SAE stage's model is gone: give its memory back before training
+        results, timing["cached"] = train_arms(cfg, gcfg, stages.root, problems, schedules, device)
+        stages.done("train")
+    return results
+
+
+# ================================================================================================
+# Stage bodies: the labels, the quality probe, the difficulty proxy, the clusters, training
+# ================================================================================================
 
 
 def load_once(models: dict, name: str, device):
@@ -373,15 +454,20 @@ def load_once(models: dict, name: str, device):
     return models[name]
 
 
-def encode_features(model, tok, problems, sae_obj, layer, template, top_m, device, cache_dir, pooling="mean"):
-    """Pooled features of problems: the policy's prompt rendering, pooled over the problem text only."""
-    texts, spans = prompt_texts(problems, tok, template)
-    return encode_problems(model, tok, texts, sae_obj, layer, pooling=pooling, top_m=top_m, char_spans=spans,
-                           device=device, cache_dir=cache_dir, progress=True)
-
-
 def label_size(cfg: Config, n: int) -> int:
+    """The labelled subset's size: --label-size, else min(2000, 5% of the n problems, at least 50); at most n."""
     return min(cfg.label_size or min(2000, max(50, round(0.05 * n))), n)
+
+
+def number_label(v):
+    """A number from a label field: 3, 3.0, "3" or MATH's "Level 3"; None otherwise."""
+    if isinstance(v, str) and v.strip().lower().startswith("level "):
+        v = v.strip()[6:]
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
 
 
 def make_labels(cfg: Config, gcfg, problems, policy) -> dict:
@@ -412,7 +498,7 @@ def make_labels(cfg: Config, gcfg, problems, policy) -> dict:
     return out
 
 
-def fit_quality(cfg: Config, problems, feats, labels, encode) -> dict:
+def fit_quality(cfg: Config, problems, feats, labels, encoder: Encoder) -> dict:
     """Fit the probe on the labelled subset (an explicit 0/1 `quality` field, else automatic labels
     plus corrupted copies as negatives) and score every problem; keep all but the lowest
     `quality_drop` fraction."""
@@ -435,7 +521,7 @@ def fit_quality(cfg: Config, problems, feats, labels, encode) -> dict:
         copies = corrupt_copies(picked, seed=cfg.seed, frac=0.5)
         X = feats.columns(subset, cols)
         if copies:
-            X = np.concatenate([X, encode(copies).columns(range(len(copies)), cols)])
+            X = np.concatenate([X, encoder(copies).columns(range(len(copies)), cols)])
         y = np.array(auto + [0] * len(copies), dtype=np.float64)
         groups += [q.meta["corrupt_copy_of"] for q in copies]
     if len(set(y.tolist())) < 2:
@@ -495,67 +581,6 @@ def cluster_kept(cfg: Config, problems, feats, kept, predicted, device) -> tuple
             "purity": cluster_purity(labels, [problems[i].meta for i in kept])}, summary
 
 
-def arms(cfg: Config) -> list[tuple[str, int]]:
-    """(arm, seed) pairs. `vanilla`: random order over every problem (plain GRPO). `saerl`: the
-    engineered schedule over the kept problems; with --schedule random, `saerl-random`: random
-    order over the kept problems (the filter without the schedule)."""
-    engineered = "saerl" if cfg.schedule == "saerl" else "saerl-random"
-    names = ["vanilla", engineered] if cfg.compare else [engineered]
-    return [(name, cfg.seed + s) for s in range(cfg.seeds) for name in names]
-
-
-def pace_applies(cfg: Config, batch_size: int, n_kept: int) -> bool:
-    """--pace budget acts only on the engineered arm, and only when the budget is under one epoch."""
-    paced = cfg.pace == "budget" and cfg.schedule == "saerl" and cfg.steps * batch_size < n_kept
-    if cfg.pace == "budget" and not paced:
-        why = ("--schedule random has no easy-to-hard order" if cfg.schedule != "saerl" else
-               f"--steps {cfg.steps} x batch {batch_size} covers all {n_kept} kept problems")
-        log(f"--pace budget has no effect here: {why}")
-    return paced
-
-
-def make_schedules(cfg: Config, B: int, problems, quality, difficulty, clusters, paced: bool):
-    """One schedule per (arm, seed), each --steps full batches of problem ids; and one whole epoch of
-    the engineered arm over the kept problems (each exactly once, the last batch possibly short) for
-    schedule.jsonl, which any trainer can follow. The engineered arm repeats build_schedule epochs
-    (epoch n seeded seed*1000 + n); the random arms are grpo.random_schedule's shuffled epochs."""
-    kept = quality["kept"]
-    if len(kept) < B:
-        raise SystemExit(f"only {len(kept)} problems are kept, fewer than one batch of {B}; lower "
-                         "--quality-drop or --batch-size, or add problems")
-    diff = [difficulty["predicted"][i] for i in kept]
-    kept_ids = [problems[i].id for i in kept]
-
-    def engineered_epoch(seed: int, budget: int | None = None) -> list[list[str]]:
-        rows = list(range(len(kept)))
-        if budget is not None:  # --pace budget: a stratified subset, so each cluster runs easy to hard
-            rows = budget_subset(clusters["labels"], None if cfg.no_curriculum else diff, budget, seed=seed)
-        batches = build_schedule([clusters["labels"][j] for j in rows], [diff[j] for j in rows], B, mix=cfg.mix,
-                                 curriculum=not cfg.no_curriculum, seed=seed)
-        return [[kept_ids[rows[j]] for j in b] for b in batches]
-
-    out = {}
-    for arm, seed in arms(cfg):
-        # seed * 1000: the engineered arm's epoch n is seeded seed*1000 + n, and a random arm's first
-        # epoch is the same permutation as in earlier versions, so their cached runs stay valid
-        if arm == "saerl":
-            batches, n = [], 0
-            while len(batches) < cfg.steps:  # full batches only, epochs reshuffled by seed
-                batches += [b for b in engineered_epoch(seed * 1000 + n, cfg.steps * B if paced else None)
-                            if len(b) == B]
-                n += 1
-            out[f"{arm}-s{seed}"] = batches[:cfg.steps]
-        else:
-            ids = kept_ids if arm == "saerl-random" else [p.id for p in problems]
-            out[f"{arm}-s{seed}"] = grpo.random_schedule(ids, B, cfg.steps, seed * 1000)
-    if cfg.schedule == "saerl":
-        epoch = engineered_epoch(cfg.seed * 1000)
-    else:  # one batch of all kept ids is grpo.random_schedule's first shuffled epoch
-        order = grpo.random_schedule(kept_ids, len(kept_ids), 1, cfg.seed * 1000)[0]
-        epoch = [order[s:s + B] for s in range(0, len(order), B)]
-    return out, epoch
-
-
 def problem_scores(problems, quality, difficulty, clusters) -> list[dict]:
     """scores.jsonl: per problem its quality score, whether it was kept, predicted difficulty, cluster."""
     kept = set(quality["kept"])
@@ -575,8 +600,7 @@ def train_arms(cfg: Config, gcfg, root: Path, problems, schedules: dict, device)
         arm_dir = root / "arms" / arm_name
         # keyed by this arm's own batches, so adding seeds or arms keeps the finished ones
         key = stable_hash("train", batches, cfg.model, dataclasses.asdict(gcfg), cfg.benchmarks, cfg.eval_limit,
-                          max_eval, cfg.eval_batch_size,
-                          *([cfg.eval_samples, cfg.eval_temperature] if cfg.eval_samples > 1 else []))
+                          max_eval, cfg.eval_batch_size, cfg.eval_samples, cfg.eval_temperature)
         marker = arm_dir / "key.txt"
         if dist_info()[0] == 0:
             if marker.exists() and marker.read_text() != key:  # settings changed: keep the old arm aside
@@ -595,7 +619,7 @@ def train_arms(cfg: Config, gcfg, root: Path, problems, schedules: dict, device)
                                temperature=eval_temperature, max_new_tokens=max_eval,
                                batch_size=cfg.eval_batch_size, seed=seed,
                                metric=metric_name(cfg.eval_samples, cfg.eval_temperature))
-        last = grpo.latest_checkpoint(arm_dir / "checkpoints")
+        last = latest_checkpoint(arm_dir / "checkpoints")
         done = int(last.name.rsplit("_", 1)[-1]) if last else 0
         all_finished &= done >= len(batches)
         log(f"training arm {arm_name}: {len(batches)} steps of {gcfg.batch_size} problems x {gcfg.group_size}"
@@ -609,7 +633,7 @@ def train_arms(cfg: Config, gcfg, root: Path, problems, schedules: dict, device)
 
 
 # ================================================================================================
-# The SAERL data operations: quality labels and filter, the batch schedule, the cluster summary
+# The SAERL data operations: quality labels and the quality filter
 # ================================================================================================
 
 
@@ -711,142 +735,6 @@ def quality_filter(scores, drop: float) -> list[int]:
     n_drop = int(math.floor(drop * len(s) + 1e-9))
     order = np.lexsort((np.arange(len(s)), s))  # by score, then index
     return sorted(order[n_drop:].tolist())
-
-
-# ================================================================================================
-# Schedule: cluster-first batches, easy to hard, moderate mixing
-# ================================================================================================
-
-
-def _int_list(values) -> list[int]:
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu()
-    return [int(v) for v in np.asarray(values).reshape(-1).tolist()]
-
-
-def _difficulty_array(difficulty, n: int) -> np.ndarray:
-    """Predicted difficulties as a float64 [n] array; wrong length or NaN is an error."""
-    diff = np.asarray(difficulty.detach().cpu() if isinstance(difficulty, torch.Tensor) else difficulty,
-                      dtype=np.float64).reshape(-1)
-    if diff.shape[0] != n:
-        raise ValueError(f"difficulty has {diff.shape[0]} entries, cluster_ids has {n}")
-    if np.isnan(diff).any():
-        raise ValueError("difficulty contains NaN")
-    return diff
-
-
-def build_schedule(cluster_ids, difficulty, batch_size: int, *, mix: float = 0.25,
-                   curriculum: bool = True, seed: int = 0) -> list[list[int]]:
-    """The SAERL batch schedule (the module docstring): a list of batches of row indices into
-    cluster_ids / difficulty (the kept problems).
-
-    1. Inside each cluster, order problems easy first: stable sort by predicted difficulty, ties
-       by index (curriculum=False: a seeded shuffle instead; difficulty may then be None).
-    2. Cut each cluster of n_c problems into ⌊n_c / B⌋ full batches; full batch i of a cluster with
-       n_b of them gets progress (i + ½) / n_b.
-    3. Remainders (the last n_c mod B problems of each cluster) are pooled: each keeps its own
-       within-cluster progress (pos + ½) / n_c, the pool is sorted by (progress, cluster rank,
-       index) and cut into batches of B whose progress is the mean of their items'.
-    4. All complete batches are ordered by (progress, full before pooled, cluster rank), where the
-       cluster rank is a seeded permutation of the clusters, so batches of equal progress come
-       from different clusters in a seeded order; progress is compared as exact fractions. The
-       one possibly partial batch (the end of the pool, N mod B problems) goes last.
-    5. Mixing: s = ⌊mix·B/2⌋; for j = 0, 2, 4, … the last s items of batch j and of batch j+1 are
-       swapped (disjoint pairs, so no item moves twice; with a short final batch the tail is
-       min(s, its size)). mix=0 keeps pure cluster batches, mix=1 makes every paired batch half
-       and half.
-    Every index appears exactly once; every batch has B items except possibly the last one."""
-    clusters = _int_list(cluster_ids)
-    n = len(clusters)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if not 0 <= mix <= 1:
-        raise ValueError(f"mix must be in [0, 1], got {mix}")
-    if curriculum:
-        if difficulty is None:
-            raise ValueError("difficulty is required when curriculum=True")
-        diff = _difficulty_array(difficulty, n)
-    rng = np.random.default_rng(seed)
-    ids = sorted(set(clusters))
-    rank = {c: r for r, c in enumerate(np.asarray(ids)[rng.permutation(len(ids))].tolist())}
-    members = {c: [] for c in ids}
-    for i, c in enumerate(clusters):
-        members[c].append(i)
-
-    keyed, pool = [], []  # keyed: (sort key, batch); pool: (progress, rank, index)
-    B = batch_size
-    for c in ids:
-        items = members[c]
-        if curriculum:
-            items = sorted(items, key=lambda i: (diff[i], i))
-        else:
-            items = [items[j] for j in rng.permutation(len(items))]
-        n_full = len(items) // B
-        for b in range(n_full):
-            keyed.append(((Fraction(2 * b + 1, 2 * n_full), 0, rank[c]),
-                          items[b * B:(b + 1) * B]))
-        pool += [(Fraction(2 * pos + 1, 2 * len(items)), rank[c], i)
-                 for pos, i in enumerate(items) if pos >= n_full * B]
-    pool.sort()
-    tail = []
-    for r, s in enumerate(range(0, len(pool), B)):
-        chunk = pool[s:s + B]
-        if len(chunk) < B:
-            tail = [i for _, _, i in chunk]
-            break
-        progress = sum((p for p, _, _ in chunk), Fraction(0)) / len(chunk)
-        keyed.append(((progress, 1, r), [i for _, _, i in chunk]))
-    keyed.sort(key=lambda kb: kb[0])
-    batches = [list(b) for _, b in keyed] + ([tail] if tail else [])
-
-    s = int(math.floor(mix * B / 2))
-    for j in range(0, len(batches) - 1, 2):
-        t = min(s, len(batches[j]), len(batches[j + 1]))
-        if t > 0:
-            a, b = batches[j], batches[j + 1]
-            a[-t:], b[-t:] = b[-t:], a[-t:]
-    return batches
-
-
-def budget_subset(cluster_ids, difficulty, n_take: int, *, seed: int = 0) -> list[int]:
-    """The rows a step budget shorter than one epoch trains on (`--pace budget`): n_take of them,
-    sorted, so that a curriculum over the subset still runs from each cluster's easiest to its
-    hardest problems within the budget.
-
-    Each cluster's share is proportional to its size: n_c * n_take / n rounded down, the leftover
-    rows going to the largest remainders (ties: smaller cluster id). A cluster's m rows are drawn one
-    per stratum: its easy-to-hard order (stable sort by difficulty, ties by index) cut into m
-    ranges [floor(t n_c / m), floor((t + 1) n_c / m)), one seeded pick in each. difficulty=None
-    (no curriculum): m seeded picks without replacement. n_take >= n returns every row."""
-    clusters = _int_list(cluster_ids)
-    n = len(clusters)
-    if n_take < 0:
-        raise ValueError(f"n_take must be >= 0, got {n_take}")
-    if n_take >= n:
-        return list(range(n))
-    diff = None if difficulty is None else _difficulty_array(difficulty, n)
-    members: dict[int, list[int]] = {}
-    for i, c in enumerate(clusters):
-        members.setdefault(c, []).append(i)
-    ids = sorted(members)
-    quota = {c: len(members[c]) * n_take // n for c in ids}
-    leftover = n_take - sum(quota.values())
-    by_remainder = sorted(ids, key=lambda c: (-(len(members[c]) * n_take % n), c))
-    for c in by_remainder[:leftover]:
-        quota[c] += 1
-    rng = np.random.default_rng(seed)
-    picked = []
-    for c in ids:
-        items, m = members[c], quota[c]
-        if m == 0:
-            continue
-        if diff is None:
-            picked += [items[j] for j in rng.choice(len(items), size=m, replace=False)]
-            continue
-        items = sorted(items, key=lambda i: (diff[i], i))
-        n_c = len(items)
-        picked += [items[int(rng.integers(t * n_c // m, (t + 1) * n_c // m))] for t in range(m)]
-    return sorted(picked)
 
 
 # ================================================================================================

@@ -2,7 +2,7 @@
 rollout difficulty/quality labels, the toy world's greedy answers) is decoded here.
 
 Owns: the rollout copy of the policy, the decoding engines, and `Rollouts`. Imports only
-torch, transformers and `data` (stop tokens, the pad-safe attention); nothing imports it back but grpo/evaluate/toy.
+torch, transformers, `data` (stop tokens) and `runtime` (the pad-safe attention); nothing imports it back but grpo/evaluate/toy.
 
     rollout_model(policy, dtype)        the copy that generates (bf16 on CUDA: both KV caches bf16,
                                         no per-step autocast); refresh_rollout_model after each update
@@ -37,14 +37,11 @@ import torch
 import torch.nn.functional as F
 
 import graph_decode
-from data import pad_safe_attention, stop_token_ids
+from data import stop_token_ids
+from runtime import NonFiniteError, pad_safe_attention
 
 ENGINES = ("compact", "hf", "graph")
 COMPACT_AT = 0.75  # compact the cache when live rows <= this fraction of its rows
-
-
-class NonFiniteError(FloatingPointError):
-    """A reward, loss, gradient norm or next-token distribution was NaN/inf; nothing was applied."""
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """The toy world: synthetic arithmetic problems with known labels, a tiny Qwen2 model, a warm start.
-Imports: data from this project (problems, prompts, the model loader, CLI flags) -- never saerl.py.
+Imports: data (problems, prompts), runtime (files, the model loader, CLI flags) and sampler (greedy answers)
+from this project -- never saerl.py.
 
 SAERL's three data operations need something real to act on, and tests need the truth to score
 them against. In this world every problem carries its topic (operation family), its difficulty
@@ -46,8 +47,9 @@ from pathlib import Path
 
 import torch
 
-from data import (Problem, add_dataclass_args, atomic_path, flag, format_prompt, load_model, load_problems,
-                  stable_hash, write_problems)
+import sampler
+from data import Problem, format_prompt, load_problems, write_problems
+from runtime import add_dataclass_args, atomic_path, flag, load_model, stable_hash
 
 TOPICS = ("add", "subtract", "multiply", "max", "chain")
 LEVELS = (1, 2, 3, 4, 5)
@@ -277,8 +279,6 @@ def _sft_batch(problems, tokenizer, bare: list[bool]):
 
 def greedy_answers(model, tokenizer, problems, *, batch_size: int = 256, max_new_tokens: int = 16) -> list[str]:
     """Greedy completions (decoded, without the prompt) for each problem, by the one sampler."""
-    import sampler
-
     prompts = [format_prompt(p.problem, tokenizer, TEMPLATE) for p in problems]
     return [texts[0] for texts in sampler.complete(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                                    batch_size=batch_size)]

@@ -41,7 +41,9 @@ import torch  # noqa: E402
 
 import grpo  # noqa: E402
 import sampler  # noqa: E402
-from data import atomic_write_text, load_problems  # noqa: E402
+from data import load_problems  # noqa: E402
+from runtime import atomic_write_text  # noqa: E402
+from schedule import random_schedule  # noqa: E402
 
 
 def _peak_mb(device) -> float:
@@ -308,14 +310,14 @@ def worker_learn(spec: dict) -> dict:
     test = [p for p in load_problems(spec["test_path"]) if int(p.meta.get("quality", 1)) == 1]
     cfg = grpo.GRPOConfig.toy(seed=spec["seed"], **spec.get("overrides", {}))
     before = heldout_reward(model, tok, test, cfg, samples=spec["samples"]) if spec["eval_before"] else None
-    schedule = grpo.random_schedule([p.id for p in train], cfg.batch_size, spec["steps"], seed=spec["seed"])
+    schedule = random_schedule([p.id for p in train], cfg.batch_size, spec["steps"], seed=spec["seed"])
     out = Path(spec["tmp"]) / f"learn_{spec['tag']}_{spec['seed']}"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     last = grpo.train(model, tok, train, schedule, cfg, out_dir=out, resume=False)
     seconds = time.perf_counter() - t0
     after = heldout_reward(model, tok, test, cfg, samples=spec["samples"])
-    from data import read_jsonl
+    from runtime import read_jsonl
     log = read_jsonl(out / "train_log.jsonl")
     return {"seed": spec["seed"], "before": before, "after": after, "train_seconds": seconds,
             "sec_per_step": seconds / len(log), "n_heldout": len(test),

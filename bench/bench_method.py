@@ -41,7 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import estimators  # noqa: E402
-from data import atomic_write_text  # noqa: E402
+from runtime import atomic_write_text  # noqa: E402
 
 
 def dense_data(n, d, k_true, seed):

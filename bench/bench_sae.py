@@ -22,16 +22,18 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
+import runtime  # noqa: E402
 import sae as S  # noqa: E402
+import sae_formats  # noqa: E402
 
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def random_topk_sae(d_in: int, d_sae: int, k: int, seed: int = 0) -> S.SAE:
+def random_topk_sae(d_in: int, d_sae: int, k: int, seed: int = 0) -> sae_formats.SAE:
     g = torch.Generator().manual_seed(seed)
-    sae = S.SAE(d_in, d_sae, activation="topk", k=k)
+    sae = sae_formats.SAE(d_in, d_sae, activation="topk", k=k)
     with torch.no_grad():
         w = torch.randn(d_sae, d_in, generator=g)
         sae.W_dec.copy_(w / w.norm(dim=1, keepdim=True))
@@ -119,7 +121,7 @@ def main():
               f"{r['problems_per_s']:7.2f} {r['peak_mem_growth_mib']:9.1f}")
     result = {"machine": f"{os.cpu_count()}-core CPU" if not torch.cuda.is_available()
               else torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}
-    data.atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    runtime.atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import data  # noqa: E402
+import runtime  # noqa: E402
 import verifier as ev  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
@@ -246,7 +247,7 @@ def peer_report(out: str) -> None:
     print(f"\n{len(result['rejected_cases'])} rejected expectations, by reason:")
     for reason, n in sorted(reasons.items(), key=lambda t: -t[1]):
         print(f"  {n:3d}  {reason[:150]}")
-    data.atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    runtime.atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {out}")
 
 
@@ -325,7 +326,7 @@ def main() -> None:
         for d in disagreements[:25]:
             print(f"  [{d['kind']}] gold={d['gold']!r} pred={d['pred']!r} ours={d['ours']} "
                   f"math-verify={d['math_verify']} expected={d['expected']}")
-    data.atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    runtime.atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.out}")
 
 

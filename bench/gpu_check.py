@@ -20,7 +20,7 @@ under the model gives a real run's lengths (mean ~700 of 3000; some rows reach t
 Checks, in order of value:
  1 left_pad       prefill and grpo.sequence_logprobs + backward on left-padded rows of very different
                   prompt lengths, bf16 weights and fp32 + bf16 autocast (CPU: fp32, bf16), with the
-                  attention as built and after data.pad_safe_attention: finite logits / log-probs /
+                  attention as built and after runtime.pad_safe_attention: finite logits / log-probs /
                   gradients, and the SDPA backend that ran (profiler op and kernel names)
  2 engines        compact vs hf greedy (first divergent token per row), forced compaction
                   (sampler.COMPACT_AT 1.0) vs none (0.0): identical tokens, the same seed twice: equal;
@@ -75,6 +75,8 @@ import parallel  # noqa: E402
 import plan  # noqa: E402
 import sampler  # noqa: E402
 import toy  # noqa: E402
+import runtime  # noqa: E402
+from schedule import random_schedule  # noqa: E402
 
 # Qwen2.5-Math-1.5B's config.json shapes (the weights here are random)
 QWEN_MATH_1_5B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
@@ -197,7 +199,7 @@ def run_checks(checks: list, ctx, result: dict, out: Path, budget_s: float) -> d
 
 def write_json(path: Path, result: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    data.atomic_write_text(path, json.dumps(_jsonable(result), indent=2) + "\n")
+    runtime.atomic_write_text(path, json.dumps(_jsonable(result), indent=2) + "\n")
 
 
 def print_table(result: dict) -> None:
@@ -371,7 +373,7 @@ def check_left_pad(ctx: Context) -> dict:
     built = ctx.info["attn_implementation"]
     ids, att, cmask = _left_padded_batch(ctx.size, tok, policy.config.vocab_size)
     ids, att, cmask = ids.to(ctx.device), att.to(ctx.device), cmask.to(ctx.device)
-    pad_safe = getattr(data, "pad_safe_attention", None)
+    pad_safe = runtime.pad_safe_attention
     if ctx.cuda:
         variants = [("bf16 weights", torch.bfloat16, False), ("fp32 + bf16 autocast", torch.float32, True)]
     else:
@@ -835,7 +837,7 @@ def check_toy_resume(ctx: Context) -> dict:
     batch, g, n_eval = ctx.size.toy
     _, tok, train, test = toy.load_world(root)
     cfg = grpo.GRPOConfig.toy(batch_size=batch, group_size=g, gen_batch_size=batch, eval_every=2, save_every=2)
-    schedule = grpo.random_schedule([p.id for p in train], batch, 4, seed=0)
+    schedule = random_schedule([p.id for p in train], batch, 4, seed=0)
     eval_fn = evaluate.make_eval_fn(tok, [("toy_test", test[:n_eval])], template=cfg.template, n=1,
                                     temperature=0.0, max_new_tokens=cfg.max_new_tokens, batch_size=n_eval, seed=0,
                                     metric="greedy pass@1")
@@ -843,12 +845,12 @@ def check_toy_resume(ctx: Context) -> dict:
         runs = {}
         for name, legs in (("straight", [None]), ("resumed", [3, None])):
             for max_steps in legs:  # each leg a fresh process's policy: loaded again, resumed from disk
-                policy, _ = data.load_model(root / "model", device=ctx.device, dtype=torch.float32)
+                policy, _ = runtime.load_model(root / "model", device=ctx.device, dtype=torch.float32)
                 grpo.train(policy, tok, train, schedule, dataclasses.replace(cfg, max_steps=max_steps),
                            out_dir=Path(tmp) / name, eval_fn=eval_fn, resume=True)
             runs[name] = {"weights": {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()},
-                          "train": data.read_jsonl(Path(tmp) / name / "train_log.jsonl"),
-                          "eval": data.read_jsonl(Path(tmp) / name / "eval_log.jsonl")}
+                          "train": runtime.read_jsonl(Path(tmp) / name / "train_log.jsonl"),
+                          "eval": runtime.read_jsonl(Path(tmp) / name / "eval_log.jsonl")}
     a, b = runs["straight"], runs["resumed"]
     weight_diff = max(float((a["weights"][k].float() - b["weights"][k].float()).abs().max()) for k in a["weights"])
     timing = {"gen_s", "train_s", "tokens_per_s", "gen_tokens_per_s"}

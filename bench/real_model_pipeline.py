@@ -60,7 +60,7 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from data import atomic_write_text  # noqa: E402
+from runtime import atomic_write_text  # noqa: E402
 
 SHARED = Path("/work/shared/data")
 STEPS = ["problems", "sae", "features", "quality", "difficulty", "clusters", "schedule", "train"]
@@ -166,15 +166,16 @@ def held_out_sae_check(args) -> dict:
     import torch
 
     import sae as sae_mod
-    from data import format_prompt, load_problems, read_jsonl
-    from data import load_model
+    import sae_formats
+    from data import format_prompt, load_problems
+    from runtime import load_model, read_jsonl
 
     run_dir = Path(args.out) / "smollm2-math"
     used = {row["id"] for row in read_jsonl(run_dir / "problems.jsonl")}
     pool = [p for p in load_problems(args.train_data, seed=args.seed + 7, verbose=False) if p.id not in used]
     picked = pool[: args.check_problems]
     model, tok = load_model(args.smollm, device="cpu")
-    sae_obj = sae_mod.load_sae(args.sae or run_dir / "sae", device="cpu")
+    sae_obj = sae_formats.load_sae(args.sae or run_dir / "sae", device="cpu")
     layer = json.loads((run_dir / "config.json").read_text())["pipeline"]["sae_layer"]
     layer = layer if layer is not None else model.config.num_hidden_layers // 2
     texts = [format_prompt(p.problem, tok, args.template) for p in picked]
@@ -183,7 +184,7 @@ def held_out_sae_check(args) -> dict:
         for _, ids, mask, valid in sae_mod._token_batches(tok, texts, batch_size=16, max_length=512):
             hidden = sae_mod.capture_residuals(model, ids, mask, layer)
             acts.append(hidden[valid].float())
-    report = sae_mod.sae_check(sae_obj, torch.cat(acts))
+    report = sae_formats.sae_check(sae_obj, torch.cat(acts))
     return {"n_problems": len(picked), "layer": layer, **report}
 
 
@@ -193,10 +194,11 @@ def held_out_sae_check(args) -> dict:
 
 def token_counts(args, run_dir: Path) -> dict:
     """Tokens the features stage pushes through the model: the same texts and truncation as
-    saerl.encode_features -> sae.encode_problems (batches of 16, longest first)."""
+    saerl.Encoder -> sae.encode_problems (batches of 16, longest first)."""
     from transformers import AutoTokenizer
 
-    from data import format_prompt, read_jsonl
+    from data import format_prompt
+    from runtime import read_jsonl
 
     tok = AutoTokenizer.from_pretrained(args.smollm)
     probs = list(read_jsonl(run_dir / "problems.jsonl"))
@@ -222,7 +224,7 @@ def analyse(args, run_dir: Path) -> dict:
     from scipy.stats import spearmanr
     from sklearn.metrics import normalized_mutual_info_score, r2_score
 
-    from data import read_jsonl
+    from runtime import read_jsonl
 
     probs = list(read_jsonl(run_dir / "problems.jsonl"))
     level = np.array([float(p["difficulty"]) for p in probs])

@@ -1,12 +1,11 @@
-"""data.py: loading with aliases, answer forms, bad rows, strict mode, dedup, templates, atomic IO."""
+"""data.py: loading with aliases, answer forms, bad rows, strict mode, dedup, templates, writing problems."""
 import json
-import os
 from pathlib import Path
 
 import pytest
 
-from data import (DataError, Problem, append_jsonl, format_prompt, load_problems, load_problems_report,
-                  read_jsonl, stable_hash, write_jsonl, write_problems)
+from data import Problem, format_prompt, load_problems, load_problems_report, write_problems
+from runtime import DataError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -130,36 +129,6 @@ def test_templates():
         format_prompt("P", None, "chat")
 
 
-def test_atomic_write_leaves_old_file_on_failure(tmp_path):
-    path = tmp_path / "out.jsonl"
-    write_jsonl(path, [{"a": 1}])
-
-    class Boom:
-        def __iter__(self):
-            yield {"a": 2}
-            raise RuntimeError("killed")
-
-    with pytest.raises(RuntimeError):
-        write_jsonl(path, Boom())
-    assert read_jsonl(path) == [{"a": 1}]
-    assert os.listdir(tmp_path) == ["out.jsonl"]  # no temp file left behind
-
-
-def test_read_jsonl_ignores_torn_last_line_only(tmp_path):
-    path = tmp_path / "log.jsonl"
-    append_jsonl(path, {"step": 0})
-    with open(path, "a") as f:
-        f.write('{"step": 1')
-    assert read_jsonl(path) == [{"step": 0}]
-    path.write_text('{"a"\n{"b": 1}\n')
-    with pytest.raises(DataError, match="line 1"):
-        read_jsonl(path)
-
-
-def test_stable_hash_is_order_independent_for_dicts():
-    assert stable_hash({"a": 1, "b": 2}) == stable_hash({"b": 2, "a": 1}) != stable_hash({"a": 1, "b": 3})
-
-
 # ---- integration: every file in ../shared/data loads with the right counts and answers ----
 
 EXPECTED = {  # file: (rows kept, first answer, duplicates, bad rows) counted from the files by hand
@@ -183,78 +152,3 @@ def test_shared_data_loads(name):
     assert len(report["duplicates"]) == dups
     assert len(problems) == rows and problems[0].answer == first
     assert all(p.answer and p.problem for p in problems)
-
-
-# ------------------------------------------------------------------------------------------------ entry points
-def test_unreachable_hub_model_fails_fast_naming_a_local_path():
-    import time
-
-    from data import load_model
-
-    start = time.perf_counter()
-    with pytest.raises(SystemExit, match="local path"):
-        load_model("no-such-org/no-such-model-for-saerl")
-    assert time.perf_counter() - start < 5.0
-
-
-def test_device_rule():
-    import torch
-
-    from data import resolve_device
-
-    auto = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    assert resolve_device("auto") == resolve_device(None) == auto
-    assert resolve_device("cpu") == torch.device("cpu")
-
-
-def test_dataclass_flags_round_trip():
-    import argparse
-    from dataclasses import dataclass
-
-    from data import add_dataclass_args, dataclass_from_args, flag, given_args
-
-    @dataclass
-    class Args:
-        steps: int | None = flag(None, "steps (default: the preset's)")
-        mix: float = flag(0.25, "mixing in 100%")
-        name: str = flag("toy", "run name", aliases=["--run-name"])
-        no_cluster: bool = flag(False, "ablation")
-        bf16: bool = flag(True, "autocast")
-
-    ap = add_dataclass_args(argparse.ArgumentParser(), Args)
-    assert dataclass_from_args(Args, ap.parse_args([])) == Args()
-    got = dataclass_from_args(Args, ap.parse_args(["--steps", "7", "--mix", "0.5", "--run-name", "x",
-                                                   "--no-cluster", "--no-bf16"]))
-    assert got == Args(steps=7, mix=0.5, name="x", no_cluster=True, bf16=False)
-    assert "mixing in 100%" in ap.format_help()  # a % in help text is not an argparse format
-
-    overrides = add_dataclass_args(argparse.ArgumentParser(), Args, unset=None)
-    assert given_args(Args, overrides.parse_args(["--mix", "1"])) == {"mix": 1.0}
-    assert "[0.25]" in overrides.format_help()  # the field's default is shown when flags start unset
-
-
-def test_pad_safe_attention_changes_only_the_padding_rows():
-    """Real tokens see exactly what they saw; a padding row that could attend to nothing now attends."""
-    import torch
-    from conftest import assert_close_to_scale, attention_masks, every_query_row_attends
-    from test_grpo import tiny_model
-
-    from data import pad_safe_attention
-
-    model = tiny_model(seed=2).eval()
-    ids = torch.randint(5, 40, (3, 9))
-    att = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1, 1], [1] * 9, [0, 0, 1, 1, 1, 1, 1, 1, 1]])
-    pos = (att.cumsum(-1) - 1).clamp(min=0)
-    with torch.no_grad(), attention_masks() as before:
-        plain = model(input_ids=ids, attention_mask=att, position_ids=pos).logits
-    assert not every_query_row_attends(before), "plain sdpa masks leave the padding rows empty"
-    assert pad_safe_attention(model) is model and model.config._attn_implementation == "sdpa_pad_safe"
-    with torch.no_grad(), attention_masks() as after:
-        safe = model(input_ids=ids, attention_mask=att, position_ids=pos).logits
-    assert every_query_row_attends(after)
-    real = att.bool()
-    assert_close_to_scale(safe[real], plain[real], rel=1e-6)
-    # without padding nothing is materialised: plain causal attention, as before
-    with torch.no_grad(), attention_masks() as unpadded:
-        model(input_ids=ids[1:2])
-    assert unpadded and all(m is None for m in unpadded)

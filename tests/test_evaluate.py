@@ -1,5 +1,5 @@
-"""Specification of evaluate.py: intervals, the benchmark registry, generation and evaluation, reports
-(the verifier it judges with is specified in test_verifier*.py). Here the
+"""Specification of evaluate.py: intervals, the benchmark registry, generation and evaluation
+(the verifier it judges with is specified in test_verifier*.py; the run report in test_report.py). Here the
 end-to-end tests use a ~40k-parameter Qwen2 with a character tokenizer, trained for a fraction of a second to
 answer every prompt with \\boxed{1}: its verdicts are then known without trusting the code under test.
 """
@@ -11,6 +11,7 @@ import torch
 
 import data
 import evaluate as ev
+import runtime
 from verifier import gold_parse_report, is_equiv, verify
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ def test_registry_names_hub_ids_and_local_files():
 
 
 def test_unreachable_hub_benchmark_names_the_local_file_to_pass():
-    with pytest.raises(data.DataError, match="--bench aime24="):
+    with pytest.raises(runtime.DataError, match="--bench aime24="):
         ev.load_benchmark("aime24")
 
 
@@ -129,7 +130,7 @@ def test_evaluate_greedy_pass_at_1_end_to_end(tiny, tmp_path):
     assert result["metric"] == "pass@1" and result["n_problems"] == 6
     assert result["accuracy"] == pytest.approx(4 / 6)
     assert (result["ci_low"], result["ci_high"]) == pytest.approx(ev.wilson_interval(4, 6))
-    rows = data.read_jsonl(tmp_path / "toy.jsonl")
+    rows = runtime.read_jsonl(tmp_path / "toy.jsonl")
     assert [r["correct"] for r in rows] == [True, False, True, True, False, True]
     assert all(r["completion"] == "\\boxed{1}" and r["extracted"] == "1" for r in rows)
 
@@ -138,7 +139,7 @@ def test_evaluate_avg_at_n_writes_every_sample(tiny, tmp_path):
     model, tokenizer = tiny
     result = ev.evaluate(model, tokenizer, _problems(["1", "5", "1"]), template="chatml", n=4, temperature=1.0,
                          max_new_tokens=12, out_dir=tmp_path, name="toy")
-    rows = data.read_jsonl(tmp_path / "toy.jsonl")
+    rows = runtime.read_jsonl(tmp_path / "toy.jsonl")
     assert result["metric"] == "avg@4" and result["interval"] == "normal over problems" and len(rows) == 12
     per_problem = [sum(r["correct"] for r in rows if r["id"] == f"p{i}") / 4 for i in range(3)]
     assert per_problem[1] == 0.0
@@ -156,7 +157,7 @@ def test_cli_evaluates_a_saved_model_on_a_local_benchmark(tiny, tmp_path):
                        "--template", "chatml", "--max-new-tokens", "12", "--out", str(out)])
     assert [r["accuracy"] for r in results] == [0.5]
     assert "| toy | pass@1 | 2 | 50.0 |" in (out / "results.md").read_text()
-    assert len(data.read_jsonl(out / "toy.jsonl")) == 2
+    assert len(runtime.read_jsonl(out / "toy.jsonl")) == 2
 
 
 # ------------------------------------------------------------------------------------------------ real golds
@@ -172,17 +173,3 @@ def test_every_shared_benchmark_gold_is_equivalent_to_itself_and_its_boxed_form(
         report = gold_parse_report(golds)
         print(f"{path.name}: {report['total']} golds, {report['unparsed']} not parsed as math, kinds "
               f"{report['counts']}, e.g. {report['examples'][:3]}")
-
-
-# ------------------------------------------------------------------------------------------------ run report
-def test_cluster_summary_top_features_dense_and_sparse():
-    feats = torch.zeros(4, 6)
-    feats[0, 2], feats[1, 2], feats[1, 5] = 1.0, 3.0, 0.5  # cluster 7: means f2 = 2, f5 = 0.25
-    feats[2, 0], feats[3, 1] = 4.0, 1.0                    # cluster 3: means f0 = 2, f1 = 0.5
-    problems = [data.Problem(id=f"p{i}", problem=f"what is {i} plus {i + 1}", answer=str(2 * i + 1)) for i in range(4)]
-    args = ([7, 7, 3, 3], [0.1, 0.3, 0.9, 0.5])
-    text = ev.cluster_summary(*args, feats, problems, top=2)
-    assert "## Cluster 3" in text and "## Cluster 7" in text
-    assert "`0` (2), `1` (0.5)" in text and "`2` (2), `5` (0.25)" in text
-    assert "mean predicted difficulty: 0.7" in text and "`p3`" in text
-    assert text == ev.cluster_summary(*args, feats.to_sparse_coo(), problems, top=2)

@@ -9,6 +9,7 @@ import grpo
 from conftest import assert_close_to_scale
 from data import Problem
 from grpo import GRPOConfig, group_advantages, loss_normalizer, policy_loss, sequence_logprobs
+from schedule import random_schedule
 
 # ----------------------------------------------------------------------------------------------
 # A tiny Qwen2 with a character tokenizer, built locally (independent of toy.py)
@@ -331,7 +332,7 @@ def test_resumed_run_on_toy_world_ends_with_bitwise_equal_weights(tmp_path):
 
     tok = toy.char_tokenizer()  # the toy world's byte-level char tokenizer and problems, a smaller model
     problems = toy.make_problems(6, seed=0)
-    schedule = grpo.random_schedule([p.id for p in problems], 2, 4, seed=0)
+    schedule = random_schedule([p.id for p in problems], 2, 4, seed=0)
 
     def fresh():
         return toy.tiny_model(tok, seed=0, hidden=32)
@@ -348,7 +349,7 @@ def test_resumed_run_on_toy_world_ends_with_bitwise_equal_weights(tmp_path):
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     assert not torch.equal(straight.state_dict()["model.norm.weight"], fresh().state_dict()["model.norm.weight"])
-    from data import read_jsonl
+    from runtime import read_jsonl
     log_a, log_b = read_jsonl(tmp_path / "a" / "train_log.jsonl"), read_jsonl(tmp_path / "b" / "train_log.jsonl")
     assert [r["step"] for r in log_b] == [0, 1, 2, 3]
     for ra, rb in zip(log_a, log_b):
@@ -415,17 +416,6 @@ def test_cli_flags_are_the_config_fields():
     assert {f.name for f in grpo.fields(GRPOConfig)} <= flags
 
 
-def test_schedule_file_round_trip_and_errors(tmp_path):
-    from data import write_jsonl
-    write_jsonl(tmp_path / "s.jsonl", [{"step": 1, "ids": ["b", "c"]}, {"step": 0, "ids": ["a", 7]}])
-    assert grpo.read_schedule(tmp_path / "s.jsonl") == [["a", "7"], ["b", "c"]]
-    write_jsonl(tmp_path / "gap.jsonl", [{"step": 0, "ids": ["a"]}, {"step": 2, "ids": ["b"]}])
-    with pytest.raises(ValueError, match="without gaps"):
-        grpo.read_schedule(tmp_path / "gap.jsonl")
-    sched = grpo.random_schedule(["a", "b", "c", "d", "e"], 2, 5, seed=0)
-    assert len(sched) == 5 and sorted(sum(sched[:2], []) + sched[2][:1]) == ["a", "b", "c", "d", "e"]
-
-
 def test_unknown_problem_id_in_schedule_is_named(tmp_path, tok):
     with pytest.raises(KeyError, match="step 1 names problem id 'zz'"):
         grpo.train(tiny_model(), tok, tiny_problems(2), [["p0"], ["zz"]], small_cfg(), out_dir=tmp_path,
@@ -480,7 +470,7 @@ def test_forty_toy_steps_raise_heldout_reward(toy_world, tmp_path):
     held = test[:200]
     r0, b0 = _heldout(model, tok, held)
     cfg = GRPOConfig.toy(seed=0)
-    schedule = grpo.random_schedule([p.id for p in train], cfg.batch_size, 40, seed=0)
+    schedule = random_schedule([p.id for p in train], cfg.batch_size, 40, seed=0)
     grpo.train(model, tok, train, schedule, cfg, out_dir=tmp_path / "run")
     r1, b1 = _heldout(model, tok, held)
     assert r1 - r0 > 0.024, (r0, r1, b0, b1)
@@ -608,7 +598,7 @@ def test_prompts_past_the_context_are_reported_and_left_out(tmp_path, tok, capsy
     err = capsys.readouterr().err
     assert "1 of 5 scheduled problems have prompts over 122 tokens (context 128 - max_new_tokens 6)" in err
     assert "'long'" in err
-    from data import read_jsonl
+    from runtime import read_jsonl
     assert [r["problem_ids"] for r in read_jsonl(tmp_path / "train_log.jsonl")] == [["p0", "p1"], ["p2", "p3"]]
     with pytest.raises(ValueError, match="schedule step 0: every problem's prompt is over"):
         grpo.train(tiny_model(), tok, problems, [["long"]], small_cfg(), out_dir=tmp_path / "b",
@@ -619,7 +609,7 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(tmp_path, tok):
     """A run killed after step 2 whose step-2 checkpoint was torn resumes from step 1, says so, and
     ends where an uninterrupted run ends."""
     problems = tiny_problems(6)
-    schedule = grpo.random_schedule([p.id for p in problems], 2, 4, seed=0)
+    schedule = random_schedule([p.id for p in problems], 2, 4, seed=0)
     cfg = small_cfg(save_every=1, keep_checkpoints=3)
     straight = tiny_model()
     grpo.train(straight, tok, problems, schedule, cfg, out_dir=tmp_path / "a", reward_fn=has_e_reward)
@@ -632,5 +622,5 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(tmp_path, tok):
         grpo.train(resumed, tok, problems, schedule, cfg, out_dir=tmp_path / "b", reward_fn=has_e_reward)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
-    from data import read_jsonl
+    from runtime import read_jsonl
     assert [r["step"] for r in read_jsonl(tmp_path / "b" / "train_log.jsonl")] == [0, 1, 2, 3]

@@ -12,8 +12,8 @@ import torch.multiprocessing as mp
 
 import grpo
 from conftest import assert_close_to_scale
-from data import read_jsonl
 from evaluate import evaluate, make_eval_fn
+from runtime import read_jsonl
 from test_grpo import has_e_reward, tiny_model, tiny_problems, tiny_tokenizer
 
 CFG = dict(batch_size=8, group_size=4, max_new_tokens=8, gen_batch_size=2, micro_batch_size=5,

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import sae as S
+import sae_formats
 
 D_IN, D_SAE = 8, 24
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -68,7 +69,7 @@ def test_capture_equals_hidden_states_and_skips_later_layers(arch):
 
 def random_sae(d_in, d_sae=40, seed=0, k=None):
     g = torch.Generator().manual_seed(seed)
-    sae = S.SAE(d_in, d_sae, activation="topk" if k else "relu", k=k)
+    sae = sae_formats.SAE(d_in, d_sae, activation="topk" if k else "relu", k=k)
     with torch.no_grad():
         sae.W_enc.copy_(torch.randn(d_in, d_sae, generator=g))
         sae.W_dec.copy_(torch.randn(d_sae, d_in, generator=g))
@@ -196,7 +197,7 @@ def test_train_topk_sae_on_toy_world_reaches_low_fvu_with_k_active():
     raw = hidden[(ids["attention_mask"] == 1) & ~special]
     d_in = model.config.hidden_size
     assert float((raw * sae.input_scale).norm(dim=-1).mean()) == pytest.approx(math.sqrt(d_in), rel=0.2)
-    assert S.sae_check(sae, raw)["fvu"] < 0.3
+    assert sae_formats.sae_check(sae, raw)["fvu"] < 0.3
     # unit-norm decoder rows (Gao et al.: the constraint that makes code magnitudes comparable)
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(512))
 

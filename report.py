@@ -1,0 +1,248 @@
+"""report.py -- what a SAERL run reports: report.md (+ report.png) and clusters.md.
+Imports: estimators (NMI) and runtime (atomic files) from this project -- never saerl.py or grpo.py.
+
+saerl.py's last stage hands its stages' outputs here; nothing in this file changes a result.
+
+    write_report(root, cfg, gcfg, *, layer, paced, problems, quality, difficulty, clusters, results, times)
+                                     report.md: the data engineering, accuracy per arm and step, steps to
+                                     the target accuracy, ablations, where the time went per stage
+    metric_name(samples, temperature)   the evaluation metric in words (greedy pass@1, avg@N)
+    target_accuracy(target, finals) / steps_to_target(points, target)   the "steps to target" numbers
+    plot_curves(curves, path)        report.png, when matplotlib is installed
+    cluster_summary(...)             clusters.md: per cluster its size, difficulty, top SAE features, examples
+    cluster_purity(labels, metas)    NMI between the clusters and a known topic field
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from estimators import normalized_mutual_info
+from runtime import atomic_path, atomic_write_text
+
+
+def metric_name(samples: int, temperature: float) -> str:
+    """The evaluation metric in words: greedy pass@1, or avg@N at a temperature."""
+    if samples == 1:
+        return "greedy pass@1"
+    return f"avg@{samples} (mean reward of {samples} samples at temperature {temperature:g})"
+
+
+def write_report(root, c, g, *, layer: int, paced: bool, problems: list, quality: dict, difficulty: dict,
+                 clusters: dict, results: dict, times: dict) -> None:
+    """report.md (+ report.png) of a SAERL run (saerl.py): the data engineering (quality, difficulty,
+    clusters), accuracy curves per arm, steps to the target accuracy, ablations, and where the time
+    went per stage. c: saerl.Config, g: grpo.GRPOConfig; layer: the SAE's layer; paced: whether
+    --pace budget applied; problems, quality, difficulty, clusters: the stages' outputs; results:
+    {arm-s<seed>: {"eval": rows, "train": rows}}; times: {stage: {"seconds", "cached"}}."""
+    root = Path(root)
+    metric = metric_name(c.eval_samples, c.eval_temperature)
+    curves = {}   # arm -> {seed: [(step, acc)]}
+    for name, res in results.items():
+        arm, seed = name.rsplit("-s", 1)
+        curves.setdefault(arm, {})[int(seed)] = [(row["step"], row["mean"]) for row in res["eval"]]
+    finals = {arm: [pts[-1][1] for pts in seeds.values() if pts] for arm, seeds in curves.items()}
+    target = target_accuracy(c.target, finals)
+    kept = set(quality["kept"])
+    dropped = [p for i, p in enumerate(problems) if i not in kept]
+    lines = [f"# SAERL run: {root.name}", "",
+             f"Model `{c.model}`, SAE features from `{c.sae_model}` layer {layer}, "
+             f"{len(problems)} training problems from `{c.train_data}`.", "",
+             "## Data engineering", "",
+             f"- Quality: probe trained on {quality['n_labelled']} labelled rows ({quality['n_negative']} negative) "
+             f"from {quality['label_source']}; held-out "
+             + ", ".join(f"{k} {v:.3f}" for k, v in quality["metrics"].items() if isinstance(v, float))
+             + f". Kept {len(kept)} of {len(problems)}, dropped {len(dropped)} (lowest {quality['drop']:.0%}).",
+             f"- Difficulty proxy: ElasticNet (alpha {difficulty['alpha']:.3g}, {difficulty['nonzero_coefficients']} "
+             f"non-zero features) on {difficulty['n_labelled']} labels ({c.difficulty_labels}); held-out "
+             f"Spearman {_fmt(difficulty['held_out']['spearman'])}, R² {_fmt(difficulty['held_out']['r2'])} "
+             f"(n = {difficulty['held_out']['n']})"
+             + ("; all labels were equal, so the curriculum had no order to follow." if difficulty.get("constant_labels") else "."),
+             f"- Clusters: k = {clusters['k']}" + (f" (silhouette sweep {clusters['silhouettes']})" if clusters['silhouettes'] else "")
+             + (f"; NMI with the `{clusters['purity']['field']}` field {clusters['purity']['nmi']:.3f}" if clusters["purity"] else "")
+             + ". Per-cluster table: clusters.md.", ""]
+    known = [p for p in dropped if p.meta.get("quality") in (0, 1)]
+    if known:
+        bad_total = sum(p.meta.get("quality") == 0 for p in problems)
+        bad_dropped = sum(p.meta.get("quality") == 0 for p in dropped)
+        lines += [f"Known-bad problems dropped: {bad_dropped} of {bad_total} "
+                  f"({bad_dropped / max(1, len(dropped)):.0%} of the dropped set is known-bad).", ""]
+    lines += ["Examples of dropped problems (lowest quality score first):", ""]
+    order = sorted((i for i in range(len(problems)) if i not in kept), key=lambda i: quality["scores"][i])
+    for i in order[:5]:
+        p = problems[i]
+        tag = f" [{p.meta.get('corruption') or 'clean'}]" if "quality" in p.meta else ""
+        lines.append(f"- `{_short(p.problem)}` → `{_short(p.answer, 30)}` (score {quality['scores'][i]:.3f}){tag}")
+    n_eval = c.eval_limit or "all"
+    if not any(pts for seeds in curves.values() for pts in seeds.values()):
+        lines += ["", "## Training", "", "No evaluation was requested (--eval-every 0); see arms/*/train_log.jsonl.", ""]
+        _write_report_file(root / "report.md", lines + _stage_times(times))
+        return
+    lines += ["", "## Training", "",
+              f"Held-out accuracy: {metric} on {n_eval} problems of each of `{c.benchmarks}` (mean over "
+              f"benchmarks), every {c.eval_every} steps; {c.steps} GRPO steps of {g.batch_size} problems × "
+              f"{g.group_size} samples per arm (lr {g.lr:g}, loss {g.loss_type}).", ""]
+    steps = sorted({s for seeds in curves.values() for pts in seeds.values() for s, _ in pts})
+    lines += ["| step | " + " | ".join(f"{arm} (mean ± sd over {len(seeds)} seed{'s' * (len(seeds) > 1)})"
+                                       for arm, seeds in curves.items()) + " |",
+              "|---:|" + "---:|" * len(curves)]
+    for s in steps:
+        cells = []
+        for seeds in curves.values():
+            vals = [a for pts in seeds.values() for st, a in pts if st == s]
+            cells.append(f"{np.mean(vals):.3f} ± {np.std(vals):.3f}" if vals else "-")
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    start = [pts[0][1] for seeds in curves.values() for pts in seeds.values() if pts and pts[0][0] == 0]
+    if target is not None and start and target <= max(start) + 1e-12:
+        lines += ["", f"Target accuracy {target:.3f}" + (" (vanilla's final accuracy)" if c.target is None else "")
+                  + f" is not above the starting accuracy {max(start):.3f}: no arm needed training to reach it, "
+                  "so steps-to-target is not informative here (pass --target)."]
+    elif target is not None:
+        lines += ["", f"Steps to reach the target accuracy {target:.3f}"
+                  + (" (vanilla's final accuracy)" if c.target is None else "") + ":", ""]
+        for arm, seeds in curves.items():
+            hits = [steps_to_target(pts, target) for pts in seeds.values()]
+            lines.append(f"- {arm}: " + ", ".join("not reached" if h is None else str(h) for h in hits))
+    if len(finals) == 2 and "vanilla" in finals:
+        arm = next(a for a in finals if a != "vanilla")
+        ours, theirs = float(np.mean(finals[arm])), float(np.mean(finals["vanilla"]))
+        lines += ["", f"Final accuracy: {arm} {ours:.3f}, vanilla {theirs:.3f} "
+                  f"({'+' if ours >= theirs else ''}{100 * (ours - theirs):.1f} points). "
+                  + ("One seed per arm: a difference of a few points is within seed noise; "
+                     "run --seeds 3 for a spread." if c.seeds == 1 else "")]
+    ablations = [f"--{n.replace('_', '-')}" for n in ("no_curriculum", "no_cluster", "no_quality_filter") if getattr(c, n)]
+    if c.mix != 0.25:
+        ablations.append(f"--mix {c.mix}")
+    if c.schedule != "saerl":
+        ablations.append(f"--schedule {c.schedule}")
+    if paced:
+        ablations.append("--pace budget")
+    lines += ["", "Ablations in this run: " + (", ".join(ablations) if ablations else "none (SAERL defaults)") + ".", ""]
+    lines += [plot_curves(curves, root / "report.png"), ""]
+    _write_report_file(root / "report.md", lines + _stage_times(times))
+
+
+def target_accuracy(target: float | None, finals: dict) -> float | None:
+    """The accuracy whose first crossing is reported: --target when given, else vanilla's final accuracy
+    (mean over its seeds); None when neither exists. finals: {arm: [final accuracy per seed]}."""
+    if target is None and finals.get("vanilla"):
+        target = float(np.mean(finals["vanilla"]))
+    return target
+
+
+def steps_to_target(points, target: float) -> int | None:
+    """The first evaluated step whose accuracy reaches `target` (within 1e-12), or None.
+    points: [(step, accuracy)] in step order."""
+    return next((step for step, acc in points if acc >= target - 1e-12), None)
+
+
+def plot_curves(curves, path) -> str:
+    """report.png: held-out accuracy per step, one line per arm and seed; the markdown that shows it, or why
+    it was not drawn."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "(report.png not drawn: matplotlib is not installed; `pip install matplotlib` to get it.)"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm, seeds in curves.items():
+        for seed, pts in seeds.items():
+            ax.plot([s for s, _ in pts], [a for _, a in pts], marker="o", label=f"{arm} seed {seed}")
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("held-out accuracy")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return f"![accuracy curves]({Path(path).name})"
+
+
+def _cluster_feature_means(features, clusters: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean activation of every feature over each cluster's rows, [k, d] (sparse-safe)."""
+    X = torch.as_tensor(features).cpu()
+    sizes = torch.bincount(clusters, minlength=k).clamp_min(1).double()
+    sums = torch.zeros(k, X.shape[1], dtype=torch.float64)
+    if X.layout == torch.strided:
+        sums.index_add_(0, clusters, X.double())
+    else:  # only the non-zeros: rows of a wide SAE matrix are never densified
+        X = X.to_sparse_coo().coalesce()
+        rows, cols = X.indices()
+        sums.view(-1).index_add_(0, clusters[rows] * X.shape[1] + cols, X.values().double())
+    return sums / sizes[:, None]
+
+
+def cluster_summary(cluster_ids, difficulty, features, problems, *, top: int = 8,
+                    examples: int = 3, max_chars: int = 160) -> str:
+    """Markdown for clusters.md: per cluster its size, mean predicted difficulty, the `top` SAE
+    features by mean activation over the cluster (feature id and mean), and `examples` problems
+    spread over the cluster's difficulty order (easiest, middle, hardest for 3), each truncated
+    to max_chars. features: [N, d_sae], dense or torch sparse."""
+    clusters = [int(c) for c in np.asarray(cluster_ids.detach().cpu() if isinstance(cluster_ids, torch.Tensor) else cluster_ids).reshape(-1).tolist()]
+    n = len(clusters)
+    diff = np.asarray(difficulty.detach().cpu() if isinstance(difficulty, torch.Tensor)
+                      else difficulty, dtype=np.float64).reshape(-1)
+    if not diff.shape[0] == n == len(problems) == features.shape[0]:
+        raise ValueError(f"cluster_ids ({n}), difficulty ({diff.shape[0]}), features "
+                         f"({features.shape[0]}) and problems ({len(problems)}) must align")
+    ids = sorted(set(clusters))
+    dense_id = {c: r for r, c in enumerate(ids)}
+    means = _cluster_feature_means(features, torch.tensor([dense_id[c] for c in clusters]),
+                                   len(ids))
+    lines = [f"# Clusters\n\n{n} problems in {len(ids)} clusters.\n"]
+    for c in ids:
+        items = sorted((i for i in range(n) if clusters[i] == c), key=lambda i: (diff[i], i))
+        vals, feats = torch.topk(means[dense_id[c]], min(top, means.shape[1]))
+        feat_text = ", ".join(f"`{int(f)}` ({float(v):.3g})" for v, f in zip(vals, feats)
+                              if float(v) > 0)
+        lines.append(f"## Cluster {c}\n\n- size: {len(items)}\n"
+                     f"- mean predicted difficulty: {float(diff[items].mean()):.4g}\n"
+                     f"- top SAE features (id, mean activation): {feat_text or 'none active'}\n"
+                     f"- examples (easiest to hardest):")
+        picks = sorted(set(np.linspace(0, len(items) - 1, min(examples, len(items)))
+                           .round().astype(int).tolist()))
+        for pos in picks:
+            p = problems[items[pos]]
+            text = " ".join(str(p.problem).split())
+            if len(text) > max_chars:
+                text = text[:max_chars - 1] + "…"
+            answer = " ".join(str(p.answer).split())[:40]
+            lines.append(f"  - `{p.id}` (d̂ = {diff[items[pos]]:.3g}): {text} → {answer}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def cluster_purity(labels, metas) -> dict | None:
+    """Normalised mutual information between clusters and a known topic field, when one exists."""
+    for name in ("topic", "type", "subject"):
+        topics = [m.get(name) for m in metas]
+        if all(t is not None for t in topics):
+            return {"field": name, "nmi": normalized_mutual_info(labels, topics)}
+    return None
+
+
+def _stage_times(times: dict) -> list[str]:
+    """The report's last section: each stage's wall time in this run; a cached stage did no work."""
+    done = {s: t for s, t in times.items() if t["seconds"] is not None}
+    lines = ["## Where the time went", "", "| stage | wall time | |", "|---|---:|---|"]
+    lines += [f"| {s} | {t['seconds']:.1f} s | {'cached' if t['cached'] else ''} |" for s, t in done.items()]
+    lines += [f"| total | {sum(t['seconds'] for t in done.values()):.1f} s | (the report itself not included) |", ""]
+    return lines
+
+
+def _write_report_file(path, lines) -> None:
+    atomic_write_text(path, "\n".join(lines))
+    print(f"[saerl] report: {path}", file=sys.stderr, flush=True)
+
+
+def _fmt(x) -> str:
+    return "undefined" if x is None else f"{x:.3f}"
+
+
+def _short(text: str, n: int = 70) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 1] + "…"

@@ -1,0 +1,345 @@
+"""runtime.py -- the run's plumbing: what every entry point needs and no reader of the method should.
+Imports: the standard library at the top (torch, transformers and huggingface_hub lazily, inside the
+functions that need them); nothing from this project.
+
+Every output file is written atomically (a temporary file beside it, fsync, os.replace), so that a
+killed run never leaves a half-written file behind; logs are appended line by line and fsynced.
+
+Public functions
+    DataError                      an input that cannot be read as asked (bad file, bad rows, bad JSONL)
+    atomic_write_text / atomic_write_bytes / atomic_path / write_jsonl / append_jsonl / read_jsonl
+    stable_hash(*parts)            sha256 of JSON-serialised parts, for cache keys
+    file_stamp / dir_stamp         input identity (size, mtime) for cache keys
+    Stage, Stages(root, ...)       a run folder's stage cache (stages.json), keys derived, and wall times
+    resolve_device(d)              "auto" -> cuda when available, else cpu
+    hub_reachable()                whether the Hugging Face Hub answers (checked in seconds)
+    load_model(name, device, dtype)  (model, tokenizer); fails at once, naming a local path, offline
+    pad_safe_attention(model)      SDPA whose fully masked (left-padding) query rows stay finite
+    flag(default, help) / add_dataclass_args(parser, cls) / dataclass_from_args / given_args
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """An input that cannot be read as asked (missing file, bad rows under strict=True, a bad JSONL line)."""
+
+
+class NonFiniteError(FloatingPointError):
+    """A reward, loss, gradient norm or next-token distribution was NaN/inf; nothing was applied."""
+
+
+# --------------------------------------------------------------------------------------------
+# Files: atomic writes (temp file in the same directory, fsync, os.replace) and JSONL
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; on success it replaces `path` in one step."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file a normal file's mode
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+
+def atomic_write_text(path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_jsonl(path, rows) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def append_jsonl(path, row: dict) -> None:
+    """Append one row and fsync, so a log survives a kill up to its last complete line."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path) -> list[dict]:
+    """Rows of a JSONL file; a torn last line (a killed writer) is ignored, any other bad line raises."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    rows = []
+    for n, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if n == len(lines) - 1:
+                break
+            raise DataError(f"{path}: line {n + 1} is not valid JSON ({e.msg})") from e
+    return rows
+
+
+
+# --------------------------------------------------------------------------------------------
+# Cache keys and the stage cache
+
+
+def stable_hash(*parts) -> str:
+    """sha256 hex of the JSON form of parts (sorted keys), for cache keys that survive restarts."""
+    blob = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()
+
+
+def file_stamp(source) -> list:
+    """[size, mtime] of a local file (empty for a Hub id), for cache keys over an input file."""
+    path = Path(str(source))
+    return [path.stat().st_size, path.stat().st_mtime_ns] if path.exists() else []
+
+
+def dir_stamp(folder) -> list:
+    """(path, [size, mtime]) of every file under a local folder (empty when it is not one), for keys over a given SAE."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file()) if folder and Path(folder).is_dir() else []
+    return [(str(p), file_stamp(p)) for p in files]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One cached step of a pipeline, declared: the stages whose outputs it reads, the settings it depends on
+    (names in the settings dict Stages is given) and the files it leaves in the run folder."""
+    name: str
+    reads: tuple[str, ...] = ()
+    settings: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+
+
+class Stages:
+    """A run folder's stage cache and clock.
+
+    A stage's key is derived, never written by hand: the hash of its name, the values of the settings it
+    names, the keys (in this run) of the stages it reads and any `stamp` of the files outside the run
+    folder it reads. stages.json keeps the key each stage last finished with; a stage whose key is
+    unchanged and whose files exist is read back, not recomputed, so a changed setting recomputes its
+    stage and every stage that reads it, directly or not. `times` holds each stage's wall time (printed,
+    and listed in the report), and whether it was read back."""
+
+    def __init__(self, root, pipeline, settings: dict, *, log=print, write: bool = True):
+        self.root = Path(root)
+        self.path = self.root / "stages.json"
+        self.pipeline = {stage.name: stage for stage in pipeline}
+        self.settings, self.log, self.write = settings, log, write  # write: False on all but one torchrun process
+        self.finished = json.loads(self.path.read_text()) if self.path.exists() else {}  # stage -> its last key
+        self.keys = {}   # stage -> its key in this run
+        self.times = {}  # stage -> {"seconds": wall time, "cached": nothing was computed}
+
+    @contextlib.contextmanager
+    def run(self, name: str, *, stamp=(), files=None):
+        """Time stage `name` and yield whether it must be computed (False: read its files back); a computed
+        stage is recorded as finished when the block ends. stamp: file_stamp / dir_stamp of the inputs it
+        reads from outside the run folder; files: instead of the declared ones (e.g. none for a given input)."""
+        with self.timed(name) as entry:
+            key = self.keys[name] = self.key(name, stamp)
+            files = self.pipeline[name].files if files is None else files
+            entry["cached"] = self.finished.get(name) == key and all((self.root / f).exists() for f in files)
+            self.log(f"{name}: {'cached' if entry['cached'] else 'computing'}")
+            yield not entry["cached"]
+            if not entry["cached"]:
+                self.done(name)
+
+    def key(self, name: str, stamp=()) -> str:
+        """Stage `name`'s key in this run (the stages it reads must have run first)."""
+        stage = self.pipeline[name]
+        return stable_hash(name, {s: self.settings[s] for s in stage.settings}, [self.keys[r] for r in stage.reads],
+                           stamp)
+
+    def done(self, name: str) -> None:
+        """Record stage `name` as finished with its key in this run."""
+        if name not in self.keys:  # a stage timed but not cached through run(), e.g. training
+            self.keys[name] = self.key(name)
+        self.finished[name] = self.keys[name]
+        if self.write:
+            atomic_write_text(self.path, json.dumps(self.finished, indent=1))
+
+    @contextlib.contextmanager
+    def timed(self, name: str):
+        """Time the block; yields the stage's entry in `times` (its "cached" flag may be set inside)."""
+        entry = self.times[name] = {"seconds": None, "cached": False}
+        start = time.perf_counter()
+        yield entry
+        entry["seconds"] = time.perf_counter() - start
+        self.log(f"{name}: {entry['seconds']:.1f} s" + (" (cached)" if entry["cached"] else ""))
+
+    def finish(self) -> Path:
+        """Print where the time went; returns the run folder."""
+        self.log("stage times: " + ", ".join(f"{s} {t['seconds']:.1f} s" + (" (cached)" if t["cached"] else "")
+                                        for s, t in self.times.items() if t["seconds"] is not None))
+        return self.root
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points: the one device rule, the one model loader, dataclass fields as CLI flags
+
+
+def resolve_device(device=None):
+    """The device rule of every entry point: "auto" (or None) is CUDA when available, else the CPU;
+    anything else ("cpu", "cuda", "cuda:1", a torch.device) is taken as given."""
+    import torch
+
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers, checked once in seconds; offline mode counts as no.
+
+    huggingface_hub retries an unreachable host for about 35 s; asking first lets every Hub path
+    fail at once with advice instead."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _in_hf_cache(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # a malformed repo id and the like: not cached
+        return False
+
+
+def load_model(name, device=None, dtype=None):
+    """(model, tokenizer) from a local folder, the local HF cache or the Hub, on resolve_device(device),
+    in `dtype` (default: bf16 on CUDA for inference, fp32 on the CPU). When none of the three can
+    serve `name`, fail at once with a message naming what to pass instead (no 35 s of Hub retries)."""
+    name = str(name)
+    if not Path(name).is_dir() and not _in_hf_cache(name) and not hub_reachable():
+        raise SystemExit(f"model {name!r} is not a local folder nor in the Hugging Face cache, and the Hub is not "
+                         "reachable from here (or HF_HUB_OFFLINE is set). Pass a local path: --model "
+                         "/path/to/model_dir (a folder with config.json and weights, e.g. toy.build_world's "
+                         "model_dir or the output of shared/tools/smollm2_to_hf.py)")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = resolve_device(device)
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device)
+    except OSError as exc:  # no network, a typo in the id, a gated repo
+        raise SystemExit(f"could not load model {name!r}: {exc}\nPass a local path: --model /path/to/model_dir") from exc
+    return pad_safe_attention(model), tokenizer
+
+
+PAD_SAFE_SDPA = "sdpa_pad_safe"
+
+
+def pad_safe_attention(model):
+    """Make left-padded batches safe under SDPA; returns `model` (its attention switched in place).
+
+    Every prefill and every training forward here runs left-padded rows, and a padding position's
+    query may attend to no key at all (causal, and every key before it is padding). A fully masked
+    row is a softmax over nothing: CUDA SDPA kernels return NaN for it, the NaN reaches the real
+    tokens of the next layer through 0 x NaN, and transformers 5 no longer repairs such rows (4.x
+    did, in `_unmask_unattended`). This registers "sdpa_pad_safe" with transformers' attention
+    interfaces: the same SDPA attention, with a mask in which a row that may attend to nothing may
+    attend to every key instead. Only padding rows change; what a real token attends to does not.
+    Other attention implementations are left alone: eager masks with a finite minimum, and
+    flash-attention drops padding rows before it attends.
+    """
+    import torch
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    def pad_safe_sdpa_mask(*args, **kwargs):
+        mask = sdpa_mask(*args, **kwargs)  # [B, 1, q, kv] bool, True = may attend; None = plain causal
+        if mask is None or mask.dtype != torch.bool:
+            return mask
+        return mask | ~mask.any(-1, keepdim=True)  # a row with no key left attends to all of them
+
+    if PAD_SAFE_SDPA not in AttentionInterface._global_mapping:
+        AttentionInterface.register(PAD_SAFE_SDPA, AttentionInterface._global_mapping["sdpa"])
+        AttentionMaskInterface.register(PAD_SAFE_SDPA, pad_safe_sdpa_mask)
+    if getattr(model.config, "_attn_implementation", None) == "sdpa":
+        model.set_attn_implementation(PAD_SAFE_SDPA)
+    return model
+
+
+def flag(default, help: str, **argparse_kw):
+    """A dataclass field that is also a command-line flag: `--field-name`, this default, this help.
+    argparse_kw (type=, action=, required=, aliases=[...]) reach add_argument unchanged."""
+    return field(default=default, metadata={"help": help, **argparse_kw})
+
+
+def add_dataclass_args(parser, cls, *, skip=(), unset=MISSING):
+    """One flag per field of dataclass `cls` (snake_case -> --kebab-case), help from flag(); the
+    type comes from the annotation (int, float, str, optional or not). A bool field is a switch:
+    `--no-x` store_true for a field named no_x, else --x / --no-x. Fields in `skip` are left out.
+    With `unset` (e.g. None or argparse.SUPPRESS) every flag defaults to it instead of the field's
+    default, which the help then shows, so a caller can tell which flags were given (given_args)."""
+    import argparse
+
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        kw = {k: v for k, v in f.metadata.items() if k not in ("help", "aliases")}
+        names = ["--" + f.name.replace("_", "-")] + list(f.metadata.get("aliases", ()))
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
+        if unset is not MISSING:
+            help_text += f" [{f.default}]"
+        annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if "bool" in annotation and "action" not in kw:
+            kw["action"] = "store_true" if f.name.startswith("no_") else argparse.BooleanOptionalAction
+        elif "action" not in kw or kw["action"] in ("store", "append"):
+            kw.setdefault("type", int if annotation.startswith("int") else
+                          float if annotation.startswith("float") else str)
+        default = f.default if unset is MISSING else unset
+        parser.add_argument(*names, dest=f.name, default=default, help=help_text, **kw)
+    return parser
+
+
+def dataclass_from_args(cls, args, **extra):
+    """cls built from the parsed flags of its fields (argparse.Namespace or dict), plus `extra`."""
+    values = vars(args) if not isinstance(args, dict) else args
+    return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values}, **extra)
+
+
+def given_args(cls, args) -> dict:
+    """The fields of `cls` whose flags were given, for flags added with unset=None (or SUPPRESS)."""
+    values = vars(args) if not isinstance(args, dict) else args
+    return {f.name: values[f.name] for f in fields(cls) if values.get(f.name) is not None}

@@ -8,7 +8,7 @@ Imports the standard library, torch (transformers' AutoConfig lazily) and runtim
     memory_plan(shape, cfg, ...) -> dict  bytes per component and phase, and the peak
     fit_flags(shape, cfg, gpu_gib) -> (overrides, plan)   the changes that fit the budget
     auto_gen_batch_size(shape, cfg, gpu_gib)   --gen-batch-size auto: the most prompts per call that fit
-    format_plan(plan) -> str              the markdown table README's memory section shows
+    format_plan(plan) -> str              the markdown table docs/gpu.md's memory section shows
     memory_plan_report(model, cfg, gpu_gib)   what --plan prints
     oom_phase(phase)                      an out-of-memory error that names its phase and the flag to lower
 

@@ -696,7 +696,7 @@ def _same_answer(a: str, b: str) -> bool:
 
 def auto_quality_labels(problems, *, rollout_answers=None, parse_ok=None, agree: float = 0.75,
                         min_rollouts: int = 2, same_answer=_same_answer) -> list[int]:
-    """Automatic quality labels (README, "Quality labels"), 1 = keep-worthy, 0 = suspect.
+    """Automatic quality labels (docs/design.md), 1 = keep-worthy, 0 = suspect.
 
     Label 0 when (a) parse_ok[i] is False — the reference answer does not parse; or (b) the
     problem has ≥ min_rollouts rollout answers, the most common parsed answer (None = unparsed,

@@ -33,7 +33,7 @@ A `bare_frac` share (0.3) of the warm-start demonstrations answers with the bare
 instead, as a base model trained on mixed-format text does; the verifier scores a bare number 0
 (no box, no "the answer is"), so the first thing RL can learn here is the format, as zero-RL on
 real base models does. Without it (bare_frac=0) 40 GRPO steps move this 0.5M-parameter policy by
-less than evaluation noise: its policy gradient is noise-dominated (README, bench_grpo.py --learn).
+less than evaluation noise: its policy gradient is noise-dominated (docs/toy.md, bench_grpo.py --learn).
 """
 
 from __future__ import annotations

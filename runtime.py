@@ -281,10 +281,16 @@ def pad_safe_attention(model):
     attend to every key instead. Only padding rows change; what a real token attends to does not.
     Other attention implementations are left alone: eager masks with a finite minimum, and
     flash-attention drops padding rows before it attends.
+
+    On CUDA a decode step (one new token per row) with grouped KV heads attends without repeat_kv's
+    copies (`grouped_decode_attention`): transformers' SDPA repeats K and V per query head whenever
+    a mask is passed, ~heads/kv_heads times the KV traffic of the step that dominates generation.
     """
     import torch
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    sdpa = AttentionInterface._global_mapping["sdpa"]
 
     def pad_safe_sdpa_mask(*args, **kwargs):
         mask = sdpa_mask(*args, **kwargs)  # [B, 1, q, kv] bool, True = may attend; None = plain causal
@@ -292,12 +298,34 @@ def pad_safe_attention(model):
             return mask
         return mask | ~mask.any(-1, keepdim=True)  # a row with no key left attends to all of them
 
+    def pad_safe_sdpa(module, query, key, value, attention_mask, **kwargs):
+        if query.is_cuda and query.shape[2] == 1 and key.shape[1] != query.shape[1] and not module.training:
+            return grouped_decode_attention(query, key, value, attention_mask, kwargs.get("scaling")), None
+        return sdpa(module, query, key, value, attention_mask, **kwargs)
+
     if PAD_SAFE_SDPA not in AttentionInterface._global_mapping:
-        AttentionInterface.register(PAD_SAFE_SDPA, AttentionInterface._global_mapping["sdpa"])
+        AttentionInterface.register(PAD_SAFE_SDPA, pad_safe_sdpa)
         AttentionMaskInterface.register(PAD_SAFE_SDPA, pad_safe_sdpa_mask)
     if getattr(model.config, "_attn_implementation", None) == "sdpa":
-        model.set_attn_implementation(PAD_SAFE_SDPA)
+        if hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation(PAD_SAFE_SDPA)
+        else:  # transformers before set_attn_implementation
+            model.config._attn_implementation = PAD_SAFE_SDPA
     return model
+
+
+def grouped_decode_attention(query, key, value, mask, scale=None):
+    """Attention of one new token per row, query [B, heads, 1, hd] over key, value [B, kv_heads, K, hd],
+    with no copies of K and V: the query heads that share a KV head become that head's "positions"
+    ([B, kv_heads, heads / kv_heads, hd], head h on KV head h // (heads / kv_heads), as repeat_kv
+    pairs them), so one SDPA call reads each key once. mask: [B, 1, 1, K] bool or None. Returns
+    [B, 1, heads, hd], the layout transformers' attention functions return."""
+    import torch.nn.functional as F
+
+    rows, heads, _, head_dim = query.shape
+    grouped = query.reshape(rows, key.shape[1], heads // key.shape[1], head_dim)
+    out = F.scaled_dot_product_attention(grouped, key, value, attn_mask=mask, scale=scale)
+    return out.reshape(rows, heads, 1, head_dim).transpose(1, 2).contiguous()
 
 
 def flag(default, help: str, **argparse_kw):

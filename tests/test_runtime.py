@@ -138,3 +138,25 @@ def test_pad_safe_attention_changes_only_the_padding_rows():
     with torch.no_grad(), attention_masks() as unpadded:
         model(input_ids=ids[1:2])
     assert unpadded and all(m is None for m in unpadded)
+
+
+def test_grouped_decode_attention_equals_sdpa_with_repeated_heads():
+    """One new token per row over grouped KV heads, without copying K and V: the same output as
+    transformers' SDPA (which repeats each KV head for its query heads), masks included."""
+    import torch
+    from conftest import assert_close_to_scale
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from runtime import grouped_decode_attention
+
+    torch.manual_seed(0)
+    rows, heads, kv_heads, keys, head_dim = 3, 6, 2, 11, 8
+    q = torch.randn(rows, heads, 1, head_dim)
+    k, v = torch.randn(rows, kv_heads, keys, head_dim), torch.randn(rows, kv_heads, keys, head_dim)
+    mask = torch.ones(rows, 1, 1, keys, dtype=torch.bool)
+    mask[0, ..., :4] = False  # a left-padded row
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal, module.training = heads // kv_heads, True, False
+    for m in (mask, None):
+        want, _ = sdpa_attention_forward(module, q, k, v, m, scaling=0.3)
+        assert_close_to_scale(grouped_decode_attention(q, k, v, m, 0.3), want, rel=1e-6)

@@ -34,6 +34,7 @@ Public API
     packed_logprobs(...)  same result, padding-free;  micro_batches(lengths, max_rows, max_tokens, packed)
     grpo_step(policy, tokenizer, batch, cfg, optimizer, *, step, reward_fn, ...)   one step -> its log row
     train(policy, tokenizer, problems, schedule, cfg, *, out_dir, eval_fn=None, resume=True)
+    save_final(policy, tokenizer, out_dir)   out_dir/final, a folder from_pretrained loads
     python grpo.py --model M --train-data FILE [--schedule schedule.jsonl] [--out DIR] [--preset toy]
     python grpo.py --model M --plan [--gpu-memory 80]          the memory plan, nothing loaded
     torchrun --nproc_per_node N grpo.py ... [--parallel fsdp2]  data parallel / sharded (parallel.py)
@@ -960,17 +961,29 @@ def main(argv: list[str] | None = None) -> None:
     last = train(policy, tokenizer, problems, schedule, cfg, out_dir=out, resume=args.resume)
     if rank != 0:
         return
-    final = out / "final"
-    if cfg.parallel == "fsdp2" and dist_info()[1] > 1:  # the policy is sharded: the last checkpoint is whole
-        final.mkdir(parents=True, exist_ok=True)
-        shutil.copy(latest_checkpoint(out / "checkpoints") / "model.safetensors", final / "model.safetensors")
-        policy.config.save_pretrained(final)
-        policy.generation_config.save_pretrained(final)
-    else:
-        policy.save_pretrained(final)
-    tokenizer.save_pretrained(final)
+    final = save_final(policy, tokenizer, out)
     print(json.dumps({k: v for k, v in last.items() if k != "problem_ids"}, indent=None))
     print(f"final model: {final}", file=sys.stderr)
+
+
+def save_final(policy, tokenizer, out_dir) -> Path:
+    """out_dir/final: the trained policy as a folder `from_pretrained` loads (config, generation
+    config, tokenizer, weights), for lm-eval, lighteval or any other tool; written under a temporary
+    name and renamed. A policy sharded by FSDP2 is whole in its last checkpoint, which is copied."""
+    out_dir = Path(out_dir)
+    final, tmp = out_dir / "final", out_dir / ".tmp_final"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if parallel.is_sharded(policy):
+        tmp.mkdir(parents=True)
+        shutil.copy(latest_checkpoint(out_dir / "checkpoints") / "model.safetensors", tmp / "model.safetensors")
+        parallel.unwrap(policy).config.save_pretrained(tmp)
+        parallel.unwrap(policy).generation_config.save_pretrained(tmp)
+    else:
+        policy.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
 
 
 if __name__ == "__main__":

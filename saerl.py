@@ -626,6 +626,8 @@ def train_arms(cfg: Config, gcfg, root: Path, problems, schedules: dict, device)
             + ("" if not last else " (finished)" if done >= len(batches) else f", resuming from {last.name}"))
         grpo.train(policy, tok, problems, batches, dataclasses.replace(gcfg, seed=seed), out_dir=arm_dir,
                    eval_fn=eval_fn, resume=True)
+        if dist_info()[0] == 0:  # the trained policy as a model folder any tool loads
+            grpo.save_final(policy, tok, arm_dir)
         eval_log = arm_dir / "eval_log.jsonl"  # absent when --eval-every 0 (no evaluation asked for)
         results[arm_name] = {"eval": read_jsonl(eval_log) if eval_log.exists() else [],
                              "train": read_jsonl(arm_dir / "train_log.jsonl")}

@@ -624,3 +624,17 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(tmp_path, tok):
         assert torch.equal(a, b), name
     from runtime import read_jsonl
     assert [r["step"] for r in read_jsonl(tmp_path / "b" / "train_log.jsonl")] == [0, 1, 2, 3]
+
+
+def test_the_trained_policy_is_saved_as_a_folder_from_pretrained_loads(tmp_path, tok):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = tiny_model()
+    grpo.train(model, tok, tiny_problems(4), [["p0", "p1"], ["p2", "p3"]], small_cfg(num_iterations=1),
+               out_dir=tmp_path, reward_fn=has_e_reward)
+    final = grpo.save_final(model, tok, tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(final)
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert AutoTokenizer.from_pretrained(final)("1+1=?")["input_ids"] == tok("1+1=?")["input_ids"]
+    assert not (tmp_path / ".tmp_final").exists()

@@ -128,6 +128,13 @@ def test_end_to_end_outputs(mini_world, tmp_path):
         assert [row["step"] for row in log] == [0, 1, 2, 3]
         evals = read_jsonl(run / "arms" / arm / "eval_log.jsonl")
         assert [row["step"] for row in evals] == [0, 2, 4] and all(0 <= row["toy"] <= 1 for row in evals)
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    for arm in ("vanilla-s0", "saerl-s0"):  # each arm's trained policy loads with from_pretrained
+        final = AutoModelForCausalLM.from_pretrained(run / "arms" / arm / "final").state_dict()
+        last = load_file(str(run / "arms" / arm / "checkpoints" / "step_000004" / "model.safetensors"))
+        assert all(torch.equal(final[k], v) for k, v in last.items())
     saerl_log = read_jsonl(run / "arms" / "saerl-s0" / "train_log.jsonl")
     assert [row["problem_ids"] for row in saerl_log] == [row["ids"] for row in schedule[:4]]
     vanilla_ids = {i for row in read_jsonl(run / "arms" / "vanilla-s0" / "train_log.jsonl") for i in row["problem_ids"]}

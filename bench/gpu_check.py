@@ -73,6 +73,7 @@ import data  # noqa: E402
 import grpo  # noqa: E402
 import parallel  # noqa: E402
 import plan  # noqa: E402
+import graph_decode  # noqa: E402
 import sampler  # noqa: E402
 import toy  # noqa: E402
 import runtime  # noqa: E402
@@ -608,36 +609,64 @@ def check_decode_anatomy(ctx: Context) -> dict:
     n1, n2 = ctx.size.anatomy_steps
     prompt_len = ctx.size.anatomy_kv - n2
     gen = torch.Generator().manual_seed(1)
-    out = {"kv_length": ctx.size.anatomy_kv, "rows": {}}
-    for rows in ctx.size.anatomy_rows:
-        b = min(8, rows)  # prompts prefilled once, each cache row copied rows / b times, as in decode
-        ids = torch.randint(len(toy.SPECIAL_TOKENS) + 1, model.config.vocab_size, (b, prompt_len),
-                            generator=gen).to(ctx.device)
-        att = torch.ones_like(ids)
+    out = {"kv_length": ctx.size.anatomy_kv, "hbm_bytes_per_s": _hbm_bandwidth(ctx), "engines": {}}
+    never = model.config.vocab_size + 1  # a stop id no row can sample: every row runs every step
+    config = model.config
+    kv_dim = config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    for engine in ("compact", "graph"):
+        rows_out = out["engines"][engine] = {}
+        for rows in ctx.size.anatomy_rows:
+            b = min(8, rows)  # prompts prefilled once, each cache row copied rows / b times, as in decode
+            ids = torch.randint(len(toy.SPECIAL_TOKENS) + 1, model.config.vocab_size, (b, prompt_len),
+                                generator=gen).to(ctx.device)
+            att = torch.ones_like(ids)
 
-        def run(steps):
-            sampler.decode(model, ids, att, group_size=rows // b, temperature=1.0, top_p=1.0,
-                           max_new_tokens=steps, stop_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, seed=0)
+            def run(steps):
+                kw = dict(group_size=rows // b, temperature=1.0, top_p=1.0, max_new_tokens=steps, stop_ids=[never],
+                          pad_id=tok.pad_token_id, seed=0)
+                if engine == "graph":
+                    graph_decode.decode(model, ids, att, check_every=32, **kw)
+                else:
+                    sampler.decode(model, ids, att, **kw)
 
-        with compact_at(0.0):  # every row stays in the batch: the step is measured at `rows`
-            run(2)  # warm-up
-            seconds = [min(_timed(run, n, ctx.cuda) for _ in range(2)) for n in (n1, n2)]
-            counts = [_profiled(run, n, ctx.cuda) for n in (n1, n2)]
-        per = lambda k: None if counts[0][k] is None else (counts[1][k] - counts[0][k]) / (n2 - n1)  # noqa: E731
-        step_s = (seconds[1] - seconds[0]) / (n2 - n1)
-        kernel_us = per("gpu_us")
-        out["rows"][str(rows)] = {
-            "ms_per_step": step_s * 1e3, "gpu_kernels_per_step": per("gpu_kernels"),
-            "gpu_copies_per_step": per("gpu_copies"),
-            "host_syncs_per_step": per("sync_calls"), "sync_warnings_per_step": per("sync_warnings"),
-            "cpu_ops_per_step": per("cpu_ops"),
-            "gpu_busy_fraction": None if kernel_us is None else kernel_us / 1e6 / max(step_s, 1e-12)}
-    first = out["rows"][str(ctx.size.anatomy_rows[0])]
-    out["summary"] = ", ".join(f"{r} rows {v['ms_per_step']:.1f} ms" for r, v in out["rows"].items())
-    if first["gpu_kernels_per_step"] is not None:
-        out["summary"] += (f"; at {ctx.size.anatomy_rows[0]}: {first['gpu_kernels_per_step']:.0f} kernels, "
-                           f"{first['host_syncs_per_step']:.1f} syncs, busy {first['gpu_busy_fraction']:.0%}")
+            with compact_at(0.0):  # every row stays in the batch: the step is measured at `rows`
+                run(n2)  # warm-up (and, for the graph engine, every shape captured once)
+                seconds = [min(_timed(run, n, ctx.cuda) for _ in range(2)) for n in (n1, n2)]
+                counts = [_profiled(run, n, ctx.cuda) for n in (n1, n2)]
+            per = lambda k: None if counts[0][k] is None else (counts[1][k] - counts[0][k]) / (n2 - n1)  # noqa: E731
+            step_s = (seconds[1] - seconds[0]) / (n2 - n1)
+            kernel_us = per("gpu_us")
+            # the least a step must read: every weight once, and every row's cached keys and values
+            kv_bytes = rows * ctx.size.anatomy_kv * config.num_hidden_layers * 2 * kv_dim * 2
+            floor_s = None if out["hbm_bytes_per_s"] is None else (weight_bytes + kv_bytes) / out["hbm_bytes_per_s"]
+            rows_out[str(rows)] = {
+                "ms_per_step": step_s * 1e3, "gpu_kernels_per_step": per("gpu_kernels"),
+                "gpu_copies_per_step": per("gpu_copies"),
+                "host_syncs_per_step": per("sync_calls"), "sync_warnings_per_step": per("sync_warnings"),
+                "cpu_ops_per_step": per("cpu_ops"),
+                "gpu_busy_fraction": None if kernel_us is None else kernel_us / 1e6 / max(step_s, 1e-12),
+                "hbm_roofline_fraction": None if floor_s is None else floor_s / max(step_s, 1e-12)}
+    parts = []
+    for engine, rows_out in out["engines"].items():
+        parts.append(f"{engine}: " + ", ".join(f"{r} rows {v['ms_per_step']:.1f} ms" for r, v in rows_out.items()))
+        first = rows_out[str(ctx.size.anatomy_rows[0])]
+        if first["gpu_kernels_per_step"] is not None:
+            parts[-1] += (f" ({first['gpu_kernels_per_step']:.0f} kernels, {first['host_syncs_per_step']:.2f} syncs, "
+                          f"busy {first['gpu_busy_fraction']:.0%}, roofline {first['hbm_roofline_fraction']:.0%})")
+    top = str(ctx.size.anatomy_rows[0])
+    out["graph_speedup"] = out["engines"]["compact"][top]["ms_per_step"] / max(
+        out["engines"]["graph"][top]["ms_per_step"], 1e-9)
+    out["summary"] = "; ".join(parts) + f"; graph {out['graph_speedup']:.1f}x compact at {top} rows"
     return out
+
+
+def _hbm_bandwidth(ctx) -> float | None:
+    """Bytes/s of the GPU's memory by its name (H200 4.8 TB/s, H100 SXM 3.35 TB/s), None elsewhere."""
+    if not ctx.cuda:
+        return None
+    name = torch.cuda.get_device_name(ctx.device)
+    return 4.8e12 if "H200" in name else 3.35e12 if "H100" in name else None
 
 
 def _timed(fn, steps: int, cuda: bool) -> float:
@@ -726,9 +755,15 @@ def check_rollouts(ctx: Context) -> dict:
     out["summary"] = (f"{c['rows']} rows: {c['tokens_per_s']:.0f} tok/s, mean len {c['mean_length']:.0f} max "
                       f"{c['max_length']:.0f}, {c['compactions']} compactions, {c['seconds']:.1f} s, peak "
                       f"{_fmt(c['peak_gib'])} GiB (plan {c['plan_generation_gib']:.1f})")
+    # the paper's step is B 64 prompts: at 32 prompts per call, two calls like this one
+    paper_calls = 64 / n
+    out["generation_s_per_paper_step"] = {"compact": c["seconds"] * paper_calls}
     graph = out["calls"].get(f"{n}x{g}@{max_new} graph", {})
     if "tokens_per_s" in graph:
-        out["summary"] += f"; graph engine {graph['tokens_per_s']:.0f} tok/s"
+        out["generation_s_per_paper_step"]["graph"] = graph["seconds"] * paper_calls
+        out["summary"] += (f"; graph engine {graph['tokens_per_s']:.0f} tok/s, "
+                           f"{graph['seconds'] * paper_calls:.0f} s per paper step (compact "
+                           f"{c['seconds'] * paper_calls:.0f} s)")
     return out
 
 

@@ -1,4 +1,4 @@
-"""report.py -- what a SAERL run reports: report.md (+ report.png) and clusters.md.
+"""report.py -- what a SAERL run reports: report.md (+ report.svg) and clusters.md.
 Imports: estimators (NMI) and runtime (atomic files) from this project -- never saerl.py or grpo.py.
 
 saerl.py's last stage hands its stages' outputs here; nothing in this file changes a result.
@@ -8,7 +8,7 @@ saerl.py's last stage hands its stages' outputs here; nothing in this file chang
                                      the target accuracy, ablations, where the time went per stage
     metric_name(samples, temperature)   the evaluation metric in words (greedy pass@1, avg@N)
     target_accuracy(target, finals) / steps_to_target(points, target)   the "steps to target" numbers
-    plot_curves(curves, path)        report.png, when matplotlib is installed
+    plot_curves(curves, path)        report.svg: accuracy per arm with 95% bands over seeds (hand-written SVG)
     cluster_summary(...)             clusters.md: per cluster its size, difficulty, top SAE features, examples
     cluster_purity(labels, metas)    NMI between the clusters and a known topic field
 """
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from estimators import normalized_mutual_info
-from runtime import atomic_path, atomic_write_text
+from runtime import atomic_write_text
 
 
 def metric_name(samples: int, temperature: float) -> str:
@@ -33,7 +33,7 @@ def metric_name(samples: int, temperature: float) -> str:
 
 def write_report(root, c, g, *, layer: int, paced: bool, problems: list, quality: dict, difficulty: dict,
                  clusters: dict, results: dict, times: dict) -> None:
-    """report.md (+ report.png) of a SAERL run (saerl.py): the data engineering (quality, difficulty,
+    """report.md (+ report.svg) of a SAERL run (saerl.py): the data engineering (quality, difficulty,
     clusters), accuracy curves per arm, steps to the target accuracy, ablations, and where the time
     went per stage. c: saerl.Config, g: grpo.GRPOConfig; layer: the SAE's layer; paced: whether
     --pace budget applied; problems, quality, difficulty, clusters: the stages' outputs; results:
@@ -121,7 +121,7 @@ def write_report(root, c, g, *, layer: int, paced: bool, problems: list, quality
     if paced:
         ablations.append("--pace budget")
     lines += ["", "Ablations in this run: " + (", ".join(ablations) if ablations else "none (SAERL defaults)") + ".", ""]
-    lines += [plot_curves(curves, root / "report.png"), ""]
+    lines += [plot_curves(curves, root / "report.svg"), ""]
     _write_report_file(root / "report.md", lines + _stage_times(times))
 
 
@@ -140,26 +140,86 @@ def steps_to_target(points, target: float) -> int | None:
 
 
 def plot_curves(curves, path) -> str:
-    """report.png: held-out accuracy per step, one line per arm and seed; the markdown that shows it, or why
-    it was not drawn."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "(report.png not drawn: matplotlib is not installed; `pip install matplotlib` to get it.)"
-    fig, ax = plt.subplots(figsize=(6, 4))
+    """report.svg: held-out accuracy per step, one line per arm (the mean over its seeds) with a band
+    (the 95% interval of that mean over seeds, t-distribution) where an arm has two seeds or more.
+    Hand-written SVG, so no plotting package is needed; returns the markdown that shows it."""
+    atomic_write_text(path, accuracy_svg(curves))
+    return f"![held-out accuracy per step]({Path(path).name})"
+
+
+T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}  # t(0.975, dof)
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def mean_and_interval(values: list[float]) -> tuple[float, float, float]:
+    """(mean, low, high): the 95% t-interval of the mean over seeds; low = high = mean for one seed."""
+    n, mean = len(values), float(np.mean(values))
+    if n < 2:
+        return mean, mean, mean
+    half = T_975.get(n - 1, 1.96) * float(np.std(values, ddof=1)) / np.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def accuracy_svg(curves, *, width: int = 640, height: int = 400) -> str:
+    """The SVG text of plot_curves. curves: {arm: {seed: [(step, accuracy)]}}."""
+    left, right, top, bottom = 56, 170, 16, 44  # margins: axis labels left and below, the legend right
+    series = {}
     for arm, seeds in curves.items():
-        for seed, pts in seeds.items():
-            ax.plot([s for s, _ in pts], [a for _, a in pts], marker="o", label=f"{arm} seed {seed}")
-    ax.set_xlabel("GRPO step")
-    ax.set_ylabel("held-out accuracy")
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return f"![accuracy curves]({Path(path).name})"
+        steps = sorted({st for pts in seeds.values() for st, _ in pts})
+        series[arm] = []
+        for st in steps:
+            mean, lo, hi = mean_and_interval([a for pts in seeds.values() for s2, a in pts if s2 == st])
+            series[arm].append((st, mean, max(lo, 0.0), min(hi, 1.0)))  # an accuracy stays in [0, 1]
+    points = [p for rows in series.values() for p in rows]
+    if not points:
+        return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}"/>\n'
+    s0, s1 = min(p[0] for p in points), max(p[0] for p in points)
+    y0 = max(0.0, np.floor(min(p[2] for p in points) * 20) / 20)
+    y1 = min(1.0, np.ceil(max(p[3] for p in points) * 20) / 20)
+    y1 = y1 if y1 > y0 else y0 + 0.05
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def x(step):
+        return left + (step - s0) / max(s1 - s0, 1) * plot_w
+
+    def y(acc):
+        return top + (y1 - acc) / (y1 - y0) * plot_h
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+           'font-size="12">', f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>']
+    for i in range(6):  # y ticks and grid
+        v = y0 + (y1 - y0) * i / 5
+        out.append(f'<line x1="{left}" y1="{y(v):.1f}" x2="{left + plot_w}" y2="{y(v):.1f}" stroke="#eee"/>'
+                   f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.2f}</text>')
+    ticks = sorted({p[0] for p in points})
+    for st in ticks[::max(1, len(ticks) // 8)]:
+        out.append(f'<text x="{x(st):.1f}" y="{top + plot_h + 16}" text-anchor="middle">{st}</text>')
+    out.append(f'<text x="{left + plot_w / 2:.1f}" y="{height - 8}" text-anchor="middle">GRPO step</text>'
+               f'<text x="14" y="{top + plot_h / 2:.1f}" text-anchor="middle" '
+               f'transform="rotate(-90 14 {top + plot_h / 2:.1f})">held-out accuracy</text>')
+    for i, (arm, rows) in enumerate(series.items()):
+        colour, n_seeds = COLOURS[i % len(COLOURS)], len(curves[arm])
+        if n_seeds > 1:
+            band = [(x(st), y(hi)) for st, _, _, hi in rows] + [(x(st), y(lo)) for st, _, lo, _ in reversed(rows)]
+            out.append(f'<polygon class="band" points="{_svg_points(band)}" fill="{colour}" fill-opacity="0.18" '
+                       'stroke="none"/>')
+        out.append(f'<polyline class="mean" points="{_svg_points([(x(st), y(m)) for st, m, _, _ in rows])}" '
+                   f'fill="none" stroke="{colour}" stroke-width="2"/>')
+        ly = top + 14 + 38 * i
+        note = f"{n_seeds} seeds, 95% band" if n_seeds > 1 else "1 seed"
+        out.append(f'<line x1="{width - right + 12}" y1="{ly}" x2="{width - right + 32}" y2="{ly}" stroke="{colour}" '
+                   f'stroke-width="2"/><text x="{width - right + 38}" y="{ly + 4}">{_xml(arm)}</text>'
+                   f'<text x="{width - right + 38}" y="{ly + 19}" font-size="10" fill="#555">{note}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def _svg_points(xy) -> str:
+    return " ".join(f"{a:.1f},{b:.1f}" for a, b in xy)
+
+
+def _xml(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _cluster_feature_means(features, clusters: torch.Tensor, k: int) -> torch.Tensor:

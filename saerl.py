@@ -26,7 +26,7 @@ shows as cached, ~0 s).
     clusters    k-means on the L2-normalised kept rows -> c_i            clusters.json, clusters.md
     schedule    schedule.make_schedules: SAERL's order, vanilla's        schedule(s).jsonl/.json, scores.jsonl
     train       grpo.train per arm and seed (resumes checkpoints)        arms/<arm>-s<seed>/
-    report      report.write_report: curves, steps to target, data      report.md, report.png
+    report      report.write_report: curves, steps to target, data      report.md, report.svg
 
 Under `torchrun --nproc_per_node N saerl.py ...` rank 0 runs the stages up to schedule while the
 other ranks wait on a barrier, then read them back from the cache; every rank trains and evaluates

@@ -177,7 +177,7 @@ def test_torchrun_two_ranks_run_the_pipeline_as_one_process(mini_world, tmp_path
     assert "[saerl rank 1] features: computing" not in two.stderr
     assert (tmp_path / "two" / "mini" / "report.md").exists()
     shutil.copytree(tmp_path / "two" / "mini", tmp_path / "one" / "mini",
-                    ignore=lambda d, names: [n for n in names if n in ("arms", "report.md", "report.png")])
+                    ignore=lambda d, names: [n for n in names if n in ("arms", "report.md", "report.svg")])
     one = run_saerl(saerl_cmd(mini_world, tmp_path / "one", *flags), env_extra={"OMP_NUM_THREADS": "1"})
     assert one.returncode == 0, one.stderr[-3000:]
     assert "schedule: cached" in one.stderr and "train: cached" not in one.stderr

@@ -44,13 +44,18 @@ The file reads bottom-up: config, the math, log-probs, the step, the run, CLI; i
 """
 from __future__ import annotations
 
+import os
+
+# Before torch loads OpenMP: a thread waiting for its peers sleeps instead of spinning, so a busy
+# machine (another job on a core) no longer stalls every small op (docs/measurements.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import contextlib
 import copy
 import dataclasses
 import json
 import math
-import os
 import shutil
 import sys
 import time

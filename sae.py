@@ -18,11 +18,16 @@ quality, difficulty and diversity are read off those vectors (see saerl.py). Thi
 """
 from __future__ import annotations
 
+import os
+
+# Before torch loads OpenMP: a thread waiting for its peers sleeps instead of spinning, so a busy
+# machine (another job on a core) no longer stalls every small op (docs/measurements.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import hashlib
 import json
 import math
-import os
 import sys
 import warnings
 from dataclasses import dataclass

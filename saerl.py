@@ -42,11 +42,16 @@ and the schedule built from d_i and c_i is defined in schedule.py's docstring.
 """
 from __future__ import annotations
 
+import os
+
+# Before torch loads OpenMP: a thread waiting for its peers sleeps instead of spinning, so a busy
+# machine (another job on a core) no longer stalls every small op (docs/measurements.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import dataclasses
 import json
 import math
-import os
 import random
 import sys
 import time

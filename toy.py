@@ -38,6 +38,12 @@ less than evaluation noise: its policy gradient is noise-dominated (docs/toy.md,
 
 from __future__ import annotations
 
+import os
+
+# Before torch loads OpenMP: a thread waiting for its peers sleeps instead of spinning, so a busy
+# machine (another job on a core) no longer stalls every small op (docs/measurements.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
 import random

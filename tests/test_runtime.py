@@ -6,6 +6,8 @@ import pytest
 
 from runtime import DataError, Stage, Stages, append_jsonl, read_jsonl, stable_hash, write_jsonl
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     path = tmp_path / "out.jsonl"
@@ -160,3 +162,19 @@ def test_grouped_decode_attention_equals_sdpa_with_repeated_heads():
     for m in (mask, None):
         want, _ = sdpa_attention_forward(module, q, k, v, m, scaling=0.3)
         assert_close_to_scale(grouped_decode_attention(q, k, v, m, 0.3), want, rel=1e-6)
+
+
+@pytest.mark.parametrize("entry", ["saerl", "grpo", "evaluate", "sae", "toy"])
+def test_entry_points_let_waiting_threads_sleep(entry):
+    """Each entry point sets OMP_WAIT_POLICY=PASSIVE before torch loads OpenMP (spinning waiters stall
+    every small op on a busy machine: bench/busy_machine.py), unless the user set it."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    code = f"import {entry}, os; print(os.environ.get('OMP_WAIT_POLICY'))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "PASSIVE", out.stderr[-500:]
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ACTIVE"

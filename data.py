@@ -25,8 +25,8 @@ problem is reported (count, first rows and why), never dropped silently: malform
 that is not an object, no problem text or answer, a problem text over MAX_PROBLEM_CHARS, a
 repeat of an earlier problem (and, louder, a repeat with another answer). A file that is not
 UTF-8 is refused, naming the row and byte offset; a leading byte-order mark is accepted.
-Ids: the row's own id field, else "<file name>:<row>"; an id that repeats an earlier one gets a
-"#2", "#3", ... suffix, and the report says which.
+Ids: the row's own id field (a string or number), else "<file name>:<row>"; an id that repeats an
+earlier one gets a "#2", "#3", ... suffix, and the report says which.
 
 A list answer with one element becomes that element. A list with several elements is read as
 *alternative* forms of one answer (Minerva stores e.g. ["6630.65", "6630"]): the first is the
@@ -111,9 +111,9 @@ def load_problems_report(
 ) -> tuple[list[Problem], dict]:
     """`load_problems`, also returning its report: {"source", "rows", "bad": [(row, why)],
     "duplicates": [(row, first_row)], "conflicts": [(row, first_row, first_id, answer, first_answer)],
-    "renamed_ids": [(row, id, new_id)]}; rows are numbered from 1."""
+    "renamed_ids": [(row, id, new_id)], "odd_ids": [(row, type name)]}; rows are numbered from 1."""
     name, rows = _read_rows(source, split)
-    problems, bad, dups, conflicts, seen = [], [], [], [], {}
+    problems, bad, dups, conflicts, odd_ids, seen = [], [], [], [], [], {}
     for n, row in rows:
         if isinstance(row, _BadLine):
             bad.append((n, row.why))
@@ -142,6 +142,9 @@ def load_problems_report(
                 conflicts.append((n, first, answer))
             continue
         pid = _pick(row, ID_ALIASES)
+        if pid is not None and (isinstance(pid, bool) or not isinstance(pid, (str, int, float))):
+            odd_ids.append((n, type(pid).__name__))
+            pid = None
         meta = {k: v for k, v in row.items() if k not in (problem_field, answer_field) and k not in PROBLEM_ALIASES and k not in ANSWER_ALIASES and k not in ID_ALIASES and k != "solution"}
         meta.setdefault("source", name)
         meta["row"] = n
@@ -153,7 +156,7 @@ def load_problems_report(
     conflicts = [(n, first.meta["row"], first.id, answer, first.answer) for n, first, answer in conflicts]
 
     report = {"source": name, "rows": len(rows), "bad": bad, "duplicates": dups, "conflicts": conflicts,
-              "renamed_ids": renamed}
+              "renamed_ids": renamed, "odd_ids": odd_ids}
     if bad and strict:
         raise DataError(f"{len(bad)} of {len(rows)} rows of {name} are unusable: " + _first(bad))
     if verbose:
@@ -188,7 +191,7 @@ def _unique_ids(problems: list[Problem]) -> list[tuple[int, str, str]]:
 
 def _print_report(report: dict) -> None:
     name, rows = report["source"], report["rows"]
-    bad, dups, conflicts, renamed = (report[k] for k in ("bad", "duplicates", "conflicts", "renamed_ids"))
+    bad, dups, conflicts, renamed, odd = (report[k] for k in ("bad", "duplicates", "conflicts", "renamed_ids", "odd_ids"))
     if bad:
         print(f"[data] {name}: skipped {len(bad)} of {rows} rows: {_first(bad)}", file=sys.stderr)
     if dups:
@@ -200,6 +203,10 @@ def _print_report(report: dict) -> None:
               + "; ".join(f"row {i} answers {_clip(a)!r}, row {j} (id {_clip(pid)!r}) {_clip(b)!r}"
                           for i, j, pid, a, b in conflicts[:5])
               + (" ..." if len(conflicts) > 5 else ""), file=sys.stderr)
+    if odd:
+        print(f"[data] {name}: {len(odd)} rows have an id that is neither a string nor a number and are named "
+              f"'{name}:<row>' instead: " + ", ".join(f"row {i} ({kind})" for i, kind in odd[:5])
+              + (" ..." if len(odd) > 5 else ""), file=sys.stderr)
     if renamed:
         print(f"[data] {name}: {len(renamed)} rows repeat an earlier id and were renamed: "
               + ", ".join(f"row {i}: {_clip(old)!r} -> {_clip(new)!r}" for i, old, new in renamed[:5])
@@ -227,10 +234,12 @@ def answer_from_row(row: dict, *, answer_field: str | None = None) -> tuple[str 
 def _canonical(value) -> str | None:
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        if isinstance(value, float) and not math.isfinite(value):
+    if isinstance(value, int):
+        return str(value)  # not through float: an integer past 1e308 does not fit one
+    if isinstance(value, float):
+        if not math.isfinite(value):
             return None
-        return str(int(value)) if float(value).is_integer() else repr(float(value))
+        return str(int(value)) if value.is_integer() else repr(value)
     if isinstance(value, str):
         return value.strip() or None
     return None

@@ -159,6 +159,18 @@ def test_overlong_problem_text_is_skipped_and_reported(tmp_path, capsys):
         load_problems(path, strict=True)
 
 
+def test_integer_answer_past_float_range_is_its_digits(tmp_path):
+    [p] = load_problems(_jsonl(tmp_path, ['{"problem": "big", "answer": 1' + "0" * 400 + "}"]))
+    assert p.answer == "1" + "0" * 400
+
+
+def test_an_id_that_is_not_a_string_or_number_is_replaced_and_reported(tmp_path, capsys):
+    rows = [{"id": [1, 2], "problem": "a", "answer": "1"}, {"id": 7, "problem": "b", "answer": "2"}]
+    problems, report = load_problems_report(_jsonl(tmp_path, rows))
+    assert [p.id for p in problems] == ["p.jsonl:1", "7"] and report["odd_ids"] == [(1, "list")]
+    assert "1 rows have an id that is neither a string nor a number" in capsys.readouterr().err
+
+
 def test_limit_is_seeded_subset(tmp_path):
     path = _jsonl(tmp_path, [{"problem": f"p{i}", "answer": str(i)} for i in range(50)])
     a = load_problems(path, limit=10, seed=1)

@@ -19,6 +19,15 @@ Field aliases (first match wins; `problem_field` / `answer_field` override them)
     problem <- problem | question | prompt | query
     answer  <- answer | final_answer | gold | expected_answer,
                else the last \\boxed{} of `solution`, else the text after `####` (GSM8K)
+Rows are numbered from 1 as editors number them: a JSONL row is its line number (blank lines
+count), a .json/.parquet/Hub row its position in the list. Every row that does not become a
+problem is reported (count, first rows and why), never dropped silently: malformed JSON, a row
+that is not an object, no problem text or answer, a problem text over MAX_PROBLEM_CHARS, a
+repeat of an earlier problem (and, louder, a repeat with another answer). A file that is not
+UTF-8 is refused, naming the row and byte offset; a leading byte-order mark is accepted.
+Ids: the row's own id field (a string or number), else "<file name>:<row>"; an id that repeats an
+earlier one gets a "#2", "#3", ... suffix, and the report says which.
+
 A list answer with one element becomes that element. A list with several elements is read as
 *alternative* forms of one answer (Minerva stores e.g. ["6630.65", "6630"]): the first is the
 answer and all are kept in meta["answer_alternatives"]. A numeric answer (AMC's 27.0) becomes its
@@ -27,6 +36,7 @@ canonical text ("27"). GSM8K's "... #### 1,000" becomes "1000".
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
@@ -36,11 +46,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from runtime import DataError, hub_reachable, write_jsonl
-from verifier import last_boxed
+from verifier import is_equiv, last_boxed
 
 PROBLEM_ALIASES = ("problem", "question", "prompt", "query")
 ANSWER_ALIASES = ("answer", "final_answer", "gold", "expected_answer")
 ID_ALIASES = ("id", "unique_id", "idx", "uid")
+
+# Problem texts longer than this are reported and skipped: math problems are rarely over a few thousand
+# characters (the longest in MATH train, AIME 1983-2023 and OlympiadBench is ~5,200), while one runaway
+# row (a whole book pasted in a field) would drive the SAE stage's tokenizer to gigabytes of memory.
+MAX_PROBLEM_CHARS = 20_000
 
 SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 TEMPLATES = ("qwen-math", "plain", "chat", "chatml")
@@ -70,75 +85,136 @@ def load_problems(
     strict: bool = False,
     problem_field: str | None = None,
     answer_field: str | None = None,
+    max_chars: int = MAX_PROBLEM_CHARS,
     verbose: bool = True,
 ) -> list[Problem]:
     """Read problems from a local file or a Hub dataset id.
 
-    Rows without a usable problem or answer are skipped and reported (count, first row numbers
-    and why); `strict=True` raises instead. Exact duplicate problems (whitespace-normalised) are
-    kept once and reported. `limit` takes a seeded random subset *after* validation, so the
-    same (source, limit, seed) always gives the same problems. Reports go to stderr;
-    `load_problems_report` also returns them. Ids: the row's own id field when it has one
-    (unique in the file), else "<file name>:<row number>".
+    Rows without a usable problem or answer, or with a problem text over `max_chars` characters, are
+    skipped and reported (count, first row numbers and why); `strict=True` raises instead. Exact
+    duplicate problems (whitespace-normalised) are kept once and reported, and a duplicate whose
+    answer differs from the kept one is reported as a conflict. `limit` takes a seeded random subset
+    *after* validation, so the same (source, limit, seed) always gives the same problems. Reports go
+    to stderr; `load_problems_report` also returns them. Ids: the row's own id field when it has one,
+    else "<file name>:<row number>"; a repeated id gets a "#2", "#3", ... suffix (reported).
     """
     problems, _ = load_problems_report(
         source, split=split, limit=limit, seed=seed, strict=strict,
-        problem_field=problem_field, answer_field=answer_field, verbose=verbose,
+        problem_field=problem_field, answer_field=answer_field, max_chars=max_chars, verbose=verbose,
     )
     return problems
 
 
 def load_problems_report(
     source, *, split="train", limit=None, seed=0, strict=False,
-    problem_field=None, answer_field=None, verbose=True,
+    problem_field=None, answer_field=None, max_chars=MAX_PROBLEM_CHARS, verbose=True,
 ) -> tuple[list[Problem], dict]:
-    """`load_problems`, also returning {"rows", "bad": [(row, why)], "duplicates": [(row, first_row)]}."""
+    """`load_problems`, also returning its report: {"source", "rows", "bad": [(row, why)],
+    "duplicates": [(row, first_row)], "conflicts": [(row, first_row, first_id, answer, first_answer)],
+    "renamed_ids": [(row, id, new_id)], "odd_ids": [(row, type name)]}; rows are numbered from 1."""
     name, rows = _read_rows(source, split)
-    problems, bad, dups, seen = [], [], [], {}
-    for i, row in enumerate(rows):
+    problems, bad, dups, conflicts, odd_ids, seen = [], [], [], [], [], {}
+    for n, row in rows:
+        if isinstance(row, _BadLine):
+            bad.append((n, row.why))
+            continue
         if not isinstance(row, dict):
-            bad.append((i, f"row is a {type(row).__name__}, expected a JSON object"))
+            bad.append((n, f"row is a {type(row).__name__}, expected a JSON object"))
             continue
         text = _pick(row, (problem_field,) if problem_field else PROBLEM_ALIASES)
         if not isinstance(text, str) or not text.strip():
             wanted = problem_field or "|".join(PROBLEM_ALIASES)
-            bad.append((i, f"no problem text (looked for {wanted})"))
+            bad.append((n, f"no problem text (looked for {wanted})"))
+            continue
+        if len(text) > max_chars:
+            bad.append((n, f"problem text of {len(text):,} characters, over the cap of {max_chars:,} (max_chars)"))
             continue
         answer, alternatives = answer_from_row(row, answer_field=answer_field)
         if answer is None:
             wanted = answer_field or "|".join(ANSWER_ALIASES) + "|solution \\boxed{}|####"
-            bad.append((i, f"no answer (looked for {wanted})"))
+            bad.append((n, f"no answer (looked for {wanted})"))
             continue
         key = " ".join(text.split())
         if key in seen:
-            dups.append((i, seen[key]))
+            first = seen[key]
+            dups.append((n, first.meta["row"]))
+            if not _same_answer(answer, first.answer):
+                conflicts.append((n, first, answer))
             continue
-        seen[key] = i
         pid = _pick(row, ID_ALIASES)
+        if pid is not None and (isinstance(pid, bool) or not isinstance(pid, (str, int, float))):
+            odd_ids.append((n, type(pid).__name__))
+            pid = None
         meta = {k: v for k, v in row.items() if k not in (problem_field, answer_field) and k not in PROBLEM_ALIASES and k not in ANSWER_ALIASES and k not in ID_ALIASES and k != "solution"}
         meta.setdefault("source", name)
-        meta["row"] = i
+        meta["row"] = n
         if len(alternatives) > 1:
             meta["answer_alternatives"] = alternatives
-        problems.append(Problem(id=str(pid) if pid is not None else f"{name}:{i}", problem=text, answer=answer, meta=meta))
-    if len({p.id for p in problems}) != len(problems):  # ids in the file collide: fall back to row numbers
-        for p in problems:
-            p.id = f"{name}:{p.meta['row']}"
+        problems.append(Problem(id=str(pid) if pid is not None else f"{name}:{n}", problem=text, answer=answer, meta=meta))
+        seen[key] = problems[-1]
+    renamed = _unique_ids(problems)
+    conflicts = [(n, first.meta["row"], first.id, answer, first.answer) for n, first, answer in conflicts]
 
-    report = {"source": name, "rows": len(rows), "bad": bad, "duplicates": dups}
+    report = {"source": name, "rows": len(rows), "bad": bad, "duplicates": dups, "conflicts": conflicts,
+              "renamed_ids": renamed, "odd_ids": odd_ids}
     if bad and strict:
         raise DataError(f"{len(bad)} of {len(rows)} rows of {name} are unusable: " + _first(bad))
-    if verbose and (bad or dups):
-        if bad:
-            print(f"[data] {name}: skipped {len(bad)} of {len(rows)} rows: {_first(bad)}", file=sys.stderr)
-        if dups:
-            print(f"[data] {name}: {len(dups)} duplicate problems kept once: "
-                  + ", ".join(f"row {i} repeats row {j}" for i, j in dups[:5]), file=sys.stderr)
+    if verbose:
+        _print_report(report)
     if limit is not None and limit < len(problems):
         order = list(range(len(problems)))
         random.Random(seed).shuffle(order)
         problems = [problems[i] for i in sorted(order[:limit])]
     return problems, report
+
+
+def _same_answer(a: str, b: str) -> bool:
+    return " ".join(a.split()) == " ".join(b.split()) or is_equiv(a, b)
+
+
+def _unique_ids(problems: list[Problem]) -> list[tuple[int, str, str]]:
+    """Give each repeat of an earlier id a "#k" suffix (k = 2, 3, ...; never an id the file already
+    holds), in place; returns (row, id, new id) of each renamed problem."""
+    taken = {p.id for p in problems}
+    seen, renamed = set(), []
+    for p in problems:
+        if p.id in seen:
+            k = 2
+            while f"{p.id}#{k}" in taken:
+                k += 1
+            renamed.append((p.meta["row"], p.id, f"{p.id}#{k}"))
+            p.id = f"{p.id}#{k}"
+            taken.add(p.id)
+        seen.add(p.id)
+    return renamed
+
+
+def _print_report(report: dict) -> None:
+    name, rows = report["source"], report["rows"]
+    bad, dups, conflicts, renamed, odd = (report[k] for k in ("bad", "duplicates", "conflicts", "renamed_ids", "odd_ids"))
+    if bad:
+        print(f"[data] {name}: skipped {len(bad)} of {rows} rows: {_first(bad)}", file=sys.stderr)
+    if dups:
+        print(f"[data] {name}: {len(dups)} duplicate problems kept once: "
+              + ", ".join(f"row {i} repeats row {j}" for i, j in dups[:5]) + (" ..." if len(dups) > 5 else ""),
+              file=sys.stderr)
+    if conflicts:
+        print(f"[data] {name}: {len(conflicts)} of them answer differently; the first answer is kept: "
+              + "; ".join(f"row {i} answers {_clip(a)!r}, row {j} (id {_clip(pid)!r}) {_clip(b)!r}"
+                          for i, j, pid, a, b in conflicts[:5])
+              + (" ..." if len(conflicts) > 5 else ""), file=sys.stderr)
+    if odd:
+        print(f"[data] {name}: {len(odd)} rows have an id that is neither a string nor a number and are named "
+              f"'{name}:<row>' instead: " + ", ".join(f"row {i} ({kind})" for i, kind in odd[:5])
+              + (" ..." if len(odd) > 5 else ""), file=sys.stderr)
+    if renamed:
+        print(f"[data] {name}: {len(renamed)} rows repeat an earlier id and were renamed: "
+              + ", ".join(f"row {i}: {_clip(old)!r} -> {_clip(new)!r}" for i, old, new in renamed[:5])
+              + (" ..." if len(renamed) > 5 else ""), file=sys.stderr)
+
+
+def _clip(text: str, n: int = 40) -> str:
+    return text if len(text) <= n else text[:n] + "..."
 
 
 def answer_from_row(row: dict, *, answer_field: str | None = None) -> tuple[str | None, list[str]]:
@@ -158,10 +234,12 @@ def answer_from_row(row: dict, *, answer_field: str | None = None) -> tuple[str 
 def _canonical(value) -> str | None:
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        if isinstance(value, float) and not math.isfinite(value):
+    if isinstance(value, int):
+        return str(value)  # not through float: an integer past 1e308 does not fit one
+    if isinstance(value, float):
+        if not math.isfinite(value):
             return None
-        return str(int(value)) if float(value).is_integer() else repr(float(value))
+        return str(int(value)) if value.is_integer() else repr(value)
     if isinstance(value, str):
         return value.strip() or None
     return None
@@ -178,7 +256,14 @@ def _first(items, n=5) -> str:
     return "; ".join(f"row {i}: {why}" for i, why in items[:n]) + (" ..." if len(items) > n else "")
 
 
-def _read_rows(source, split) -> tuple[str, list]:
+@dataclass(frozen=True)
+class _BadLine:
+    """A JSONL line that is not JSON: a row load_problems_report reports and skips."""
+    why: str
+
+
+def _read_rows(source, split) -> tuple[str, list[tuple[int, object]]]:
+    """(name, [(row number from 1, row)]) of a local file or a Hub dataset."""
     path = Path(source)
     if path.exists():
         if path.is_dir():
@@ -186,23 +271,22 @@ def _read_rows(source, split) -> tuple[str, list]:
         return path.name, _read_file(path)
     if path.suffix in (".jsonl", ".json", ".parquet") or str(source).startswith((".", "/")):
         raise DataError(f"problem file {source} does not exist")
-    return str(source), _read_hub(str(source), split)
+    return str(source), list(enumerate(_read_hub(str(source), split), start=1))
 
 
-def _read_file(path: Path) -> list:
+def _read_file(path: Path) -> list[tuple[int, object]]:
     if path.suffix == ".jsonl":
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        rows.append(f"invalid JSON on line {n + 1}: {e.msg}")
-        return rows
+        return _read_jsonl_rows(path)
     if path.suffix == ".json":
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        raw = path.read_bytes()
+        bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+        text = _decode(path, raw[bom:], bom, 1, "line")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+        except (ValueError, RecursionError) as e:  # a number past int's digit limit; nesting too deep
+            raise DataError(f"{path}: not readable JSON: {_one_line(e)}") from e
         if isinstance(data, dict):  # {"data": [...]} or {"train": [...]}
             lists = [v for v in data.values() if isinstance(v, list)]
             if len(lists) != 1:
@@ -210,14 +294,52 @@ def _read_file(path: Path) -> list:
             data = lists[0]
         if not isinstance(data, list):
             raise DataError(f"{path} holds a {type(data).__name__}; expected a list of problems")
-        return data
+        return list(enumerate(data, start=1))
     if path.suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
         except ImportError as e:
             raise DataError(f"reading {path} needs pyarrow: pip install pyarrow (or convert it to .jsonl)") from e
-        return pq.read_table(path).to_pylist()
+        try:
+            return list(enumerate(pq.read_table(path).to_pylist(), start=1))
+        except Exception as e:  # pyarrow's errors for a torn or foreign file have no common base
+            raise DataError(f"{path}: not a readable parquet file: {type(e).__name__}: {_one_line(e)}") from e
     raise DataError(f"{path}: unknown file type {path.suffix!r}; expected .jsonl, .json or .parquet")
+
+
+def _read_jsonl_rows(path: Path) -> list[tuple[int, object]]:
+    """One row per non-blank line, numbered by line; a line that is not JSON becomes a _BadLine. Read
+    as bytes, a line at a time, so that a byte that is not UTF-8 is named by its offset in the file."""
+    rows, offset = [], 0
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):  # binary lines end at b"\n" only, as editors count them
+            start = len(codecs.BOM_UTF8) if n == 1 and raw.startswith(codecs.BOM_UTF8) else 0  # Windows editors write one
+            line = _decode(path, raw[start:], offset + start, n, "row")
+            offset += len(raw)
+            if not line.strip():
+                continue
+            try:
+                rows.append((n, json.loads(line)))
+            except json.JSONDecodeError as e:
+                rows.append((n, _BadLine(f"invalid JSON ({e.msg} at column {e.colno})")))
+            except (ValueError, RecursionError) as e:  # a number past int's digit limit; nesting too deep
+                rows.append((n, _BadLine(f"unreadable JSON ({_one_line(e)})")))
+    return rows
+
+
+def _decode(path: Path, raw: bytes, offset: int, first_line: int, unit: str) -> str:
+    """raw as UTF-8; otherwise a DataError naming the file, the row (or line) and the byte offset."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = first_line + raw.count(b"\n", 0, e.start)
+        raise DataError(f"{path}: {unit} {line} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset "
+                        f"{offset + e.start} of the file); save the file as UTF-8, e.g. "
+                        f"iconv -f latin1 -t utf-8 {path.name}") from e
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _read_hub(name: str, split: str) -> list:

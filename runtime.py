@@ -20,6 +20,7 @@ Public functions
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import hashlib
 import json
@@ -90,20 +91,35 @@ def append_jsonl(path, row: dict) -> None:
 
 
 def read_jsonl(path) -> list[dict]:
-    """Rows of a JSONL file; a torn last line (a killed writer) is ignored, any other bad line raises."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    """Rows of a JSONL file: UTF-8 (a leading byte-order mark allowed), one JSON object per line, lines
+    ending at "\\n" only (write_jsonl leaves U+2028 and U+0085 unescaped inside strings). A torn last line
+    (a killed writer) is ignored; any other bad line raises a DataError naming the file and the line (from 1)."""
+    raw = Path(path).read_bytes()
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+    try:
+        text = raw[bom:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        offset = bom + e.start
+        line = raw.count(b"\n", 0, offset) + 1
+        raise DataError(f"{path}: line {line} is not UTF-8 text (byte 0x{raw[offset]:02x} at offset {offset} "
+                        "of the file)") from e
+    lines = text.split("\n")
+    if lines[-1] == "":  # the newline that ends the last line starts no line of its own
+        lines.pop()
     rows = []
     for n, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
+            row = json.loads(line)
+        except (ValueError, RecursionError) as e:  # JSONDecodeError; a number past int's digit limit; deep nesting
             if n == len(lines) - 1:
                 break
-            raise DataError(f"{path}: line {n + 1} is not valid JSON ({e.msg})") from e
+            raise DataError(f"{path}: line {n + 1} is not valid JSON ({getattr(e, 'msg', None) or e})") from e
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: line {n + 1} is a JSON {type(row).__name__}, expected an object")
+        rows.append(row)
     return rows
-
 
 
 # --------------------------------------------------------------------------------------------

@@ -94,14 +94,40 @@ def _model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+# A token is a few characters on average (about 4 for English and LaTeX under the BPE vocabularies of math
+# models), so a text's first max_length tokens lie well inside its first CHARS_PER_TOKEN * max_length
+# characters. Tokenizers truncate only after tokenizing the whole text: a 10 MB text costs 4 GB and half a
+# minute even with truncation=True, so texts are cut to such a head first (_text_heads).
+CHARS_PER_TOKEN = 32
+
+
+def _text_heads(tokenizer, texts: Sequence[str], max_length: int) -> list[str]:
+    """Each text, or a head of it that still holds more than max_length tokens: tokenized and truncated to
+    max_length, it gives the whole text's tokens while the tokenizer's work stays bounded whatever the input.
+    A head with too few tokens (tokens longer than CHARS_PER_TOKEN characters on average) is doubled until it
+    has enough or is the whole text."""
+    heads, budget = list(texts), CHARS_PER_TOKEN * (max_length + 1)
+    long = [i for i, t in enumerate(heads) if len(t) > budget]
+    while long:
+        cut = [texts[i][:budget] for i in long]
+        counts = [len(ids) for ids in tokenizer(cut, add_special_tokens=False, truncation=True,
+                                                max_length=max_length + 1)["input_ids"]]
+        for i, head, n in zip(long, cut, counts):
+            if n > max_length:
+                heads[i] = head
+        budget *= 2
+        long = [i for i, n in zip(long, counts) if n <= max_length and len(texts[i]) > budget]
+    return heads
+
+
 def _token_batches(tokenizer, texts: Sequence[str], *, batch_size: int, max_length: int,
                    char_spans: Sequence[tuple[int, int]] | None = None, order: Sequence[int] | None = None):
     """Tokenises all texts once and yields (rows, input_ids [B, T], attention_mask [B, T],
     valid [B, T]) in the given order (default: longest first). `valid` excludes padding, special
     tokens, each sequence's first real token (the attention sink) and, when char_spans is given,
     tokens outside the span [start, end) of their text."""
-    enc = tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=max_length,
-                    return_offsets_mapping=char_spans is not None)
+    enc = tokenizer(_text_heads(tokenizer, texts, max_length), add_special_tokens=True, truncation=True,
+                    max_length=max_length, return_offsets_mapping=char_spans is not None)
     ids = enc["input_ids"]
     special = set(tokenizer.all_special_ids)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -326,7 +352,8 @@ def _activation_stream(model, tokenizer, texts: Sequence[str], layer: int, *, ba
     nothing beyond one model batch is held. `skip` drops the first items without running the model
     (a resumed SAE run continues where the interrupted one stopped)."""
     gen = torch.Generator().manual_seed(seed)
-    lengths = [len(x) for x in tokenizer(list(texts), add_special_tokens=True, truncation=True,
+    texts = _text_heads(tokenizer, texts, max_length)
+    lengths = [len(x) for x in tokenizer(texts, add_special_tokens=True, truncation=True,
                                          max_length=max_length)["input_ids"]]
     window = 32 * batch_size  # sort by length inside random windows: little padding, still random
     while True:

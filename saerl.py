@@ -520,9 +520,8 @@ def fit_quality(cfg: Config, problems, feats, labels, encoder: Encoder) -> dict:
         if all(q in (0, 1) for q in given):
             source += "; the 'quality' field holds one class only in the labelled subset"
         picked = [problems[i] for i in subset]
-        unparsed = set(gold_parse_report([p.answer for p in picked]).get("unparsed_indices", []))
         auto = auto_quality_labels(picked, rollout_answers=labels.get("rollout_answers"),
-                                   parse_ok=[i not in unparsed for i in range(len(picked))], same_answer=is_equiv)
+                                   parse_ok=answers_parse(picked), same_answer=is_equiv)
         copies = corrupt_copies(picked, seed=cfg.seed, frac=0.5)
         X = feats.columns(subset, cols)
         if copies:
@@ -538,6 +537,13 @@ def fit_quality(cfg: Config, problems, feats, labels, encoder: Encoder) -> dict:
     drop = 0.0 if cfg.no_quality_filter else cfg.quality_drop
     return {"scores": scores.tolist(), "kept": quality_filter(scores, drop), "label_source": source,
             "metrics": metrics, "n_labelled": int(len(y)), "n_negative": int((y == 0).sum()), "drop": drop}
+
+
+def answers_parse(problems) -> list[bool]:
+    """Whether each problem's reference answer parses as math (not text, not empty: the verifier's
+    gold_parse_report), the parse_ok of auto_quality_labels."""
+    unparsed = set(gold_parse_report([p.answer for p in problems])["unparsed_indices"])
+    return [i not in unparsed for i in range(len(problems))]
 
 
 def fit_difficulty(cfg: Config, feats, labels) -> dict:

@@ -375,18 +375,19 @@ def answer_kind(answer: str | None) -> str:
 
 
 def gold_parse_report(golds, n_examples: int = 5) -> dict:
-    """Counts of reference answers by kind, plus the first examples of those that did not parse as math
-    (text, empty). Text golds are still graded (case-insensitive string match); empty ones never reward."""
+    """Counts of reference answers by kind; how many did not parse as math (text, empty), their indices in
+    `golds` (the quality stage labels those problems suspect) and the first examples of them. Text golds
+    are still graded (case-insensitive string match); empty ones never reward."""
+    golds = list(golds)
     counts: dict[str, int] = {}
-    examples: list[str] = []
-    for g in golds:
+    unparsed_indices: list[int] = []
+    for i, g in enumerate(golds):
         kind = answer_kind(g)
         counts[kind] = counts.get(kind, 0) + 1
-        if kind in ("text", "empty") and len(examples) < n_examples:
-            examples.append(str(g))
-    total = sum(counts.values())
-    unparsed = counts.get("text", 0) + counts.get("empty", 0)
-    return {"total": total, "counts": counts, "unparsed": unparsed, "examples": examples}
+        if kind in ("text", "empty"):
+            unparsed_indices.append(i)
+    return {"total": sum(counts.values()), "counts": counts, "unparsed": len(unparsed_indices),
+            "unparsed_indices": unparsed_indices, "examples": [str(golds[i]) for i in unparsed_indices[:n_examples]]}
 
 
 @lru_cache(maxsize=1 << 16)

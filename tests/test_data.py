@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from data import Problem, format_prompt, load_problems, load_problems_report, write_problems
+from data import MAX_PROBLEM_CHARS, Problem, format_prompt, load_problems, load_problems_report, write_problems
 from runtime import DataError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -59,13 +59,13 @@ def test_bad_rows_reported_and_skipped(tmp_path, capsys):
             "{not json", [1, 2], {"problem": "ok2", "answer": "2"}]
     problems, report = load_problems_report(_jsonl(tmp_path, rows))
     assert [p.problem for p in problems] == ["ok", "ok2"]
-    assert [i for i, _ in report["bad"]] == [1, 2, 3, 4]
+    assert [i for i, _ in report["bad"]] == [2, 3, 4, 5]  # line numbers, counted from 1 as editors do
     err = capsys.readouterr().err
-    assert "skipped 4 of 6 rows" in err and "row 1" in err and "no answer" in err
+    assert "skipped 4 of 6 rows" in err and "row 2: no problem text" in err and "row 3: no answer" in err
 
 
 def test_strict_raises_naming_rows(tmp_path):
-    with pytest.raises(DataError, match=r"1 of 2 rows of p.jsonl.*row 1: no answer"):
+    with pytest.raises(DataError, match=r"1 of 2 rows of p.jsonl.*row 2: no answer"):
         load_problems(_jsonl(tmp_path, [{"problem": "a", "answer": "1"}, {"problem": "b"}]), strict=True)
 
 
@@ -73,14 +73,102 @@ def test_duplicates_kept_once_and_reported(tmp_path, capsys):
     rows = [{"problem": "What  is\n1+1?", "answer": "2"}, {"problem": "What is 1+1?", "answer": "2"},
             {"problem": "other", "answer": "3"}]
     problems, report = load_problems_report(_jsonl(tmp_path, rows))
-    assert len(problems) == 2 and report["duplicates"] == [(1, 0)]
+    assert len(problems) == 2 and report["duplicates"] == [(2, 1)]
     assert "1 duplicate problems kept once" in capsys.readouterr().err
 
 
 def test_ids_from_field_or_row(tmp_path):
     a = load_problems(_jsonl(tmp_path, [{"id": 5, "problem": "a", "answer": "1"}]))
     b = load_problems(_jsonl(tmp_path, [{"problem": "a", "answer": "1"}, {"problem": "b", "answer": "1"}], "q.jsonl"))
-    assert a[0].id == "5" and [p.id for p in b] == ["q.jsonl:0", "q.jsonl:1"]
+    assert a[0].id == "5" and [p.id for p in b] == ["q.jsonl:1", "q.jsonl:2"]
+
+
+# ---- bad input never passes silently (issue 24): every row not loaded is reported, with its row from 1 ----
+
+ROW_A = '{"problem": "What is 1+1?", "answer": "2"}'
+
+
+def test_byte_order_mark_is_accepted(tmp_path):
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + ROW_A.encode() + b"\n")
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf[" + ROW_A.encode() + b"]")
+    for name in ("bom.jsonl", "bom.json"):
+        problems, report = load_problems_report(tmp_path / name, verbose=False)
+        assert [(p.problem, p.answer) for p in problems] == [("What is 1+1?", "2")] and report["bad"] == []
+
+
+def test_malformed_json_line_reported_with_its_error_and_line(tmp_path, capsys):
+    # line 2 is blank (editors count it); line 3 misses a comma before "answer", at column 17
+    path = _jsonl(tmp_path, [ROW_A, "", '{"problem": "b" "answer": "3"}', '{"problem": "c", "answer": "4"}'])
+    problems, report = load_problems_report(path)
+    assert [p.problem for p in problems] == ["What is 1+1?", "c"]
+    assert report["bad"] == [(3, "invalid JSON (Expecting ',' delimiter at column 17)")]
+    assert "row 3: invalid JSON (Expecting ',' delimiter at column 17)" in capsys.readouterr().err
+    assert [p.meta["row"] for p in problems] == [1, 4]
+
+
+def test_json_file_syntax_error_names_file_line_and_column(tmp_path):
+    path = tmp_path / "p.json"
+    # line 3: two spaces, then the object; its missing comma sits before "answer", at column 19
+    path.write_text('[\n  {"problem": "a", "answer": 1},\n  {"problem": "b" "answer": 2}\n]')
+    with pytest.raises(DataError, match=r"p\.json: not valid JSON: Expecting ',' delimiter at line 3 column 19"):
+        load_problems(path)
+
+
+def test_non_utf8_bytes_rejected_naming_file_row_and_byte_offset(tmp_path):
+    first, second = ROW_A.encode() + b"\n", b'{"problem": "caf\xe9 prices", "answer": "2"}\n'  # latin-1 e-acute
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(first + second)
+    offset = len(first) + len(b'{"problem": "caf')
+    with pytest.raises(DataError, match=rf"latin1\.jsonl: row 2 is not UTF-8 text \(byte 0xe9 at offset {offset} of"):
+        load_problems(path)
+
+
+def test_duplicate_ids_get_a_visible_suffix(tmp_path, capsys):
+    rows = [{"id": "a", "problem": "p1", "answer": "1"}, {"id": "b", "problem": "p2", "answer": "2"},
+            {"id": "a", "problem": "p3", "answer": "3"}, {"id": "a#2", "problem": "p4", "answer": "4"},
+            {"id": "a", "problem": "p5", "answer": "5"}]
+    problems, report = load_problems_report(_jsonl(tmp_path, rows))
+    # the file's own "a#2" keeps its id, so the repeats of "a" become a#3 and a#4
+    assert [p.id for p in problems] == ["a", "b", "a#3", "a#2", "a#4"]
+    assert report["renamed_ids"] == [(3, "a", "a#3"), (5, "a", "a#4")]
+    err = capsys.readouterr().err
+    assert "2 rows repeat an earlier id and were renamed: row 3: 'a' -> 'a#3', row 5: 'a' -> 'a#4'" in err
+
+
+def test_conflicting_answers_for_one_problem_are_reported(tmp_path, capsys):
+    rows = [{"problem": "What is 1+1?", "answer": "2"}, {"problem": "What  is 1+1?", "answer": "3"},
+            {"problem": "half of 1", "answer": "1/2"}, {"problem": "half of 1", "answer": "\\frac{1}{2}"}]
+    problems, report = load_problems_report(_jsonl(tmp_path, rows))
+    assert [(p.problem, p.answer) for p in problems] == [("What is 1+1?", "2"), ("half of 1", "1/2")]
+    assert report["duplicates"] == [(2, 1), (4, 3)]
+    assert report["conflicts"] == [(2, 1, "p.jsonl:1", "3", "2")]  # 1/2 and \frac{1}{2} are the same answer
+    assert ("1 of them answer differently; the first answer is kept: row 2 answers '3', row 1 (id 'p.jsonl:1') '2'"
+            in capsys.readouterr().err)
+
+
+def test_overlong_problem_text_is_skipped_and_reported(tmp_path, capsys):
+    rows = [{"problem": "x" * MAX_PROBLEM_CHARS, "answer": "1"}, {"problem": "y" * (MAX_PROBLEM_CHARS + 1), "answer": "2"},
+            {"problem": "short", "answer": "3"}]
+    path = _jsonl(tmp_path, rows)
+    problems, report = load_problems_report(path)
+    assert [p.answer for p in problems] == ["1", "3"]
+    assert report["bad"] == [(2, "problem text of 20,001 characters, over the cap of 20,000 (max_chars)")]
+    assert "skipped 1 of 3 rows: row 2: problem text of 20,001 characters" in capsys.readouterr().err
+    assert [p.answer for p in load_problems(path, max_chars=5, verbose=False)] == ["3"]
+    with pytest.raises(DataError, match="row 2: problem text of 20,001 characters"):
+        load_problems(path, strict=True)
+
+
+def test_integer_answer_past_float_range_is_its_digits(tmp_path):
+    [p] = load_problems(_jsonl(tmp_path, ['{"problem": "big", "answer": 1' + "0" * 400 + "}"]))
+    assert p.answer == "1" + "0" * 400
+
+
+def test_an_id_that_is_not_a_string_or_number_is_replaced_and_reported(tmp_path, capsys):
+    rows = [{"id": [1, 2], "problem": "a", "answer": "1"}, {"id": 7, "problem": "b", "answer": "2"}]
+    problems, report = load_problems_report(_jsonl(tmp_path, rows))
+    assert [p.id for p in problems] == ["p.jsonl:1", "7"] and report["odd_ids"] == [(1, "list")]
+    assert "1 rows have an id that is neither a string nor a number" in capsys.readouterr().err
 
 
 def test_limit_is_seeded_subset(tmp_path):
@@ -132,7 +220,7 @@ def test_templates():
 # ---- integration: every file in ../shared/data loads with the right counts and answers ----
 
 EXPECTED = {  # file: (rows kept, first answer, duplicates, bad rows) counted from the files by hand
-    "train/math_train.jsonl": (7469, "0", 1, 4),  # rows 886, 1009 (answer null), 5328, 5330 (empty)
+    "train/math_train.jsonl": (7469, "0", 1, 4),  # rows 887, 1010 (answer null), 5329, 5331 (empty)
     "train/aime_1983_2023.jsonl": (975, "60", 0, 0),
     "bench/aime24.jsonl": (30, "204", 0, 0),
     "bench/amc23.jsonl": (40, "27", 0, 0),

@@ -35,6 +35,33 @@ def test_read_jsonl_ignores_torn_last_line_only(tmp_path):
         read_jsonl(path)
 
 
+def test_read_jsonl_accepts_a_byte_order_mark(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"a": 1}\n{"a": 2}\n')
+    assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
+
+
+def test_read_jsonl_names_the_line_and_byte_offset_of_non_utf8(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"a": "caf\xe9"}\n')  # \xe9 (latin-1 e-acute) follows 9 + 10 bytes
+    with pytest.raises(DataError, match=r"latin1\.jsonl: line 2 is not UTF-8 text \(byte 0xe9 at offset 19 of"):
+        read_jsonl(path)
+
+
+def test_read_jsonl_rows_must_be_objects(tmp_path):
+    path = tmp_path / "list.jsonl"
+    path.write_text('{"a": 1}\n[1, 2]\n{"a": 3}\n')
+    with pytest.raises(DataError, match=r"list\.jsonl: line 2 is a JSON list, expected an object"):
+        read_jsonl(path)
+
+
+def test_jsonl_round_trips_unicode_line_separators(tmp_path):
+    """write_jsonl leaves U+2028, U+2029 and U+0085 raw inside strings; they do not end a JSONL line."""
+    rows = [{"problem": "a\u2028b\u2029c\x85d"}, {"problem": "e"}]
+    write_jsonl(tmp_path / "sep.jsonl", rows)
+    assert read_jsonl(tmp_path / "sep.jsonl") == rows
+
+
 def test_stable_hash_is_order_independent_for_dicts():
     assert stable_hash({"a": 1, "b": 2}) == stable_hash({"b": 2, "a": 1}) != stable_hash({"a": 1, "b": 3})
 

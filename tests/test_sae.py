@@ -131,6 +131,64 @@ def test_char_spans_restrict_pooling_to_the_problem():
     torch.testing.assert_close(got.dense([0])[0], want, rtol=1e-4, atol=1e-4)
 
 
+class CountingTokenizer:
+    """A tokenizer that records the longest text it was asked to tokenize."""
+
+    def __init__(self, tok):
+        self.tok, self.longest = tok, 0
+
+    def __call__(self, texts, **kw):
+        self.longest = max([self.longest] + [len(t) for t in ([texts] if isinstance(texts, str) else texts)])
+        return self.tok(texts, **kw)
+
+    def __len__(self):
+        return len(self.tok)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+HUGE = "What is 12+7? " * 200_000  # 2.8 M characters: tokenized whole, about a gigabyte and seconds of work
+
+
+def test_a_huge_text_is_cut_to_a_head_before_it_is_tokenized():
+    tok = CountingTokenizer(char_tokenizer())
+    model = tiny_model(len(tok), layers=3)
+    sae = random_sae(32)
+    got = S.encode_problems(model, tok, [HUGE, "hi there"], sae, 1, top_m=40, max_length=64, progress=False)
+    assert tok.longest < 10_000  # a head of a few thousand characters, never the whole text
+    # character tokenizer: the first 64 tokens are the first 64 characters
+    torch.testing.assert_close(got.dense([0])[0], expected_pooled(model, tok.tok, sae, HUGE[:64], 1),
+                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got.dense([1])[0], expected_pooled(model, tok.tok, sae, "hi there", 1),
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:SAE check")  # 1,024 tokens train no good SAE; the test is about tokenizing
+def test_train_sae_tokenizes_only_a_head_of_a_huge_text():
+    tok = CountingTokenizer(char_tokenizer())
+    model = tiny_model(len(tok), layers=2, seed=1)
+    texts = [HUGE] + [f"{i} + {i * 37 % 101} = ?" for i in range(20)]
+    S.train_sae(model, tok, texts, 0, d_sae=64, k=4, tokens=1_024, batch_tokens=256, max_length=64, seed=0,
+                progress=False)
+    assert tok.longest < 10_000
+
+
+def test_a_head_grows_until_it_holds_max_length_tokens():
+    """Tokens longer than CHARS_PER_TOKEN characters (a word-level vocabulary here): the head doubles
+    until it holds more than max_length tokens, so truncation still sees max_length of them."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    word = "w" * 100  # one token of 100 characters
+    inner = Tokenizer(models.WordLevel({"<unk>": 0, word: 1}, unk_token="<unk>"))
+    inner.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=inner, unk_token="<unk>")
+    text = " ".join([word] * 1_000)  # 1,000 tokens in 100,999 characters
+    [head] = S._text_heads(tok, [text], max_length=64)
+    assert len(tok(head)["input_ids"]) > 64 and len(head) < len(text)
+    assert S._text_heads(tok, ["short"], max_length=64) == ["short"]
+
+
 def test_cache_resumes_after_interruption(tmp_path):
     tok = char_tokenizer()
     model = tiny_model(len(tok), layers=3)

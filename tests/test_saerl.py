@@ -66,6 +66,39 @@ def test_auto_quality_labels_by_hand():
     assert saerl.auto_quality_labels(problems[:4]) == [1, 1, 1, 1]
 
 
+def banana_problems(n=40):
+    """n problems without a 'quality' field; every 4th reference answer is prose, not math."""
+    problems = make_problems(n)
+    for p in problems[::4]:
+        p.answer = "banana split"
+    return problems
+
+
+def test_unparseable_reference_answers_are_labelled_suspect():
+    problems = banana_problems()
+    expected = [0 if i % 4 == 0 else 1 for i in range(40)]  # by construction above
+    assert saerl.auto_quality_labels(problems, parse_ok=saerl.answers_parse(problems)) == expected
+
+
+def test_fit_quality_counts_unparseable_answers_as_negatives():
+    """The quality stage itself (fit_quality) on a dataset with no 'quality' field: its negatives are the
+    10 "banana split" problems plus the corrupted copies, each copy encoded once."""
+    problems = banana_problems()
+    gen = torch.Generator().manual_seed(0)
+
+    def features(n):
+        values, indices = torch.rand(n, 8, generator=gen), torch.stack([torch.randperm(32, generator=gen)[:8]
+                                                                        for _ in range(n)])
+        return PooledFeatures(values, indices, 32)
+
+    copies = []
+    encoder = lambda batch: copies.extend(batch) or features(len(batch))  # noqa: E731
+    cfg = saerl.Config(probe_features=32, seed=0)
+    out = saerl.fit_quality(cfg, problems, features(40), {"subset": list(range(40))}, encoder)
+    assert copies and out["n_labelled"] == 40 + len(copies)
+    assert out["n_negative"] == 10 + len(copies)
+
+
 def test_quality_filter_drops_lowest_with_index_ties():
     scores = [0.5, 0.1, 0.9, 0.1, 0.3, 0.7, 0.2, 0.8, 0.6, 0.4]
     # ⌊0.3·10⌋ = 3 dropped: the two 0.1s (rows 1 and 3) and 0.2 (row 6)

@@ -125,6 +125,13 @@ def test_gold_parse_report_counts_kinds_and_shows_unparsed_examples():
     assert report["examples"] == ["\\text{even}", ""]
 
 
+def test_gold_parse_report_names_the_unparsed_indices():
+    """The quality stage labels the problems at these indices suspect (saerl.answers_parse)."""
+    report = gold_parse_report(["3", "banana split", "x+1", "", "banana split", "\\frac{1}{2}"])
+    assert report["unparsed_indices"] == [1, 3, 4] and report["unparsed"] == 3
+    assert report["examples"] == ["banana split", "", "banana split"]
+
+
 # ------------------------------------------------------------------------------------------------ totality
 CHAINS = {"factorials": "3" + "!" * 1000, "sum": "1" + "+1" * 3000, "powers": "2" + "^2" * 2000,
           "parentheses": "(" * 2000 + "1" + ")" * 2000, "roots": "\\sqrt{" * 1000 + "2" + "}" * 1000,

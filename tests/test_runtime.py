@@ -140,7 +140,7 @@ def test_pad_safe_attention_changes_only_the_padding_rows():
     assert unpadded and all(m is None for m in unpadded)
 
 
-# ------------------------------------------------------------------------------------------------ bad flags, locks, Ctrl-C
+# ---------------------------------------------------------------------------------------------- bad flags, locks, Ctrl-C
 def test_check_names_each_flag_its_value_and_what_is_allowed():
     from runtime import ConfigError, check
 

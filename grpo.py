@@ -970,6 +970,7 @@ def check_cli(args) -> None:
     """The flags that are not GRPOConfig fields, and how they combine with it (ConfigError)."""
     check(args.limit is None or args.limit >= 1, {"limit": args.limit}, "an integer >= 1")
     check(args.plan_prompt_tokens >= 1, {"plan_prompt_tokens": args.plan_prompt_tokens}, "an integer >= 1")
+    plan.check_plan_flags(args)
     if args.plan:
         return
     if not args.train_data:

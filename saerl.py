@@ -246,6 +246,7 @@ def main(argv=None) -> Path | None:
     plan_flags, _ = plan.plan_flags().parse_known_args(argv)
     # a bad flag or input, a run folder another run holds, Ctrl-C: one line on stderr (runtime.command_line)
     with command_line("saerl.py"):
+        plan.check_plan_flags(plan_flags)
         if plan_flags.plan:  # the real run's memory per phase, from the config alone (default: the paper's policy)
             cfg, gcfg = resolve(dataclasses.replace(cfg, preset=cfg.preset or PAPER["preset"]), grpo_overrides)
             print(plan.memory_plan_report(cfg.model or "Qwen/Qwen2.5-Math-1.5B", gcfg, gpu_gib=plan_flags.gpu_memory,

@@ -117,9 +117,12 @@ def test_saerl_refuses_in_a_real_process_without_a_traceback(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_plan_checks_the_flags_too(capsys, nothing_loads):
-    line = refuse(saerl.main, ["--plan", "--group-size", "1"], capsys)
-    assert line.startswith("saerl.py: --group-size 1: expected")
+@pytest.mark.parametrize("flags,shown", [(["--group-size", "1"], "--group-size 1"),
+                                         (["--gpu-memory", "0"], "--gpu-memory 0"),
+                                         (["--world-size", "0"], "--world-size 0")])
+def test_plan_checks_the_flags_too(flags, shown, capsys, nothing_loads):
+    assert refuse(saerl.main, ["--plan", *flags], capsys).startswith(f"saerl.py: {shown}")
+    assert refuse(grpo.main, ["--model", "m", "--plan", *flags], capsys).startswith(f"grpo.py: {shown}")
 
 
 # ------------------------------------------------------------------------------------------------ GRPOConfig

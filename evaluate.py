@@ -32,9 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sampler
-from data import format_prompt, load_problems
+from data import TEMPLATES, format_prompt, load_problems
 from parallel import all_gather, dist_info
-from runtime import DataError, add_dataclass_args, atomic_write_text, dataclass_from_args, flag, load_model, write_jsonl
+from runtime import (ConfigError, DataError, add_dataclass_args, atomic_write_text, check, check_device, command_line,
+                     dataclass_from_args, flag, load_model, write_jsonl)
 from verifier import extract_answer, gold_parse_report, is_equiv
 
 # ================================================================================================ benchmarks
@@ -223,16 +224,51 @@ class EvalConfig:
     out: str = flag("runs/eval", "writes <out>/<benchmark>.jsonl, results.md, results.json")
     device: str = flag("auto", "auto, cpu or cuda")
 
+    def validate(self) -> None:
+        """Every flag in its range before the model loads: ConfigError, one line naming the flag, its value
+        and what is allowed."""
+        def need(ok: bool, expected: str, *names: str) -> None:
+            check(ok, {name: getattr(self, name) for name in names}, expected)
+
+        for name in ("n", "max_new_tokens", "batch_size"):
+            need(getattr(self, name) >= 1, "an integer >= 1", name)
+        need(self.limit is None or self.limit >= 1, "an integer >= 1 (leave it out for the whole benchmark)", "limit")
+        need(0 <= self.temperature < math.inf, "a number >= 0 (0: greedy)", "temperature")
+        need(self.n == 1 or self.temperature > 0, "--temperature > 0 for avg@n (greedy decoding gives n copies of "
+             "one completion), or --n 1", "n", "temperature")
+        need(0 < self.top_p <= 1, "a number in (0, 1]", "top_p")
+        need(self.seed >= 0, "an integer >= 0", "seed")
+        need(self.template in TEMPLATES, f"one of {', '.join(TEMPLATES)}", "template")
+        check_device(self.device)
+        if not self.specs():
+            raise ConfigError("no benchmark to evaluate: pass --benchmarks NAME[,NAME] or --bench name=path")
+        for name, specs in (("benchmarks", self.benchmarks.split(",")), ("bench", self.bench or [])):
+            for spec in filter(str.strip, specs):
+                try:
+                    resolve_benchmark(spec.strip())
+                except ValueError as exc:
+                    raise ConfigError(f"--{name} {spec.strip()}: {exc}") from None
+
+    def specs(self) -> list[str]:
+        """The benchmarks asked for: --benchmarks' names, then each --bench."""
+        return [s.strip() for s in self.benchmarks.split(",") if s.strip()] + [s.strip() for s in self.bench or []]
+
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description="Evaluate a model on math benchmarks (pass@1 or avg@n).")
     config = dataclass_from_args(EvalConfig, add_dataclass_args(parser, EvalConfig).parse_args(argv))
+    with command_line("evaluate.py"):  # a bad flag or benchmark: one line, no traceback
+        config.validate()
+        try:  # every benchmark is read before the model is loaded, so a missing one fails in seconds
+            loaded = [load_benchmark(s, limit=config.limit, seed=config.seed) for s in config.specs()]
+        except ValueError as exc:  # an unknown name (DataError, a ValueError too: a file that cannot be read)
+            raise DataError(str(exc)) from exc
+        return evaluate_all(config, loaded)
 
-    specs = [s for s in config.benchmarks.split(",") if s.strip()] + (config.bench or [])
-    try:  # every benchmark is read before the model is loaded, so a missing one fails in seconds
-        loaded = [load_benchmark(s.strip(), limit=config.limit, seed=config.seed) for s in specs]
-    except (DataError, ValueError) as exc:
-        raise SystemExit(str(exc)) from exc
+
+def evaluate_all(config: EvalConfig, loaded: list) -> list[dict]:
+    """The CLI's work once its flags and benchmarks are read: load the model, evaluate each benchmark, write
+    <out>/results.md and results.json."""
     model, tokenizer = load_model(config.model, config.device)
     results = []
     for name, problems in loaded:
@@ -248,7 +284,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(table)
     atomic_write_text(Path(config.out) / "results.md", table + "\n")
     atomic_write_text(Path(config.out) / "results.json",
-                           json.dumps({"config": vars(config), "results": results}, indent=2, default=str))
+                      json.dumps({"config": vars(config), "results": results}, indent=2, default=str))
     return results
 
 

@@ -35,7 +35,9 @@ Public API
     grpo_step(policy, tokenizer, batch, cfg, optimizer, *, step, reward_fn, ...)   one step -> its log row
     train(policy, tokenizer, problems, schedule, cfg, *, out_dir, eval_fn=None, resume=True)
     save_final(policy, tokenizer, out_dir)   out_dir/final, a folder from_pretrained loads
-    python grpo.py --model M --train-data FILE [--schedule schedule.jsonl] [--out DIR] [--preset toy]
+    python grpo.py --model M --train-data FILE [--schedule schedule.jsonl [--max-steps N]] [--out DIR] [--preset toy]
+                    every flag checked before the model loads; one run at a time per --out (its run.lock);
+                    Ctrl-C names the last checkpoint, and the same command resumes from it
     python grpo.py --model M --plan [--gpu-memory 80]          the memory plan, nothing loaded
     torchrun --nproc_per_node N grpo.py ... [--parallel fsdp2]  data parallel / sharded (parallel.py)
 
@@ -70,12 +72,13 @@ from torch.utils.checkpoint import checkpoint
 import parallel
 import plan
 from checkpoint import latest_checkpoint, resume_latest, save_checkpoint
-from data import format_prompt, load_problems, long_prompts, stop_token_ids
+from data import TEMPLATES, format_prompt, load_problems, long_prompts, stop_token_ids
 from parallel import (all_gather, all_reduce_gradients, all_reduce_stats, all_reduce_sum, barrier, dist_info,
                       init_distributed, rank_slice)
 from plan import oom_phase
-from runtime import (NonFiniteError, add_dataclass_args, append_jsonl, atomic_write_text, flag, load_model,
-                     pad_safe_attention, read_jsonl, stable_hash, write_jsonl)
+from runtime import (ConfigError, Interrupted, NonFiniteError, add_dataclass_args, append_jsonl, atomic_write_text,
+                     check, command_line, flag, folder_lock, load_model, pad_safe_attention, read_jsonl, stable_hash,
+                     write_jsonl)
 from sampler import ENGINES, Rollouts, context_length, refresh_rollout_model, rollout_model, sample_rollouts
 from schedule import random_schedule, read_schedule, write_schedule
 from verifier import math_reward
@@ -100,10 +103,11 @@ class GRPOConfig:
     # what a step is
     batch_size: int = flag(64, "problems per step (B); a schedule's batches may differ, the schedule wins")
     group_size: int = flag(8, "completions sampled per problem (G)")
-    num_steps: int = flag(500, "steps of the random (vanilla GRPO) schedule built when no schedule is given")
+    num_steps: int = flag(500, "steps of the random (vanilla GRPO) schedule built when no schedule is given "
+                               "(a given --schedule is trained with --max-steps)")
     max_steps: int | None = flag(None, "stop after this many schedule steps (none: the whole schedule)",
                                  type=lambda text: None if text.lower() == "none" else int(text))
-    template: str = flag("qwen-math", "prompt template for data.format_prompt: qwen-math | plain | chat")
+    template: str = flag("qwen-math", "prompt template for data.format_prompt: qwen-math | plain | chat | chatml")
     # sampling
     temperature: float = flag(1.0, "sampling temperature; log-probs use the same temperature")
     top_p: float = flag(1.0, "nucleus sampling; log-probs ignore it (as TRL), so keep 1.0 for exact ratios")
@@ -155,24 +159,47 @@ class GRPOConfig:
     eval_every: int = flag(0, "call eval_fn every this many steps (0: never)")
 
     def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Every field in its range and the combinations that cannot train, checked on construction so
+        that a bad flag fails before any model loads: ConfigError (a ValueError), one line naming the
+        flag, the value and what is allowed."""
+        def need(ok: bool, expected: str, *names: str) -> None:
+            check(ok, {name: getattr(self, name) for name in names}, expected, owner="GRPOConfig")
+
         for name, allowed in (("loss_type", LOSS_TYPES), ("adv_scale", ADV_SCALES), ("overlong", OVERLONG),
                               ("rollout_engine", ENGINES), ("packing", ("auto", "on", "off")),
-                              ("parallel", ("ddp", "fsdp2")),
+                              ("parallel", ("ddp", "fsdp2")), ("template", TEMPLATES),
                               ("rollout_dtype", ("auto", "policy", "bfloat16", "float16", "float32"))):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"GRPOConfig.{name}={getattr(self, name)!r}; expected one of {allowed}")
-        for name in ("batch_size", "group_size", "max_new_tokens", "gen_batch_size", "num_iterations",
+            need(getattr(self, name) in allowed, f"one of {', '.join(allowed)}", name)
+        for name in ("batch_size", "num_steps", "max_new_tokens", "gen_batch_size", "num_iterations",
                      "micro_batch_size", "logprob_chunk", "save_every", "keep_checkpoints", "sync_every"):
-            if name == "gen_batch_size" and self.gen_batch_size == "auto":
+            value = getattr(self, name)
+            if name == "gen_batch_size" and value == "auto":
                 continue
-            if getattr(self, name) < 1:
-                raise ValueError(f"GRPOConfig.{name}={getattr(self, name)}; expected an integer >= 1")
-        if self.max_tokens_per_micro_batch < 0 or self.tis_cap < 0:
-            raise ValueError(f"GRPOConfig.max_tokens_per_micro_batch={self.max_tokens_per_micro_batch}, "
-                             f"tis_cap={self.tis_cap}; expected numbers >= 0")
-        if self.overlong == "soft" and not 0 < self.overlong_buffer <= self.max_new_tokens:
-            raise ValueError(f"GRPOConfig.overlong_buffer={self.overlong_buffer}; expected 1..max_new_tokens"
-                             f" ({self.max_new_tokens}) for the soft overlong penalty")
+            need(isinstance(value, int) and value >= 1, "an integer >= 1", name)
+        need(self.max_steps is None or self.max_steps >= 1, "an integer >= 1, or none (the whole schedule)",
+             "max_steps")
+        for name in ("warmup_steps", "max_tokens_per_micro_batch", "seed", "eval_every"):
+            need(getattr(self, name) >= 0, "an integer >= 0", name)
+        # GRPO compares the completions of one problem: with one, its std (GRPO) is undefined and its
+        # advantage r - mean (Dr. GRPO) is 0, so nothing would be learned
+        need(self.group_size >= 2, "an integer >= 2 (advantages compare the G completions of a problem: with one "
+             "the std is undefined and r - mean is 0)", "group_size")
+        need(self.temperature > 0 and math.isfinite(self.temperature), "a number > 0 (rollouts are sampled at "
+             "this temperature and log-probs divided by it; greedy decoding is for evaluation)", "temperature")
+        need(0 < self.top_p <= 1, "a number in (0, 1]", "top_p")
+        need(0 <= self.eps_low < 1, "a number in [0, 1) (the ratio's lower clip 1 - eps_low stays > 0)", "eps_low")
+        for name in ("eps_high", "beta", "tis_cap", "weight_decay"):
+            need(0 <= getattr(self, name) < math.inf, "a number >= 0", name)
+        need(0 < self.lr < math.inf, "a number > 0", "lr")
+        for name in ("adam_beta1", "adam_beta2"):
+            need(0 <= getattr(self, name) < 1, "a number in [0, 1)", name)
+        need(not math.isnan(self.max_grad_norm), "a number (<= 0 disables clipping)", "max_grad_norm")
+        if self.overlong == "soft":
+            need(0 < self.overlong_buffer <= self.max_new_tokens, "--overlong-buffer in 1..--max-new-tokens for the "
+                 "soft overlong penalty (it ramps over the last buffer tokens)", "overlong_buffer", "max_new_tokens")
 
     PRESETS = {
         "qwen-math-1.5b": {},
@@ -941,32 +968,59 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    with command_line("grpo.py"):  # a bad flag, a folder in use, Ctrl-C: one line, no traceback
+        run_cli(build_parser().parse_args(argv))
+
+
+def check_cli(args) -> None:
+    """The flags that are not GRPOConfig fields, and how they combine with it (ConfigError)."""
+    check(args.limit is None or args.limit >= 1, {"limit": args.limit}, "an integer >= 1")
+    check(args.plan_prompt_tokens >= 1, {"plan_prompt_tokens": args.plan_prompt_tokens}, "an integer >= 1")
+    plan.check_plan_flags(args)
+    if args.plan:
+        return
+    if not args.train_data:
+        raise ConfigError("--train-data is required (a jsonl / json / parquet file or a Hub dataset id)")
+    check(args.schedule is None or Path(args.schedule).is_file(), {"schedule": args.schedule},
+          "a schedule.jsonl file (one batch of problem ids per line)")
+    # --num-steps sizes the random schedule; a given schedule is cut with --max-steps, never resized
+    check(args.schedule is None or not hasattr(args, "num_steps"), {"num_steps": getattr(args, "num_steps", None),
+          "schedule": args.schedule}, "--max-steps N to train the first N steps of a given schedule (--num-steps "
+          "only sizes the random schedule built without --schedule)")
+
+
+def run_cli(args) -> None:
+    """`python grpo.py ...`: flags checked, the --out folder locked, data read, then the model loaded and trained."""
     overrides = {f.name: getattr(args, f.name) for f in fields(GRPOConfig) if hasattr(args, f.name)}
     cfg = GRPOConfig.preset(args.preset, **overrides)
+    check_cli(args)
     if args.plan:
         print(plan.memory_plan_report(args.model, cfg, gpu_gib=args.gpu_memory, prompt_tokens=args.plan_prompt_tokens,
                                       world=args.world_size))
         return
-    if not args.train_data:
-        raise SystemExit("grpo.py: --train-data is required (a jsonl / json / parquet file or a Hub dataset id)")
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # before CUDA starts
     rank, _ = init_distributed()  # torchrun --nproc_per_node N grpo.py ...: one process per GPU
-    device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
-    policy, tokenizer = load_model(args.model, device, dtype=torch.float32)  # fp32 master weights
-    problems = load_problems(args.train_data, limit=args.limit)
     out = Path(args.out)
-    if args.schedule:
-        schedule = read_schedule(args.schedule)
-    else:
-        schedule = random_schedule([p.id for p in problems], cfg.batch_size, cfg.num_steps, cfg.seed)
-        out.mkdir(parents=True, exist_ok=True)
-        if rank == 0 and not (out / "schedule.jsonl").exists():
-            write_schedule(out / "schedule.jsonl", schedule)
-    last = train(policy, tokenizer, problems, schedule, cfg, out_dir=out, resume=args.resume)
-    if rank != 0:
-        return
-    final = save_final(policy, tokenizer, out)
+    with folder_lock(out) if rank == 0 else contextlib.nullcontext():  # one run per --out folder
+        problems = load_problems(args.train_data, limit=args.limit)
+        if args.schedule:
+            schedule = read_schedule(args.schedule)
+        else:
+            schedule = random_schedule([p.id for p in problems], cfg.batch_size, cfg.num_steps, cfg.seed)
+            if rank == 0 and not (out / "schedule.jsonl").exists():
+                write_schedule(out / "schedule.jsonl", schedule)
+        device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
+        policy, tokenizer = load_model(args.model, device, dtype=torch.float32)  # fp32 master weights
+        try:
+            last = train(policy, tokenizer, problems, schedule, cfg, out_dir=out, resume=args.resume)
+        except KeyboardInterrupt as e:
+            kept = latest_checkpoint(out / "checkpoints")
+            kept = kept.name if kept else "none yet"
+            raise Interrupted(f"interrupted during training in {out} (last checkpoint {kept}); run the same command "
+                              "to resume") from e
+        if rank != 0:
+            return
+        final = save_final(policy, tokenizer, out)
     print(json.dumps({k: v for k, v in last.items() if k != "problem_ids"}, indent=None))
     print(f"final model: {final}", file=sys.stderr)
 

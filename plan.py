@@ -2,14 +2,14 @@
 
 Owns: peak-memory arithmetic per phase (generation, training) from a model's shape and a
 GRPOConfig, the flags that make a run fit a GPU, and a roofline estimate of the step time.
-Imports the standard library, torch (transformers' AutoConfig lazily) and runtime.hub_reachable.
+Imports the standard library, torch (transformers' AutoConfig lazily) and runtime (hub_reachable, check).
 
     ModelShape.load(name_or_path)         hidden/intermediate/layers/heads/vocab from config.json
     memory_plan(shape, cfg, ...) -> dict  bytes per component and phase, and the peak
     fit_flags(shape, cfg, gpu_gib) -> (overrides, plan)   the changes that fit the budget
     auto_gen_batch_size(shape, cfg, gpu_gib)   --gen-batch-size auto: the most prompts per call that fit
     format_plan(plan) -> str              the markdown table docs/gpu.md's memory section shows
-    memory_plan_report(model, cfg, gpu_gib)   what --plan prints
+    memory_plan_report(model, cfg, gpu_gib)   what --plan prints; check_plan_flags(args) its flags
     oom_phase(phase)                      an out-of-memory error that names its phase and the flag to lower
 
 What is counted (B = bytes; P = parameters; T = tokens of a micro-batch):
@@ -47,7 +47,7 @@ from pathlib import Path
 
 import torch
 
-from runtime import hub_reachable
+from runtime import check, hub_reachable
 
 GIB = 1024 ** 3
 HEADROOM = 0.90  # plan to use at most this fraction of the card
@@ -259,6 +259,12 @@ def plan_flags():
     ap.add_argument("--world-size", type=int, default=1, help="GPUs --plan plans for (torchrun --nproc_per_node); "
                     "with --parallel fsdp2 the weights, gradients and AdamW moments are split over them")
     return ap
+
+
+def check_plan_flags(args) -> None:
+    """--gpu-memory > 0 GiB and --world-size >= 1 (runtime.ConfigError, one line)."""
+    check(0 < args.gpu_memory < float("inf"), {"gpu_memory": args.gpu_memory}, "GiB > 0")
+    check(args.world_size >= 1, {"world_size": args.world_size}, "an integer >= 1")
 
 
 def memory_plan_report(model: str, cfg, *, gpu_gib: float, prompt_tokens: int = 512, world: int = 1) -> str:

@@ -16,6 +16,10 @@ Public functions
     load_model(name, device, dtype)  (model, tokenizer); fails at once, naming a local path, offline
     pad_safe_attention(model)      SDPA whose fully masked (left-padding) query rows stay finite
     flag(default, help) / add_dataclass_args(parser, cls) / dataclass_from_args / given_args
+    ConfigError, check(ok, flags, expected), check_device(device)   a bad flag as one line, found before any load
+    FolderInUse, folder_lock(folder)   one process at a time per run folder (fcntl.flock, freed when a process dies)
+    Interrupted                    Ctrl-C, with where the run stopped and how to resume
+    command_line(prog)             those three as one line on stderr and an exit status, no traceback
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
+import socket
+import sys
 import tempfile
 import time
 from dataclasses import MISSING, dataclass, field, fields
@@ -172,6 +179,7 @@ class Stages:
         self.finished = json.loads(self.path.read_text()) if self.path.exists() else {}  # stage -> its last key
         self.keys = {}   # stage -> its key in this run
         self.times = {}  # stage -> {"seconds": wall time, "cached": nothing was computed}
+        self.current = None  # the stage running now (named when the run is interrupted)
 
     @contextlib.contextmanager
     def run(self, name: str, *, stamp=(), files=None):
@@ -205,9 +213,9 @@ class Stages:
     def timed(self, name: str):
         """Time the block; yields the stage's entry in `times` (its "cached" flag may be set inside)."""
         entry = self.times[name] = {"seconds": None, "cached": False}
-        start = time.perf_counter()
+        self.current, start = name, time.perf_counter()
         yield entry
-        entry["seconds"] = time.perf_counter() - start
+        self.current, entry["seconds"] = None, time.perf_counter() - start
         self.log(f"{name}: {entry['seconds']:.1f} s" + (" (cached)" if entry["cached"] else ""))
 
     def finish(self) -> Path:
@@ -237,7 +245,6 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
     huggingface_hub retries an unreachable host for about 35 s; asking first lets every Hub path
     fail at once with advice instead."""
-    import socket
     from urllib.parse import urlparse
 
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no"):
@@ -387,3 +394,135 @@ def given_args(cls, args) -> dict:
     """The fields of `cls` whose flags were given, for flags added with unset=None (or SUPPRESS)."""
     values = vars(args) if not isinstance(args, dict) else args
     return {f.name: values[f.name] for f in fields(cls) if values.get(f.name) is not None}
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points: a bad flag, a folder another run holds and Ctrl-C, each as one line
+
+
+class ConfigError(ValueError):
+    """A setting outside what it allows. The message is one line naming the flag, the value given and what
+    is allowed; each config dataclass raises it from validate() (GRPOConfig: on construction), and every
+    entry point checks its flags so before it loads anything."""
+
+
+def check(ok: bool, flags: dict, expected: str, *, owner: str = "") -> None:
+    """Raise ConfigError unless `ok`: "--group-size 1 with --adv-scale std: expected ..." for
+    flags={"group_size": 1, "adv_scale": "std"} (field names; their values). `owner`, a dataclass name,
+    adds the fields' own spelling, (GRPOConfig.group_size=1), for a config built in code."""
+    if ok:
+        return
+    given = " with ".join(f"--{name.replace('_', '-')} {shlex.quote(str(value))}" for name, value in flags.items())
+    spelled = ", ".join(f"{owner}.{name}={value!r}" for name, value in flags.items())
+    raise ConfigError(f"{given}: expected {expected}" + (f" ({spelled})" if owner else ""))
+
+
+def check_device(device: str, name: str = "device") -> None:
+    """--device: auto, or a device torch knows (cpu, cuda, cuda:1, ...) that this machine has."""
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        parsed = None
+    check(parsed is not None, {name: device}, "auto, cpu, cuda or cuda:N")
+    if parsed.type == "cuda":
+        check(torch.cuda.is_available(), {name: device}, "a device this machine has (no CUDA device is visible); "
+              "pass auto or cpu")
+        check(parsed.index is None or parsed.index < torch.cuda.device_count(), {name: device},
+              f"one of the {torch.cuda.device_count()} visible CUDA devices")
+
+
+LOCK_FILE = "run.lock"
+
+
+class FolderInUse(RuntimeError):
+    """Another running process holds the folder's lock (folder_lock)."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder, *, wait: bool = False, log=None):
+    """Hold `folder`'s lock for the block, so that two runs never write one run folder at once (two
+    processes resuming the same checkpoints would interleave their logs and overwrite each other).
+
+    The lock is fcntl.flock on folder/run.lock: the kernel drops it when its process ends in any way,
+    kill -9 included, so a lock left by a dead process is free and the next run takes it over (saying
+    whose it was). The file is never deleted (two processes must always lock the same file); the holder
+    writes its pid, host and start time into it, for the message of the process it turns away, and
+    empties it when the block ends (normally or by an exception), so only a killed holder leaves it
+    filled. wait=False: raise FolderInUse naming the holder; wait=True: say so and wait for it.
+    `log`: where those lines go (default stderr)."""
+    import fcntl
+
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    held = False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(path, settle=True)
+            if not wait:
+                raise FolderInUse(f"{folder} is in use by {holder}; wait for it to end (or stop it), then run "
+                                  "the command again") from None
+            log(f"{folder} is in use by {holder}; waiting for it to end")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        held = True
+        stale = _lock_holder(path)
+        if stale:
+            log(f"{folder}: taking over the lock of {stale}, which ended without releasing it")
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode("utf-8"), 0)
+        os.fsync(fd)
+        yield path
+    finally:
+        if held:  # the process goes on or ends normally (an exception, Ctrl-C): nothing left to take over
+            os.ftruncate(fd, 0)
+        os.close(fd)  # releases the flock
+
+
+def _lock_holder(path: Path, settle: bool = False) -> str:
+    """The holder written in a lock file, as "pid 123 on host (started ...)"; "" when empty. settle: the
+    holder writes just after it locks, so give it a moment before reading an empty file as "unknown"."""
+    for _ in range(20 if settle else 1):
+        try:
+            info = json.loads(path.read_text(encoding="utf-8") or "null")
+        except (OSError, json.JSONDecodeError):
+            info = None
+        if info:
+            return f"pid {info.get('pid')} on {info.get('host')} (started {info.get('started')})"
+        if settle:
+            time.sleep(0.05)
+    return "another process (it has not written its pid yet)" if settle else ""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, its message saying where the run stopped and how to resume; command_line prints it."""
+
+
+@contextlib.contextmanager
+def command_line(prog: str):
+    """An entry point's body: what a user can fix or asked for ends as one line on stderr, no traceback --
+    a bad flag (ConfigError, exit status 2, as argparse's own errors), an input that cannot be read
+    (DataError, 1), a folder another run holds (FolderInUse, 1) and Ctrl-C (130, the shell's code for
+    SIGINT; an Interrupted says where to resume)."""
+    try:
+        yield
+    except ConfigError as e:
+        _exit(f"{prog}: {e}", 2)
+    except (DataError, FolderInUse) as e:
+        _exit(f"{prog}: {e}", 1)
+    except KeyboardInterrupt as e:
+        _exit(f"{prog}: {str(e) or 'interrupted'}", 130)
+
+
+def _exit(message: str, status: int):
+    print(message, file=sys.stderr, flush=True)
+    raise SystemExit(status) from None

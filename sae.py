@@ -40,8 +40,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from data import format_prompt, load_problems
-from runtime import add_dataclass_args, atomic_path, flag, load_model, resolve_device, stable_hash
+from data import TEMPLATES, format_prompt, load_problems
+from runtime import (add_dataclass_args, atomic_path, check, check_device, command_line, dataclass_from_args, flag,
+                     load_model, resolve_device, stable_hash)
 from sae_formats import DEFAULT_ENCODE_ELEMENTS, SAE, load_sae, sae_check, save_safetensors, save_sae, topk_relu
 
 
@@ -630,6 +631,14 @@ class InputArgs:
     max_length: int = flag(512, "tokens per text")
     device: str = flag("auto", "auto, cpu or cuda (auto: cuda if available)")
 
+    def validate(self) -> None:
+        """Ranges before the model loads: ConfigError, one line naming the flag, its value and what is allowed."""
+        check(self.template in TEMPLATES, {"template": self.template}, f"one of {', '.join(TEMPLATES)}")
+        check(self.limit is None or self.limit >= 1, {"limit": self.limit}, "an integer >= 1")
+        for name in ("batch_size", "max_length"):
+            check(getattr(self, name) >= 1, {name: getattr(self, name)}, "an integer >= 1")
+        check_device(self.device)
+
 
 @dataclass
 class TrainArgs:
@@ -643,6 +652,18 @@ class TrainArgs:
     lr: float | None = flag(None, "Adam lr (default 2e-4/sqrt(d_sae/16384))")
     seed: int = flag(0, "random seed")
 
+    def validate(self) -> None:
+        """Ranges and k <= d_sae before the model loads (with d_sae left out, k is checked against 16 x hidden
+        once the model is read): ConfigError, one line naming the flag, its value and what is allowed."""
+        check(self.layer >= 0, {"layer": self.layer}, "a decoder layer index >= 0")
+        for name in ("k", "tokens", "batch_tokens"):
+            check(getattr(self, name) >= 1, {name: getattr(self, name)}, "an integer >= 1")
+        check(self.d_sae is None or self.d_sae >= 1, {"d_sae": self.d_sae}, "an integer >= 1")
+        check(self.d_sae is None or self.k <= self.d_sae, {"k": self.k, "d_sae": self.d_sae},
+              "--k at most --d-sae (a TopK SAE keeps k of its latents)")
+        check(self.lr is None or 0 < self.lr < math.inf, {"lr": self.lr}, "a number > 0")
+        check(self.seed >= 0, {"seed": self.seed}, "an integer >= 0")
+
 
 @dataclass
 class EncodeArgs:
@@ -655,6 +676,11 @@ class EncodeArgs:
     top_m: int = flag(256, "features kept per problem")
     cache_dir: str | None = flag(None, "resumable shard cache directory")
 
+    def validate(self) -> None:
+        """Ranges before the model loads: ConfigError, one line naming the flag, its value and what is allowed."""
+        check(self.layer is None or self.layer >= 0, {"layer": self.layer}, "a decoder layer index >= 0")
+        check(self.top_m >= 1, {"top_m": self.top_m}, "an integer >= 1")
+
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="SAERL sparse autoencoders: train one, or encode problems")
@@ -663,13 +689,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_dataclass_args(sub.add_parser("train", parents=[common], help=TrainArgs.__doc__.split(": ")[1]), TrainArgs)
     add_dataclass_args(sub.add_parser("encode", parents=[common], help=EncodeArgs.__doc__.split(": ")[1]), EncodeArgs)
     args = parser.parse_args(argv)
+    with command_line("sae.py"):  # a bad flag: one line before the model loads, no traceback
+        dataclass_from_args(InputArgs, args).validate()
+        dataclass_from_args(TrainArgs if args.command == "train" else EncodeArgs, args).validate()
+        run_command(args)
 
+
+def run_command(args) -> None:
+    """`train` or `encode`, with flags already checked."""
     device = resolve_device(args.device)
     model, tokenizer = load_model(args.model, device=device)
     model.eval()
     texts, spans = prompt_texts(load_problems(args.data, limit=args.limit), tokenizer, args.template)
+    n_layers = len(decoder_layers(model))
     if args.command == "train":
-        sae = train_sae(model, tokenizer, texts, args.layer, d_sae=args.d_sae or 16 * model.config.hidden_size,
+        d_sae = args.d_sae or 16 * model.config.hidden_size
+        check(args.k <= d_sae, {"k": args.k}, f"at most d_sae = 16 x hidden size = {d_sae} (or pass --d-sae)")
+        check(args.layer < n_layers, {"layer": args.layer}, f"a decoder layer of {args.model}: 0..{n_layers - 1}")
+        sae = train_sae(model, tokenizer, texts, args.layer, d_sae=d_sae,
                         k=args.k, tokens=args.tokens, batch_tokens=args.batch_tokens, lr=args.lr,
                         seed=args.seed, device=device, batch_size=args.batch_size, max_length=args.max_length)
         print(f"saved {save_sae(sae, args.out)}")
@@ -677,7 +714,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     sae = load_sae(args.sae, subfolder=args.sae_subfolder, device=device)
     layer = args.layer if args.layer is not None else hook_layer(sae.meta.get("hook_name"))
     if layer is None:
-        parser.error(f"--layer not given and the SAE's hook name {sae.meta.get('hook_name')!r} names no layer")
+        raise SystemExit(f"sae.py: --layer not given and the SAE's hook name {sae.meta.get('hook_name')!r} names "
+                         "no layer")
+    check(layer < n_layers, {"layer": layer}, f"a decoder layer of {args.model}: 0..{n_layers - 1}")
     features = encode_problems(model, tokenizer, texts, sae, layer, pooling=args.pooling,
                                top_m=args.top_m, batch_size=args.batch_size, max_length=args.max_length,
                                device=device, cache_dir=args.cache_dir, char_spans=spans)

@@ -28,6 +28,14 @@ shows as cached, ~0 s).
     train       grpo.train per arm and seed (resumes checkpoints)        arms/<arm>-s<seed>/
     report      report.write_report: curves, steps to target, data      report.md, report.svg
 
+Before anything is built or loaded every flag is checked (Config.validate, GRPOConfig.validate): a value out
+of range or a combination that cannot run stops with one line naming the flag, its value and what is allowed.
+One run at a time holds a run folder (runtime.folder_lock on runs/<name>/run.lock; under torchrun, rank
+0): a second command on it
+stops at once naming the first's pid, host and start time; a killed run's lock is free. Ctrl-C stops with one
+line saying where (the stage; in training the arm and its last checkpoint); the same command resumes. --out
+is relative to the current directory, so a toy run started elsewhere builds a toy world there, and says so.
+
 Under `torchrun --nproc_per_node N saerl.py ...` rank 0 runs the stages up to schedule while the
 other ranks wait on a barrier, then read them back from the cache; every rank trains and evaluates
 its share (parallel.py); rank 0 writes the report.
@@ -49,6 +57,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -69,11 +78,12 @@ import plan
 import toy
 from checkpoint import latest_checkpoint
 from data import Problem, format_prompt, load_problems, write_problems
-from evaluate import generate_completions, load_benchmark, make_eval_fn
+from evaluate import generate_completions, load_benchmark, make_eval_fn, resolve_benchmark
 from parallel import barrier, dist_info, init_distributed
 from report import cluster_purity, cluster_summary, metric_name, write_report
-from runtime import (DataError, Stage, Stages, add_dataclass_args, atomic_write_text, dataclass_from_args, dir_stamp,
-                     file_stamp, flag, given_args, load_model, read_jsonl, resolve_device, stable_hash, write_jsonl)
+from runtime import (ConfigError, Interrupted, Stage, Stages, add_dataclass_args, atomic_write_text, check,
+                     check_device, command_line, dataclass_from_args, dir_stamp, file_stamp, flag, folder_lock,
+                     given_args, load_model, read_jsonl, resolve_device, stable_hash, write_jsonl)
 from sae import PooledFeatures, encode_problems, prompt_texts, sae_layer, train_sae
 from sae_formats import load_sae, save_sae
 from schedule import make_schedules, pace_applies, write_schedule
@@ -122,6 +132,9 @@ PIPELINE = (
     Stage("train", reads=("schedule",)),  # never read back: each arm resumes from its own checkpoints (train_arms)
 )
 STAGES = tuple(stage.name for stage in PIPELINE) + ("report",)
+MIN_LABELS = 5  # the smallest labelled subset the difficulty proxy can be fit and held out on (fit_difficulty)
+# the toy world of a run without --model is --out/toy_world; this is the one `python saerl.py` builds in the repository
+REPO_TOY_WORLD = Path(__file__).resolve().parent / "runs" / "toy_world"
 
 
 @dataclass
@@ -163,7 +176,7 @@ class Config:
     steps: int | None = flag(None, "GRPO steps per arm (default: the preset's num_steps, 500; toy 40)")
     target: float | None = flag(None, "accuracy whose first crossing is reported (default: vanilla's final accuracy)")
     benchmarks: str | None = flag(None, f"comma-separated benchmarks for evaluation (default {PAPER_BENCHMARKS}; toy: its test set)")
-    eval_every: int | None = flag(None, "evaluate every this many steps" + by_world("eval_every"))
+    eval_every: int | None = flag(None, "evaluate every this many steps, 0: never" + by_world("eval_every"))
     eval_limit: int | None = flag(None, "problems per benchmark for in-loop evaluation" + by_world("eval_limit", "all"))
     max_eval_tokens: int | None = flag(None, "completion budget at evaluation (default: the training one)")
     eval_batch_size: int | None = flag(None, "prompts per generate call at evaluation (each one row when greedy)"
@@ -179,6 +192,52 @@ class Config:
     stage: str = flag("report", f"stop after this stage: {', '.join(STAGES)}")
     device: str = flag("auto", "auto, cpu or cuda")
 
+    def validate(self) -> None:
+        """Every field in its range and the combinations that cannot run, on the resolved config (each world's
+        defaults filled in, see resolve): ConfigError, one line naming the flag, its value and what is allowed."""
+        def need(ok: bool, expected: str, *names: str) -> None:
+            check(ok, {name: getattr(self, name) for name in names}, expected)
+
+        need(self.preset in grpo.GRPOConfig.PRESETS, f"one of {', '.join(grpo.GRPOConfig.PRESETS)}", "preset")
+        need(self.stage in STAGES, f"one of {', '.join(STAGES)}", "stage")
+        need(self.schedule in ("saerl", "random"), "saerl or random", "schedule")
+        need(self.pace in ("epoch", "budget"), "epoch or budget", "pace")
+        need(self.k == "auto" or (self.k.isdigit() and int(self.k) >= 1), "a positive integer or 'auto'", "k")
+        kind, _, arg = self.difficulty_labels.partition(":")
+        need((kind == "field" and arg != "") or (kind == "rollouts" and arg.isdigit() and int(arg) >= 1),
+             "field:NAME or rollouts:G (G >= 1 sampled answers per problem)", "difficulty_labels")
+        for name in ("sae_width", "sae_k", "sae_tokens", "top_m", "probe_features", "seeds", "steps", "eval_samples",
+                     "eval_batch_size"):
+            need(getattr(self, name) >= 1, "an integer >= 1", name)
+        for name in ("limit", "eval_limit", "max_eval_tokens"):
+            need(getattr(self, name) is None or getattr(self, name) >= 1, "an integer >= 1 (leave it out for the "
+                 "default)", name)
+        need(self.sae_k <= self.sae_width, "--sae-k at most --sae-width (a TopK SAE keeps k of its latents)",
+             "sae_k", "sae_width")
+        need(self.sae_layer is None or self.sae_layer >= 0, "a decoder layer index >= 0", "sae_layer")
+        need(self.label_size is None or self.label_size >= MIN_LABELS, f"an integer >= {MIN_LABELS} (the difficulty "
+             "proxy holds out a fifth of the labels, at least 2, and chooses its alpha on a fifth of the rest)",
+             "label_size")
+        need(0 <= self.mix <= 1, "a number in [0, 1] (0: pure cluster batches, 1: fully mixed)", "mix")
+        need(0 <= self.quality_drop < 1, "a fraction in [0, 1) of the problems to drop", "quality_drop")
+        need(self.target is None or 0 <= self.target <= 1, "an accuracy in [0, 1]", "target")
+        need(self.eval_every >= 0, "an integer >= 0 (0: no evaluation)", "eval_every")
+        need(0 < self.eval_temperature < math.inf, "a number > 0 (greedy is --eval-samples 1)", "eval_temperature")
+        if self.eval_samples == 1 and self.eval_temperature != 1.0:  # 1.0: the default, which greedy ignores
+            raise ConfigError(f"--eval-temperature {self.eval_temperature} applies to avg@N evaluation: pass "
+                              "--eval-samples N (N > 1); one sample is greedy")
+        need(self.seed >= 0, "an integer >= 0", "seed")
+        need(self.name is None or (self.name not in ("", ".", "..") and "/" not in self.name),
+             "a folder name (the run folder is --out/NAME)", "name")
+        check_device(self.device)
+        for spec in self.benchmarks.split(",") if self.benchmarks else ():
+            try:
+                resolve_benchmark(spec.strip())
+            except ValueError as e:
+                raise ConfigError(f"--benchmarks {self.benchmarks}: {e}") from None
+        local = self.train_data and Path(self.train_data).suffix in (".jsonl", ".json", ".parquet")
+        need(not local or Path(self.train_data).is_file(), "an existing file (or a Hub dataset id)", "train_data")
+
 
 # ================================================================================================
 # main and run: the stages in order
@@ -190,31 +249,48 @@ def main(argv=None) -> Path | None:
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     cfg, grpo_overrides = parse_args(argv)
     plan_flags, _ = plan.plan_flags().parse_known_args(argv)
-    if plan_flags.plan:  # the real run's memory per phase, from the config alone (default: the paper's policy)
-        gcfg = grpo.GRPOConfig.preset(cfg.preset or PAPER["preset"], **grpo_overrides)
-        print(plan.memory_plan_report(cfg.model or "Qwen/Qwen2.5-Math-1.5B", gcfg, gpu_gib=plan_flags.gpu_memory,
-                                      world=plan_flags.world_size))
-        return None
-    init_distributed(timeout_min=120)  # under torchrun; the other ranks wait while rank 0 runs the data stages
-    try:
+    # a bad flag or input, a run folder another run holds, Ctrl-C: one line on stderr (runtime.command_line)
+    with command_line("saerl.py"):
+        plan.check_plan_flags(plan_flags)
+        if plan_flags.plan:  # the real run's memory per phase, from the config alone (default: the paper's policy)
+            cfg, gcfg = resolve(dataclasses.replace(cfg, preset=cfg.preset or PAPER["preset"]), grpo_overrides)
+            print(plan.memory_plan_report(cfg.model or "Qwen/Qwen2.5-Math-1.5B", gcfg, gpu_gib=plan_flags.gpu_memory,
+                                          world=plan_flags.world_size))
+            return None
+        init_distributed(timeout_min=120)  # under torchrun; the other ranks wait while rank 0 runs the data stages
         return run(cfg, grpo_overrides)
-    except DataError as e:  # bad input: say what and where, without a traceback
-        raise SystemExit(f"saerl: {e}") from e
 
 
 def run(cfg: Config, grpo_overrides: dict | None = None) -> Path:
-    """Run the pipeline up to cfg.stage; returns the run folder. Each data stage is computed unless the
-    cache holds it (PIPELINE), then read back; under torchrun rank 0 computes them while the other ranks
-    wait, then read them back, and every rank trains its share."""
+    """Run the pipeline up to cfg.stage; returns the run folder. Every flag is checked first (resolve), then
+    the run folder is locked (one run at a time), then run_stages. Ctrl-C raises runtime.Interrupted, saying
+    where the run stopped; the same command resumes it."""
     rank, world = dist_info()
-    cfg = resolve(cfg)  # on every rank: a bad flag fails at once
-    if rank > 0:  # wait for rank 0 to finish the data stages, then read them back below
+    cfg, gcfg = resolve(cfg, grpo_overrides)  # on every rank: a bad flag fails at once, before anything loads
+    if rank > 0:  # wait for rank 0 to finish the data stages, then read them back in run_stages
         barrier()
     root = Path(cfg.out) / (cfg.name or ("toy" if cfg.model is None else Path(cfg.model.rstrip("/")).name))
-    if cfg.model is None:  # no --model: the toy world (toy.py), built under --out by the first run, reused after
-        cfg = enter_toy_world(cfg)
-    cfg, gcfg, device = setup(cfg, root, grpo_overrides)
-    stages = Stages(root, PIPELINE, stage_settings(cfg, gcfg), log=log, write=rank == 0)
+    stages = None
+    with folder_lock(root, log=log) if rank == 0 else contextlib.nullcontext():  # under torchrun rank 0 holds it
+        log(f"run folder {root.resolve()}")
+        try:
+            if cfg.model is None:  # no --model: the toy world (toy.py), built under --out by the first run
+                cfg = enter_toy_world(cfg)
+            cfg, device = setup(cfg, gcfg, root)
+            stages = Stages(root, PIPELINE, stage_settings(cfg, gcfg), log=log, write=rank == 0)
+            return run_stages(stages, cfg, gcfg, device)
+        except Interrupted:
+            raise
+        except KeyboardInterrupt as e:
+            raise Interrupted(where_interrupted(cfg, stages)) from e
+
+
+def run_stages(stages: Stages, cfg: Config, gcfg, device) -> Path:
+    """The stages in order, up to cfg.stage. Each data stage is computed unless the cache holds it (PIPELINE),
+    then read back; under torchrun rank 0 computes them while the other ranks wait, then read them back, and
+    every rank trains its share."""
+    rank, world = dist_info()
+    root = stages.root
     models = {}  # name -> (model, tokenizer), each loaded once per run
 
     problems = problems_stage(stages, cfg, gcfg)
@@ -261,58 +337,64 @@ def run(cfg: Config, grpo_overrides: dict | None = None) -> Path:
 # ================================================================================================
 
 
-def resolve(cfg: Config) -> Config:
-    """The flags checked (before anything is built or loaded), and the fields left at None filled from the
-    run's world: TOY without --model or with --preset toy, PAPER otherwise."""
-    checks = [(cfg.stage in STAGES, f"--stage {cfg.stage!r}; expected one of {', '.join(STAGES)}"),
-              (cfg.schedule in ("saerl", "random"), f"--schedule {cfg.schedule!r}; expected saerl or random"),
-              (cfg.pace in ("epoch", "budget"), f"--pace {cfg.pace!r}; expected epoch or budget"),
-              (cfg.k == "auto" or (cfg.k.isdigit() and int(cfg.k) >= 1),
-               f"--k {cfg.k!r}; expected a positive integer or 'auto'"),
-              (cfg.eval_samples is None or cfg.eval_samples >= 1,
-               f"--eval-samples {cfg.eval_samples}; expected an integer >= 1"),
-              (cfg.eval_batch_size is None or cfg.eval_batch_size >= 1,
-               f"--eval-batch-size {cfg.eval_batch_size}; expected an integer >= 1"),
-              (cfg.eval_temperature > 0,
-               f"--eval-temperature {cfg.eval_temperature}; expected > 0 (greedy is --eval-samples 1)"),
-              (dist_info()[1] == 1 or cfg.stage == "report",
-               f"saerl: torchrun runs the whole pipeline; for --stage {cfg.stage} use one process "
-               "(python saerl.py --stage ...), then torchrun for training")]
-    for ok, message in checks:
-        if not ok:
-            raise SystemExit(message)
+def resolve(cfg: Config, grpo_overrides: dict | None = None) -> tuple[Config, grpo.GRPOConfig]:
+    """Every flag checked, before anything is built or loaded (ConfigError: one line naming the flag, its value
+    and what is allowed), with the fields left at None filled from the run's world (TOY without --model or
+    with --preset toy, PAPER otherwise) and --steps from the preset; returns (cfg, the run's GRPOConfig, built
+    once, with the pipeline's step budget and evaluation period)."""
     world = TOY if cfg.model is None or cfg.preset == "toy" else PAPER
     cfg = dataclasses.replace(cfg, **{name: value for name, value in world.items() if getattr(cfg, name) is None})
-    if cfg.eval_samples == 1 and cfg.eval_temperature != 1.0:  # 1.0: the default, which greedy ignores
-        raise SystemExit(f"--eval-temperature {cfg.eval_temperature} applies to avg@N evaluation: pass --eval-samples N "
-                         "(N > 1); one sample is greedy")
-    return cfg
+    if cfg.steps is None and cfg.preset in grpo.GRPOConfig.PRESETS:  # an unknown preset is validate()'s to name
+        cfg = dataclasses.replace(cfg, steps=grpo.GRPOConfig.preset(cfg.preset).num_steps)
+    cfg.validate()
+    gcfg = grpo.GRPOConfig.preset(cfg.preset, **{**(grpo_overrides or {}), "max_steps": cfg.steps,
+                                                 "eval_every": cfg.eval_every})
+    if dist_info()[1] > 1 and cfg.stage != "report":
+        raise ConfigError(f"--stage {cfg.stage}: torchrun runs the whole pipeline; for --stage {cfg.stage} use one "
+                          "process (python saerl.py --stage ...), then torchrun for training")
+    return cfg, gcfg
 
 
 def enter_toy_world(cfg: Config) -> Config:
-    """The run without --model happens in the toy world (toy.py): built under --out by the first run (about
-    100 s on a CPU) and reused after, its model, training problems and test set stand in for --model,
-    --train-data and --benchmarks (those two unless given)."""
-    world = toy.build_world(Path(cfg.out) / "toy_world", seed=0)
+    """The run without --model happens in the toy world (toy.py): built in --out/toy_world by the first run
+    (about 100 s on a CPU, said so with the folder's full path, since --out is relative to the current
+    directory) and reused after; its model, training problems and test set stand in for --model,
+    --train-data and --benchmarks (those two unless given). Runs that share --out build it once: the
+    first holds the folder's lock, the others wait for it."""
+    folder = Path(cfg.out) / "toy_world"
+    with folder_lock(folder, wait=True, log=log) if dist_info()[0] == 0 else contextlib.nullcontext():
+        if not (folder / "world.json").exists():
+            elsewhere = REPO_TOY_WORLD.resolve() != folder.resolve() and (REPO_TOY_WORLD / "world.json").exists()
+            log(f"building the toy world in {folder.resolve()} (about 100 s on a CPU, once for this --out)"
+                + (f"; {REPO_TOY_WORLD} holds one already: --out {REPO_TOY_WORLD.parent} uses it" if elsewhere else ""))
+        world = toy.build_world(folder, seed=0)
+    log(f"toy world {world.root.resolve()}")
     return dataclasses.replace(cfg, model=str(world.model_dir), train_data=cfg.train_data or str(world.train_path),
                                benchmarks=cfg.benchmarks or f"toy={world.test_path}")
 
 
-def setup(cfg: Config, root: Path, grpo_overrides: dict | None):
-    """The defaults that follow from other fields, the GRPO config (built once, with the pipeline's step
-    budget and evaluation period), the run folder and its config.json: (cfg, GRPOConfig, device)."""
-    steps = cfg.steps if cfg.steps is not None else grpo.GRPOConfig.preset(cfg.preset).num_steps
+def setup(cfg: Config, gcfg, root: Path):
+    """The defaults that follow from other fields, the run folder and its config.json: (cfg, device)."""
     cfg = dataclasses.replace(cfg, sae_model=cfg.sae_model or cfg.model, train_data=cfg.train_data or DEEPMATH,
-                              benchmarks=cfg.benchmarks or PAPER_BENCHMARKS, steps=steps)
-    gcfg = grpo.GRPOConfig.preset(cfg.preset, **{**(grpo_overrides or {}), "max_steps": cfg.steps,
-                                                 "eval_every": cfg.eval_every})
+                              benchmarks=cfg.benchmarks or PAPER_BENCHMARKS)
     root.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     if dist_info()[0] == 0:
         write_json(root / "config.json", {"pipeline": dataclasses.asdict(cfg), "grpo": dataclasses.asdict(gcfg)},
                    indent=1)
-    log(f"run folder {root} (device {device})")
-    return cfg, gcfg, device
+    log(f"device {device}")
+    return cfg, device
+
+
+def where_interrupted(cfg: Config, stages: Stages | None) -> str:
+    """The line a Ctrl-C prints: where the run stopped (training says it from train_arms, with its checkpoint)."""
+    if stages is None:
+        doing = "while building the toy world" if cfg.model is None else "before the first stage"
+        return f"interrupted {doing}; run the same command to start again"
+    if stages.current is None:
+        return "interrupted between stages; run the same command to resume (finished stages are cached)"
+    return (f"interrupted during stage {stages.current}; run the same command to resume (the stages before it are "
+            "cached)")
 
 
 def stage_settings(cfg: Config, gcfg) -> dict:
@@ -635,8 +717,13 @@ def train_arms(cfg: Config, gcfg, root: Path, problems, schedules: dict, device)
         all_finished &= done >= len(batches)
         log(f"training arm {arm_name}: {len(batches)} steps of {gcfg.batch_size} problems x {gcfg.group_size}"
             + ("" if not last else " (finished)" if done >= len(batches) else f", resuming from {last.name}"))
-        grpo.train(policy, tok, problems, batches, dataclasses.replace(gcfg, seed=seed), out_dir=arm_dir,
-                   eval_fn=eval_fn, resume=True)
+        try:
+            grpo.train(policy, tok, problems, batches, dataclasses.replace(gcfg, seed=seed), out_dir=arm_dir,
+                       eval_fn=eval_fn, resume=True)
+        except KeyboardInterrupt as e:
+            kept = latest_checkpoint(arm_dir / "checkpoints")
+            raise Interrupted(f"interrupted during stage train (arm {arm_name}, last checkpoint "
+                              f"{kept.name if kept else 'none yet'}); run the same command to resume") from e
         if dist_info()[0] == 0:  # the trained policy as a model folder any tool loads
             grpo.save_final(policy, tok, arm_dir)
         eval_log = arm_dir / "eval_log.jsonl"  # absent when --eval-every 0 (no evaluation asked for)

@@ -55,7 +55,8 @@ import torch
 
 import sampler
 from data import Problem, format_prompt, load_problems, write_problems
-from runtime import add_dataclass_args, atomic_path, flag, load_model, stable_hash
+from runtime import (add_dataclass_args, atomic_path, check, command_line, dataclass_from_args, flag, folder_lock,
+                     load_model, stable_hash)
 
 TOPICS = ("add", "subtract", "multiply", "max", "chain")
 LEVELS = (1, 2, 3, 4, 5)
@@ -401,10 +402,21 @@ class WorldArgs:
     warm_steps: int = flag(_WORLD["warm_steps"], "supervised warm-start steps (batch 64)")
     bare_frac: float = flag(_WORLD["bare_frac"], "share of warm-start answers written `N` instead of `\\boxed{N}` (scored 0)")
 
+    def validate(self) -> None:
+        """Ranges before anything is built: ConfigError, one line naming the flag, its value and what is allowed."""
+        for name in ("n_train", "n_test", "warm_steps"):
+            check(getattr(self, name) >= 1, {name: getattr(self, name)}, "an integer >= 1")
+        check(self.seed >= 0, {"seed": self.seed}, "an integer >= 0")
+        check(0 <= self.corrupt_frac <= 1, {"corrupt_frac": self.corrupt_frac}, "a fraction in [0, 1]")
+        check(0 <= self.bare_frac < 1, {"bare_frac": self.bare_frac}, "a fraction in [0, 1)")
+
 
 def main(argv=None):
     args = add_dataclass_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), WorldArgs).parse_args(argv)
-    world = build_world(args.out, **{k: v for k, v in vars(args).items() if k != "out"})
+    with command_line("toy.py"):  # a bad flag (nothing built), Ctrl-C: one line, no traceback
+        dataclass_from_args(WorldArgs, args).validate()
+        with folder_lock(args.out, wait=True):  # a saerl.py run building the same world: wait for it, then reuse
+            world = build_world(args.out, **{k: v for k, v in vars(args).items() if k != "out"})
     print(f"toy world in {world.root} ({world.info['params']:,} parameters, built in {world.info['seconds']} s)")
     print(f"greedy accuracy on clean test problems: {world.info['test_accuracy']:.3f}")
     print(world.info["table"])

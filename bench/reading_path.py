@@ -63,7 +63,7 @@ def main() -> None:
     args = ap.parse_args()
     rows = count(args.rev)
     total = sum(r["lines"] for r in rows)
-    print(f"| part | file | lines |\n|---|---|---:|")
+    print("| part | file | lines |\n|---|---|---:|")
     for r in rows:
         print(f"| {r['part']} | `{r['file']}` | {r['lines']} |")
     print(f"| **total** | | **{total}** |")

@@ -638,3 +638,65 @@ def test_the_trained_policy_is_saved_as_a_folder_from_pretrained_loads(tmp_path,
         assert torch.equal(a, b), name
     assert AutoTokenizer.from_pretrained(final)("1+1=?")["input_ids"] == tok("1+1=?")["input_ids"]
     assert not (tmp_path / ".tmp_final").exists()
+
+
+def cli_run(tmp_path, n_problems=4):
+    """A saved tiny policy and its training file, and grpo.py's flags to train it on CPU in --out tmp/out."""
+    import json
+
+    tiny_model().save_pretrained(tmp_path / "model")
+    tiny_tokenizer().save_pretrained(tmp_path / "model")
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"id": p.id, "problem": p.problem, "answer": p.answer}) + "\n"
+                            for p in tiny_problems(n_problems)))
+    return ["--model", str(tmp_path / "model"), "--train-data", str(data), "--out", str(tmp_path / "out"),
+            "--template", "chatml", "--batch-size", "2", "--group-size", "2", "--max-new-tokens", "4",
+            "--gen-batch-size", "2", "--num-steps", "4", "--save-every", "1", "--lr", "1e-3"]
+
+
+def test_cli_stops_at_once_when_another_run_holds_the_out_folder(tmp_path, monkeypatch, capsys):
+    import signal
+
+    from test_runtime import hold_lock
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded although --out is in use")
+
+    monkeypatch.setattr(grpo, "load_model", loaded)
+    argv = cli_run(tmp_path)
+    capsys.readouterr()  # saving the tiny model's progress bars
+    holder = hold_lock(tmp_path / "out")
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            grpo.main(argv)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    err = capsys.readouterr().err
+    assert stopped.value.code == 1 and err.startswith(f"grpo.py: {tmp_path / 'out'} is in use by pid {holder.pid} ")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_ctrl_c_names_the_last_checkpoint_and_the_same_command_resumes(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during step 2 (steps 0 and 1 done, each checkpointed): one line, exit 130; run again, the
+    run ends with each of the 4 steps logged once."""
+    from runtime import read_jsonl
+
+    real_step = grpo.grpo_step
+
+    def interrupted_at_step_2(*args, step, **kwargs):
+        if step == 2:
+            raise KeyboardInterrupt
+        return real_step(*args, step=step, **kwargs)
+
+    argv = cli_run(tmp_path)
+    monkeypatch.setattr(grpo, "grpo_step", interrupted_at_step_2)
+    with pytest.raises(SystemExit) as stopped:
+        grpo.main(argv)
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"grpo.py: interrupted during training in {tmp_path / 'out'} (last checkpoint step_000002); run the same "
+        "command to resume")
+    monkeypatch.setattr(grpo, "grpo_step", real_step)
+    grpo.main(argv)
+    assert [row["step"] for row in read_jsonl(tmp_path / "out" / "train_log.jsonl")] == [0, 1, 2, 3]

@@ -205,3 +205,94 @@ def test_entry_points_let_waiting_threads_sleep(entry):
     env["OMP_WAIT_POLICY"] = "ACTIVE"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ACTIVE"
+
+
+# ---------------------------------------------------------------------------------------------- bad flags, locks, Ctrl-C
+def test_check_names_each_flag_its_value_and_what_is_allowed():
+    from runtime import ConfigError, check
+
+    check(True, {"group_size": 1}, "anything")  # nothing to say
+    with pytest.raises(ConfigError) as bad:
+        check(False, {"group_size": 1, "adv_scale": "std"}, "an integer >= 2", owner="GRPOConfig")
+    assert str(bad.value) == ("--group-size 1 with --adv-scale std: expected an integer >= 2 "
+                              "(GRPOConfig.group_size=1, GRPOConfig.adv_scale='std')")
+    with pytest.raises(ValueError, match=r"^--name '': expected a folder name$"):  # quoted as a shell would
+        check(False, {"name": ""}, "a folder name")
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x"])
+def test_check_device_refuses_what_torch_cannot_parse(device):
+    from runtime import ConfigError, check_device
+
+    check_device("auto")
+    check_device("cpu")
+    with pytest.raises(ConfigError, match=f"^--device {device}: expected auto, cpu, cuda or cuda:N$"):
+        check_device(device)
+
+
+HOLD_LOCK = ("import sys, time\nfrom runtime import folder_lock\nwith folder_lock(sys.argv[1]):\n"
+             "    print('held', flush=True)\n    time.sleep(600)\n")
+
+
+def hold_lock(folder):
+    """A separate process holding folder's lock until it is killed (its pid is proc.pid)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)], cwd=root, stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_folder_lock_turns_away_a_second_process_and_is_free_once_the_holder_is_killed(tmp_path):
+    import signal
+    import socket
+
+    from runtime import FolderInUse, folder_lock
+
+    holder = hold_lock(tmp_path)
+    try:
+        with pytest.raises(FolderInUse) as refused:
+            with folder_lock(tmp_path):
+                pass
+        message = str(refused.value)
+        assert f"pid {holder.pid} on {socket.gethostname()} (started " in message and "\n" not in message
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    said = []
+    with folder_lock(tmp_path, log=said.append):  # the kernel dropped the dead holder's lock: taken over
+        pass
+    assert len(said) == 1 and f"taking over the lock of pid {holder.pid} " in said[0]
+
+
+def test_folder_lock_is_left_empty_by_a_holder_that_ends_normally(tmp_path):
+    from runtime import LOCK_FILE, FolderInUse, folder_lock
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with folder_lock(tmp_path, log=pytest.fail):
+            with pytest.raises(FolderInUse):  # one open file per lock: this process is turned away too
+                with folder_lock(tmp_path):
+                    pass
+            raise RuntimeError("boom")
+    assert (tmp_path / LOCK_FILE).read_text() == ""  # nothing for the next run to take over
+    with folder_lock(tmp_path, log=pytest.fail):
+        pass
+
+
+@pytest.mark.parametrize("kind,status", [("ConfigError", 2), ("FolderInUse", 1), ("Interrupted", 130),
+                                         ("KeyboardInterrupt", 130)])
+def test_command_line_turns_each_error_into_one_line_and_its_status(capsys, kind, status):
+    import runtime
+
+    message = {"ConfigError": "--seeds 0: expected an integer >= 1", "FolderInUse": "runs/toy is in use by pid 7",
+               "Interrupted": "interrupted during stage sae", "KeyboardInterrupt": ""}[kind]
+    exception = getattr(runtime, kind, KeyboardInterrupt)(message)
+    with pytest.raises(SystemExit) as stopped:
+        with runtime.command_line("prog.py"):
+            raise exception
+    assert stopped.value.code == status
+    assert capsys.readouterr().err == f"prog.py: {message or 'interrupted'}\n"

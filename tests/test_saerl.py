@@ -374,3 +374,82 @@ def test_the_sae_stage_model_is_freed_before_training(mini_world, tmp_path, monk
         saerl.main(argv)
     freed = stopped.value.args[0]
     assert freed and all(freed), freed
+
+
+# ------------------------------------------------------------------------------------------------
+# One run per run folder, Ctrl-C, a run started in another directory (issue 24)
+# ------------------------------------------------------------------------------------------------
+
+
+def start_saerl(cmd):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, proc, seconds=500):
+    deadline = time.time() + seconds
+    while time.time() < deadline and proc.poll() is None and not condition():
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before the test could act: " + proc.stderr.read()[-2000:]
+
+
+def test_a_second_run_on_the_same_folder_stops_at_once_naming_the_first(mini_world, tmp_path):
+    """Two identical commands used to both exit 0, their train_log.jsonl holding steps 0,1,0,2,1,3,..."""
+    cmd = saerl_cmd(mini_world, tmp_path)
+    lock = tmp_path / "mini" / "run.lock"
+    first = start_saerl(cmd)
+    try:
+        wait_for(lambda: lock.exists() and f'"pid": {first.pid}' in lock.read_text(), first)
+        start = time.time()
+        second = run_saerl(cmd)
+        assert second.returncode == 1 and time.time() - start < 60, second.stderr[-2000:]
+        assert f"saerl.py: {tmp_path / 'mini'} is in use by pid {first.pid} on " in second.stderr, second.stderr[-2000:]
+        assert "Traceback" not in second.stderr and "computing" not in second.stderr
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    third = run_saerl(saerl_cmd(mini_world, tmp_path, "--stage", "problems"))  # the dead run's lock is free
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert f"taking over the lock of pid {first.pid} " in third.stderr
+
+
+def test_ctrl_c_stops_with_one_line_saying_where_to_resume(mini_world, tmp_path):
+    proc = start_saerl(saerl_cmd(mini_world, tmp_path, "--steps", "6"))
+    arm = tmp_path / "mini" / "arms" / "vanilla-s0"
+    wait_for(lambda: (arm / "train_log.jsonl").exists() and len(read_jsonl(arm / "train_log.jsonl")) >= 2, proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    newest = max(p.name for p in (arm / "checkpoints").iterdir() if p.name.startswith("step_"))  # --save-every 1
+    assert stderr.strip().splitlines()[-1] == (f"saerl.py: interrupted during stage train (arm vanilla-s0, last "
+                                               f"checkpoint {newest}); run the same command to resume")
+    assert (tmp_path / "mini" / "run.lock").read_text() == ""  # a clean exit: nothing left for the next run
+
+
+def test_a_run_from_another_directory_says_where_its_folders_are(tmp_path, monkeypatch, capsys):
+    """--out is relative to the current directory: a toy run started elsewhere builds a toy world there
+    (about 100 s); it says so with full paths, and points at the repository's world when one exists."""
+    elsewhere, repo_world = tmp_path / "elsewhere", tmp_path / "repo" / "runs" / "toy_world"
+    elsewhere.mkdir()
+    repo_world.mkdir(parents=True)
+    (repo_world / "world.json").write_text("{}")
+    built = []
+
+    class Stop(Exception):
+        pass
+
+    def build_world(out_dir, **kwargs):
+        built.append(Path(out_dir).resolve())
+        raise Stop
+
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr(saerl, "REPO_TOY_WORLD", repo_world)
+    monkeypatch.setattr(saerl.toy, "build_world", build_world)
+    with pytest.raises(Stop):
+        saerl.main(["--stage", "problems"])
+    assert built == [elsewhere / "runs" / "toy_world"]
+    err = capsys.readouterr().err
+    assert f"run folder {elsewhere / 'runs' / 'toy'}\n" in err
+    assert (f"building the toy world in {elsewhere / 'runs' / 'toy_world'} (about 100 s on a CPU, once for this "
+            f"--out); {repo_world} holds one already: --out {repo_world.parent} uses it") in err

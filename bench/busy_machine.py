@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1, help="timed runs per condition")
     ap.add_argument("--wait-policy", default="passive", choices=("passive", "active"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "busy_machine.json"))
+    ap.add_argument("--keep", default=None, help="copy the quiet run's folder here (its report, clusters, logs)")
     args = ap.parse_args()
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_WAIT_POLICY=args.wait_policy.upper())
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,6 +72,9 @@ def main() -> None:
                     for p in procs:
                         p.kill()
                         p.wait()
+        if args.keep:
+            shutil.copytree(tmp / "quiet_0" / "toy", args.keep, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("checkpoints", "cache", "*.safetensors", "sae"))
     quiet = min(x["seconds"] for x in results["quiet"])
     busy = min(x["seconds"] for x in results[f"{args.busy} busy"])
     stages = sorted({s for rows in results.values() for x in rows for s in x["stages"]},

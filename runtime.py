@@ -281,11 +281,23 @@ def load_model(name, device=None, dtype=None):
     device = resolve_device(device)
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    folder = Path(name)
+    if folder.is_dir() and not (folder / "config.json").exists():
+        found = ", ".join(sorted(p.name for p in folder.iterdir())[:12]) or "nothing"
+        raise SystemExit(f"model folder {name} has no config.json (found: {found}); expected a Hugging Face model "
+                         "folder (config.json, tokenizer files, *.safetensors), e.g. what save_pretrained writes")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as exc:  # no network, a typo in the id, a gated repo, no tokenizer files
+        raise SystemExit(f"could not load the tokenizer of model {name!r}: {str(exc)[:300]}\nPass a local path: "
+                         "--model /path/to/model_dir (a folder with config.json, tokenizer files and weights)") from exc
+    try:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device)
-    except OSError as exc:  # no network, a typo in the id, a gated repo
+    except OSError as exc:
         raise SystemExit(f"could not load model {name!r}: {exc}\nPass a local path: --model /path/to/model_dir") from exc
+    except Exception as exc:  # safetensors and torch raise their own kinds on a truncated or corrupt weights file
+        raise SystemExit(f"could not read the weights of model {name!r} ({type(exc).__name__}: {str(exc)[:200]}); a "
+                         "truncated or corrupt download? download it again or save it again") from exc
     return pad_safe_attention(model), tokenizer
 
 

@@ -296,3 +296,20 @@ def test_command_line_turns_each_error_into_one_line_and_its_status(capsys, kind
             raise exception
     assert stopped.value.code == status
     assert capsys.readouterr().err == f"prog.py: {message or 'interrupted'}\n"
+
+
+def test_an_empty_or_damaged_model_folder_is_named_with_a_hint(tmp_path):
+    from test_grpo import tiny_model, tiny_tokenizer
+
+    from runtime import load_model
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match=r"model folder .*empty has no config.json \(found: nothing\)"):
+        load_model(tmp_path / "empty")
+    folder = tmp_path / "model"
+    tiny_model().save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    with pytest.raises(SystemExit, match=r"could not read the weights of model .*truncated or corrupt"):
+        load_model(folder)

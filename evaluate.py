@@ -19,8 +19,10 @@ from __future__ import annotations
 import os
 
 # Before torch loads OpenMP: a thread waiting for its peers sleeps instead of spinning, so a busy
-# machine (another job on a core) no longer stalls every small op (docs/measurements.md).
+# machine (another job on a core) no longer stalls every small op (docs/measurements.md). numpy's
+# OpenBLAS threads spin regardless and its matrices here are small: one thread.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
 import json

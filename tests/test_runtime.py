@@ -198,13 +198,13 @@ def test_entry_points_let_waiting_threads_sleep(entry):
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    code = f"import {entry}, os; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OPENBLAS_NUM_THREADS")}
+    code = f"import {entry}, os; print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('OPENBLAS_NUM_THREADS'))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip() == "PASSIVE", out.stderr[-500:]
+    assert out.stdout.strip() == "PASSIVE 1", out.stderr[-500:]
     env["OMP_WAIT_POLICY"] = "ACTIVE"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip() == "ACTIVE"
+    assert out.stdout.strip() == "ACTIVE 1"
 
 
 # ---------------------------------------------------------------------------------------------- bad flags, locks, Ctrl-C

@@ -12,7 +12,7 @@ Public functions
     answer_from_row(row, ...)      the reference answer of one raw row (aliases, \\boxed, ####)
     format_prompt(text, tok, t)    the `qwen-math`, `plain`, `chat` or `chatml` template
     stop_token_ids(model, tok)     where a completion ends (training and evaluation alike)
-    long_prompts(problems, tok, template, max_tokens)   ids whose prompt leaves no room for the completion
+    prompt_lengths(problems, tok, template)   {id: prompt tokens}, for the context and the memory plan
     write_problems(path, problems) JSONL rows that load_problems reads back unchanged
 
 Field aliases (first match wins; `problem_field` / `answer_field` override them):
@@ -391,13 +391,12 @@ def format_prompt(problem: str | Problem, tokenizer=None, template: str = "qwen-
     raise ValueError(f"unknown prompt template {template!r}; expected one of {', '.join(TEMPLATES)}")
 
 
-def long_prompts(problems: list[Problem], tokenizer, template: str, max_tokens: int) -> list[str]:
-    """Ids of the problems whose rendered prompt is longer than `max_tokens` tokens (a prompt plus its
-    completion budget must fit the model's context: positions past max_position_embeddings are
-    computed, silently, out of the range the model was trained on)."""
+def prompt_lengths(problems: list[Problem], tokenizer, template: str) -> dict[str, int]:
+    """{problem id: tokens of its rendered prompt}, one batched tokenizer call (a prompt plus its
+    completion budget must fit the model's context, and the memory plan sizes by the longest)."""
     prompts = [format_prompt(p.problem, tokenizer, template) for p in problems]
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
-    return [p.id for p, n in zip(problems, lengths) if n > max_tokens]
+    return {p.id: n for p, n in zip(problems, lengths)}
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:

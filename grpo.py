@@ -74,7 +74,7 @@ from torch.utils.checkpoint import checkpoint
 import parallel
 import plan
 from checkpoint import latest_checkpoint, resume_latest, save_checkpoint
-from data import TEMPLATES, format_prompt, load_problems, long_prompts, stop_token_ids
+from data import TEMPLATES, format_prompt, load_problems, prompt_lengths, stop_token_ids
 from parallel import (all_gather, all_reduce_gradients, all_reduce_stats, all_reduce_sum, barrier, dist_info,
                       init_distributed, rank_slice)
 from plan import oom_phase
@@ -788,16 +788,16 @@ def _truncate_log(path: Path, key_ok: Callable[[dict], bool]) -> None:
             write_jsonl(path, kept)
 
 
-def fit_to_context(schedule: list[list[str]], by_id: dict, tokenizer, cfg: GRPOConfig, context: int | None, *,
+def fit_to_context(schedule: list[list[str]], lengths: dict[str, int], cfg: GRPOConfig, context: int | None, *,
                    report: bool = True) -> list[list[str]]:
-    """The schedule without the problems whose prompt + cfg.max_new_tokens exceed the model's context
-    (`context` positions; None: no limit known). Those are reported (count, first ids) and left out
-    of their batches, like bad rows; a batch left empty is an error naming its step."""
+    """The schedule without the problems whose prompt (lengths: data.prompt_lengths) + cfg.max_new_tokens
+    exceed the model's context (`context` positions; None: no limit known). Those are reported (count,
+    first ids) and left out of their batches, like bad rows; a batch left empty is an error naming its step."""
     if context is None:
         return schedule
     scheduled = list(dict.fromkeys(pid for batch in schedule for pid in batch))
     room = context - cfg.max_new_tokens
-    too_long = set(long_prompts([by_id[pid] for pid in scheduled], tokenizer, cfg.template, room))
+    too_long = {pid for pid in scheduled if lengths[pid] > room}
     if not too_long:
         return schedule
     if report:
@@ -813,17 +813,14 @@ def fit_to_context(schedule: list[list[str]], by_id: dict, tokenizer, cfg: GRPOC
     return fitted
 
 
-def auto_gen_batch_size(policy, tokenizer, schedule, by_id: dict, cfg: GRPOConfig, world: int, *,
-                        report: bool = True) -> int:
+def auto_gen_batch_size(policy, longest_prompt: int, cfg: GRPOConfig, world: int, *, report: bool = True) -> int:
     """--gen-batch-size auto: on CUDA the most prompts per generate call that the memory plan fits on
     this GPU for the longest scheduled prompt (plan.auto_gen_batch_size); elsewhere a rank's whole
     share of the batch in one call."""
     share = max(1, cfg.batch_size // world)
     if next(policy.parameters()).device.type != "cuda":
         return share
-    scheduled = list(dict.fromkeys(pid for batch in schedule for pid in batch))
-    prompts = [format_prompt(by_id[pid].problem, tokenizer, cfg.template) for pid in scheduled]
-    longest = max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
+    longest = longest_prompt
     gib = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / plan.GIB
     size = plan.auto_gen_batch_size(plan.ModelShape.from_config(parallel.unwrap(policy).config), cfg, gib,
                                     prompt_tokens=longest, world=world)
@@ -864,10 +861,13 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
                            "training problems")
     rank, world = dist_info()
     lead = rank == 0  # under torchrun only rank 0 writes files and prints; every rank reads checkpoints
-    schedule = fit_to_context(schedule, by_id, tokenizer, cfg, context_length(policy), report=lead)
+    # every scheduled prompt tokenized once: the context check and --gen-batch-size auto both read it
+    lengths = prompt_lengths([by_id[pid] for pid in dict.fromkeys(p for b in schedule for p in b)], tokenizer,
+                             cfg.template)
+    schedule = fit_to_context(schedule, lengths, cfg, context_length(policy), report=lead)
     if cfg.gen_batch_size == "auto":
-        cfg = dataclasses.replace(cfg, gen_batch_size=auto_gen_batch_size(policy, tokenizer, schedule, by_id, cfg,
-                                                                          world, report=lead))
+        longest = max(lengths[pid] for batch in schedule for pid in batch)
+        cfg = dataclasses.replace(cfg, gen_batch_size=auto_gen_batch_size(policy, longest, cfg, world, report=lead))
     n_steps = len(schedule) if cfg.max_steps is None else min(cfg.max_steps, len(schedule))
     sched_hash = stable_hash([list(map(str, b)) for b in schedule])
     on_cuda = next(policy.parameters()).device.type == "cuda"

@@ -39,7 +39,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from runtime import NonFiniteError, pad_safe_attention
+from runtime import NonFiniteError, cache_kwarg, pad_safe_attention
 
 KEY_BUCKET = 256  # attention reads the cache in multiples of this many columns
 SUPPORTED = ("qwen2", "llama", "mistral", "qwen3")
@@ -241,10 +241,9 @@ def decode(model, ids: torch.Tensor, att: torch.Tensor, *, group_size: int = 1, 
 
     pad_safe_attention(model)
     cache = DynamicCache()
-    cache_arg = "cache" if "cache" in _forward_params(model) else "past_key_values"
     positions = (att.cumsum(-1) - 1).clamp(min=0)  # [b, P]
     logits = model(input_ids=ids, attention_mask=att, position_ids=positions, logits_to_keep=1, use_cache=True,
-                   **{cache_arg: cache}).logits[:, -1]  # [b, V]
+                   **{cache_kwarg(model): cache}).logits[:, -1]  # [b, V]
     state = _engine_state(model, n, p + max_new_tokens, vocab, device, dtype, temperature, top_p, capture)
     kv, graphs = state["kv"], state["graphs"]
     for layer, k_buf, v_buf in zip(cache.layers, kv.keys, kv.values):
@@ -312,8 +311,3 @@ def _compact(kv: StaticKV, alive, row_of, n: int, new_rows: int):
     new_row_of = torch.cat([row_of[keep], row_of.new_full((new_rows - len(keep),), n)])
     return new_rows, new_row_of, new_row_of < n
 
-
-def _forward_params(model):
-    import inspect
-
-    return inspect.signature(model.forward).parameters

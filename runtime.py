@@ -301,6 +301,13 @@ def load_model(name, device=None, dtype=None):
     return pad_safe_attention(model), tokenizer
 
 
+def cache_kwarg(model) -> str:
+    """The name of a model forward's KV-cache argument: `cache` in recent transformers 5, `past_key_values` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 PAD_SAFE_SDPA = "sdpa_pad_safe"
 
 
@@ -321,9 +328,25 @@ def pad_safe_attention(model):
     copies (`grouped_decode_attention`): transformers' SDPA repeats K and V per query head whenever
     a mask is passed, ~heads/kv_heads times the KV traffic of the step that dominates generation.
     """
+    if getattr(model.config, "_attn_implementation", None) != "sdpa":  # already switched, or not SDPA
+        return model
+    _register_pad_safe_sdpa()
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(PAD_SAFE_SDPA)
+    else:  # transformers before set_attn_implementation
+        model.config._attn_implementation = PAD_SAFE_SDPA
+    return model
+
+
+def _register_pad_safe_sdpa() -> None:
+    """Register "sdpa_pad_safe" with transformers' attention and mask interfaces (once: a model is
+    switched once, so this runs once per model, not per forward)."""
     import torch
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    if PAD_SAFE_SDPA in AttentionInterface._global_mapping:
+        return
 
     sdpa = AttentionInterface._global_mapping["sdpa"]
 
@@ -338,15 +361,8 @@ def pad_safe_attention(model):
             return grouped_decode_attention(query, key, value, attention_mask, kwargs.get("scaling")), None
         return sdpa(module, query, key, value, attention_mask, **kwargs)
 
-    if PAD_SAFE_SDPA not in AttentionInterface._global_mapping:
-        AttentionInterface.register(PAD_SAFE_SDPA, pad_safe_sdpa)
-        AttentionMaskInterface.register(PAD_SAFE_SDPA, pad_safe_sdpa_mask)
-    if getattr(model.config, "_attn_implementation", None) == "sdpa":
-        if hasattr(model, "set_attn_implementation"):
-            model.set_attn_implementation(PAD_SAFE_SDPA)
-        else:  # transformers before set_attn_implementation
-            model.config._attn_implementation = PAD_SAFE_SDPA
-    return model
+    AttentionInterface.register(PAD_SAFE_SDPA, pad_safe_sdpa)
+    AttentionMaskInterface.register(PAD_SAFE_SDPA, pad_safe_sdpa_mask)
 
 
 def grouped_decode_attention(query, key, value, mask, scale=None):

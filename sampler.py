@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 import graph_decode
 from data import stop_token_ids
-from runtime import NonFiniteError, pad_safe_attention
+from runtime import NonFiniteError, cache_kwarg, pad_safe_attention
 
 ENGINES = ("compact", "hf", "graph")
 COMPACT_AT = 0.75  # compact the cache when live rows <= this fraction of its rows
@@ -282,13 +282,6 @@ def _slab_cache(model, rows: int, capacity: int):
     return Cache(layers=[SlabLayer() for _ in range(n_layers)])
 
 
-def _cache_kwarg(model) -> str:
-    """transformers >= 5.? names the forward's cache argument `cache`; older ones `past_key_values`."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 def _generator(device: torch.device, seed: int) -> torch.Generator:
     gen = torch.Generator(device=device)
     gen.manual_seed(seed % (2 ** 63))
@@ -310,7 +303,7 @@ def decode(model, ids: torch.Tensor, att: torch.Tensor, *, group_size: int = 1, 
     gen = _generator(device, seed)
     stop = torch.tensor(stop_ids, device=device)
     cache = _slab_cache(model, n, p + max_new_tokens)
-    with_cache = {_cache_kwarg(model): cache, "use_cache": True}
+    with_cache = {cache_kwarg(model): cache, "use_cache": True}
     tokens = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=device)  # [n, C]
     logps = torch.zeros((n, max_new_tokens), dtype=torch.float32, device=device)       # [n, C]
     rows = torch.arange(n, device=device)  # cache row i holds original row rows[i]

@@ -7,6 +7,7 @@ import torch
 
 import grpo
 import plan
+import runtime
 import sampler
 
 GIB = 1024 ** 3
@@ -76,7 +77,7 @@ def test_kv_cache_plan_matches_the_allocated_cache():
     cache = sampler._slab_cache(model, 3 * 4, prompt + 40)
     with torch.no_grad():
         model(input_ids=torch.randint(0, 300, (3, prompt)), use_cache=True,
-              **{sampler._cache_kwarg(model): cache})
+              **{runtime.cache_kwarg(model): cache})
     allocated = sum(layer.k_buf.nbytes + layer.v_buf.nbytes for layer in cache.layers)
     planned = plan.memory_plan(shape, cfg, prompt_tokens=prompt, cuda=False)["phases"]["generation"]["KV cache"]
     assert abs(planned / allocated - 1) < 0.15, (planned, allocated)

@@ -23,7 +23,7 @@ Engines (`engine=`):
              compact's; sampled tokens follow the same distribution with other draws).
 Sampling is softmax(logits / temperature) with optional top-p; temperature 0 is greedy. Every
 decoding knob a model's generation_config may carry (top-k 20, repetition penalty 1.05 on Qwen) is
-switched off, so the distribution is exactly the one `grpo.sequence_logprobs` scores.
+switched off, so the distribution is exactly the one `logprobs.sequence_logprobs` scores.
 """
 from __future__ import annotations
 

@@ -40,6 +40,7 @@ TOY_DEFAULT = ROOT / "toy_world"
 import torch  # noqa: E402
 
 import grpo  # noqa: E402
+import logprobs  # noqa: E402
 import sampler  # noqa: E402
 from data import load_problems  # noqa: E402
 from runtime import atomic_write_text  # noqa: E402
@@ -93,7 +94,7 @@ def timed_step(model, tok, batch, cfg, optimizer, step, reward_fn, device) -> di
     model.train()
     optimizer.zero_grad(set_to_none=True)
     packed = grpo.uses_packing(model, cfg)
-    for m in grpo.micro_batches(roll.attention_mask.sum(1).tolist(), max_rows=cfg.micro_batch_size,
+    for m in logprobs.micro_batches(roll.attention_mask.sum(1).tolist(), max_rows=cfg.micro_batch_size,
                                 max_tokens=cfg.max_tokens_per_micro_batch, packed=packed):
         m = torch.tensor(m, device=roll.input_ids.device)  # the micro-batches grpo_step cuts
         t1 = now()
@@ -162,9 +163,9 @@ def worker_engines(spec: dict) -> dict:
     norm = grpo.loss_normalizer(cm, "grpo")
     lengths = roll.attention_mask.sum(1).tolist()
     budget = spec["max_tokens"]
-    layouts = {"padded, in order": (grpo.micro_batches(lengths, max_rows=spec["micro_rows"]), False),
-               "padded, sorted, token budget": (grpo.micro_batches(lengths, max_rows=10 ** 6, max_tokens=budget), False),
-               "packed, token budget": (grpo.micro_batches(lengths, max_rows=10 ** 6, max_tokens=budget, packed=True), True)}
+    layouts = {"padded, in order": (logprobs.micro_batches(lengths, max_rows=spec["micro_rows"]), False),
+               "padded, sorted, token budget": (logprobs.micro_batches(lengths, max_rows=10 ** 6, max_tokens=budget), False),
+               "packed, token budget": (logprobs.micro_batches(lengths, max_rows=10 ** 6, max_tokens=budget, packed=True), True)}
     train = {}
     model.train()
     for rep in range(2):

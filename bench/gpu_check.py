@@ -18,7 +18,7 @@ never emit a stop token, so the rollout checks stop on a set of token ids whose 
 under the model gives a real run's lengths (mean ~700 of 3000; some rows reach the cap).
 
 Checks, in order of value:
- 1 left_pad       prefill and grpo.sequence_logprobs + backward on left-padded rows of very different
+ 1 left_pad       prefill and logprobs.sequence_logprobs + backward on left-padded rows of very different
                   prompt lengths, bf16 weights and fp32 + bf16 autocast (CPU: fp32, bf16), with the
                   attention as built and after runtime.pad_safe_attention: finite logits / log-probs /
                   gradients, and the SDPA backend that ran (profiler op and kernel names)
@@ -71,6 +71,7 @@ sys.path.insert(0, str(ROOT))
 
 import data  # noqa: E402
 import grpo  # noqa: E402
+import logprobs  # noqa: E402
 import parallel  # noqa: E402
 import plan  # noqa: E402
 import graph_decode  # noqa: E402
@@ -429,7 +430,7 @@ def _left_padded_batch(size: Size, tok, vocab: int):
 
 
 def _finiteness(model, ids, att, cmask, autocast: bool, mode: str, device) -> dict:
-    """Prefill as sampler.decode runs it, then completion log-probs + backward (grpo.sequence_logprobs
+    """Prefill as sampler.decode runs it, then completion log-probs + backward (logprobs.sequence_logprobs
     after pad_safe_attention; as built, the same computation without switching the attention)."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -446,7 +447,7 @@ def _finiteness(model, ids, att, cmask, autocast: bool, mode: str, device) -> di
             if mode == "as built":
                 lp = _logprobs_as_built(model, ids, att, cmask)
             else:
-                lp = grpo.sequence_logprobs(model, ids, att, cmask)[cmask.bool()]  # [n_tok]
+                lp = logprobs.sequence_logprobs(model, ids, att, cmask)[cmask.bool()]  # [n_tok]
         (-lp.float().mean()).backward()  # as the trainer: the forward under autocast, the backward outside
     real = prompt_att.bool()
     grads = [q.grad for q in model.parameters() if q.grad is not None]
@@ -464,12 +465,12 @@ def _finiteness(model, ids, att, cmask, autocast: bool, mode: str, device) -> di
 
 
 def _logprobs_as_built(model, ids, att, cmask) -> torch.Tensor:
-    """grpo.sequence_logprobs's computation with the model's attention left as it is: [n_tok]."""
+    """logprobs.sequence_logprobs's computation with the model's attention left as it is: [n_tok]."""
     decoder, head = model.base_model, model.get_output_embeddings()
     positions = (att.cumsum(-1) - 1).clamp(min=0)
     hidden = decoder(input_ids=ids, attention_mask=att, position_ids=positions, use_cache=False).last_hidden_state
     p, on = ids.shape[1] - cmask.shape[1], cmask.bool()
-    return grpo.token_logprobs(hidden[:, p - 1:-1][on], ids[:, p:][on], head)
+    return logprobs.token_logprobs(hidden[:, p - 1:-1][on], ids[:, p:][on], head)
 
 
 def _sdpa_backend(prof) -> dict:
@@ -490,7 +491,7 @@ def check_engines(ctx: Context) -> dict:
     is nearly uniform and its argmax barely depends on the context), so greedy tokens compare only
     where a model has learnt something: the toy world's. On the sized model the compaction is
     checked on sampled rollouts instead: each token's sampler log-prob against a teacher-forced
-    recomputation (grpo.sequence_logprobs on the same model), with and without compaction."""
+    recomputation (logprobs.sequence_logprobs on the same model), with and without compaction."""
     model, tok = ctx.rollout(), ctx.tokenizer()
     n, g, new = ctx.size.engine_rows
     _, prompts = ctx.prompts(n, seed=3)
@@ -505,7 +506,7 @@ def check_engines(ctx: Context) -> dict:
         with compact_at(fraction), counting_compactions() as kept:
             roll = sampler.sample_rollouts(model, tok, prompts, temperature=1.0, stop_ids=stop, **kw)
         with torch.no_grad(), sampler.autocast_for(model):
-            teacher = grpo.sequence_logprobs(model, roll.input_ids, roll.attention_mask, roll.completion_mask)
+            teacher = logprobs.sequence_logprobs(model, roll.input_ids, roll.attention_mask, roll.completion_mask)
         gap = (roll.sampler_logprobs - teacher).abs() * roll.completion_mask  # [N, C]
         sized[name] = {"compactions": None if kept is None else len(kept),
                        "mean_length": float(roll.lengths.float().mean()), "logprob_gap_max": float(gap.max()),

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 import grpo
+import logprobs
 from conftest import assert_close_to_scale
 from data import Problem
-from grpo import GRPOConfig, group_advantages, loss_normalizer, policy_loss, sequence_logprobs
+from grpo import GRPOConfig, group_advantages, loss_normalizer, policy_loss
+from logprobs import sequence_logprobs
 from schedule import random_schedule
 
 # ----------------------------------------------------------------------------------------------
@@ -491,7 +493,7 @@ def test_packed_logprobs_and_gradients_equal_padded(rollouts):
         return lp.detach(), [p.grad.clone() for p in model.parameters()]
 
     lp_pad, g_pad = run(sequence_logprobs)
-    lp_pack, g_pack = run(grpo.packed_logprobs)
+    lp_pack, g_pack = run(logprobs.packed_logprobs)
     # packed and padded rows sum in another order: equal to their scale's rounding, not bitwise
     assert_close_to_scale(lp_pack, lp_pad, rel=1e-6)
     for a, b in zip(g_pack, g_pad):
@@ -520,7 +522,7 @@ def test_token_budget_micro_batches_give_the_full_batch_gradient(rollouts, packe
     norm = loss_normalizer(cm, "dapo")
     full_loss, full = grads([list(range(len(cm)))], norm)
     lengths = r.attention_mask.sum(1).tolist()
-    mbs = grpo.micro_batches(lengths, max_rows=5, max_tokens=60, packed=packed)
+    mbs = logprobs.micro_batches(lengths, max_rows=5, max_tokens=60, packed=packed)
     assert len(mbs) > 2 and sorted(i for m in mbs for i in m) == list(range(len(cm)))
     loss, micro = grads(mbs, norm)
     assert abs(loss - full_loss) <= 1e-5 * abs(full_loss)  # a sum of micro-batch terms of both signs
@@ -531,14 +533,14 @@ def test_token_budget_micro_batches_give_the_full_batch_gradient(rollouts, packe
 def test_micro_batches_by_hand():
     lengths = [5, 9, 3, 7]
     # no budget: in order, max_rows at a time
-    assert grpo.micro_batches(lengths, max_rows=3) == [[0, 1, 2], [3]]
+    assert logprobs.micro_batches(lengths, max_rows=3) == [[0, 1, 2], [3]]
     # longest first; padded cost = rows x longest: 9 | 7,5 (2 x 7 = 14) | 3 (3 rows would exceed max_rows 2)
-    assert grpo.micro_batches(lengths, max_rows=2, max_tokens=14) == [[1], [3, 0], [2]]
+    assert logprobs.micro_batches(lengths, max_rows=2, max_tokens=14) == [[1], [3, 0], [2]]
     # budget 12: padded 9 | 7 (7,5 costs 14) | 5,3 (2 x 5 = 10); packed 9 | 7,5 (12) | 3
-    assert grpo.micro_batches(lengths, max_rows=10, max_tokens=12) == [[1], [3], [0, 2]]
-    assert grpo.micro_batches(lengths, max_rows=10, max_tokens=12, packed=True) == [[1], [3, 0], [2]]
+    assert logprobs.micro_batches(lengths, max_rows=10, max_tokens=12) == [[1], [3], [0, 2]]
+    assert logprobs.micro_batches(lengths, max_rows=10, max_tokens=12, packed=True) == [[1], [3, 0], [2]]
     # a row longer than the budget goes alone
-    assert grpo.micro_batches([30, 2, 2], max_rows=10, max_tokens=10, packed=True) == [[0], [1, 2]]
+    assert logprobs.micro_batches([30, 2, 2], max_rows=10, max_tokens=10, packed=True) == [[0], [1, 2]]
 
 
 def test_truncated_importance_weight_scales_the_surrogate_by_hand():

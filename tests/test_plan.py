@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import grpo
+import logprobs
 import plan
 import runtime
 import sampler
@@ -227,7 +228,7 @@ def test_logprob_chunk_bytes_per_logit_are_within_the_plan(autocast):
     targets = torch.randint(0, vocab, (n,))
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else torch.autocast("cpu", enabled=False)
     with LiveBytes() as live, ctx:
-        grpo.token_logprobs(h, targets, head, chunk_size=n).sum().backward()
+        logprobs.token_logprobs(h, targets, head, chunk_size=n).sum().backward()
     per_entry = (live.peak - 4 * hidden * vocab) / (n * vocab)  # less the head's own weight gradient
     assert 0.7 * plan.LOGPROB_BYTES_PER_LOGIT <= per_entry <= plan.LOGPROB_BYTES_PER_LOGIT, per_entry
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import grpo
+import logprobs
 import sampler
 from conftest import assert_close_to_scale
 from test_grpo import chatml, tiny_model, tiny_problems, tiny_tokenizer
@@ -74,7 +75,7 @@ def test_sampler_logprobs_equal_the_trainers(model, tok):
     for temperature in (1.0, 0.7):
         r = sampler.sample_rollouts(model, tok, PROMPTS * 3, group_size=3, temperature=temperature,
                                     max_new_tokens=20, gen_batch_size=7, seed=2)
-        trainer = grpo.sequence_logprobs(model, r.input_ids, r.attention_mask, r.completion_mask,
+        trainer = logprobs.sequence_logprobs(model, r.input_ids, r.attention_mask, r.completion_mask,
                                          temperature=temperature)
         assert_close_to_scale(r.sampler_logprobs, trainer, rel=1e-5)
         assert (r.sampler_logprobs[r.completion_mask == 0] == 0).all()

@@ -907,9 +907,7 @@ def save_final(policy, tokenizer, out_dir) -> Path:
     out_dir = Path(out_dir)
     final, tmp = out_dir / "final", out_dir / ".tmp_final"
     shutil.rmtree(tmp, ignore_errors=True)
-    # train() shards the policy's own layers under FSDP2 (its parameters become DTensors), so look at
-    # the parameters, not only at the wrapper: saving them would be a collective that rank 0 runs alone
-    if parallel.is_sharded(policy) or any(hasattr(p, "full_tensor") for p in policy.parameters()):
+    if parallel.holds_shards(policy):  # saving shards would be a collective that rank 0 runs alone
         tmp.mkdir(parents=True)
         shutil.copy(latest_checkpoint(out_dir / "checkpoints") / "model.safetensors", tmp / "model.safetensors")
         parallel.unwrap(policy).config.save_pretrained(tmp)

@@ -161,6 +161,13 @@ def is_sharded(model) -> bool:
     return isinstance(model, Sharded)
 
 
+def holds_shards(model) -> bool:
+    """Whether any parameter of `model` is an FSDP2 shard (a DTensor): true of the Sharded root and of
+    the *ForCausalLM whose layers fsdp2 sharded in place. Such weights are whole only in a checkpoint
+    or through a collective every rank joins."""
+    return is_sharded(model) or any(hasattr(p, "full_tensor") for p in model.parameters())
+
+
 def unwrap(model) -> torch.nn.Module:
     """The *ForCausalLM inside a Sharded root (the model itself otherwise)."""
     return model.model if isinstance(model, Sharded) else model

@@ -1,9 +1,10 @@
 """grpo.py -- a plain PyTorch GRPO / DAPO / Dr. GRPO trainer that follows a batch schedule.
 
 SAERL decides *which* problems go into *which* step (saerl.py writes schedule.jsonl, one batch of
-problem ids per line); this file turns each scheduled batch into one policy update. Imports data,
-runtime, logprobs (token log-probs, padded or packed, and micro-batches), sampler, plan, parallel,
-checkpoint, schedule (the random order, schedule files) and verifier (the default reward). A step is five named stages, visible in `grpo_step`:
+problem ids per line); this file turns each scheduled batch into one policy update. Imports config
+(GRPOConfig), data, runtime, logprobs (token log-probs, padded or packed, and micro-batches), sampler,
+plan, parallel, checkpoint, schedule (the random order, schedule files) and verifier (the default
+reward). A step is five named stages, visible in `grpo_step`:
 
     sample    B prompts x G completions by sampler.sample_rollouts (the bf16 rollout copy on CUDA)
     score     reward = verifier.math_reward(completion text, gold answer)  (1.0 / 0.0)
@@ -26,7 +27,7 @@ dynamic sampling: the batch is not refilled), overlong filtering (truncated comp
 the loss) or the soft overlong punishment added to the reward (DAPO §3.4).
 
 Public API
-    GRPOConfig                      dataclass; fields are the CLI flags; presets via GRPOConfig.preset
+    GRPOConfig                      (config.py) every knob, a CLI flag each; presets via GRPOConfig.preset
     group_advantages(rewards, *, scale, eps)
     loss_normalizer(mask, loss_type, max_len)  /  normalizer_from_counts(n_rows, n_tokens, loss_type, max_len)
     policy_loss(logp, old_logp, adv, mask, ...)   the clipped surrogate over [N, T] tokens
@@ -39,7 +40,7 @@ Public API
     python grpo.py --model M --plan [--gpu-memory 80]          the memory plan, nothing loaded
     torchrun --nproc_per_node N grpo.py ... [--parallel fsdp2]  data parallel / sharded (parallel.py)
 
-The file reads bottom-up: config, the math, log-probs, the step, the run, CLI; in the step's section
+The file reads bottom-up: the math, the step, the run, CLI (the knobs are config.py's); in the step's section
 `grpo_step` is followed by the helpers it calls, in the order it calls them.
 """
 from __future__ import annotations
@@ -71,167 +72,17 @@ import torch.nn.functional as F
 import parallel
 import plan
 from checkpoint import latest_checkpoint, resume_latest, save_checkpoint
-from data import TEMPLATES, format_prompt, load_problems, prompt_lengths, stop_token_ids
+from config import ADV_SCALES, LOSS_TYPES, GRPOConfig
+from data import format_prompt, load_problems, prompt_lengths, stop_token_ids
 from logprobs import micro_batches, packed_logprobs, sequence_logprobs, trim
 from parallel import (all_gather, all_reduce_gradients, all_reduce_stats, all_reduce_sum, barrier, dist_info,
                       init_distributed, rank_slice)
 from plan import oom_phase
 from runtime import (ConfigError, Interrupted, NonFiniteError, add_dataclass_args, append_jsonl, atomic_write_text,
-                     check, command_line, flag, folder_lock, load_model, read_jsonl, stable_hash, write_jsonl)
-from sampler import ENGINES, Rollouts, context_length, refresh_rollout_model, rollout_model, sample_rollouts
+                     check, command_line, folder_lock, load_model, read_jsonl, stable_hash, write_jsonl)
+from sampler import Rollouts, context_length, refresh_rollout_model, rollout_model, sample_rollouts
 from schedule import random_schedule, read_schedule, write_schedule
 from verifier import math_reward
-
-LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
-ADV_SCALES = ("std", "none")
-OVERLONG = ("none", "mask", "soft")
-
-
-# ----------------------------------------------------------------------------------------------
-# Config
-# ----------------------------------------------------------------------------------------------
-@dataclass
-class GRPOConfig:
-    """Every knob of the trainer; each field is a CLI flag (`--field-name`).
-
-    Defaults target Qwen2.5-Math-1.5B zero-RL as in the public recipes (SimpleRL-Zoo, Dr. GRPO's
-    oat-zero, Open-Reasoner-Zero): G = 8, lr 1e-6 constant, beta = 0, temperature 1.0, top-p 1.0,
-    3000 new tokens, the Qwen2.5-Math CoT template. B = 64 prompts per step (512 rollouts) is our
-    choice: the recipes use 64-128 and the SAERL paper does not say.
-    """
-    # what a step is
-    batch_size: int = flag(64, "problems per step (B); a schedule's batches may differ, the schedule wins")
-    group_size: int = flag(8, "completions sampled per problem (G)")
-    num_steps: int = flag(500, "steps of the random (vanilla GRPO) schedule built when no schedule is given "
-                               "(a given --schedule is trained with --max-steps)")
-    max_steps: int | None = flag(None, "stop after this many schedule steps (none: the whole schedule)",
-                                 type=lambda text: None if text.lower() == "none" else int(text))
-    template: str = flag("qwen-math", "prompt template for data.format_prompt: qwen-math | plain | chat | chatml")
-    # sampling
-    temperature: float = flag(1.0, "sampling temperature; log-probs use the same temperature")
-    top_p: float = flag(1.0, "nucleus sampling; log-probs ignore it (as TRL), so keep 1.0 for exact ratios")
-    max_new_tokens: int = flag(3000, "completion budget; also Dr. GRPO's max_len and DAPO's L_max")
-    gen_batch_size: int | str = flag(32, "prompts per generate call (each expanded to G rows; the KV cache is sized "
-                                     "by it); auto: the most that the memory plan fits on this GPU, the whole "
-                                     "batch in one call where it fits (plan.auto_gen_batch_size)",
-                                     type=lambda text: text if text == "auto" else int(text))
-    rollout_engine: str = flag("compact", "decoder: compact (preallocated KV cache, finished rows leave the "
-                             "batch) | hf (transformers generate, the reference) | graph (fixed-shape decode "
-                             "steps as CUDA graphs, no host sync between checks; graph_decode.py)")
-    sync_every: int = flag(32, "graph engine: the host checks finiteness and finished rows every this many tokens")
-    rollout_dtype: str = flag("auto", "the model that generates: auto (a bf16 copy on CUDA, the policy on CPU) "
-                            "| policy | bfloat16 | float16 | float32 (a copy refreshed after each update)")
-    tis_cap: float = flag(2.0, "truncated importance weight min(pi_train/pi_sampler, cap) on each token when the "
-                        "rollout model is a copy in another dtype (bf16 vs fp32 mismatch); 0 disables")
-    parallel: str = flag("ddp", "under torchrun: ddp (every rank holds the whole policy and AdamW state) | fsdp2 "
-                         "(each rank holds 1/N of them; parallel.py)")
-    # objective
-    loss_type: str = flag("grpo", "aggregation: grpo (per-sequence mean) | dapo (token mean) | dr_grpo")
-    adv_scale: str = flag("std", "advantage: std = (r-mean)/(std+eps) (GRPO) | none = r-mean (Dr. GRPO)")
-    eps_low: float = flag(0.2, "lower clip range: ratio >= 1 - eps_low")
-    eps_high: float = flag(0.2, "upper clip range: ratio <= 1 + eps_high (DAPO clip-higher: 0.28)")
-    beta: float = flag(0.0, "k3 KL weight to the initial policy; 0 loads no reference model")
-    num_iterations: int = flag(1, "optimisation passes (optimizer steps) per sampled batch (GRPO's mu)")
-    skip_zero_std: bool = flag(False, "drop groups whose rewards are all equal from the loss (DAPO-lite)")
-    overlong: str = flag("none", "truncated completions: none | mask (drop from loss) | soft (DAPO penalty)")
-    overlong_buffer: int = flag(512, "DAPO L_cache: the soft penalty ramps over the last this-many tokens")
-    # optimisation
-    lr: float = flag(1e-6, "AdamW learning rate (constant after warmup)")
-    warmup_steps: int = flag(0, "linear warmup steps from lr/warmup_steps to lr")
-    weight_decay: float = flag(0.0, "AdamW weight decay")
-    adam_beta1: float = flag(0.9, "AdamW beta1")
-    adam_beta2: float = flag(0.999, "AdamW beta2")
-    max_grad_norm: float = flag(1.0, "gradient clipping by global norm (<= 0 disables)")
-    micro_batch_size: int = flag(64, "at most this many sequences per forward/backward (gradients accumulate)")
-    max_tokens_per_micro_batch: int = flag(16384, "and at most this many tokens (0: no token budget); rows "
-                                         "are sorted by length first so micro-batches hold similar lengths")
-    packing: str = flag("auto", "padding-free micro-batches (one row, positions reset per sequence): on | off | "
-                      "auto (on when the attention is flash_attention_2/3, which attends per sequence)")
-    logprob_chunk: int = flag(1024, "completion tokens per lm-head + log-softmax chunk (memory: chunk x vocab fp32)")
-    gradient_checkpointing: bool | None = flag(None, "recompute decoder activations in backward; None (auto): "
-                                             "on when max_new_tokens > 1024")
-    bf16: bool = flag(True, "bf16 autocast on CUDA (weights stay fp32); ignored on CPU")
-    # bookkeeping
-    seed: int = flag(0, "seed of the random schedule and of every step's sampling")
-    save_every: int = flag(50, "checkpoint every this many steps (and always at the end)")
-    keep_checkpoints: int = flag(2, "number of most recent checkpoints kept")
-    eval_every: int = flag(0, "call eval_fn every this many steps (0: never)")
-
-    def __post_init__(self):
-        self.validate()
-
-    def validate(self) -> None:
-        """Every field in its range and the combinations that cannot train, checked on construction so
-        that a bad flag fails before any model loads: ConfigError (a ValueError), one line naming the
-        flag, the value and what is allowed."""
-        def need(ok: bool, expected: str, *names: str) -> None:
-            check(ok, {name: getattr(self, name) for name in names}, expected, owner="GRPOConfig")
-
-        for name, allowed in (("loss_type", LOSS_TYPES), ("adv_scale", ADV_SCALES), ("overlong", OVERLONG),
-                              ("rollout_engine", ENGINES), ("packing", ("auto", "on", "off")),
-                              ("parallel", ("ddp", "fsdp2")), ("template", TEMPLATES),
-                              ("rollout_dtype", ("auto", "policy", "bfloat16", "float16", "float32"))):
-            need(getattr(self, name) in allowed, f"one of {', '.join(allowed)}", name)
-        for name in ("batch_size", "num_steps", "max_new_tokens", "gen_batch_size", "num_iterations",
-                     "micro_batch_size", "logprob_chunk", "save_every", "keep_checkpoints", "sync_every"):
-            value = getattr(self, name)
-            if name == "gen_batch_size" and value == "auto":
-                continue
-            need(isinstance(value, int) and value >= 1, "an integer >= 1", name)
-        need(self.max_steps is None or self.max_steps >= 1, "an integer >= 1, or none (the whole schedule)",
-             "max_steps")
-        for name in ("warmup_steps", "max_tokens_per_micro_batch", "seed", "eval_every"):
-            need(getattr(self, name) >= 0, "an integer >= 0", name)
-        # GRPO compares the completions of one problem: with one, its std (GRPO) is undefined and its
-        # advantage r - mean (Dr. GRPO) is 0, so nothing would be learned
-        need(self.group_size >= 2, "an integer >= 2 (advantages compare the G completions of a problem: with one "
-             "the std is undefined and r - mean is 0)", "group_size")
-        need(self.temperature > 0 and math.isfinite(self.temperature), "a number > 0 (rollouts are sampled at "
-             "this temperature and log-probs divided by it; greedy decoding is for evaluation)", "temperature")
-        need(0 < self.top_p <= 1, "a number in (0, 1]", "top_p")
-        need(0 <= self.eps_low < 1, "a number in [0, 1) (the ratio's lower clip 1 - eps_low stays > 0)", "eps_low")
-        for name in ("eps_high", "beta", "tis_cap", "weight_decay"):
-            need(0 <= getattr(self, name) < math.inf, "a number >= 0", name)
-        need(0 < self.lr < math.inf, "a number > 0", "lr")
-        for name in ("adam_beta1", "adam_beta2"):
-            need(0 <= getattr(self, name) < 1, "a number in [0, 1)", name)
-        need(not math.isnan(self.max_grad_norm), "a number (<= 0 disables clipping)", "max_grad_norm")
-        if self.overlong == "soft":
-            need(0 < self.overlong_buffer <= self.max_new_tokens, "--overlong-buffer in 1..--max-new-tokens for the "
-                 "soft overlong penalty (it ramps over the last buffer tokens)", "overlong_buffer", "max_new_tokens")
-
-    PRESETS = {
-        "qwen-math-1.5b": {},
-        # DAPO (Yu et al. 2025): clip-higher, token-level loss, dynamic sampling (lite), soft overlong.
-        "dapo": dict(loss_type="dapo", eps_high=0.28, skip_zero_std=True, overlong="soft"),
-        # Dr. GRPO (Liu et al. 2025): no std scaling, token sum over a constant length.
-        "dr_grpo": dict(loss_type="dr_grpo", adv_scale="none"),
-        # The toy world (toy.py): 0.5M-param char model, completions "\\boxed{N}<|im_end|>" (~12 tokens).
-        # lr (seed 0, 40 steps, held-out sampled reward from 0.100): 5e-5 -> 0.141, 1e-4 -> 0.148,
-        # 2e-4 -> 0.151 but greedy accuracy falls 0.230 -> 0.218; on the always-boxed world 1e-3
-        # (B 64) lowered both (Adam turns the noisy policy gradient into full-size steps on every weight).
-        "toy": dict(batch_size=16, group_size=16, num_steps=40, template="chatml", max_new_tokens=16,
-                    gen_batch_size=16, micro_batch_size=256, max_tokens_per_micro_batch=4096, lr=1e-4,
-                    warmup_steps=0, save_every=10, logprob_chunk=4096),
-    }
-
-    @classmethod
-    def preset(cls, name: str = "qwen-math-1.5b", **overrides) -> "GRPOConfig":
-        """A named preset (`qwen-math-1.5b`, `dapo`, `dr_grpo`, `toy`) with field overrides on top."""
-        if name not in cls.PRESETS:
-            raise ValueError(f"unknown GRPOConfig preset {name!r}; expected one of {sorted(cls.PRESETS)}")
-        return cls(**{**cls.PRESETS[name], **overrides})
-
-    @classmethod
-    def toy(cls, **overrides) -> "GRPOConfig":
-        return cls.preset("toy", **overrides)
-
-    @property
-    def checkpointing(self) -> bool:
-        """Activation checkpointing as it applies: the flag, or (None) on for completions > 1024 tokens."""
-        return self.max_new_tokens > 1024 if self.gradient_checkpointing is None else self.gradient_checkpointing
-
-
 
 # ----------------------------------------------------------------------------------------------
 # The math: advantages and the clipped surrogate

@@ -35,7 +35,7 @@ def write_report(root, c, g, *, layer: int, paced: bool, problems: list, quality
                  clusters: dict, results: dict, times: dict) -> None:
     """report.md (+ report.svg) of a SAERL run (saerl.py): the data engineering (quality, difficulty,
     clusters), accuracy curves per arm, steps to the target accuracy, ablations, and where the time
-    went per stage. c: saerl.Config, g: grpo.GRPOConfig; layer: the SAE's layer; paced: whether
+    went per stage. c: config.Config, g: config.GRPOConfig; layer: the SAE's layer; paced: whether
     --pace budget applied; problems, quality, difficulty, clusters: the stages' outputs; results:
     {arm-s<seed>: {"eval": rows, "train": rows}}; times: {stage: {"seconds", "cached"}}."""
     root = Path(root)

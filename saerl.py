@@ -1,10 +1,10 @@
 """saerl.py -- SAERL, the method and its entry point: `python saerl.py [flags]` runs it end to end.
 
-Owns: the run Config (every flag) and the two worlds' defaults (PAPER, TOY), run() with the stages in
-order, and the SAERL data operations (quality labels and filter, the difficulty-proxy fit, clustering).
-The order the kept problems are trained in is schedule.py's. No file imports this one.
-Imports: the component modules below it -- runtime, data, estimators, sae, sae_formats, verifier,
-evaluate, report, schedule, toy, grpo, plan, parallel.
+Owns: run() with the stages in order, and the SAERL data operations (quality labels and filter, the
+difficulty-proxy fit, clustering). Every flag, its default in each world and its check are config.py's;
+the order the kept problems are trained in is schedule.py's. No file imports this one.
+Imports: the component modules below it -- config, runtime, data, estimators, sae, sae_formats,
+verifier, evaluate, report, schedule, toy, grpo, plan, parallel.
 
 Reference: "Guiding LLM Post-training Data Engineering with Model Internals from Sparse Autoencoders".
 Each training problem becomes a pooled SAE feature row; three properties read off those rows drive
@@ -58,7 +58,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -79,39 +78,17 @@ import grpo
 import plan
 import toy
 from checkpoint import latest_checkpoint
+from config import DEEPMATH, PAPER, PAPER_BENCHMARKS, STAGES, Config, parse_args, resolve, stage_settings
 from data import Problem, format_prompt, load_problems, write_problems
-from evaluate import generate_completions, load_benchmark, make_eval_fn, resolve_benchmark
+from evaluate import generate_completions, load_benchmark, make_eval_fn
 from parallel import barrier, dist_info, init_distributed
 from report import cluster_purity, cluster_summary, metric_name, write_report
-from runtime import (ConfigError, Interrupted, Stage, Stages, add_dataclass_args, atomic_write_text, check,
-                     check_device, command_line, dataclass_from_args, dir_stamp, file_stamp, flag, folder_lock,
-                     given_args, load_model, read_jsonl, resolve_device, stable_hash, write_jsonl)
+from runtime import (Interrupted, Stage, Stages, atomic_write_text, command_line, dir_stamp, file_stamp, folder_lock,
+                     load_model, read_jsonl, resolve_device, stable_hash, write_jsonl)
 from sae import PooledFeatures, encode_problems, prompt_texts, sae_layer, train_sae
 from sae_formats import load_sae, save_sae
 from schedule import make_schedules, pace_applies, write_schedule
 from verifier import extract_answer, gold_parse_report, is_equiv, verify
-
-DEEPMATH = "zwhe99/DeepMath-103K"
-PAPER_BENCHMARKS = "math500,aime24,amc23"
-
-# The defaults that differ between the two worlds, for the Config fields left at None: TOY without --model
-# (the toy world) or with --preset toy, PAPER otherwise. A flag given on the command line wins.
-PAPER = dict(preset="qwen-math-1.5b", sae_width=16384, sae_k=64, sae_tokens=20_000_000,
-             label_size=None,  # None: min(2000, 5% of the problems), see label_size()
-             compare=False, eval_every=50, eval_limit=None, eval_samples=1, eval_batch_size=128)
-# a 0.5M-parameter model on a CPU; avg@4 evaluation: what 40 toy steps learn first is the answer format,
-# which greedy decoding already has
-TOY = dict(preset="toy", sae_width=512, sae_k=16, sae_tokens=300_000, label_size=400,
-           compare=True, eval_every=10, eval_limit=300, eval_samples=4, eval_batch_size=16)
-
-
-def by_world(name: str, paper_none: str = "") -> str:
-    """A flag's help: its default in each world, read from PAPER and TOY."""
-    def show(v):
-        return paper_none if v is None else f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
-
-    return f" (default {show(PAPER[name])}; in the toy world {show(TOY[name])})"
-
 
 # The stages' cache keys (runtime.Stages), declared: the stages each one reads, the settings it depends on
 # (Config fields; GRPOConfig fields as grpo.<field>) and the files it leaves in the run folder.
@@ -133,112 +110,9 @@ PIPELINE = (
           files=("schedule.jsonl", "schedules.json", "scores.jsonl")),
     Stage("train", reads=("schedule",)),  # never read back: each arm resumes from its own checkpoints (train_arms)
 )
-STAGES = tuple(stage.name for stage in PIPELINE) + ("report",)
-MIN_LABELS = 5  # the smallest labelled subset the difficulty proxy can be fit and held out on (fit_difficulty)
+assert STAGES == tuple(stage.name for stage in PIPELINE) + ("report",), "config.STAGES lists the PIPELINE in order"
 # the toy world of a run without --model is --out/toy_world; this is the one `python saerl.py` builds in the repository
 REPO_TOY_WORLD = Path(__file__).resolve().parent / "runs" / "toy_world"
-
-
-@dataclass
-class Config:
-    """Every setting of a run; each field is a flag (--sae-layer for sae_layer). A field left at None takes its
-    world's default (PAPER or TOY, above) or one that follows from other fields (--sae-model: --model;
-    --steps: the GRPO preset's num_steps; without --model, --train-data and --benchmarks: the toy world's,
-    with it DeepMath-103K and MATH-500, AIME24, AMC23). GRPO's own knobs (--lr, --group-size, ...) come from
-    grpo.GRPOConfig."""
-    model: str | None = flag(None, "policy model (local folder or Hub id); none: the embedded toy world")
-    sae_model: str | None = flag(None, "model whose SAE gives the features (default: --model)")
-    sae: str | None = flag(None, "SAE to load (SAELens/sparsify/dictionary_learning/Llama Scope/Gemma Scope dir or Hub id); none: train one")
-    sae_layer: int | None = flag(None, "decoder layer whose residual output is encoded (default: the middle one)")
-    sae_width: int | None = flag(None, "d_sae of a trained SAE" + by_world("sae_width"))
-    sae_k: int | None = flag(None, "k of a trained TopK SAE" + by_world("sae_k"))
-    sae_tokens: int | None = flag(None, "training tokens of a trained SAE" + by_world("sae_tokens"))
-    top_m: int = flag(256, "pooled features kept per problem")
-    pooling: str = flag("mean", "SAE codes pooled over a problem's tokens (bench/feature_quality.py: max "
-                        "predicts the subject better, mean the level)", choices=("mean", "max"))
-    train_data: str | None = flag(None, f"training problems: .jsonl/.json/.parquet or Hub id (default {DEEPMATH}; toy: its train set)")
-    problem_field: str | None = flag(None, "field holding the problem text (default: aliases)")
-    answer_field: str | None = flag(None, "field holding the reference answer (default: aliases)")
-    limit: int | None = flag(None, "seeded random subset of the training problems")
-    k: str = flag("auto", "k-means clusters: an integer, or 'auto' (silhouette over 4,8,16,32 on a sample)")
-    mix: float = flag(0.25, "batch mixing: 0 = pure cluster batches, 1 = fully mixed")
-    quality_drop: float = flag(0.1, "fraction of problems with the lowest quality score dropped")
-    difficulty_labels: str = flag("field:difficulty", "difficulty labels: field:NAME, or rollouts:G (1 - pass rate of G samples)")
-    label_size: int | None = flag(None, "size of the labelled subset" + by_world("label_size", "min(2000, 5%)"))
-    probe_features: int = flag(2048, "probes see the SAE features most often active in the labelled subset")
-    schedule: str = flag("saerl", "saerl (engineered order) or random (ablation: random order over the kept problems)")
-    pace: str = flag("epoch", "a budget shorter than one epoch: epoch (train the engineered epoch's first steps; the "
-                              "curriculum stops part-way) or budget (a stratified subset of each cluster, so every "
-                              "cluster runs easy-to-hard within --steps)")
-    no_curriculum: bool = flag(False, "ablation: shuffle inside clusters instead of easy-to-hard")
-    no_cluster: bool = flag(False, "ablation: one cluster (pure difficulty curriculum)")
-    no_quality_filter: bool = flag(False, "ablation: keep every problem")
-    compare: bool | None = flag(None, "train vanilla GRPO and SAERL on the same budget" + by_world("compare"))
-    seeds: int = flag(1, "seeds per arm")
-    steps: int | None = flag(None, "GRPO steps per arm (default: the preset's num_steps, 500; toy 40)")
-    target: float | None = flag(None, "accuracy whose first crossing is reported (default: vanilla's final accuracy)")
-    benchmarks: str | None = flag(None, f"comma-separated benchmarks for evaluation (default {PAPER_BENCHMARKS}; toy: its test set)")
-    eval_every: int | None = flag(None, "evaluate every this many steps, 0: never" + by_world("eval_every"))
-    eval_limit: int | None = flag(None, "problems per benchmark for in-loop evaluation" + by_world("eval_limit", "all"))
-    max_eval_tokens: int | None = flag(None, "completion budget at evaluation (default: the training one)")
-    eval_batch_size: int | None = flag(None, "prompts per generate call at evaluation (each one row when greedy)"
-                                       + by_world("eval_batch_size"))
-    eval_samples: int | None = flag(None, "completions per problem at evaluation: 1 = greedy pass@1, N = avg@N "
-                                          "sampled at --eval-temperature" + by_world("eval_samples"))
-    eval_temperature: float = flag(1.0, "sampling temperature of avg@N evaluation (the training temperature, so "
-                                        "avg@N is the mean reward)")
-    preset: str | None = flag(None, "GRPOConfig preset: qwen-math-1.5b, dapo, dr_grpo, toy" + by_world("preset"))
-    seed: int = flag(0, "base seed (arm seeds are seed, seed+1, ...)")
-    out: str = flag("runs", "parent folder of runs")
-    name: str | None = flag(None, "run name: runs/<name>/ (default: toy, or the model's last path part)")
-    stage: str = flag("report", f"stop after this stage: {', '.join(STAGES)}")
-    device: str = flag("auto", "auto, cpu or cuda")
-
-    def validate(self) -> None:
-        """Every field in its range and the combinations that cannot run, on the resolved config (each world's
-        defaults filled in, see resolve): ConfigError, one line naming the flag, its value and what is allowed."""
-        def need(ok: bool, expected: str, *names: str) -> None:
-            check(ok, {name: getattr(self, name) for name in names}, expected)
-
-        need(self.preset in grpo.GRPOConfig.PRESETS, f"one of {', '.join(grpo.GRPOConfig.PRESETS)}", "preset")
-        need(self.stage in STAGES, f"one of {', '.join(STAGES)}", "stage")
-        need(self.schedule in ("saerl", "random"), "saerl or random", "schedule")
-        need(self.pace in ("epoch", "budget"), "epoch or budget", "pace")
-        need(self.k == "auto" or (self.k.isdigit() and int(self.k) >= 1), "a positive integer or 'auto'", "k")
-        kind, _, arg = self.difficulty_labels.partition(":")
-        need((kind == "field" and arg != "") or (kind == "rollouts" and arg.isdigit() and int(arg) >= 1),
-             "field:NAME or rollouts:G (G >= 1 sampled answers per problem)", "difficulty_labels")
-        for name in ("sae_width", "sae_k", "sae_tokens", "top_m", "probe_features", "seeds", "steps", "eval_samples",
-                     "eval_batch_size"):
-            need(getattr(self, name) >= 1, "an integer >= 1", name)
-        for name in ("limit", "eval_limit", "max_eval_tokens"):
-            need(getattr(self, name) is None or getattr(self, name) >= 1, "an integer >= 1 (leave it out for the "
-                 "default)", name)
-        need(self.sae_k <= self.sae_width, "--sae-k at most --sae-width (a TopK SAE keeps k of its latents)",
-             "sae_k", "sae_width")
-        need(self.sae_layer is None or self.sae_layer >= 0, "a decoder layer index >= 0", "sae_layer")
-        need(self.label_size is None or self.label_size >= MIN_LABELS, f"an integer >= {MIN_LABELS} (the difficulty "
-             "proxy holds out a fifth of the labels, at least 2, and chooses its alpha on a fifth of the rest)",
-             "label_size")
-        need(0 <= self.mix <= 1, "a number in [0, 1] (0: pure cluster batches, 1: fully mixed)", "mix")
-        need(0 <= self.quality_drop < 1, "a fraction in [0, 1) of the problems to drop", "quality_drop")
-        need(self.target is None or 0 <= self.target <= 1, "an accuracy in [0, 1]", "target")
-        need(self.eval_every >= 0, "an integer >= 0 (0: no evaluation)", "eval_every")
-        need(0 < self.eval_temperature < math.inf, "a number > 0 (greedy is --eval-samples 1)", "eval_temperature")
-        if self.eval_samples == 1 and self.eval_temperature != 1.0:  # 1.0: the default, which greedy ignores
-            raise ConfigError(f"--eval-temperature {self.eval_temperature} applies to avg@N evaluation: pass "
-                              "--eval-samples N (N > 1); one sample is greedy")
-        need(self.seed >= 0, "an integer >= 0", "seed")
-        need(self.name is None or (self.name not in ("", ".", "..") and "/" not in self.name),
-             "a folder name (the run folder is --out/NAME)", "name")
-        check_device(self.device)
-        for spec in self.benchmarks.split(",") if self.benchmarks else ():
-            try:
-                resolve_benchmark(spec.strip())
-            except ValueError as e:
-                raise ConfigError(f"--benchmarks {self.benchmarks}: {e}") from None
-        local = self.train_data and Path(self.train_data).suffix in (".jsonl", ".json", ".parquet")
-        need(not local or Path(self.train_data).is_file(), "an existing file (or a Hub dataset id)", "train_data")
 
 
 # ================================================================================================
@@ -335,26 +209,8 @@ def run_stages(stages: Stages, cfg: Config, gcfg, device) -> Path:
 
 
 # ================================================================================================
-# The run's settings: flags checked, each world's defaults, the toy world, the GRPO config
+# The run's world and folder: the toy world, the run folder's config.json, where Ctrl-C stopped
 # ================================================================================================
-
-
-def resolve(cfg: Config, grpo_overrides: dict | None = None) -> tuple[Config, grpo.GRPOConfig]:
-    """Every flag checked, before anything is built or loaded (ConfigError: one line naming the flag, its value
-    and what is allowed), with the fields left at None filled from the run's world (TOY without --model or
-    with --preset toy, PAPER otherwise) and --steps from the preset; returns (cfg, the run's GRPOConfig, built
-    once, with the pipeline's step budget and evaluation period)."""
-    world = TOY if cfg.model is None or cfg.preset == "toy" else PAPER
-    cfg = dataclasses.replace(cfg, **{name: value for name, value in world.items() if getattr(cfg, name) is None})
-    if cfg.steps is None and cfg.preset in grpo.GRPOConfig.PRESETS:  # an unknown preset is validate()'s to name
-        cfg = dataclasses.replace(cfg, steps=grpo.GRPOConfig.preset(cfg.preset).num_steps)
-    cfg.validate()
-    gcfg = grpo.GRPOConfig.preset(cfg.preset, **{**(grpo_overrides or {}), "max_steps": cfg.steps,
-                                                 "eval_every": cfg.eval_every})
-    if dist_info()[1] > 1 and cfg.stage != "report":
-        raise ConfigError(f"--stage {cfg.stage}: torchrun runs the whole pipeline; for --stage {cfg.stage} use one "
-                          "process (python saerl.py --stage ...), then torchrun for training")
-    return cfg, gcfg
 
 
 def enter_toy_world(cfg: Config) -> Config:
@@ -397,11 +253,6 @@ def where_interrupted(cfg: Config, stages: Stages | None) -> str:
         return "interrupted between stages; run the same command to resume (finished stages are cached)"
     return (f"interrupted during stage {stages.current}; run the same command to resume (the stages before it are "
             "cached)")
-
-
-def stage_settings(cfg: Config, gcfg) -> dict:
-    """What a PIPELINE stage may name: every Config field, and every GRPOConfig field as grpo.<field>."""
-    return dataclasses.asdict(cfg) | {f"grpo.{name}": value for name, value in dataclasses.asdict(gcfg).items()}
 
 
 # ================================================================================================
@@ -842,21 +693,6 @@ def quality_filter(scores, drop: float) -> list[int]:
 # ================================================================================================
 # Command line and small helpers
 # ================================================================================================
-
-
-def parse_args(argv=None) -> tuple[Config, dict]:
-    """Config's flags plus every GRPOConfig field (--lr, --group-size, ...) passed through to grpo;
-    returns the Config and the GRPO fields that were given."""
-    ap = argparse.ArgumentParser(prog="saerl.py", description="SAERL: SAE-guided data engineering for GRPO. "
-                                 "No arguments: the whole pipeline in the embedded toy world on a CPU.",
-                                 parents=[plan.plan_flags()])  # --plan, --gpu-memory: read by main
-    add_dataclass_args(ap, Config)
-    own = {f.name for f in dataclasses.fields(Config)}
-    group = ap.add_argument_group("GRPO (passed to grpo.GRPOConfig; default: the preset's value)")
-    add_dataclass_args(group, grpo.GRPOConfig, skip=own | {"max_steps", "num_steps"}, unset=None)
-    args = ap.parse_args(argv)
-    overrides = {k: v for k, v in given_args(grpo.GRPOConfig, args).items() if k not in own}
-    return dataclass_from_args(Config, args), overrides
 
 
 def finite_or_none(x) -> float | None:

@@ -6,7 +6,8 @@ The reader's path (issue 21): the pipeline and its data operations (saerl.py), t
 (schedule.py), SAE encoding (sae.py up to SAE training, the layer choice, the SAE module of
 sae_formats.py), the estimators' textbook half (estimators.py: k-means, ElasticNet, the probe; not
 the metrics nor the speed-ups), the sampler (sampler.py) and the GRPO step (grpo.py up to "The
-run", and the token log-probs it scores, logprobs.py). Lines are counted as they stand, docstrings and comments included: a reader reads those too.
+run", and the token log-probs it scores, logprobs.py). Not on it: config.py (every flag, its default
+and its check: a reference the reader consults, not the method). Lines are counted as they stand, docstrings and comments included: a reader reads those too.
 With --rev the same parts are counted at another commit (files that do not exist there count 0).
 Prints a table and writes JSON.
 """

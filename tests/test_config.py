@@ -16,7 +16,7 @@ import grpo
 import sae
 import saerl
 import toy
-from grpo import GRPOConfig
+from config import GRPOConfig
 from runtime import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -206,7 +206,8 @@ def by_world(name: str, paper_none: str = "") -> str:
 
 # the stages of saerl.run in order (saerl.PIPELINE declares them and their cache keys); --stage stops after one
 STAGES = ("problems", "sae", "features", "labels", "quality", "difficulty", "clusters", "schedule", "train", "report")
-MIN_LABELS = 5  # the smallest labelled subset the difficulty proxy can be fit and held out on (fit_difficulty)
+CV_FOLDS = 5  # the difficulty proxy's α by 5-fold cross-validation, its held-out figure by nested folds
+MIN_LABELS = 2 * CV_FOLDS  # the smallest labelled subset nested cross-validation can run on (saerl.fit_difficulty)
 
 
 @dataclass
@@ -288,7 +289,7 @@ class Config:
              "sae_k", "sae_width")
         need(self.sae_layer is None or self.sae_layer >= 0, "a decoder layer index >= 0", "sae_layer")
         need(self.label_size is None or self.label_size >= MIN_LABELS, f"an integer >= {MIN_LABELS} (the difficulty "
-             "proxy holds out a fifth of the labels, at least 2, and chooses its alpha on a fifth of the rest)",
+             f"proxy's alpha is chosen by {CV_FOLDS}-fold cross-validation inside each of {CV_FOLDS} outer folds)",
              "label_size")
         need(0 <= self.mix <= 1, "a number in [0, 1] (0: pure cluster batches, 1: fully mixed)", "mix")
         need(0 <= self.quality_drop < 1, "a fraction in [0, 1) of the problems to drop", "quality_drop")

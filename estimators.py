@@ -14,7 +14,8 @@ Public API
     kmeans(X, k, *, n_init, max_iter, tol, seed, device, init) -> (labels, centroids, inertia)
     l2_normalize_rows(X), silhouette_score(X, labels), choose_k(X, candidates, *, sample, seed)
     ElasticNet(alpha, l1_ratio, ...).fit/predict, enet_coordinate_descent_plain (the textbook
-    update), alpha_grid(X, y), fit_alpha(X, y, ...) -> (model, info)
+    update), alpha_grid(X, y), fit_alpha(X, y, ...) -> (model, info): α by k-fold CV,
+    nested_cv_predictions(X, y): its held-out predictions by nested folds
     LogisticProbe(C).fit/predict_proba/decision_function
     spearman(a, b), r2_score(y, yhat), auc_score(y, s), binary_metrics(y, s), normalized_mutual_info(a, b)
 
@@ -330,43 +331,59 @@ def alpha_grid(X, y, *, l1_ratio=0.5, n_alphas=30, eps=1e-3, standardize=True,
     return np.geomspace(alpha_max, alpha_max * eps, num=n_alphas)
 
 
-def fit_alpha(X, y, *, l1_ratio=0.5, n_alphas=30, eps=1e-3, val_frac=0.2, seed=0, max_iter=1000,
-              tol=1e-4, standardize=True):
-    """Choose α on a held-out split, then refit on all rows.
+def kfold(n: int, folds: int, seed: int) -> list[np.ndarray]:
+    """A seeded permutation of range(n) cut into `folds` parts of sizes differing by at most one."""
+    if not 2 <= folds <= n:
+        raise ValueError(f"{folds} folds of {n} rows: need 2 <= folds <= rows")
+    return np.array_split(np.random.default_rng(seed).permutation(n), folds)
 
-    A seeded permutation puts ⌈val_frac·n⌉ rows in validation. Along alpha_grid (computed on the
-    training rows, largest α first) each fit warm-starts from the previous one. The α with the
-    lowest validation MSE wins (ties: the larger α, i.e. the sparser model); the returned model is
-    refit on all rows at that α. info: alphas, val_mse, val_r2, val_spearman, alpha, n_train,
-    n_val."""
+
+def fit_alpha(X, y, *, l1_ratio=0.5, n_alphas=30, eps=1e-3, folds=5, seed=0, max_iter=1000, tol=1e-4,
+              standardize=True):
+    """Choose α by k-fold cross-validation (scikit-learn's ElasticNetCV), then refit on all rows.
+
+    The grid is alpha_grid on all rows (largest α first). For each of `folds` seeded folds the path
+    is fit on the other folds, each α warm-starting from the previous one, and scored by its MSE on
+    the fold. The α with the lowest mean MSE over the folds wins (ties: the larger α, the sparser
+    model); the returned model is refit on all rows at that α. info: alphas, cv_mse (mean over
+    folds, per α), cv_mse_folds [folds, α], alpha, folds, n."""
     X = _as_numpy(X)
     y = _as_vector(y, X.shape[0])
-    n = X.shape[0]
-    n_val = int(math.ceil(val_frac * n))
-    if not 1 <= n_val < n - 1:
-        raise ValueError(f"val_frac={val_frac} leaves {n_val} validation rows out of {n}")
-    perm = np.random.default_rng(seed).permutation(n)
-    val, train = perm[:n_val], perm[n_val:]
-    alphas = alpha_grid(X[train], y[train], l1_ratio=l1_ratio, n_alphas=n_alphas, eps=eps,
-                        standardize=standardize)
-    mse, r2, rho = [], [], []
-    coef = None
+    alphas = alpha_grid(X, y, l1_ratio=l1_ratio, n_alphas=n_alphas, eps=eps, standardize=standardize)
+    parts = kfold(X.shape[0], folds, seed)
+    mse = np.zeros((folds, len(alphas)))  # [folds, α]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # path points may stop at max_iter
-        for a in alphas:
-            m = ElasticNet(a, l1_ratio, max_iter, tol, standardize=standardize)
-            m.fit(X[train], y[train], coef_init=coef)
-            coef = m.coef_
-            pred = m.predict(X[val])
-            mse.append(float(np.mean((pred - y[val]) ** 2)))
-            r2.append(r2_score(y[val], pred))
-            rho.append(spearman(y[val], pred))
-    best = int(np.argmin(mse))  # argmin takes the first minimum, i.e. the largest α
-    model = ElasticNet(alphas[best], l1_ratio, max_iter, tol, standardize=standardize)
-    model.fit(X, y)
-    info = dict(alphas=alphas.tolist(), val_mse=mse, val_r2=r2, val_spearman=rho,
-                alpha=float(alphas[best]), n_train=len(train), n_val=n_val)
+        for f, held in enumerate(parts):
+            train = np.concatenate([p for g, p in enumerate(parts) if g != f])
+            coef = None
+            for i, a in enumerate(alphas):
+                m = ElasticNet(a, l1_ratio, max_iter, tol, standardize=standardize)
+                m.fit(X[train], y[train], coef_init=coef)
+                coef = m.coef_
+                mse[f, i] = np.mean((m.predict(X[held]) - y[held]) ** 2)
+    best = int(np.argmin(mse.mean(0)))  # argmin takes the first minimum, i.e. the largest α
+    model = ElasticNet(alphas[best], l1_ratio, max_iter, tol, standardize=standardize).fit(X, y)
+    info = dict(alphas=alphas.tolist(), cv_mse=mse.mean(0).tolist(), cv_mse_folds=mse.tolist(),
+                alpha=float(alphas[best]), folds=folds, n=int(X.shape[0]))
     return model, info
+
+
+def nested_cv_predictions(X, y, *, folds=5, seed=0, **fit_kw) -> tuple[np.ndarray, list[float]]:
+    """Out-of-fold predictions of fit_alpha's whole procedure (nested cross-validation): each outer
+    fold is predicted by the model that fit_alpha (its α chosen by its own inner k-fold CV on the
+    other outer folds only) returns, so no row's prediction has seen that row, not even through the
+    choice of α. Returns (predictions [n], the α each outer fold chose)."""
+    X = _as_numpy(X)
+    y = _as_vector(y, X.shape[0])
+    pred = np.empty(X.shape[0])
+    alphas = []
+    for f, held in enumerate(kfold(X.shape[0], folds, seed)):
+        train = np.setdiff1d(np.arange(X.shape[0]), held)
+        model, info = fit_alpha(X[train], y[train], folds=folds, seed=seed + 1 + f, **fit_kw)
+        pred[held] = model.predict(X[held])
+        alphas.append(info["alpha"])
+    return pred, alphas
 
 
 # ================================================================================================

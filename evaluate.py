@@ -155,7 +155,8 @@ def evaluate(model, tokenizer, benchmark, *, template: str = "qwen-math", n: int
               "n": n, "temperature": temperature, "accuracy": accuracy, "ci_low": low, "ci_high": high,
               "interval": "wilson" if n == 1 else "normal over problems",
               "extracted_fraction": sum(r["extracted"] is not None for r in rows) / len(rows),
-              "gold_report": gold_report, "seconds": time.perf_counter() - t0, "completions_path": None}
+              "gold_report": gold_report, "seconds": time.perf_counter() - t0, "completions_path": None,
+              "per_problem": per_problem}
     if out_dir is not None:
         path = Path(out_dir) / f"{name}.jsonl"
         if rank == 0:
@@ -201,9 +202,11 @@ def make_eval_fn(tokenizer, benches, *, metric: str, **evaluate_kw):
     over the loaded (name, problems) benches, each scored by evaluate(..., **evaluate_kw); under
     torchrun every rank calls it and decodes its share."""
     def eval_fn(step: int, model) -> dict:
-        row = {name: evaluate(model, tokenizer, problems, name=name, **evaluate_kw)["accuracy"]
-               for name, problems in benches}
-        return row | {"mean": sum(row.values()) / len(row), "metric": metric}
+        results = {name: evaluate(model, tokenizer, problems, name=name, **evaluate_kw) for name, problems in benches}
+        row = {name: r["accuracy"] for name, r in results.items()}
+        # each problem's score (its share of correct samples), in benchmark order: paired comparisons of arms
+        items = [x for r in results.values() for x in r["per_problem"]]
+        return row | {"mean": sum(row.values()) / len(row), "metric": metric, "items": items}
 
     return eval_fn
 

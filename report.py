@@ -40,10 +40,12 @@ def write_report(root, c, g, *, layer: int, paced: bool, problems: list, quality
     {arm-s<seed>: {"eval": rows, "train": rows}}; times: {stage: {"seconds", "cached"}}."""
     root = Path(root)
     metric = metric_name(c.eval_samples, c.eval_temperature)
-    curves = {}   # arm -> {seed: [(step, acc)]}
+    curves, items = {}, {}   # arm -> {seed: [(step, acc)]}; arm -> {seed: the last evaluation's per-problem scores}
     for name, res in results.items():
         arm, seed = name.rsplit("-s", 1)
         curves.setdefault(arm, {})[int(seed)] = [(row["step"], row["mean"]) for row in res["eval"]]
+        if res["eval"] and "items" in res["eval"][-1]:
+            items.setdefault(arm, {})[int(seed)] = res["eval"][-1]["items"]
     finals = {arm: [pts[-1][1] for pts in seeds.values() if pts] for arm, seeds in curves.items()}
     target = target_accuracy(c.target, finals)
     kept = set(quality["kept"])
@@ -64,12 +66,8 @@ def write_report(root, c, g, *, layer: int, paced: bool, problems: list, quality
              f"- Clusters: k = {clusters['k']}" + (f" (silhouette sweep {clusters['silhouettes']})" if clusters['silhouettes'] else "")
              + (f"; NMI with the `{clusters['purity']['field']}` field {clusters['purity']['nmi']:.3f}" if clusters["purity"] else "")
              + ". Per-cluster table: clusters.md.", ""]
-    known = [p for p in dropped if p.meta.get("quality") in (0, 1)]
-    if known:
-        bad_total = sum(p.meta.get("quality") == 0 for p in problems)
-        bad_dropped = sum(p.meta.get("quality") == 0 for p in dropped)
-        lines += [f"Known-bad problems dropped: {bad_dropped} of {bad_total} "
-                  f"({bad_dropped / max(1, len(dropped)):.0%} of the dropped set is known-bad).", ""]
+    if any(p.meta.get("quality") in (0, 1) for p in problems):  # the truth is known (the toy world)
+        lines += filter_truth_lines(problems, kept, set(quality.get("labelled", ())))
     lines += ["Examples of dropped problems (lowest quality score first):", ""]
     order = sorted((i for i in range(len(problems)) if i not in kept), key=lambda i: quality["scores"][i])
     for i in order[:5]:
@@ -96,23 +94,21 @@ def write_report(root, c, g, *, layer: int, paced: bool, problems: list, quality
             cells.append(f"{np.mean(vals):.3f} ± {np.std(vals):.3f}" if vals else "-")
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     start = [pts[0][1] for seeds in curves.values() for pts in seeds.values() if pts and pts[0][0] == 0]
+    origin = "" if c.target is not None else " (vanilla's own final accuracy: not fixed in advance; pass --target)"
     if target is not None and start and target <= max(start) + 1e-12:
-        lines += ["", f"Target accuracy {target:.3f}" + (" (vanilla's final accuracy)" if c.target is None else "")
-                  + f" is not above the starting accuracy {max(start):.3f}: no arm needed training to reach it, "
-                  "so steps-to-target is not informative here (pass --target)."]
+        lines += ["", f"Target accuracy {target:.3f}{origin} is not above the starting accuracy {max(start):.3f}: "
+                  "no arm needed training to reach it, so steps-to-target is not informative here (pass --target)."]
     elif target is not None:
-        lines += ["", f"Steps to reach the target accuracy {target:.3f}"
-                  + (" (vanilla's final accuracy)" if c.target is None else "") + ":", ""]
+        lines += ["", f"Steps to reach the target accuracy {target:.3f}{origin}, interpolated between the "
+                  "evaluations around the first crossing (mean over seeds, 95% t-interval):", ""]
         for arm, seeds in curves.items():
             hits = [steps_to_target(pts, target) for pts in seeds.values()]
-            lines.append(f"- {arm}: " + ", ".join("not reached" if h is None else str(h) for h in hits))
-    if len(finals) == 2 and "vanilla" in finals:
-        arm = next(a for a in finals if a != "vanilla")
-        ours, theirs = float(np.mean(finals[arm])), float(np.mean(finals["vanilla"]))
-        lines += ["", f"Final accuracy: {arm} {ours:.3f}, vanilla {theirs:.3f} "
-                  f"({'+' if ours >= theirs else ''}{100 * (ours - theirs):.1f} points). "
-                  + ("One seed per arm: a difference of a few points is within seed noise; "
-                     "run --seeds 3 for a spread." if c.seeds == 1 else "")]
+            reached = [h for h in hits if h is not None]
+            missed = len(hits) - len(reached)
+            text = _mean_interval_text(reached, "{:.1f}") if reached else "not reached"
+            lines.append(f"- {arm}: {text}" + (f"; not reached in {missed} of {len(hits)} seeds" if missed and reached else ""))
+    if "vanilla" in items:
+        lines += [""] + paired_lines(items, metric)
     ablations = [f"--{n.replace('_', '-')}" for n in ("no_curriculum", "no_cluster", "no_quality_filter") if getattr(c, n)]
     if c.mix != 0.25:
         ablations.append(f"--mix {c.mix}")
@@ -125,6 +121,27 @@ def write_report(root, c, g, *, layer: int, paced: bool, problems: list, quality
     _write_report_file(root / "report.md", lines + _stage_times(times))
 
 
+def filter_truth_lines(problems, kept: set, labelled: set) -> list[str]:
+    """Where every problem's quality is known (meta "quality" 0/1): the filter's recall (known-bad
+    problems dropped / known-bad) and precision (known-bad / dropped), first on the rows the probe never
+    saw (not in its labelled subset: the figure that says how it generalises), then on all rows."""
+    def rates(rows):
+        bad = [i for i in rows if problems[i].meta.get("quality") == 0]
+        dropped = [i for i in rows if i not in kept]
+        caught = sum(i not in kept for i in bad)
+        return (f"dropped {caught} of {len(bad)} known-bad (recall {_ratio(caught, len(bad))}); "
+                f"{caught} of the {len(dropped)} dropped are known-bad (precision {_ratio(caught, len(dropped))})")
+
+    unseen = [i for i in range(len(problems)) if i not in labelled]
+    return [f"Filter against the known truth, on the {len(unseen)} rows the probe never saw: {rates(unseen)}. "
+            f"On all {len(problems)} rows (its {len(labelled)} labelled rows included): {rates(range(len(problems)))}.",
+            ""]
+
+
+def _ratio(a: int, b: int) -> str:
+    return f"{a / b:.2f}" if b else "n/a"
+
+
 def target_accuracy(target: float | None, finals: dict) -> float | None:
     """The accuracy whose first crossing is reported: --target when given, else vanilla's final accuracy
     (mean over its seeds); None when neither exists. finals: {arm: [final accuracy per seed]}."""
@@ -133,10 +150,53 @@ def target_accuracy(target: float | None, finals: dict) -> float | None:
     return target
 
 
-def steps_to_target(points, target: float) -> int | None:
-    """The first evaluated step whose accuracy reaches `target` (within 1e-12), or None.
-    points: [(step, accuracy)] in step order."""
-    return next((step for step, acc in points if acc >= target - 1e-12), None)
+def steps_to_target(points, target: float) -> float | None:
+    """The step at which accuracy first reaches `target`, linearly interpolated between the last evaluation
+    below it and the first at or above it (that first evaluation's step when it is the first of all);
+    None when no evaluation reaches it. points: [(step, accuracy)] in step order."""
+    for k, (step, acc) in enumerate(points):
+        if acc >= target - 1e-12:
+            if k == 0:
+                return float(step)
+            (s0, a0) = points[k - 1]
+            return s0 + (target - a0) / (acc - a0) * (step - s0)
+    return None
+
+
+def paired_lines(items: dict, metric: str) -> list[str]:
+    """Each arm against vanilla at the last evaluation, paired: per seed, the mean over problems of the
+    difference of their scores (the same problems, the same sampling seeds), with a 95% normal interval
+    over problems (evaluation noise only); over two or more seeds, the mean of those differences with a
+    95% t-interval over seeds (training noise too). items: {arm: {seed: per-problem scores}}."""
+    out = [f"Final {metric}, each arm minus vanilla, paired by seed and problem (points; 95% interval):", ""]
+    for arm, seeds in items.items():
+        if arm == "vanilla":
+            continue
+        per_seed = {}
+        for seed, scores in seeds.items():
+            base = items["vanilla"].get(seed)
+            if base is None or len(base) != len(scores):
+                continue
+            d = np.asarray(scores, dtype=np.float64) - np.asarray(base, dtype=np.float64)
+            half = 1.96 * float(d.std(ddof=1)) / np.sqrt(len(d)) if len(d) > 1 else 0.0
+            per_seed[seed] = (float(d.mean()), half)
+        if not per_seed:
+            continue
+        cells = ", ".join(f"seed {s}: {100 * m:+.1f} [{100 * (m - h):+.1f}, {100 * (m + h):+.1f}]"
+                          for s, (m, h) in sorted(per_seed.items()))
+        line = f"- {arm}: {cells}"
+        if len(per_seed) > 1:
+            line += "; over seeds " + _mean_interval_text([100 * m for m, _ in per_seed.values()], "{:+.1f}")
+        out.append(line)
+    return out
+
+
+def _mean_interval_text(values: list[float], fmt: str) -> str:
+    """"m" for one value, "m [low, high]" (95% t-interval over the values) for more."""
+    mean, low, high = mean_and_interval(values)
+    if len(values) < 2:
+        return fmt.format(mean)
+    return f"{fmt.format(mean)} [{fmt.format(low)}, {fmt.format(high)}] (n = {len(values)})"
 
 
 def plot_curves(curves, path) -> str:

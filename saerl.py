@@ -78,7 +78,7 @@ import grpo
 import plan
 import toy
 from checkpoint import latest_checkpoint
-from config import DEEPMATH, PAPER, PAPER_BENCHMARKS, STAGES, Config, parse_args, resolve, stage_settings
+from config import CV_FOLDS, DEEPMATH, PAPER, PAPER_BENCHMARKS, STAGES, Config, parse_args, resolve, stage_settings
 from data import Problem, format_prompt, load_problems, write_problems
 from evaluate import generate_completions, load_benchmark, make_eval_fn
 from parallel import barrier, dist_info, init_distributed
@@ -470,7 +470,7 @@ def fit_quality(cfg: Config, problems, feats, labels, encoder: Encoder) -> dict:
     probe = estimators.LogisticProbe(C=1.0).fit(X, y)
     scores = feats.predict(probe.predict_proba, cols)
     drop = 0.0 if cfg.no_quality_filter else cfg.quality_drop
-    return {"scores": scores.tolist(), "kept": quality_filter(scores, drop), "label_source": source,
+    return {"scores": scores.tolist(), "kept": quality_filter(scores, drop), "labelled": subset, "label_source": source,
             "metrics": metrics, "n_labelled": int(len(y)), "n_negative": int((y == 0).sum()), "drop": drop}
 
 
@@ -482,24 +482,23 @@ def answers_parse(problems) -> list[bool]:
 
 
 def fit_difficulty(cfg: Config, feats, labels) -> dict:
-    """The difficulty proxy: ElasticNet (alpha by fit_alpha) from the probe columns to the labels,
-    reported on a held-out 20% and then refit on every label to predict all problems."""
+    """The difficulty proxy: ElasticNet from the probe columns to the labels, α by 5-fold cross-validation
+    (estimators.fit_alpha), fit on every label to predict all problems. Its held-out figure is nested
+    cross-validation's: every label predicted by that whole procedure run without it, α choice included
+    (estimators.nested_cv_predictions), so it describes the deployed procedure on labels it never saw."""
     subset = labels["subset"]
     cols = feats.most_active(subset, cfg.probe_features)
     X = feats.columns(subset, cols)
     y = np.asarray(labels["difficulty"], dtype=np.float64)
-    n_test = max(2, len(y) // 5)
-    perm = np.random.default_rng(cfg.seed + 1).permutation(len(y))
-    test, train = perm[:n_test], perm[n_test:]
-    held, _ = estimators.fit_alpha(X[train], y[train], seed=cfg.seed)
-    pred_test = held.predict(X[test])
-    model, info = estimators.fit_alpha(X, y, seed=cfg.seed)
+    held_pred, fold_alphas = estimators.nested_cv_predictions(X, y, folds=CV_FOLDS, seed=cfg.seed + 1)
+    model, info = estimators.fit_alpha(X, y, folds=CV_FOLDS, seed=cfg.seed)
     if np.ptp(y) == 0:
         log(f"difficulty: all {len(y)} labels equal {y[0]:g}; the proxy is constant and the "
             "curriculum has no order to follow (use other labels or more rollouts)")
     return {"predicted": feats.predict(model.predict, cols).tolist(), "alpha": float(info["alpha"]),
-            "held_out": {"spearman": finite_or_none(estimators.spearman(y[test], pred_test)),
-                         "r2": finite_or_none(estimators.r2_score(y[test], pred_test)), "n": int(n_test)},
+            "held_out": {"spearman": finite_or_none(estimators.spearman(y, held_pred)),
+                         "r2": finite_or_none(estimators.r2_score(y, held_pred)), "n": int(len(y)),
+                         "method": f"nested {CV_FOLDS}-fold cross-validation", "fold_alphas": fold_alphas},
             "n_labelled": int(len(y)), "nonzero_coefficients": int(np.count_nonzero(model.coef_)),
             "constant_labels": bool(np.ptp(y) == 0)}
 

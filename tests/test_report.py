@@ -25,10 +25,41 @@ def test_target_is_given_or_vanilla_mean_final():
     assert rp.target_accuracy(None, {"saerl": [0.9]}) is None and rp.target_accuracy(None, {"vanilla": []}) is None
 
 
-def test_steps_to_target_is_the_first_evaluated_step_that_reaches_it():
+def test_steps_to_target_interpolates_at_the_first_crossing():
     points = [(0, 0.1), (10, 0.25), (20, 0.2), (30, 0.4)]
-    assert rp.steps_to_target(points, 0.25) == 10 and rp.steps_to_target(points, 0.3) == 30
+    assert rp.steps_to_target(points, 0.25) == 10  # reached exactly at an evaluation
+    # 0.3 is first reached between step 20 (0.2) and 30 (0.4): halfway, step 25 (not 30, nor the dip's 10)
+    assert rp.steps_to_target(points, 0.3) == pytest.approx(25.0)
+    # 0.16 between 0 (0.1) and 10 (0.25): 0.06 / 0.15 of the way, step 4
+    assert rp.steps_to_target(points, 0.16) == pytest.approx(4.0)
+    assert rp.steps_to_target(points, 0.05) == 0.0  # the first evaluation already reaches it
     assert rp.steps_to_target(points, 0.5) is None
+    # a 0.0002 difference no longer decides "reached" against "not reached": it moves the step a little
+    assert rp.steps_to_target([(0, 0.10), (40, 0.1398)], 0.14) is None
+    assert rp.steps_to_target([(0, 0.10), (40, 0.1402)], 0.14) == pytest.approx(40 * 0.04 / 0.0402)
+
+
+def test_paired_lines_by_hand():
+    # seed 0: differences +1, 0, 0, -0.5 (mean 0.125, sample sd 0.629, half 1.96 * 0.629 / 2 = 0.6166)
+    # seed 1: differences 0, +0.5, 0, +0.5 (mean 0.25, sd 0.2887, half 0.2829)
+    items = {"vanilla": {0: [0, 0.5, 1, 1], 1: [0, 0, 0.5, 0]},
+             "saerl": {0: [1, 0.5, 1, 0.5], 1: [0, 0.5, 0.5, 0.5]}}
+    lines = rp.paired_lines(items, "avg@2")
+    row = next(line for line in lines if line.startswith("- saerl"))
+    assert "seed 0: +12.5 [-49.2, +74.2]" in row and "seed 1: +25.0 [-3.3, +53.3]" in row
+    # over seeds 12.5 and 25: mean 18.75, sd 8.84, t(0.975, 1) = 12.71: half 12.71 * 8.84 / sqrt 2 = 79.4
+    assert "over seeds +18.8 [-60.7, +98.2] (n = 2)" in row
+
+
+def test_filter_truth_lines_count_unseen_rows_apart():
+    # 6 problems: rows 0-2 labelled (the probe saw them), 3-5 unseen; known-bad: 0, 3, 4; kept: 1, 2, 4, 5
+    probs = [data.Problem(id=f"p{i}", problem=f"q{i}", answer="1", meta={"quality": int(i not in (0, 3, 4))})
+             for i in range(6)]
+    text = " ".join(rp.filter_truth_lines(probs, kept={1, 2, 4, 5}, labelled={0, 1, 2}))
+    # unseen 3, 4, 5: bad 3, 4; dropped 3 -> caught 1 of 2 (recall 0.50), 1 of 1 dropped bad (precision 1.00)
+    assert "on the 3 rows the probe never saw: dropped 1 of 2 known-bad (recall 0.50); 1 of the 1 dropped" in text
+    # all rows: bad 0, 3, 4; dropped 0, 3 -> caught 2 of 3, precision 2 of 2
+    assert "dropped 2 of 3 known-bad (recall 0.67); 2 of the 2 dropped are known-bad (precision 1.00)" in text
 
 
 def test_mean_and_interval_by_hand():

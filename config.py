@@ -206,6 +206,7 @@ def by_world(name: str, paper_none: str = "") -> str:
 
 # the stages of saerl.run in order (saerl.PIPELINE declares them and their cache keys); --stage stops after one
 STAGES = ("problems", "sae", "features", "labels", "quality", "difficulty", "clusters", "schedule", "train", "report")
+ORACLES = ("filter", "difficulty", "clusters")  # --oracle: the estimators an ablation may replace by the truth
 CV_FOLDS = 5  # the difficulty proxy's α by 5-fold cross-validation, its held-out figure by nested folds
 MIN_LABELS = 2 * CV_FOLDS  # the smallest labelled subset nested cross-validation can run on (saerl.fit_difficulty)
 
@@ -232,18 +233,25 @@ class Config:
     answer_field: str | None = flag(None, "field holding the reference answer (default: aliases)")
     limit: int | None = flag(None, "seeded random subset of the training problems")
     k: str = flag("auto", "k-means clusters: an integer, or 'auto' (silhouette over 4,8,16,32 on a sample)")
-    mix: float = flag(0.25, "batch mixing: 0 = pure cluster batches, 1 = fully mixed")
+    mix: float = flag(0.25, "batch mixing: the last mix*B/2 problems of neighbouring batches swapped (0: pure "
+                            "cluster batches, 1: each batch half one cluster, half another; --schedule mixed: "
+                            "every batch mixed over all clusters)")
     quality_drop: float = flag(0.1, "fraction of problems with the lowest quality score dropped")
     difficulty_labels: str = flag("field:difficulty", "difficulty labels: field:NAME, or rollouts:G (1 - pass rate of G samples)")
     label_size: int | None = flag(None, "size of the labelled subset" + by_world("label_size", "min(2000, 5%)"))
     probe_features: int = flag(2048, "probes see the SAE features most often active in the labelled subset")
-    schedule: str = flag("saerl", "saerl (engineered order) or random (ablation: random order over the kept problems)")
+    schedule: str = flag("saerl", "saerl (engineered order), mixed (ablation: the same easy-to-hard progress, every "
+                                  "batch mixed over all clusters) or random (ablation: random order over the kept "
+                                  "problems)")
     pace: str = flag("epoch", "a budget shorter than one epoch: epoch (train the engineered epoch's first steps; the "
                               "curriculum stops part-way) or budget (a stratified subset of each cluster, so every "
                               "cluster runs easy-to-hard within --steps)")
     no_curriculum: bool = flag(False, "ablation: shuffle inside clusters instead of easy-to-hard")
     no_cluster: bool = flag(False, "ablation: one cluster (pure difficulty curriculum)")
     no_quality_filter: bool = flag(False, "ablation: keep every problem")
+    oracle: str = flag("", "ablation: the known truth instead of an estimator, where the problems carry it (the toy "
+                           "world): a comma list of filter (drop meta quality 0), difficulty (meta difficulty), "
+                           "clusters (meta topic)")
     compare: bool | None = flag(None, "train vanilla GRPO and SAERL on the same budget" + by_world("compare"))
     seeds: int = flag(1, "seeds per arm")
     steps: int | None = flag(None, "GRPO steps per arm (default: the preset's num_steps, 500; toy 40)")
@@ -265,6 +273,11 @@ class Config:
     stage: str = flag("report", f"stop after this stage: {', '.join(STAGES)}")
     device: str = flag("auto", "auto, cpu or cuda")
 
+    @property
+    def oracles(self) -> set[str]:
+        """--oracle as a set of names."""
+        return {name.strip() for name in self.oracle.split(",") if name.strip()}
+
     def validate(self) -> None:
         """Every field in its range and the combinations that cannot run, on the resolved config (each world's
         defaults filled in, see resolve): ConfigError, one line naming the flag, its value and what is allowed."""
@@ -273,8 +286,9 @@ class Config:
 
         need(self.preset in GRPOConfig.PRESETS, f"one of {', '.join(GRPOConfig.PRESETS)}", "preset")
         need(self.stage in STAGES, f"one of {', '.join(STAGES)}", "stage")
-        need(self.schedule in ("saerl", "random"), "saerl or random", "schedule")
+        need(self.schedule in ("saerl", "mixed", "random"), "saerl, mixed or random", "schedule")
         need(self.pace in ("epoch", "budget"), "epoch or budget", "pace")
+        need(self.oracles <= set(ORACLES), f"a comma list of {', '.join(ORACLES)} (or empty)", "oracle")
         need(self.k == "auto" or (self.k.isdigit() and int(self.k) >= 1), "a positive integer or 'auto'", "k")
         kind, _, arg = self.difficulty_labels.partition(":")
         need((kind == "field" and arg != "") or (kind == "rollouts" and arg.isdigit() and int(arg) >= 1),

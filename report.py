@@ -54,15 +54,8 @@ def write_report(root, c, g, *, layer: int, paced: bool, problems: list, quality
              f"Model `{c.model}`, SAE features from `{c.sae_model}` layer {layer}, "
              f"{len(problems)} training problems from `{c.train_data}`.", "",
              "## Data engineering", "",
-             f"- Quality: probe trained on {quality['n_labelled']} labelled rows ({quality['n_negative']} negative) "
-             f"from {quality['label_source']}; held-out "
-             + ", ".join(f"{k} {v:.3f}" for k, v in quality["metrics"].items() if isinstance(v, float))
-             + f". Kept {len(kept)} of {len(problems)}, dropped {len(dropped)} (lowest {quality['drop']:.0%}).",
-             f"- Difficulty proxy: ElasticNet (alpha {difficulty['alpha']:.3g}, {difficulty['nonzero_coefficients']} "
-             f"non-zero features) on {difficulty['n_labelled']} labels ({c.difficulty_labels}); held-out "
-             f"Spearman {_fmt(difficulty['held_out']['spearman'])}, R² {_fmt(difficulty['held_out']['r2'])} "
-             f"(n = {difficulty['held_out']['n']})"
-             + ("; all labels were equal, so the curriculum had no order to follow." if difficulty.get("constant_labels") else "."),
+             quality_line(quality, len(problems), len(kept), len(dropped)),
+             difficulty_line(difficulty, c.difficulty_labels),
              f"- Clusters: k = {clusters['k']}" + (f" (silhouette sweep {clusters['silhouettes']})" if clusters['silhouettes'] else "")
              + (f"; NMI with the `{clusters['purity']['field']}` field {clusters['purity']['nmi']:.3f}" if clusters["purity"] else "")
              + ". Per-cluster table: clusters.md.", ""]
@@ -116,9 +109,34 @@ def write_report(root, c, g, *, layer: int, paced: bool, problems: list, quality
         ablations.append(f"--schedule {c.schedule}")
     if paced:
         ablations.append("--pace budget")
+    if c.oracle:
+        ablations.append(f"--oracle {c.oracle}")
     lines += ["", "Ablations in this run: " + (", ".join(ablations) if ablations else "none (SAERL defaults)") + ".", ""]
     lines += [plot_curves(curves, root / "report.svg"), ""]
     _write_report_file(root / "report.md", lines + _stage_times(times))
+
+
+def quality_line(quality: dict, n: int, n_kept: int, n_dropped: int) -> str:
+    """The report's line on the quality filter: the probe and its held-out metrics, or the oracle."""
+    if quality.get("oracle"):
+        return f"- Quality: the oracle (each problem's known quality); kept {n_kept} of {n}, dropped {n_dropped}."
+    return (f"- Quality: probe trained on {quality['n_labelled']} labelled rows ({quality['n_negative']} negative) "
+            f"from {quality['label_source']}; held-out "
+            + ", ".join(f"{k} {v:.3f}" for k, v in quality["metrics"].items() if isinstance(v, float))
+            + f". Kept {n_kept} of {n}, dropped {n_dropped} (lowest {quality['drop']:.0%}).")
+
+
+def difficulty_line(difficulty: dict, labels: str) -> str:
+    """The report's line on the difficulty proxy: its α, support and nested-CV figure, or the oracle."""
+    if difficulty.get("oracle"):
+        return "- Difficulty: the oracle (each problem's known difficulty)."
+    held = difficulty["held_out"]
+    return (f"- Difficulty proxy: ElasticNet (alpha {difficulty['alpha']:.3g} by {held.get('method', 'a held-out split')}"
+            f", {difficulty['nonzero_coefficients']} non-zero features) on {difficulty['n_labelled']} labels ({labels}); "
+            f"held-out Spearman {_fmt(held['spearman'])}, R² {_fmt(held['r2'])} (n = {held['n']}, each label predicted "
+            "by the procedure fit without it)"
+            + ("; all labels were equal, so the curriculum had no order to follow." if difficulty.get("constant_labels")
+               else "."))
 
 
 def filter_truth_lines(problems, kept: set, labelled: set) -> list[str]:

@@ -101,9 +101,10 @@ PIPELINE = (
     Stage("labels", reads=("problems",), files=("labels.json",),
           settings=("label_size", "difficulty_labels", "seed", "model", "grpo.template", "grpo.max_new_tokens")),
     Stage("quality", reads=("features", "labels"), files=("quality.json",),
-          settings=("quality_drop", "no_quality_filter", "probe_features", "seed")),
-    Stage("difficulty", reads=("features", "labels"), settings=("probe_features", "seed"), files=("difficulty.json",)),
-    Stage("clusters", reads=("features", "quality", "difficulty"), settings=("k", "no_cluster", "seed"),
+          settings=("quality_drop", "no_quality_filter", "probe_features", "seed", "oracle")),
+    Stage("difficulty", reads=("features", "labels"), settings=("probe_features", "seed", "oracle"),
+          files=("difficulty.json",)),
+    Stage("clusters", reads=("features", "quality", "difficulty"), settings=("k", "no_cluster", "seed", "oracle"),
           files=("clusters.json", "clusters.md")),
     Stage("schedule", reads=("problems", "quality", "difficulty", "clusters"),
           settings=("schedule", "pace", "steps", "mix", "no_curriculum", "compare", "seeds", "seed", "grpo.batch_size"),
@@ -184,7 +185,7 @@ def run_stages(stages: Stages, cfg: Config, gcfg, device) -> Path:
     quality = quality_stage(stages, cfg, problems, feats, labels, encoder)
     if cfg.stage == "quality":
         return stages.finish()
-    difficulty = difficulty_stage(stages, cfg, feats, labels)
+    difficulty = difficulty_stage(stages, cfg, problems, feats, labels)
     if cfg.stage == "difficulty":
         return stages.finish()
     clusters = clusters_stage(stages, cfg, problems, feats, quality, difficulty, device)
@@ -338,11 +339,11 @@ def quality_stage(stages: Stages, cfg: Config, problems, feats, labels, encoder:
         return read_json(stages.root / "quality.json")
 
 
-def difficulty_stage(stages: Stages, cfg: Config, feats, labels) -> dict:
+def difficulty_stage(stages: Stages, cfg: Config, problems, feats, labels) -> dict:
     """The difficulty proxy's prediction for every problem (fit_difficulty)."""
     with stages.run("difficulty") as compute:
         if compute:
-            write_json(stages.root / "difficulty.json", fit_difficulty(cfg, feats, labels))
+            write_json(stages.root / "difficulty.json", fit_difficulty(cfg, problems, feats, labels))
         return read_json(stages.root / "difficulty.json")
 
 
@@ -441,7 +442,13 @@ def make_labels(cfg: Config, gcfg, problems, policy) -> dict:
 def fit_quality(cfg: Config, problems, feats, labels, encoder: Encoder) -> dict:
     """Fit the probe on the labelled subset (an explicit 0/1 `quality` field, else automatic labels
     plus corrupted copies as negatives) and score every problem; keep all but the lowest
-    `quality_drop` fraction."""
+    `quality_drop` fraction. --oracle filter: the known truth instead (every meta quality 0 dropped)."""
+    if "filter" in cfg.oracles:
+        truth = oracle_values(problems, "quality", "filter")
+        n_bad = sum(v == 0 for v in truth)
+        return {"scores": [float(v) for v in truth], "kept": [i for i, v in enumerate(truth) if v != 0], "labelled": [],
+                "label_source": "the oracle (meta 'quality')", "metrics": {}, "n_labelled": 0, "n_negative": n_bad,
+                "drop": n_bad / len(problems), "oracle": True}
     subset = labels["subset"]
     cols = feats.most_active(subset, cfg.probe_features)
     given = [problems[i].meta.get("quality") for i in subset]
@@ -481,11 +488,16 @@ def answers_parse(problems) -> list[bool]:
     return [i not in unparsed for i in range(len(problems))]
 
 
-def fit_difficulty(cfg: Config, feats, labels) -> dict:
+def fit_difficulty(cfg: Config, problems, feats, labels) -> dict:
     """The difficulty proxy: ElasticNet from the probe columns to the labels, α by 5-fold cross-validation
     (estimators.fit_alpha), fit on every label to predict all problems. Its held-out figure is nested
     cross-validation's: every label predicted by that whole procedure run without it, α choice included
-    (estimators.nested_cv_predictions), so it describes the deployed procedure on labels it never saw."""
+    (estimators.nested_cv_predictions), so it describes the deployed procedure on labels it never saw.
+    --oracle difficulty: every problem's known difficulty (meta 'difficulty') instead."""
+    if "difficulty" in cfg.oracles:
+        return {"predicted": [float(v) for v in oracle_values(problems, "difficulty", "difficulty")], "alpha": None,
+                "held_out": {"spearman": None, "r2": None, "n": 0, "method": "oracle"}, "n_labelled": 0,
+                "nonzero_coefficients": 0, "constant_labels": False, "oracle": True}
     subset = labels["subset"]
     cols = feats.most_active(subset, cfg.probe_features)
     X = feats.columns(subset, cols)
@@ -505,11 +517,15 @@ def fit_difficulty(cfg: Config, feats, labels) -> dict:
 
 def cluster_kept(cfg: Config, problems, feats, kept, predicted, device) -> tuple[dict, str]:
     """k-means on the L2-normalised features of the kept problems (k by silhouette with --k auto);
-    returns clusters.json's content and clusters.md."""
+    returns clusters.json's content and clusters.md. --oracle clusters: the known topics (meta 'topic')."""
     sub = PooledFeatures(feats.values[kept], feats.indices[kept], feats.d_sae)
     X = estimators.l2_normalize_rows(sub.sparse())
     silhouettes = None
-    if cfg.no_cluster:
+    if "clusters" in cfg.oracles:
+        topics = [str(v) for v in oracle_values([problems[i] for i in kept], "topic", "clusters")]
+        names = sorted(set(topics))
+        k, labels = len(names), torch.tensor([names.index(t) for t in topics])
+    elif cfg.no_cluster:
         k, labels = 1, torch.zeros(len(kept), dtype=torch.long)
     else:
         if cfg.k == "auto":
@@ -524,6 +540,15 @@ def cluster_kept(cfg: Config, problems, feats, kept, predicted, device) -> tuple
     return {"k": int(k), "labels": labels,
             "silhouettes": {str(a): b for a, b in silhouettes.items()} if silhouettes else None,
             "purity": cluster_purity(labels, [problems[i].meta for i in kept])}, summary
+
+
+def oracle_values(problems, field: str, what: str) -> list:
+    """Every problem's meta[field], the truth an --oracle ablation uses instead of an estimator."""
+    missing = [p.id for p in problems if p.meta.get(field) is None]
+    if missing:
+        raise SystemExit(f"--oracle {what}: {len(missing)} problems have no '{field}' field (first: {missing[:3]}); "
+                         "the oracle ablations need the truth, which the toy world's problems carry")
+    return [p.meta[field] for p in problems]
 
 
 def problem_scores(problems, quality, difficulty, clusters) -> list[dict]:

@@ -63,13 +63,13 @@ def make_schedules(problems, quality: dict, difficulty: dict, clusters: dict, *,
         if budget is not None:  # --pace budget: a stratified subset, so each cluster runs easy to hard
             rows = budget_subset(clusters["labels"], diff if curriculum else None, budget, seed=epoch_seed)
         batches = build_schedule([clusters["labels"][j] for j in rows], [diff[j] for j in rows], B, mix=mix,
-                                 curriculum=curriculum, seed=epoch_seed)
+                                 curriculum=curriculum, seed=epoch_seed, interleave=schedule == "mixed")
         return [[kept_ids[rows[j]] for j in b] for b in batches]
 
     out = {}
     for arm, arm_seed in arms(schedule, compare, seeds, seed):
         # seed * 1000 (+ n for the engineered arm's epoch n): arm seeds 0, 1, 2 ... never share an epoch's seed
-        if arm == "saerl":
+        if arm in ("saerl", "saerl-mixed"):
             batches, n = [], 0
             while len(batches) < steps:  # full batches only, epochs reshuffled by seed
                 batches += [b for b in engineered_epoch(arm_seed * 1000 + n, steps * B if paced else None)
@@ -79,7 +79,7 @@ def make_schedules(problems, quality: dict, difficulty: dict, clusters: dict, *,
         else:
             ids = kept_ids if arm == "saerl-random" else [p.id for p in problems]
             out[f"{arm}-s{arm_seed}"] = random_schedule(ids, B, steps, arm_seed * 1000)
-    if schedule == "saerl":
+    if schedule in ("saerl", "mixed"):
         epoch = engineered_epoch(seed * 1000)
     else:  # one batch of all kept ids is random_schedule's first shuffled epoch
         order = random_schedule(kept_ids, len(kept_ids), 1, seed * 1000)[0]
@@ -90,9 +90,10 @@ def make_schedules(problems, quality: dict, difficulty: dict, clusters: dict, *,
 def arms(schedule: str, compare: bool, seeds: int, seed: int) -> list[tuple[str, int]]:
     """(arm, seed) pairs. `vanilla`: random order over every problem (plain GRPO). `saerl`: the
     engineered schedule over the kept problems; with schedule="random", `saerl-random`: random
-    order over the kept problems (the filter without the schedule). compare adds vanilla; seeds arms
-    of each kind, seeded seed, seed+1, ..."""
-    engineered = "saerl" if schedule == "saerl" else "saerl-random"
+    order over the kept problems (the filter without the schedule); with schedule="mixed",
+    `saerl-mixed`: the engineered progress with every batch mixed over all clusters. compare adds
+    vanilla; seeds arms of each kind, seeded seed, seed+1, ..."""
+    engineered = {"saerl": "saerl", "random": "saerl-random", "mixed": "saerl-mixed"}[schedule]
     names = ["vanilla", engineered] if compare else [engineered]
     return [(name, seed + s) for s in range(seeds) for name in names]
 
@@ -101,7 +102,7 @@ def pace_applies(pace: str, schedule: str, steps: int, batch_size: int, n_kept: 
                  log=lambda msg: print(msg, file=sys.stderr)) -> bool:
     """--pace budget acts only on the engineered arm, and only when the budget is under one epoch;
     where it cannot act, `log` says why."""
-    paced = pace == "budget" and schedule == "saerl" and steps * batch_size < n_kept
+    paced = pace == "budget" and schedule in ("saerl", "mixed") and steps * batch_size < n_kept
     if pace == "budget" and not paced:
         why = ("--schedule random has no easy-to-hard order" if schedule != "saerl" else
                f"--steps {steps} x batch {batch_size} covers all {n_kept} kept problems")
@@ -110,7 +111,7 @@ def pace_applies(pace: str, schedule: str, steps: int, batch_size: int, n_kept: 
 
 
 def build_schedule(cluster_ids, difficulty, batch_size: int, *, mix: float = 0.25,
-                   curriculum: bool = True, seed: int = 0) -> list[list[int]]:
+                   curriculum: bool = True, seed: int = 0, interleave: bool = False) -> list[list[int]]:
     """The SAERL batch schedule (the module docstring): a list of batches of row indices into
     cluster_ids / difficulty (the kept problems).
 
@@ -129,6 +130,9 @@ def build_schedule(cluster_ids, difficulty, batch_size: int, *, mix: float = 0.2
        swapped (disjoint pairs, so no item moves twice; with a short final batch the tail is
        min(s, its size)). mix=0 keeps pure cluster batches, mix=1 makes every paired batch half
        and half.
+    interleave=True (--schedule mixed, the fully mixed ablation): no cluster-first batches; every
+    problem goes to the pool of step 3, so each batch holds the problems of every cluster at the
+    same progress, and mixing has nothing left to do.
     Every index appears exactly once; every batch has B items except possibly the last one."""
     clusters = _int_list(cluster_ids)
     n = len(clusters)
@@ -155,7 +159,7 @@ def build_schedule(cluster_ids, difficulty, batch_size: int, *, mix: float = 0.2
             items = sorted(items, key=lambda i: (diff[i], i))
         else:
             items = [items[j] for j in rng.permutation(len(items))]
-        n_full = len(items) // B
+        n_full = 0 if interleave else len(items) // B
         for b in range(n_full):
             keyed.append(((Fraction(2 * b + 1, 2 * n_full), 0, rank[c]),
                           items[b * B:(b + 1) * B]))
@@ -173,7 +177,7 @@ def build_schedule(cluster_ids, difficulty, batch_size: int, *, mix: float = 0.2
     keyed.sort(key=lambda kb: kb[0])
     batches = [list(b) for _, b in keyed] + ([tail] if tail else [])
 
-    s = int(math.floor(mix * B / 2))
+    s = 0 if interleave else int(math.floor(mix * B / 2))
     for j in range(0, len(batches) - 1, 2):
         t = min(s, len(batches[j]), len(batches[j + 1]))
         if t > 0:

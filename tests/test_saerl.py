@@ -453,3 +453,35 @@ def test_a_run_from_another_directory_says_where_its_folders_are(tmp_path, monke
     assert f"run folder {elsewhere / 'runs' / 'toy'}\n" in err
     assert (f"building the toy world in {elsewhere / 'runs' / 'toy_world'} (about 100 s on a CPU, once for this "
             f"--out); {repo_world} holds one already: --out {repo_world.parent} uses it") in err
+
+
+def test_oracle_ablations_use_the_known_truth(mini_world, tmp_path):
+    # --oracle replaces each estimator by the toy world's truth: the filter drops exactly the known-bad
+    # rows, the "predicted" difficulty is the known difficulty, the clusters are the known topics
+    proc = run_saerl(saerl_cmd(mini_world, tmp_path, "--oracle", "filter,difficulty,clusters", "--stage", "clusters"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "mini"
+    problems = load_problems(mini_world.train_path, verbose=False)
+    quality = json.loads((run / "quality.json").read_text())
+    assert quality["kept"] == [i for i, p in enumerate(problems) if p.meta["quality"] == 1]
+    assert 0 < len(quality["kept"]) < len(problems)
+    difficulty = json.loads((run / "difficulty.json").read_text())
+    assert difficulty["predicted"] == [float(p.meta["difficulty"]) for p in problems]
+    clusters = json.loads((run / "clusters.json").read_text())
+    topics = [problems[i].meta["topic"] for i in quality["kept"]]
+    assert clusters["k"] == len(set(topics))
+    same_topic = {(a, b) for a in range(len(topics)) for b in range(len(topics)) if topics[a] == topics[b]}
+    same_label = {(a, b) for a in range(len(topics)) for b in range(len(topics))
+                  if clusters["labels"][a] == clusters["labels"][b]}
+    assert same_topic == same_label
+
+
+def test_mixed_schedule_arm_trains_batches_mixed_over_clusters(mini_world, tmp_path):
+    proc = run_saerl(saerl_cmd(mini_world, tmp_path, "--schedule", "mixed", "--stage", "schedule"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "mini"
+    schedules = json.loads((run / "schedules.json").read_text())
+    assert set(schedules) == {"vanilla-s0", "saerl-mixed-s0"}
+    cluster_of = {s["id"]: s["cluster"] for s in read_jsonl(run / "scores.jsonl") if s["kept"]}
+    first = schedules["saerl-mixed-s0"][0]
+    assert len({cluster_of[i] for i in first}) > 1  # the first batch already holds several clusters

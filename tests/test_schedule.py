@@ -157,3 +157,15 @@ def test_schedule_file_round_trip_and_errors(tmp_path):
         sch.read_schedule(tmp_path / "gap.jsonl")
     sched = sch.random_schedule(["a", "b", "c", "d", "e"], 2, 5, seed=0)
     assert len(sched) == 5 and sorted(sum(sched[:2], []) + sched[2][:1]) == ["a", "b", "c", "d", "e"]
+
+
+def test_interleaved_schedule_mixes_every_batch_over_the_clusters_by_progress():
+    # cluster 0: rows 0-3 (easy to hard), cluster 1: rows 4-5; B = 2. Within-cluster progress:
+    # rows 0..3 -> 1/8, 3/8, 5/8, 7/8; rows 4, 5 -> 1/4, 3/4. One sequence by progress:
+    # 0 (1/8), 4 (1/4), 1 (3/8), 2 (5/8), 5 (3/4), 3 (7/8), cut into batches of 2.
+    clusters, diff = [0, 0, 0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4, 0.1, 0.9]
+    assert sch.build_schedule(clusters, diff, 2, mix=0.0, interleave=True) == [[0, 4], [1, 2], [5, 3]]
+    # mixing has nothing left to do: the same batches at any mix
+    assert sch.build_schedule(clusters, diff, 2, mix=1.0, interleave=True) == [[0, 4], [1, 2], [5, 3]]
+    # cluster-first (the default) keeps whole-cluster batches instead
+    assert sorted(map(sorted, sch.build_schedule(clusters, diff, 2, mix=0.0))) == [[0, 1], [2, 3], [4, 5]]

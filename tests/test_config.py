@@ -89,6 +89,7 @@ EVERY_FIELD = [(["--sae-layer", "-1"], "--sae-layer -1"),
                (["--name", "a/b"], "--name a/b"),
                (["--name", ""], "--name ''"),
                (["--stage", "all"], "--stage all"),
+               (["--oracle", "filter,topics"], "--oracle filter,topics"),
                (["--device", "gpu"], "--device gpu"),
                (["--train-data", "no/such/file.jsonl"], "--train-data no/such/file.jsonl")]
 # fields with no range: free text, switches, or choices argparse already enforces

@@ -8,6 +8,7 @@ saerl.py's last stage hands its stages' outputs here; nothing in this file chang
                                      the target accuracy, ablations, where the time went per stage
     metric_name(samples, temperature)   the evaluation metric in words (greedy pass@1, avg@N)
     target_accuracy(target, finals) / steps_to_target(points, target)   the "steps to target" numbers
+    paired_lines(items, metric), forest_svg(rows, axis)   arms against vanilla, paired, with intervals
     plot_curves(curves, path)        report.svg: accuracy per arm with 95% bands over seeds (hand-written SVG)
     cluster_summary(...)             clusters.md: per cluster its size, difficulty, top SAE features, examples
     cluster_purity(labels, metas)    NMI between the clusters and a known topic field
@@ -289,6 +290,38 @@ def accuracy_svg(curves, *, width: int = 640, height: int = 400) -> str:
                    f'stroke-width="2"/><text x="{width - right + 38}" y="{ly + 4}">{_xml(arm)}</text>'
                    f'<text x="{width - right + 38}" y="{ly + 19}" font-size="10" fill="#555">{note}</text>')
     out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def forest_svg(rows, *, axis: str, width: int = 640, row_height: int = 28) -> str:
+    """A forest plot as SVG text: one row per (name, mean, low, high), the mean a dot, the interval a
+    line, a dashed line at zero (no difference). Hand-written, like accuracy_svg."""
+    left, right, top, bottom = 150, 24, 12, 40
+    height = top + bottom + row_height * max(len(rows), 1)
+    lo = min([0.0] + [r[2] for r in rows])
+    hi = max([0.0] + [r[3] for r in rows])
+    pad = 0.05 * (hi - lo) or 1.0
+    lo, hi = lo - pad, hi + pad
+    plot_w = width - left - right
+
+    def x(v):
+        return left + (v - lo) / (hi - lo) * plot_w
+
+    bottom_y = top + row_height * len(rows)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+           'font-size="12">',
+           f'<line class="zero" x1="{x(0):.1f}" y1="{top}" x2="{x(0):.1f}" y2="{bottom_y}" stroke="#999" '
+           'stroke-dasharray="4 3"/>']
+    for i, (name, mean, low, high) in enumerate(rows):
+        cy = top + row_height * (i + 0.5)
+        out.append(f'<text x="{left - 8}" y="{cy + 4:.1f}" text-anchor="end">{_xml(name)}</text>'
+                   f'<line class="interval" x1="{x(low):.1f}" y1="{cy:.1f}" x2="{x(high):.1f}" y2="{cy:.1f}" '
+                   f'stroke="#1f77b4" stroke-width="2"/><circle class="mean" cx="{x(mean):.1f}" cy="{cy:.1f}" r="4" '
+                   'fill="#1f77b4"/>')
+    for i in range(5):  # x ticks
+        v = lo + (hi - lo) * i / 4
+        out.append(f'<text x="{x(v):.1f}" y="{bottom_y + 16}" text-anchor="middle">{v:+.1f}</text>')
+    out.append(f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" text-anchor="middle">{_xml(axis)}</text></svg>')
     return "\n".join(out) + "\n"
 
 

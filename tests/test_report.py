@@ -96,3 +96,23 @@ def test_plot_curves_writes_the_svg_and_links_it(tmp_path):
     md = report.plot_curves({"vanilla": {0: [(0, 0.1), (5, 0.2)]}}, tmp_path / "report.svg")
     assert md == "![held-out accuracy per step](report.svg)"
     assert (tmp_path / "report.svg").read_text().startswith("<svg")
+
+
+def test_forest_svg_places_each_interval_on_one_axis_with_zero():
+    import xml.etree.ElementTree as ET
+
+    rows = [("a", 1.0, -1.0, 3.0), ("b", -2.0, -4.0, 0.0)]
+    root = ET.fromstring(rp.forest_svg(rows, axis="points"))
+    ns = "{http://www.w3.org/2000/svg}"
+    dots = root.findall(f"{ns}circle")
+    lines = [e for e in root.findall(f"{ns}line") if e.get("class") == "interval"]
+    zero = next(e for e in root.findall(f"{ns}line") if e.get("class") == "zero")
+    assert len(dots) == 2 and len(lines) == 2
+    xs = {name: float(d.get("cx")) for (name, *_), d in zip(rows, dots)}
+    assert xs["b"] < float(zero.get("x1")) < xs["a"]  # -2 left of zero, +1 right of it
+    # the axis is linear: b's interval [-4, 0] ends at the zero line, a's [-1, 3] is 4/4 as wide
+    b_line, a_line = lines[1], lines[0]
+    assert float(b_line.get("x2")) == pytest.approx(float(zero.get("x1")), abs=0.06)
+    width_a = float(a_line.get("x2")) - float(a_line.get("x1"))
+    width_b = float(b_line.get("x2")) - float(b_line.get("x1"))
+    assert width_a == pytest.approx(width_b, abs=0.2)

@@ -161,7 +161,7 @@ def load_checkpoint(path: Path, policy, optimizer, cfg, schedule_hash: str) -> i
     if state["schedule_hash"] != schedule_hash:
         raise ValueError(f"checkpoint {path} was written for a different schedule (hash "
                          f"{state['schedule_hash'][:12]} vs {schedule_hash[:12]}); use a new out_dir")
-    length_only = {"max_steps", "num_steps", "save_every", "keep_checkpoints", "eval_every"}
+    length_only = {"max_steps", "num_steps", "save_every", "keep_checkpoints", "eval_every", "report_to"}
     changed = [k for k, v in state["config"].items() if k not in length_only and getattr(cfg, k, v) != v]
     if changed:
         warnings.warn(f"resuming from {path} with changed settings: "

@@ -26,7 +26,8 @@ import plan
 from data import TEMPLATES
 from evaluate import resolve_benchmark
 from parallel import dist_info
-from runtime import ConfigError, add_dataclass_args, check, check_device, dataclass_from_args, flag, given_args
+from runtime import (TRACKERS, ConfigError, add_dataclass_args, check, check_device, dataclass_from_args, flag,
+                     given_args, installed)
 from sampler import ENGINES
 
 
@@ -104,6 +105,8 @@ class GRPOConfig:
     save_every: int = flag(50, "checkpoint every this many steps (and always at the end)")
     keep_checkpoints: int = flag(2, "number of most recent checkpoints kept")
     eval_every: int = flag(0, "call eval_fn every this many steps (0: never)")
+    report_to: str = flag("none", "experiment tracker mirroring the train and eval logs: none | wandb | tensorboard | "
+                          "trackio (imported only when asked; the JSONL logs are written either way)")
 
     def __post_init__(self):
         self.validate()
@@ -118,8 +121,11 @@ class GRPOConfig:
         for name, allowed in (("loss_type", LOSS_TYPES), ("adv_scale", ADV_SCALES), ("overlong", OVERLONG),
                               ("rollout_engine", ENGINES), ("packing", ("auto", "on", "off")),
                               ("parallel", ("ddp", "fsdp2")), ("template", TEMPLATES),
-                              ("rollout_dtype", ("auto", "policy", "bfloat16", "float16", "float32"))):
+                              ("rollout_dtype", ("auto", "policy", "bfloat16", "float16", "float32")),
+                              ("report_to", TRACKERS)):
             need(getattr(self, name) in allowed, f"one of {', '.join(allowed)}", name)
+        need(self.report_to == "none" or installed(self.report_to), f"an installed package for it (pip install "
+             f"{self.report_to}), or none", "report_to")  # found now, not after the data stages
         for name in ("batch_size", "num_steps", "max_new_tokens", "gen_batch_size", "num_iterations",
                      "micro_batch_size", "logprob_chunk", "save_every", "keep_checkpoints", "sync_every"):
             value = getattr(self, name)

@@ -79,7 +79,7 @@ from parallel import (all_gather, all_reduce_gradients, all_reduce_stats, all_re
                       init_distributed, rank_slice)
 from plan import oom_phase
 from runtime import (ConfigError, Interrupted, NonFiniteError, add_dataclass_args, append_jsonl, atomic_write_text,
-                     check, command_line, folder_lock, load_model, read_jsonl, stable_hash, write_jsonl)
+                     Tracker, check, command_line, folder_lock, load_model, read_jsonl, stable_hash, write_jsonl)
 from sampler import Rollouts, context_length, refresh_rollout_model, rollout_model, sample_rollouts
 from schedule import random_schedule, read_schedule, write_schedule
 from verifier import math_reward
@@ -143,7 +143,7 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, m
     (`loss_normalizer` of the whole step's mask); None computes it from this call's mask, i.e. the
     call is the whole step. Returns (scalar loss, stats) where stats are detached token means over
     this call's mask: clip_frac (tokens whose gradient is zeroed by the clip), kl (k3; 0 without a
-    reference), ratio_mean, ratio_max, and tokens (the count the means are over).
+    reference), ratio_mean, ratio_max, entropy (mean -old_logp) and tokens (the count the means are over).
     """
     if not (logp.shape == old_logp.shape == mask.shape) or adv.shape != logp.shape[:1]:
         raise ValueError(f"shape mismatch: logp {tuple(logp.shape)}, old_logp {tuple(old_logp.shape)}, "
@@ -185,6 +185,9 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, m
             "kl": float((kl * mask).sum() / n_tok),
             "ratio_mean": float((ratio * mask).sum() / n_tok),
             "ratio_max": float(ratio[on].max()) if on.any() else 1.0,
+            # mean -log pi_old(y_t) of the sampled tokens: an unbiased estimate of the sampling policy's
+            # per-token entropy (tempered as sampled; exact with top_p = 1)
+            "entropy": float(-(old_logp * mask).sum() / n_tok),
             "tokens": float(mask.sum()),
         }
     return loss, stats
@@ -314,10 +317,11 @@ def grpo_step(policy, tokenizer, batch: list, cfg: GRPOConfig, optimizer, *, ste
     # the log row: every mean is over the whole step (all ranks)
     sums, maxima = all_reduce_stats(
         {"n": len(rewards), "groups": len(zero_std), "reward": float(rewards.sum()), "correct": float(correct.sum()),
-         "zero_std": float(zero_std.sum()), "len": float(lengths.sum()), "truncated": float(roll.truncated.sum()),
-         **loss_sums}, loss_maxima, device)
+         "zero_std": float(zero_std.sum()), "reward_std": float(groups.std(1).sum()), "len": float(lengths.sum()),
+         "truncated": float(roll.truncated.sum()), **loss_sums}, loss_maxima, device)
     return log_row(step, batch, sums, maxima, n_rows=n_rows, grad_norm=grad_norm, lr=lr, t_gen=t_gen,
-                   t_train=t_train, has_sampler_logp=roll.sampler_logprobs is not None)
+                   t_train=t_train, has_sampler_logp=roll.sampler_logprobs is not None,
+                   pass_rates=pass_rates(correct, g, share, len(batch), device))
 
 
 def _check_rewards(correct: torch.Tensor, problems: list, group_size: int, step: int) -> None:
@@ -407,7 +411,7 @@ def _scatter_rows(parts: list[torch.Tensor], mbs: list[torch.Tensor], like: torc
 
 # What accumulate_policy_gradient sums and maximises over a rank's loss tokens (clip_frac, kl and
 # ratio_mean weighted by each micro-batch's token count), before the sum over ranks.
-LOSS_SUMS = ("loss", "clip_frac", "kl", "ratio_mean", "tokens", "sampler_gap")
+LOSS_SUMS = ("loss", "clip_frac", "kl", "ratio_mean", "entropy", "tokens", "sampler_gap")
 LOSS_MAXIMA = ("ratio_max", "sampler_gap")
 
 
@@ -444,7 +448,7 @@ def accumulate_policy_gradient(policy, loss_batch: LossBatch, norm: float, cfg: 
                                  "the update was not applied")
         loss.backward()
         sums["loss"] += loss.item()
-        for k in ("clip_frac", "kl", "ratio_mean"):
+        for k in ("clip_frac", "kl", "ratio_mean", "entropy"):
             sums[k] += st[k] * st["tokens"]
         sums["tokens"] += st["tokens"]
         maxima["ratio_max"] = max(maxima["ratio_max"], st["ratio_max"])
@@ -478,18 +482,35 @@ def reduce_and_clip_gradients(policy, cfg: GRPOConfig, step: int) -> float:
     return grad_norm
 
 
+def pass_rates(correct: torch.Tensor, g: int, share: slice, n_problems: int, device) -> list[float]:
+    """Each problem's fraction of correct completions, in batch order, over all ranks (each fills its share)."""
+    rates = [0.0] * n_problems
+    rates[share] = correct.view(-1, g).mean(1).tolist()
+    return all_reduce_sum(rates, device)
+
+
+# Old train_log names kept beside TRL's for the same quantities, for one release.
+TRL_NAMES = {"frac_zero_std": "frac_reward_zero_std", "response_len": "completions/mean_length",
+             "truncated": "completions/clipped_ratio", "clip_frac": "clip_ratio/region_mean", "lr": "learning_rate",
+             "sampler_gap_max": "sampling/sampling_logp_difference/max",
+             "sampler_gap_mean": "sampling/sampling_logp_difference/mean"}
+
+
 def log_row(step: int, batch: list, sums: dict, maxima: dict, *, n_rows: float, grad_norm: float, lr: float,
-            t_gen: float, t_train: float, has_sampler_logp: bool) -> dict:
+            t_gen: float, t_train: float, has_sampler_logp: bool, pass_rates: list[float]) -> dict:
     """The step's train_log.jsonl row from the sums and maxima over ranks (grpo_step): rewards and lengths
-    per rollout, frac_zero_std per group, clip_frac, kl, ratios and the sampler gap per loss token."""
+    per rollout; frac_zero_std and reward_std (the mean within-group standard deviation, as TRL) per group;
+    clip_frac, kl, ratios, entropy and the sampler gap per loss token; each problem's pass rate. Where TRL
+    logs the same quantity, its name is written too (TRL_NAMES)."""
     n, n_tok = sums["n"], max(sums["tokens"], 1.0)
     row = {
-        "step": step, "problem_ids": [p.id for p in batch],
-        "reward": sums["reward"] / n, "accuracy": sums["correct"] / n,
+        "step": step, "problem_ids": [p.id for p in batch], "pass_rates": pass_rates,
+        "reward": sums["reward"] / n, "reward_std": sums["reward_std"] / sums["groups"], "accuracy": sums["correct"] / n,
         "frac_zero_std": sums["zero_std"] / sums["groups"], "response_len": sums["len"] / n,
         "truncated": sums["truncated"] / n, "n_loss_seqs": int(n_rows),
         "loss": sums["loss"], "clip_frac": sums["clip_frac"] / n_tok, "kl": sums["kl"] / n_tok,
         "ratio_mean": sums["ratio_mean"] / n_tok if sums["tokens"] else 1.0, "ratio_max": maxima["ratio_max"],
+        "entropy": sums["entropy"] / n_tok if sums["tokens"] else None,
         "grad_norm": grad_norm, "lr": lr, "gen_s": t_gen, "train_s": t_train,
         "tokens_per_s": sums["len"] / max(t_gen + t_train, 1e-9), "gen_tokens_per_s": sums["len"] / max(t_gen, 1e-9),
         "skipped": n_rows == 0,
@@ -497,7 +518,7 @@ def log_row(step: int, batch: list, sums: dict, maxima: dict, *, n_rows: float, 
     if has_sampler_logp:
         row["sampler_gap_max"] = maxima["sampler_gap"]
         row["sampler_gap_mean"] = sums["sampler_gap"] / n_tok if sums["tokens"] else 0.0
-    return row
+    return row | {trl: row[old] for old, trl in TRL_NAMES.items() if old in row}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -638,12 +659,15 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
     # policy under autocast would re-cast every weight for every decoded token), the policy on CPU
     eval_model = rollout
 
+    tracker = Tracker(cfg.report_to if lead else "none", out_dir, config=asdict(cfg))  # --report-to
+
     def run_eval(done: int):  # every rank evaluates its share (evaluate.evaluate); rank 0 writes
         if eval_fn is not None:
             with oom_phase("evaluation", f" after step {done}"):
                 row = {"step": done, **eval_fn(done, eval_model)}
             if lead:
                 append_jsonl(eval_log, row)
+                tracker.log(row, done, "eval/")
         barrier()
 
     if start == 0 and cfg.eval_every > 0:
@@ -662,6 +686,7 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
             raise NonFiniteError(f"{e}. Training stopped; last checkpoint kept: {kept or 'none'}") from e
         if lead:
             append_jsonl(train_log, row)
+            tracker.log(row, step + 1, "train/")
         bar.set_postfix(reward=f"{row['reward']:.3f}", len=f"{row['response_len']:.0f}",
                         gnorm=f"{row['grad_norm']:.2f}", zero_std=f"{row['frac_zero_std']:.2f}")
         done = step + 1
@@ -670,6 +695,7 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
         if done % cfg.save_every == 0 or done == n_steps:
             save_checkpoint(ckpt_dir, done, policy, optimizer, cfg, sched_hash)  # rank 0 writes
             barrier()
+    tracker.close()
     return row
 
 

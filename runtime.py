@@ -20,6 +20,7 @@ Public functions
     FolderInUse, folder_lock(folder)   one process at a time per run folder (fcntl.flock, freed when a process dies)
     Interrupted                    Ctrl-C, with where the run stopped and how to resume
     command_line(prog)             those three as one line on stderr and an exit status, no traceback
+    Tracker(kind, out_dir)         --report-to: log rows mirrored to wandb / TensorBoard / trackio, imported lazily
 """
 
 from __future__ import annotations
@@ -554,3 +555,74 @@ def command_line(prog: str):
 def _exit(message: str, status: int):
     print(message, file=sys.stderr, flush=True)
     raise SystemExit(status) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Optional experiment tracking (--report-to): the JSONL logs stay the record; a tracker mirrors them
+# ----------------------------------------------------------------------------------------------
+TRACKERS = ("none", "wandb", "tensorboard", "trackio")
+
+
+def installed(package: str) -> bool:
+    """Whether `import package` would find it, without importing it."""
+    if package in sys.modules:
+        return sys.modules[package] is not None
+    import importlib.util
+
+    return importlib.util.find_spec(package) is not None
+
+
+class Tracker:
+    """Mirrors the scalar values of train_log / eval_log rows to wandb, TensorBoard or trackio.
+
+    The package is imported only here, when asked for; one that is not installed stops at once naming
+    the flag and the pip command. Lists and dicts (problem ids, per-problem scores) stay in the JSONL
+    logs. The tracker's run is named after the arm's folder; wandb resumes it by that id."""
+
+    def __init__(self, kind: str, out_dir, *, config: dict | None = None, project: str = "saerl"):
+        self.kind, self.out_dir = kind, Path(out_dir)
+        name = self.out_dir.name
+        package = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}.get(kind)
+        if kind == "none":
+            self.backend = None
+            return
+        if package is None:
+            raise ConfigError(f"--report-to {kind}: expected one of {', '.join(TRACKERS)}")
+        try:
+            if kind == "tensorboard":
+                from torch.utils.tensorboard import SummaryWriter
+                self.backend = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"))
+            elif kind == "wandb":
+                import wandb
+                self.backend = wandb.init(project=project, name=name, id=_tracker_id(self.out_dir), resume="allow",
+                                          dir=str(self.out_dir), config=config or {})
+            else:
+                import trackio
+                trackio.init(project=project, name=name, config=config or {}, resume="allow")
+                self.backend = trackio
+        except ImportError as e:
+            raise ConfigError(f"--report-to {kind}: the package is not installed ({e}); "
+                              f"pip install {package}, or leave --report-to at none") from None
+
+    def log(self, row: dict, step: int, prefix: str) -> None:
+        """The row's numbers (bools as 0/1) under `prefix` + name, at `step`."""
+        if self.backend is None:
+            return
+        scalars = {prefix + k: float(v) for k, v in row.items()
+                   if k != "step" and isinstance(v, (int, float, bool)) and v == v}  # NaN left out
+        if self.kind == "tensorboard":
+            for k, v in scalars.items():
+                self.backend.add_scalar(k, v, global_step=step)
+            self.backend.flush()
+        else:
+            self.backend.log(scalars, step=step)
+
+    def close(self) -> None:
+        if self.backend is not None:
+            getattr(self.backend, "close" if self.kind == "tensorboard" else "finish")()
+            self.backend = None
+
+
+def _tracker_id(folder: Path) -> str:
+    """A stable run id per arm folder (wandb: 8 to 128 characters), so a resumed arm continues its run."""
+    return hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]

@@ -559,6 +559,12 @@ def problem_scores(problems, quality, difficulty, clusters) -> list[dict]:
              "cluster": cluster_of.get(i)} for i, p in enumerate(problems)]
 
 
+def tracked_settings(gcfg) -> dict:
+    """The GRPO settings an arm's key holds: all but --report-to, which changes where its logs are mirrored,
+    not what it trains."""
+    return {k: v for k, v in dataclasses.asdict(gcfg).items() if k != "report_to"}
+
+
 def train_arms(cfg: Config, gcfg, root: Path, problems, schedules: dict, device):
     """grpo.train for every arm, each in arms/<arm>-s<seed>/ and resuming from its own checkpoints;
     returns ({arm: {"eval": rows, "train": rows}}, whether every arm had already finished)."""
@@ -569,7 +575,7 @@ def train_arms(cfg: Config, gcfg, root: Path, problems, schedules: dict, device)
     for arm_name, batches in schedules.items():
         arm_dir = root / "arms" / arm_name
         # keyed by this arm's own batches, so adding seeds or arms keeps the finished ones
-        key = stable_hash("train", batches, cfg.model, dataclasses.asdict(gcfg), cfg.benchmarks, cfg.eval_limit,
+        key = stable_hash("train", batches, cfg.model, tracked_settings(gcfg), cfg.benchmarks, cfg.eval_limit,
                           max_eval, cfg.eval_batch_size, cfg.eval_samples, cfg.eval_temperature)
         marker = arm_dir / "key.txt"
         if dist_info()[0] == 0:

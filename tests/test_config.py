@@ -133,7 +133,7 @@ BAD_GRPO = dict(batch_size=0, group_size=1, num_steps=0, max_steps=0, template="
                 beta=-1.0, num_iterations=0, overlong="cut", lr=0.0, warmup_steps=-1, weight_decay=-0.1,
                 adam_beta1=1.0, adam_beta2=-0.1, max_grad_norm=float("nan"), micro_batch_size=0,
                 max_tokens_per_micro_batch=-1, packing="yes", logprob_chunk=0, seed=-1, save_every=0,
-                keep_checkpoints=0, eval_every=-1)
+                keep_checkpoints=0, eval_every=-1, report_to="mlflow")
 GRPO_FREE = {"skip_zero_std", "gradient_checkpointing", "bf16", "overlong_buffer"}  # the buffer: with soft, below
 
 

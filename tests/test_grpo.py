@@ -702,3 +702,96 @@ def test_cli_ctrl_c_names_the_last_checkpoint_and_the_same_command_resumes(tmp_p
     monkeypatch.setattr(grpo, "grpo_step", real_step)
     grpo.main(argv)
     assert [row["step"] for row in read_jsonl(tmp_path / "out" / "train_log.jsonl")] == [0, 1, 2, 3]
+
+
+# ----------------------------------------------------------------------------------------------
+# The log row: TRL's names, reward_std, entropy, per-problem pass rates
+# ----------------------------------------------------------------------------------------------
+def test_policy_loss_entropy_is_the_mean_negative_old_logprob_over_the_mask():
+    old = torch.tensor([[-0.5, -1.0, -2.0], [-0.25, -3.0, -7.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    _, stats = policy_loss(old.clone(), old, torch.tensor([1.0, -1.0]), mask, loss_type="grpo", eps_low=0.2,
+                           eps_high=0.2)
+    assert stats["entropy"] == pytest.approx((0.5 + 1.0 + 0.25) / 3, rel=1e-6)
+
+
+def test_step_row_has_pass_rates_reward_std_and_trl_names_by_hand(tok):
+    seen = []
+
+    def reward(text, gold):  # about half right, recorded in call order (row b * G + j)
+        seen.append(has_e_reward(text, gold))
+        return seen[-1]
+
+    cfg = small_cfg(num_iterations=1, batch_size=4)
+    model = tiny_model()
+    row = grpo.grpo_step(model, tok, tiny_problems(4), cfg, torch.optim.AdamW(model.parameters(), lr=1e-3),
+                         step=0, reward_fn=reward)
+    g = cfg.group_size
+    groups = [seen[b * g:(b + 1) * g] for b in range(4)]
+    assert row["pass_rates"] == pytest.approx([sum(x) / g for x in groups], abs=1e-12)
+
+    def sample_std(x):  # unbiased, written out
+        m = sum(x) / len(x)
+        return math.sqrt(sum((v - m) ** 2 for v in x) / (len(x) - 1))
+
+    assert row["reward_std"] == pytest.approx(sum(sample_std(x) for x in groups) / 4, rel=1e-9)
+    for old, new in grpo.TRL_NAMES.items():
+        if old in row:
+            assert row[new] == row[old], new
+    assert row["frac_reward_zero_std"] == sum(len(set(x)) == 1 for x in groups) / 4
+    vocab = model.config.vocab_size
+    # a freshly initialised model is close to uniform over the vocabulary: entropy near log V
+    assert abs(row["entropy"] - math.log(vocab)) < 0.25 * math.log(vocab)
+
+
+class RecordingWandb:
+    """A stand-in for the wandb package (no account or network here): records what the trainer sends."""
+
+    def __init__(self):
+        self.inits, self.logged, self.finished = [], [], 0
+
+    def init(self, **kw):
+        self.inits.append(kw)
+        return self
+
+    def log(self, scalars, step):
+        self.logged.append((step, scalars))
+
+    def finish(self):
+        self.finished += 1
+
+
+def test_report_to_mirrors_the_logs_scalars_with_their_steps(tmp_path, tok, monkeypatch):
+    import json
+    import sys
+
+    fake = RecordingWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    eval_fn = lambda step, model: {"mean": 0.5 + step, "items": [1.0, 0.0]}  # noqa: E731
+    grpo.train(tiny_model(), tok, tiny_problems(4), [["p0", "p1"], ["p2", "p3"]],
+               small_cfg(num_iterations=1, eval_every=1, report_to="wandb"), out_dir=tmp_path / "arm-s0",
+               reward_fn=has_e_reward, eval_fn=eval_fn)
+    assert len(fake.inits) == 1 and fake.inits[0]["name"] == "arm-s0" and fake.inits[0]["resume"] == "allow"
+    assert fake.inits[0]["config"]["report_to"] == "wandb" and fake.finished == 1
+    evals = [(s, d) for s, d in fake.logged if "eval/mean" in d]
+    assert [(s, d["eval/mean"]) for s, d in evals] == [(0, 0.5), (1, 1.5), (2, 2.5)]
+    assert all(set(d) == {"eval/mean"} for _, d in evals)  # the per-problem list stays in the JSONL log
+    trains = [(s, d) for s, d in fake.logged if "train/reward" in d]
+    rows = [json.loads(line) for line in (tmp_path / "arm-s0" / "train_log.jsonl").read_text().splitlines()]
+    assert [s for s, _ in trains] == [1, 2]
+    for (_, d), row in zip(trains, rows):
+        assert d["train/frac_reward_zero_std"] == row["frac_zero_std"] and d["train/reward"] == row["reward"]
+        assert "train/problem_ids" not in d and "train/pass_rates" not in d and "train/step" not in d
+
+
+def test_report_to_a_missing_package_stops_naming_the_flag_and_the_install(tmp_path, tok, monkeypatch):
+    import sys
+
+    from runtime import ConfigError, Tracker
+
+    monkeypatch.setitem(sys.modules, "trackio", None)  # import trackio raises ImportError
+    with pytest.raises(ConfigError, match=r"^--report-to trackio: expected an installed package for it \(pip install "
+                                          r"trackio\), or none"):
+        small_cfg(report_to="trackio")  # when the flags are read, before any data stage runs
+    with pytest.raises(ConfigError, match=r"^--report-to trackio: the package is not installed .*pip install trackio"):
+        Tracker("trackio", tmp_path)  # the tracker itself, for configs built without validation

@@ -116,6 +116,12 @@ def test_two_ranks_equal_one_process_and_a_stopped_run_resumes(tmp_path, one_pro
     assert [r for r in eval_rows(tmp_path / "two") if r["step"] != 1] == eval_rows(one_dir)  # + the stop at 1
     assert [r["step"] for r in eval_rows(one_dir)] == [0, 2]
     assert list(read_jsonl(one_dir / "train_log.jsonl"))[0]["n_loss_seqs"] <= 20  # 3 of rank 0's groups left
+    # the step's statistics over both ranks: per-problem pass rates in batch order, reward_std per group
+    logs = [list(read_jsonl(d / "train_log.jsonl")) for d in (tmp_path / "two", one_dir)]
+    for a, b in zip(*logs):
+        assert a["pass_rates"] == pytest.approx(b["pass_rates"], abs=1e-12) and len(a["pass_rates"]) == 8
+        assert a["reward_std"] == pytest.approx(b["reward_std"], rel=1e-9)
+    assert any(r > 0 for row in logs[1] for r in row["pass_rates"][4:])  # rank 1's half is not left at 0
 
 
 def test_uneven_split_is_refused():

@@ -313,3 +313,20 @@ def test_an_empty_or_damaged_model_folder_is_named_with_a_hint(tmp_path):
     weights.write_bytes(weights.read_bytes()[:200])
     with pytest.raises(SystemExit, match=r"could not read the weights of model .*truncated or corrupt"):
         load_model(folder)
+
+
+def test_tensorboard_tracker_writes_the_scalars_read_back_by_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from runtime import Tracker
+
+    t = Tracker("tensorboard", tmp_path / "arm-s0")
+    t.log({"step": 0, "reward": 0.25, "skipped": False, "problem_ids": ["a"], "entropy": None}, 1, "train/")
+    t.log({"step": 2, "reward": 0.75, "skipped": True}, 2, "train/")
+    t.close()
+    acc = EventAccumulator(str(tmp_path / "arm-s0" / "tensorboard"))
+    acc.Reload()
+    assert sorted(acc.Tags()["scalars"]) == ["train/reward", "train/skipped"]
+    assert [(e.step, e.value) for e in acc.Scalars("train/reward")] == [(1, 0.25), (2, 0.75)]
+    assert [(e.step, e.value) for e in acc.Scalars("train/skipped")] == [(1, 0.0), (2, 1.0)]

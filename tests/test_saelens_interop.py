@@ -118,7 +118,7 @@ def test_save_sae_writes_the_saelens6_metadata_block_and_reads_it_back(tmp_path)
 
 @pytest.mark.parametrize("hook", ["blocks.3.hook_mlp_out", "blocks.3.attn.hook_z", "blocks.3.hook_attn_out"])
 def test_a_file_on_another_site_is_refused_when_it_loads(tmp_path, hook):
-    with pytest.raises(ValueError, match=f"hook '{hook}' is not the residual stream.*expected blocks.L.hook_resid_post"):
+    with pytest.raises(ValueError, match=f"hook '{hook}' is not the residual stream.*expected blocks.L.hook_resid"):
         S.load_sae(write_cfg(tmp_path, {"metadata": {"sae_lens_version": "6.0.0", "hook_name": hook}}))
 
 

@@ -227,6 +227,8 @@ class Config:
     model: str | None = flag(None, "policy model (local folder or Hub id); none: the embedded toy world")
     sae_model: str | None = flag(None, "model whose SAE gives the features (default: --model)")
     sae: str | None = flag(None, "SAE to load (SAELens/sparsify/dictionary_learning/Llama Scope/Gemma Scope dir or Hub id); none: train one")
+    sae_id: str | None = flag(None, "folder of the SAE inside --sae (a Hub repo or a local folder holding several), "
+                              "e.g. blocks.12.hook_resid_post")
     sae_layer: int | None = flag(None, "decoder layer whose residual output is encoded (default: the middle one)")
     sae_width: int | None = flag(None, "d_sae of a trained SAE" + by_world("sae_width"))
     sae_k: int | None = flag(None, "k of a trained TopK SAE" + by_world("sae_k"))
@@ -308,6 +310,7 @@ class Config:
         need(self.sae_k <= self.sae_width, "--sae-k at most --sae-width (a TopK SAE keeps k of its latents)",
              "sae_k", "sae_width")
         need(self.sae_layer is None or self.sae_layer >= 0, "a decoder layer index >= 0", "sae_layer")
+        need(self.sae_id is None or self.sae is not None, "given only with --sae (the folder inside it)", "sae_id")
         need(self.label_size is None or self.label_size >= MIN_LABELS, f"an integer >= {MIN_LABELS} (the difficulty "
              f"proxy's alpha is chosen by {CV_FOLDS}-fold cross-validation inside each of {CV_FOLDS} outer folds)",
              "label_size")

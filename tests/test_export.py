@@ -163,3 +163,25 @@ def test_examples_compile():
 
     for name in ("trl_saerl_order", "verl_saerl_sampler"):
         py_compile.compile(str(ROOT / "examples" / f"{name}.py"), doraise=True)
+
+
+def test_saerl_export_flag_writes_the_schedule_order(tmp_path):
+    """`saerl.py --stage schedule --export trl` on a miniature toy world: the file is schedule.jsonl's order."""
+    import subprocess
+
+    import toy
+
+    world = toy.build_world(tmp_path / "world", n_train=160, n_test=40, warm_steps=40, verbose=False)
+    cmd = [sys.executable, str(ROOT / "saerl.py"), "--model", str(world.model_dir), "--train-data",
+           str(world.train_path), "--benchmarks", f"toy={world.test_path}", "--out", str(tmp_path), "--name", "mini",
+           "--preset", "toy", "--sae-width", "64", "--sae-k", "8", "--sae-tokens", "20000", "--label-size", "80",
+           "--k", "3", "--batch-size", "8", "--probe-features", "64", "--stage", "schedule", "--export", "trl"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "mini"
+    schedule = read_jsonl(run / "schedule.jsonl")
+    rows = read_jsonl(run / "export" / "trl.jsonl")
+    assert [r["id"] for r in rows] == [pid for batch in schedule for pid in batch["ids"]]
+    by_id = {p.id: p for p in load_problems(world.train_path, verbose=False)}
+    assert all(r["prompt"] == [{"role": "user", "content": by_id[r["id"]].problem}] for r in rows)  # toy: chatml
+    assert all(r["answer"] == by_id[r["id"]].answer for r in rows)

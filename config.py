@@ -279,6 +279,8 @@ class Config:
     out: str = flag("runs", "parent folder of runs")
     name: str | None = flag(None, "run name: runs/<name>/ (default: toy, or the model's last path part)")
     stage: str = flag("report", f"stop after this stage: {', '.join(STAGES)}")
+    export: str = flag("", "after the schedule stage, also write the engineered order as a dataset for another "
+                           "trainer, rows in training order: trl or verl (run/export/; export.py)")
     device: str = flag("auto", "auto, cpu or cuda")
 
     @property
@@ -294,6 +296,7 @@ class Config:
 
         need(self.preset in GRPOConfig.PRESETS, f"one of {', '.join(GRPOConfig.PRESETS)}", "preset")
         need(self.stage in STAGES, f"one of {', '.join(STAGES)}", "stage")
+        need(self.export in ("", "trl", "verl"), "trl or verl (or empty: no export)", "export")
         need(self.schedule in ("saerl", "mixed", "random"), "saerl, mixed or random", "schedule")
         need(self.pace in ("epoch", "budget"), "epoch or budget", "pace")
         need(self.oracles <= set(ORACLES), f"a comma list of {', '.join(ORACLES)} (or empty)", "oracle")
@@ -362,6 +365,8 @@ def resolve(cfg: Config, grpo_overrides: dict | None = None) -> tuple[Config, GR
     cfg.validate()
     gcfg = GRPOConfig.preset(cfg.preset, **{**(grpo_overrides or {}), "max_steps": cfg.steps,
                                                  "eval_every": cfg.eval_every})
+    check(not (cfg.export == "verl" and gcfg.template == "plain"), {"export": cfg.export, "template": gcfg.template},
+          "a chat template (qwen-math, chatml or chat): verl's rows hold the prompt as messages")
     if dist_info()[1] > 1 and cfg.stage != "report":
         raise ConfigError(f"--stage {cfg.stage}: torchrun runs the whole pipeline; for --stage {cfg.stage} use one "
                           "process (python saerl.py --stage ...), then torchrun for training")

@@ -81,6 +81,7 @@ from checkpoint import latest_checkpoint
 from config import CV_FOLDS, DEEPMATH, PAPER, PAPER_BENCHMARKS, STAGES, Config, parse_args, resolve, stage_settings
 from data import Problem, format_prompt, load_problems, write_problems
 from evaluate import generate_completions, load_benchmark, make_eval_fn
+from export import export_run
 from parallel import barrier, dist_info, init_distributed
 from report import cluster_purity, cluster_summary, metric_name, write_report
 from runtime import (Interrupted, Stage, Stages, atomic_write_text, command_line, dir_stamp, file_stamp, folder_lock,
@@ -193,6 +194,8 @@ def run_stages(stages: Stages, cfg: Config, gcfg, device) -> Path:
     if cfg.stage == "clusters":
         return stages.finish()
     schedules, paced = schedule_stage(stages, cfg, gcfg, problems, quality, difficulty, clusters)
+    if cfg.export and rank == 0:  # the engineered order as a TRL or verl dataset (export.py)
+        log("exported the engineered order: " + ", ".join(map(str, export_run(root, cfg.export, template=gcfg.template))))
     if cfg.stage == "schedule":
         return stages.finish()
 

@@ -90,6 +90,8 @@ EVERY_FIELD = [(["--sae-layer", "-1"], "--sae-layer -1"),
                (["--name", "a/b"], "--name a/b"),
                (["--name", ""], "--name ''"),
                (["--stage", "all"], "--stage all"),
+               (["--export", "openrlhf"], "--export openrlhf"),
+               (["--export", "verl", "--template", "plain"], "--export verl with --template plain"),
                (["--oracle", "filter,topics"], "--oracle filter,topics"),
                (["--device", "gpu"], "--device gpu"),
                (["--train-data", "no/such/file.jsonl"], "--train-data no/such/file.jsonl")]

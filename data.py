@@ -413,27 +413,23 @@ def format_prompt(problem: str | Problem, tokenizer=None, template: str = "qwen-
     chatml:    the bare ChatML user turn, no instruction: for models trained to answer in \\boxed{}
                without being told (the toy world, where the instruction would triple the length).
     """
-    text = problem.problem if isinstance(problem, Problem) else problem
-    if template == "qwen-math":
-        return (f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n"
-                f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n")
-    if template == "chatml":
-        return f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+    messages = prompt_messages(problem, template)
     if template == "plain":
-        return f"{text}\n{SYSTEM_PROMPT}\n"
+        return messages  # no chat markup: the text itself
     if template == "chat":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise ValueError("template 'chat' needs a tokenizer with a chat_template; use 'qwen-math' or 'plain'")
-        messages = [{"role": "user", "content": f"{text}\n{SYSTEM_PROMPT}"}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    raise ValueError(f"unknown prompt template {template!r}; expected one of {', '.join(TEMPLATES)}")
+    turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return turns + "<|im_start|>assistant\n"  # ChatML with the assistant turn open
 
 
 def prompt_messages(problem: str | Problem, template: str = "qwen-math") -> list[dict] | str:
     """The prompt of `format_prompt` as a trainer's dataset holds it (TRL's conversational `prompt`, verl's
     `prompt`): a message list whose ChatML rendering with an open assistant turn is format_prompt's text
     (qwen-math: system instruction + user turn; chatml: the user turn; chat: the user turn with the
-    instruction appended). `plain` has no chat markup, so it stays the string format_prompt gives."""
+    instruction appended). `plain` has no chat markup, so it is the prompt text itself. format_prompt renders
+    these messages, so the two cannot disagree."""
     text = problem.problem if isinstance(problem, Problem) else problem
     if template == "qwen-math":
         return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": text}]
@@ -442,7 +438,7 @@ def prompt_messages(problem: str | Problem, template: str = "qwen-math") -> list
     if template == "chat":
         return [{"role": "user", "content": f"{text}\n{SYSTEM_PROMPT}"}]
     if template == "plain":
-        return format_prompt(text, None, "plain")
+        return f"{text}\n{SYSTEM_PROMPT}\n"
     raise ValueError(f"unknown prompt template {template!r}; expected one of {', '.join(TEMPLATES)}")
 
 

@@ -308,11 +308,10 @@ def sae_stage(stages: Stages, cfg: Config, gcfg, problems, models: dict, device)
         model, tok = load_once(models, cfg.sae_model, device)
         given = load_sae(cfg.sae, subfolder=cfg.sae_id, device=device) if cfg.sae else None
         layer = sae_layer(model, given, cfg.sae_layer, model_name=cfg.sae_model, sae_name=cfg.sae)
+        texts = [format_prompt(p.problem, tok, gcfg.template) for p in problems] if compute else []
         if compute and given:  # checked on this model's own residuals, as a trained SAE is (warns on a mismatch)
-            check_on_model(model, tok, [format_prompt(p.problem, tok, gcfg.template) for p in problems], given, layer,
-                           device=device, model_name=cfg.sae_model, sae_name=cfg.sae)
+            check_on_model(model, tok, texts, given, layer, device=device, model_name=cfg.sae_model, sae_name=cfg.sae)
         if compute and not given:
-            texts = [format_prompt(p.problem, tok, gcfg.template) for p in problems]
             save_sae(train_sae(model, tok, texts, layer, d_sae=cfg.sae_width, k=cfg.sae_k, tokens=cfg.sae_tokens,
                                seed=cfg.seed, device=device, state_path=stages.root / "sae.state.pt"),
                      stages.root / "sae")

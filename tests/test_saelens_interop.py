@@ -15,20 +15,11 @@ from safetensors.torch import save_file
 import sae as SAEPY
 import sae_formats as S
 from test_sae import char_tokenizer, tiny_model
+from test_sae_formats import rng_arrays as arrays  # the same random SAE weights and inputs
 
 D_IN, D_SAE = 8, 24
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
-
-
-def arrays(seed=0, d_in=D_IN, d_sae=D_SAE):
-    r = np.random.default_rng(seed)
-    return dict(W_enc=r.normal(size=(d_in, d_sae)).astype(np.float32),
-                b_enc=r.normal(size=d_sae).astype(np.float32) * 0.5,
-                W_dec=r.normal(size=(d_sae, d_in)).astype(np.float32),
-                b_dec=r.normal(size=d_in).astype(np.float32),
-                threshold=np.abs(r.normal(size=d_sae)).astype(np.float32),
-                x=r.normal(size=(7, d_in)).astype(np.float32) * 3)
 
 
 def write_cfg(d, cfg, a=None, d_in=D_IN, d_sae=D_SAE):

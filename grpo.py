@@ -1,16 +1,13 @@
 """grpo.py -- a plain PyTorch GRPO / DAPO / Dr. GRPO trainer that follows a batch schedule.
 
-SAERL decides *which* problems go into *which* step (saerl.py writes schedule.jsonl, one batch of
-problem ids per line); this file turns each scheduled batch into one policy update. Imports config
-(GRPOConfig), data, runtime, logprobs (token log-probs, padded or packed, and micro-batches), sampler,
-plan, parallel, checkpoint, schedule (the random order, schedule files) and verifier (the default
-reward). A step is five named stages, visible in `grpo_step`:
+SAERL decides *which* problems go into *which* step (schedule.jsonl, one batch of problem ids per
+line); this file turns each scheduled batch into one policy update, in five stages (`grpo_step`):
 
     sample    B prompts x G completions by sampler.sample_rollouts (the bf16 rollout copy on CUDA)
     score     reward = verifier.math_reward(completion text, gold answer)  (1.0 / 0.0)
     advantage group-relative: (r - mean_g) / (std_g + eps)  or  r - mean_g
     loss      clipped surrogate on token log-probs, aggregated per `loss_type`
-    update    micro-batches under a token budget (padded or packed), accumulation, clipping, AdamW
+    update    the gradient accumulated over micro-batches, clipped; AdamW
 
 Objective (per token t of completion i, ratio rho = exp(logp - old_logp)):
 
@@ -26,30 +23,21 @@ DAPO extras: clip-higher (eps_high = 0.28), zero-variance groups dropped from th
 dynamic sampling: the batch is not refilled), overlong filtering (truncated completions dropped from
 the loss) or the soft overlong punishment added to the reward (DAPO §3.4).
 
-Public API
-    GRPOConfig                      (config.py) every knob, a CLI flag each; presets via GRPOConfig.preset
-    group_advantages(rewards, *, scale, eps)
-    loss_normalizer(mask, loss_type, max_len)  /  normalizer_from_counts(n_rows, n_tokens, loss_type, max_len)
-    policy_loss(logp, old_logp, adv, mask, ...)   the clipped surrogate over [N, T] tokens
-    grpo_step(policy, tokenizer, batch, cfg, optimizer, *, step, reward_fn, ...)   one step -> its log row
-    train(policy, tokenizer, problems, schedule, cfg, *, out_dir, eval_fn=None, resume=True)
-    save_final(policy, tokenizer, out_dir)   out_dir/final, a folder from_pretrained loads
-    python grpo.py --model M --train-data FILE [--schedule schedule.jsonl [--max-steps N]] [--out DIR] [--preset toy]
-                    every flag checked before the model loads; one run at a time per --out (its run.lock);
-                    Ctrl-C names the last checkpoint, and the same command resumes from it
+    python grpo.py --model M --train-data FILE [--schedule schedule.jsonl] [--out DIR] [--preset toy]
     python grpo.py --model M --plan [--gpu-memory 80]          the memory plan, nothing loaded
     torchrun --nproc_per_node N grpo.py ... [--parallel fsdp2]  data parallel / sharded (parallel.py)
 
-The file reads bottom-up: the math, the step, the run, CLI (the knobs are config.py's); in the step's section
-`grpo_step` is followed by the helpers it calls, in the order it calls them.
+The file reads top-down: the math, the step (`grpo_step`, then its helpers in the order it calls
+them), the run (`train`), the CLI. Off the reader's path: micro-batches and packing (batching.py),
+the collectives (parallel.py), the log row (train_log.py), every knob (config.py). How the trainer
+is organised and why: docs/design.md ("The GRPO trainer").
 """
 from __future__ import annotations
 
 import os
 
-# Before torch loads OpenMP: a thread waiting for its peers sleeps instead of spinning, so a busy
-# machine (another job on a core) no longer stalls every small op (docs/measurements.md). numpy's
-# OpenBLAS threads spin regardless and its matrices here are small: one thread.
+# Before torch loads OpenMP: waiting threads sleep instead of spinning (a busy machine no longer
+# stalls every small op, docs/measurements.md); numpy's small matrices here get one BLAS thread.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -58,7 +46,6 @@ import contextlib
 import copy
 import dataclasses
 import json
-import math
 import shutil
 import sys
 import time
@@ -67,21 +54,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 import parallel
 import plan
+from batching import batch_logprobs, micro_batches, scatter_rows, set_activation_checkpointing, uses_packing
 from checkpoint import latest_checkpoint, resume_latest, save_checkpoint
 from config import ADV_SCALES, LOSS_TYPES, GRPOConfig
 from data import format_prompt, load_problems, prompt_lengths, stop_token_ids
-from logprobs import micro_batches, packed_logprobs, sequence_logprobs, trim
-from parallel import (all_gather, all_reduce_gradients, all_reduce_stats, all_reduce_sum, barrier, dist_info,
-                      init_distributed, rank_slice)
+from parallel import (all_gather, all_reduce_stats, all_reduce_sum, barrier, dist_info, even_micro_batches,
+                      init_distributed, rank_slice, reduce_and_clip_gradients)
 from plan import oom_phase
 from runtime import (ConfigError, Interrupted, NonFiniteError, add_dataclass_args, append_jsonl, atomic_write_text,
                      Tracker, check, command_line, folder_lock, load_model, read_jsonl, stable_hash, write_jsonl)
 from sampler import Rollouts, context_length, refresh_rollout_model, rollout_model, sample_rollouts
 from schedule import random_schedule, read_schedule, write_schedule
+from train_log import LOSS_MAXIMA, LOSS_SUMS, log_row, pass_rates, sampler_gap
 from verifier import math_reward
 
 # ----------------------------------------------------------------------------------------------
@@ -208,44 +195,6 @@ def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int) -> torch.
 # ----------------------------------------------------------------------------------------------
 # One step: sample -> score -> advantage -> loss -> update
 # ----------------------------------------------------------------------------------------------
-def _autocast(device: torch.device, cfg: GRPOConfig):
-    if device.type == "cuda" and cfg.bf16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def uses_packing(model, cfg: GRPOConfig) -> bool:
-    """Packed micro-batches pay off only where attention runs per sequence (flash-attention varlen);
-    under sdpa/eager a packed row needs a [T, T] block mask, more work than padding similar lengths."""
-    if cfg.packing != "auto":
-        return cfg.packing == "on"
-    return str(getattr(parallel.unwrap(model).config, "_attn_implementation", "")).startswith("flash_attention")
-
-
-def _logprobs(model, ids, att, cmask, cfg, device, grad: bool, packed: bool = False) -> torch.Tensor:
-    """Log-probs [n, C] of one micro-batch; `model` may be an FSDP2 root (parallel.call)."""
-    with torch.set_grad_enabled(grad), _autocast(device, cfg):
-        if packed:
-            return parallel.call(model, packed_logprobs, ids, att, cmask, temperature=cfg.temperature,
-                                 chunk_size=cfg.logprob_chunk)
-        ids_t, att_t, cm_t = trim(ids, att, cmask)
-        lp = parallel.call(model, sequence_logprobs, ids_t, att_t, cm_t, temperature=cfg.temperature,
-                           chunk_size=cfg.logprob_chunk)
-    return F.pad(lp, (0, cmask.shape[1] - lp.shape[1]))  # back to [n, C]
-
-
-def set_activation_checkpointing(model, on: bool) -> None:
-    """Recompute decoder activations in backward (or stop). transformers 5 calls it activation
-    checkpointing and deprecates the gradient_checkpointing_* names that 4.x has."""
-    new = hasattr(model, "activation_checkpointing_enable")
-    if not on:
-        (model.activation_checkpointing_disable if new else model.gradient_checkpointing_disable)()
-    elif new:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
 def step_seed(seed: int, step: int) -> int:
     """Sampling seed of schedule step `step`: a function of (seed, step) only, so resume is exact."""
     return (seed * 1_000_003 + step * 7_919 + 1) % (2 ** 63)
@@ -308,7 +257,7 @@ def grpo_step(policy, tokenizer, batch: list, cfg: GRPOConfig, optimizer, *, ste
             for _ in range(cfg.num_iterations):
                 optimizer.zero_grad(set_to_none=True)
                 loss_sums, loss_maxima = accumulate_policy_gradient(policy, loss_batch, norm, cfg, step)
-                grad_norm = reduce_and_clip_gradients(policy, cfg, step)  # summed over ranks, clipped
+                grad_norm = reduce_and_clip_gradients(policy, cfg.max_grad_norm, step)  # summed over ranks, clipped
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         refresh_rollout_model(rollout, policy)
@@ -372,11 +321,11 @@ def build_loss_batch(policy, ref_model, rollout, roll: Rollouts, rows: torch.Ten
                          max_tokens=cfg.max_tokens_per_micro_batch, packed=packed)]
     n_real = len(mbs)
     if parallel.is_sharded(policy):
-        ids, att, cmask, adv, s_lp, mbs = _even_micro_batches(ids, att, cmask, adv, s_lp, mbs, roll, device)
+        ids, att, cmask, adv, s_lp, mbs = even_micro_batches(ids, att, cmask, adv, s_lp, mbs, roll, device)
 
     def frozen_logprobs(model) -> torch.Tensor:  # [N, C]
-        return _scatter_rows([_logprobs(model, ids[m], att[m], cmask[m], cfg, device, False, packed) for m in mbs],
-                             mbs, cmask)
+        return scatter_rows([batch_logprobs(model, ids[m], att[m], cmask[m], cfg, device, False, packed)
+                             for m in mbs], mbs, cmask)
 
     old = frozen_logprobs(policy) if cfg.num_iterations > 1 else None  # the policy that sampled, for every pass
     ref = None if ref_model is None else frozen_logprobs(ref_model)
@@ -384,35 +333,6 @@ def build_loss_batch(policy, ref_model, rollout, roll: Rollouts, rows: torch.Ten
     other_dtype = next(rollout.parameters()).dtype != next(policy.parameters()).dtype
     tis_cap = cfg.tis_cap if s_lp is not None and other_dtype else 0.0
     return LossBatch(ids, att, cmask, adv, mbs, n_real, packed, s_lp, old, ref, tis_cap)
-
-
-def _even_micro_batches(ids, att, cmask, adv, s_lp, mbs: list, roll, device):
-    """Under FSDP2 every forward and backward gathers weights and reduces gradients, collectives, so
-    all ranks must run as many micro-batches: a rank with fewer appends micro-batches of one dummy
-    row (its first rollout again) whose loss the step multiplies by 0 (the graph, so the backward's
-    collectives, still run). Returns the padded tensors and micro-batches."""
-    most = int(all_reduce_sum([float(len(mbs))], device, op="max")[0])
-    if most == len(mbs):
-        return ids, att, cmask, adv, s_lp, mbs
-    dummy = torch.tensor([len(ids)], device=ids.device)
-    ids, att = torch.cat([ids, roll.input_ids[:1]]), torch.cat([att, roll.attention_mask[:1]])
-    cmask, adv = torch.cat([cmask, roll.completion_mask[:1].float()]), torch.cat([adv, adv.new_zeros(1)])
-    s_lp = None if s_lp is None else torch.cat([s_lp, roll.sampler_logprobs[:1]])
-    return ids, att, cmask, adv, s_lp, mbs + [dummy] * (most - len(mbs))
-
-
-def _scatter_rows(parts: list[torch.Tensor], mbs: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    """Micro-batch results [n_m, C] back into one [N, C] in the rows' original order."""
-    out = torch.zeros(like.shape, dtype=torch.float32, device=parts[0].device)
-    for part, m in zip(parts, mbs):
-        out[m.to(out.device)] = part
-    return out
-
-
-# What accumulate_policy_gradient sums and maximises over a rank's loss tokens (clip_frac, kl and
-# ratio_mean weighted by each micro-batch's token count), before the sum over ranks.
-LOSS_SUMS = ("loss", "clip_frac", "kl", "ratio_mean", "entropy", "tokens", "sampler_gap")
-LOSS_MAXIMA = ("ratio_max", "sampler_gap")
 
 
 def accumulate_policy_gradient(policy, loss_batch: LossBatch, norm: float, cfg: GRPOConfig,
@@ -425,8 +345,8 @@ def accumulate_policy_gradient(policy, loss_batch: LossBatch, norm: float, cfg: 
     sums, maxima = dict.fromkeys(LOSS_SUMS, 0.0), dict.fromkeys(LOSS_MAXIMA, 0.0)
     for j, m in enumerate(loss_batch.micro_batches):
         cm = loss_batch.completion_mask[m]  # [n, C]
-        logp = _logprobs(policy, loss_batch.input_ids[m], loss_batch.attention_mask[m], cm, cfg, device, True,
-                         loss_batch.packed)  # [n, C]
+        logp = batch_logprobs(policy, loss_batch.input_ids[m], loss_batch.attention_mask[m], cm, cfg, device, True,
+                              loss_batch.packed)  # [n, C]
         if j >= loss_batch.n_real:  # an FSDP2 padding micro-batch: only its collectives count
             (logp.sum() * 0.0).backward()
             continue
@@ -455,70 +375,10 @@ def accumulate_policy_gradient(policy, loss_batch: LossBatch, norm: float, cfg: 
     return sums, maxima
 
 
-def sampler_gap(logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
-    """Sum and max over the masked tokens of |logp - sampler_logp| ([n, C] each): how far the sampler's
-    log-probs (a bf16 copy's, say) are from the trainer's."""
-    d = (logp - sampler_logp).abs() * mask  # [n, C]
-    return float(d.sum()), float(d.max())
-
-
 def importance_weights(logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor, cap: float) -> torch.Tensor:
     """Truncated importance sampling for the sampler mismatch (Yao et al. 2025): min(pi_train / pi_sampler,
     cap) per token, 0 off the mask. [n, C]."""
     return torch.exp(logp - sampler_logp).clamp(max=cap) * mask
-
-
-def reduce_and_clip_gradients(policy, cfg: GRPOConfig, step: int) -> float:
-    """Sum the gradients over ranks (ddp; FSDP2 reduce-scatters them in backward) and clip them by global
-    norm to cfg.max_grad_norm (<= 0: no clipping). Returns the norm before clipping; a non-finite norm
-    stops the run before the update."""
-    if dist_info()[1] > 1 and not parallel.is_sharded(policy):
-        all_reduce_gradients([p for p in policy.parameters() if p.requires_grad])
-    params = [p for p in policy.parameters() if p.grad is not None]
-    clip_to = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-    grad_norm = float(parallel.full(torch.nn.utils.clip_grad_norm_(params, clip_to)))
-    if not math.isfinite(grad_norm):
-        raise NonFiniteError(f"step {step}: gradient norm is {grad_norm}; the update was not applied")
-    return grad_norm
-
-
-def pass_rates(correct: torch.Tensor, g: int, share: slice, n_problems: int, device) -> list[float]:
-    """Each problem's fraction of correct completions, in batch order, over all ranks (each fills its share)."""
-    rates = [0.0] * n_problems
-    rates[share] = correct.view(-1, g).mean(1).tolist()
-    return all_reduce_sum(rates, device)
-
-
-# Old train_log names kept beside TRL's for the same quantities, for one release.
-TRL_NAMES = {"frac_zero_std": "frac_reward_zero_std", "response_len": "completions/mean_length",
-             "truncated": "completions/clipped_ratio", "clip_frac": "clip_ratio/region_mean", "lr": "learning_rate",
-             "sampler_gap_max": "sampling/sampling_logp_difference/max",
-             "sampler_gap_mean": "sampling/sampling_logp_difference/mean"}
-
-
-def log_row(step: int, batch: list, sums: dict, maxima: dict, *, n_rows: float, grad_norm: float, lr: float,
-            t_gen: float, t_train: float, has_sampler_logp: bool, pass_rates: list[float]) -> dict:
-    """The step's train_log.jsonl row from the sums and maxima over ranks (grpo_step): rewards and lengths
-    per rollout; frac_zero_std and reward_std (the mean within-group standard deviation, as TRL) per group;
-    clip_frac, kl, ratios, entropy and the sampler gap per loss token; each problem's pass rate. Where TRL
-    logs the same quantity, its name is written too (TRL_NAMES)."""
-    n, n_tok = sums["n"], max(sums["tokens"], 1.0)
-    row = {
-        "step": step, "problem_ids": [p.id for p in batch], "pass_rates": pass_rates,
-        "reward": sums["reward"] / n, "reward_std": sums["reward_std"] / sums["groups"], "accuracy": sums["correct"] / n,
-        "frac_zero_std": sums["zero_std"] / sums["groups"], "response_len": sums["len"] / n,
-        "truncated": sums["truncated"] / n, "n_loss_seqs": int(n_rows),
-        "loss": sums["loss"], "clip_frac": sums["clip_frac"] / n_tok, "kl": sums["kl"] / n_tok,
-        "ratio_mean": sums["ratio_mean"] / n_tok if sums["tokens"] else 1.0, "ratio_max": maxima["ratio_max"],
-        "entropy": sums["entropy"] / n_tok if sums["tokens"] else None,
-        "grad_norm": grad_norm, "lr": lr, "gen_s": t_gen, "train_s": t_train,
-        "tokens_per_s": sums["len"] / max(t_gen + t_train, 1e-9), "gen_tokens_per_s": sums["len"] / max(t_gen, 1e-9),
-        "skipped": n_rows == 0,
-    }
-    if has_sampler_logp:
-        row["sampler_gap_max"] = maxima["sampler_gap"]
-        row["sampler_gap_mean"] = sums["sampler_gap"] / n_tok if sums["tokens"] else 0.0
-    return row | {trl: row[old] for old, trl in TRL_NAMES.items() if old in row}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -531,48 +391,6 @@ def _truncate_log(path: Path, key_ok: Callable[[dict], bool]) -> None:
         kept = [r for r in rows if key_ok(r)]
         if len(kept) != len(rows):
             write_jsonl(path, kept)
-
-
-def fit_to_context(schedule: list[list[str]], lengths: dict[str, int], cfg: GRPOConfig, context: int | None, *,
-                   report: bool = True) -> list[list[str]]:
-    """The schedule without the problems whose prompt (lengths: data.prompt_lengths) + cfg.max_new_tokens
-    exceed the model's context (`context` positions; None: no limit known). Those are reported (count,
-    first ids) and left out of their batches, like bad rows; a batch left empty is an error naming its step."""
-    if context is None:
-        return schedule
-    scheduled = list(dict.fromkeys(pid for batch in schedule for pid in batch))
-    room = context - cfg.max_new_tokens
-    too_long = {pid for pid in scheduled if lengths[pid] > room}
-    if not too_long:
-        return schedule
-    if report:
-        first = [pid for pid in scheduled if pid in too_long][:5]
-        print(f"grpo: {len(too_long)} of {len(scheduled)} scheduled problems have prompts over {room} tokens "
-              f"(context {context} - max_new_tokens {cfg.max_new_tokens}) and are left out of their batches; "
-              f"first ids: {', '.join(map(repr, first))}", file=sys.stderr)
-    fitted = [[pid for pid in batch if pid not in too_long] for batch in schedule]
-    for i, batch in enumerate(fitted):
-        if not batch:
-            raise ValueError(f"schedule step {i}: every problem's prompt is over {room} tokens (context {context} - "
-                             f"max_new_tokens {cfg.max_new_tokens}); lower --max-new-tokens or drop those problems")
-    return fitted
-
-
-def auto_gen_batch_size(policy, longest_prompt: int, cfg: GRPOConfig, world: int, *, report: bool = True) -> int:
-    """--gen-batch-size auto: on CUDA the most prompts per generate call that the memory plan fits on
-    this GPU for the longest scheduled prompt (plan.auto_gen_batch_size); elsewhere a rank's whole
-    share of the batch in one call."""
-    share = max(1, cfg.batch_size // world)
-    if next(policy.parameters()).device.type != "cuda":
-        return share
-    longest = longest_prompt
-    gib = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / plan.GIB
-    size = plan.auto_gen_batch_size(plan.ModelShape.from_config(parallel.unwrap(policy).config), cfg, gib,
-                                    prompt_tokens=longest, world=world)
-    if report:
-        print(f"grpo: --gen-batch-size auto: {size} prompts per generate call ({gib:.0f} GiB GPU, prompts up to "
-              f"{longest} tokens)", file=sys.stderr)
-    return size
 
 
 def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRPOConfig, *, out_dir,
@@ -609,10 +427,11 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
     # every scheduled prompt tokenized once: the context check and --gen-batch-size auto both read it
     lengths = prompt_lengths([by_id[pid] for pid in dict.fromkeys(p for b in schedule for p in b)], tokenizer,
                              cfg.template)
-    schedule = fit_to_context(schedule, lengths, cfg, context_length(policy), report=lead)
+    schedule = plan.fit_to_context(schedule, lengths, cfg, context_length(policy), report=lead)
     if cfg.gen_batch_size == "auto":
         longest = max(lengths[pid] for batch in schedule for pid in batch)
-        cfg = dataclasses.replace(cfg, gen_batch_size=auto_gen_batch_size(policy, longest, cfg, world, report=lead))
+        cfg = dataclasses.replace(cfg, gen_batch_size=plan.gen_batch_size_on_device(policy, longest, cfg, world,
+                                                                                  report=lead))
     n_steps = len(schedule) if cfg.max_steps is None else min(cfg.max_steps, len(schedule))
     sched_hash = stable_hash([list(map(str, b)) for b in schedule])
     on_cuda = next(policy.parameters()).device.type == "cuda"
@@ -697,7 +516,6 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
             barrier()
     tracker.close()
     return row
-
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """parallel.py -- data-parallel GRPO under torchrun: which rank does what, and the collectives.
 
 Owns: process-group setup (NCCL on CUDA, gloo on CPU), each rank's share of a step's prompts and of
-an evaluation, the sums over ranks (gradients, the loss denominator, logged means), and FSDP2
-sharding with its full-state gathers. Imports only torch (and safetensors); grpo.py and
-evaluate.py call it. In one process every function here is a no-op or returns (0, 1).
+an evaluation, the sums over ranks (gradients, the loss denominator, logged means), FSDP2 sharding
+with its full-state gathers, and the GRPO step's equal micro-batch counts and gradient clip. Imports
+torch (and safetensors) and runtime (NonFiniteError); grpo.py and evaluate.py call it. In one
+process every function here is a no-op or returns (0, 1).
 
     torchrun --nproc_per_node N grpo.py  --model M --train-data FILE [--parallel fsdp2]
     torchrun --nproc_per_node N saerl.py --model M ...
@@ -22,9 +23,12 @@ full tensors in the one-process format, so a run resumes under any world size an
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
+
+from runtime import NonFiniteError
 
 
 def dist_info() -> tuple[int, int]:
@@ -235,3 +239,36 @@ def load_full_optimizer_state(model, optimizer, sd: dict) -> None:
         p = params[int(i)]
         state[i] = {k: _like(v, p) if torch.is_tensor(v) and v.shape == p.shape else v for k, v in st.items()}
     optimizer.load_state_dict({**sd, "state": state})
+
+
+# ----------------------------------------------------------------------------------------------
+# The GRPO step's collectives: equal micro-batch counts under FSDP2, the gradient sum and clip
+# ----------------------------------------------------------------------------------------------
+def even_micro_batches(ids, att, cmask, adv, s_lp, mbs: list, roll, device):
+    """Under FSDP2 every forward and backward gathers weights and reduces gradients, collectives, so
+    all ranks must run as many micro-batches: a rank with fewer appends micro-batches of one dummy
+    row (its first rollout again) whose loss the step multiplies by 0 (the graph, so the backward's
+    collectives, still run). Returns the padded tensors and micro-batches."""
+    most = int(all_reduce_sum([float(len(mbs))], device, op="max")[0])
+    if most == len(mbs):
+        return ids, att, cmask, adv, s_lp, mbs
+    dummy = torch.tensor([len(ids)], device=ids.device)
+    ids, att = torch.cat([ids, roll.input_ids[:1]]), torch.cat([att, roll.attention_mask[:1]])
+    cmask, adv = torch.cat([cmask, roll.completion_mask[:1].float()]), torch.cat([adv, adv.new_zeros(1)])
+    s_lp = None if s_lp is None else torch.cat([s_lp, roll.sampler_logprobs[:1]])
+    return ids, att, cmask, adv, s_lp, mbs + [dummy] * (most - len(mbs))
+
+
+def reduce_and_clip_gradients(policy, max_grad_norm: float, step: int) -> float:
+    """Sum the gradients over ranks (ddp; FSDP2 reduce-scatters them in backward) and clip them by global
+    norm to max_grad_norm (<= 0: no clipping). Returns the norm before clipping; a non-finite norm
+    stops the run before the update."""
+    if dist_info()[1] > 1 and not is_sharded(policy):
+        all_reduce_gradients([p for p in policy.parameters() if p.requires_grad])
+    params = [p for p in policy.parameters() if p.grad is not None]
+    clip_to = max_grad_norm if max_grad_norm > 0 else float("inf")
+    grad_norm = float(full(torch.nn.utils.clip_grad_norm_(params, clip_to)))
+    if not math.isfinite(grad_norm):
+        raise NonFiniteError(f"step {step}: gradient norm is {grad_norm}; the update was not applied")
+    return grad_norm
+

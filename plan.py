@@ -2,7 +2,8 @@
 
 Owns: peak-memory arithmetic per phase (generation, training) from a model's shape and a
 GRPOConfig, the flags that make a run fit a GPU, and a roofline estimate of the step time.
-Imports the standard library, torch (transformers' AutoConfig lazily) and runtime (hub_reachable, check).
+Imports the standard library, torch (transformers' AutoConfig lazily), parallel (unwrap) and runtime
+(hub_reachable, check).
 
     ModelShape.load(name_or_path)         hidden/intermediate/layers/heads/vocab from config.json
     memory_plan(shape, cfg, ...) -> dict  bytes per component and phase, and the peak
@@ -10,6 +11,8 @@ Imports the standard library, torch (transformers' AutoConfig lazily) and runtim
     auto_gen_batch_size(shape, cfg, gpu_gib)   --gen-batch-size auto: the most prompts per call that fit
     format_plan(plan) -> str              the markdown table docs/gpu.md's memory section shows
     memory_plan_report(model, cfg, gpu_gib)   what --plan prints; check_plan_flags(args) its flags
+    fit_to_context(schedule, lengths, cfg, context)   the schedule without prompts past the context
+    gen_batch_size_on_device(policy, longest, cfg, world)   --gen-batch-size auto for the loaded policy
     oom_phase(phase)                      an out-of-memory error that names its phase and the flag to lower
 
 What is counted (B = bytes; P = parameters; T = tokens of a micro-batch):
@@ -41,12 +44,14 @@ which saerl.py frees before training.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+import parallel
 from runtime import check, hub_reachable
 
 GIB = 1024 ** 3
@@ -291,6 +296,49 @@ def memory_plan_report(model: str, cfg, *, gpu_gib: float, prompt_tokens: int = 
         out.append(f"\nPeak {base['peak'] / GIB:.1f} GiB ({base['peak_phase']}) exceeds {budget:.1f} GiB; "
                    f"to fit {gpu_gib:g} GiB pass: {flags}  (peak then {fitted['peak'] / GIB:.1f} GiB)")
     return "\n".join(out)
+
+
+# The run's fit (grpo.train): problems past the context left out, --gen-batch-size auto on its device
+def fit_to_context(schedule: list[list[str]], lengths: dict[str, int], cfg, context: int | None, *,
+                   report: bool = True) -> list[list[str]]:
+    """The schedule without the problems whose prompt (lengths: data.prompt_lengths) + cfg.max_new_tokens
+    exceed the model's context (`context` positions; None: no limit known). Those are reported (count,
+    first ids) and left out of their batches, like bad rows; a batch left empty is an error naming its step."""
+    if context is None:
+        return schedule
+    scheduled = list(dict.fromkeys(pid for batch in schedule for pid in batch))
+    room = context - cfg.max_new_tokens
+    too_long = {pid for pid in scheduled if lengths[pid] > room}
+    if not too_long:
+        return schedule
+    if report:
+        first = [pid for pid in scheduled if pid in too_long][:5]
+        print(f"grpo: {len(too_long)} of {len(scheduled)} scheduled problems have prompts over {room} tokens "
+              f"(context {context} - max_new_tokens {cfg.max_new_tokens}) and are left out of their batches; "
+              f"first ids: {', '.join(map(repr, first))}", file=sys.stderr)
+    fitted = [[pid for pid in batch if pid not in too_long] for batch in schedule]
+    for i, batch in enumerate(fitted):
+        if not batch:
+            raise ValueError(f"schedule step {i}: every problem's prompt is over {room} tokens (context {context} - "
+                             f"max_new_tokens {cfg.max_new_tokens}); lower --max-new-tokens or drop those problems")
+    return fitted
+
+
+def gen_batch_size_on_device(policy, longest_prompt: int, cfg, world: int, *, report: bool = True) -> int:
+    """--gen-batch-size auto: on CUDA the most prompts per generate call that the memory plan fits on
+    this GPU for the longest scheduled prompt (auto_gen_batch_size); elsewhere a rank's whole
+    share of the batch in one call."""
+    share = max(1, cfg.batch_size // world)
+    if next(policy.parameters()).device.type != "cuda":
+        return share
+    longest = longest_prompt
+    gib = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GIB
+    size = auto_gen_batch_size(ModelShape.from_config(parallel.unwrap(policy).config), cfg, gib,
+                               prompt_tokens=longest, world=world)
+    if report:
+        print(f"grpo: --gen-batch-size auto: {size} prompts per generate call ({gib:.0f} GiB GPU, prompts up to "
+              f"{longest} tokens)", file=sys.stderr)
+    return size
 
 
 # Out of memory: say which phase ran out and which flag lowers that phase's peak

@@ -39,8 +39,8 @@ TOY_DEFAULT = ROOT / "toy_world"
 
 import torch  # noqa: E402
 
+import batching  # noqa: E402
 import grpo  # noqa: E402
-import logprobs  # noqa: E402
 import sampler  # noqa: E402
 from data import load_problems  # noqa: E402
 from runtime import atomic_write_text  # noqa: E402
@@ -93,12 +93,13 @@ def timed_step(model, tok, batch, cfg, optimizer, step, reward_fn, device) -> di
     norm = grpo.loss_normalizer(cmask, cfg.loss_type, cfg.max_new_tokens)
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    packed = grpo.uses_packing(model, cfg)
-    for m in logprobs.micro_batches(roll.attention_mask.sum(1).tolist(), max_rows=cfg.micro_batch_size,
+    packed = batching.uses_packing(model, cfg)
+    for m in batching.micro_batches(roll.attention_mask.sum(1).tolist(), max_rows=cfg.micro_batch_size,
                                 max_tokens=cfg.max_tokens_per_micro_batch, packed=packed):
         m = torch.tensor(m, device=roll.input_ids.device)  # the micro-batches grpo_step cuts
         t1 = now()
-        logp = grpo._logprobs(model, roll.input_ids[m], roll.attention_mask[m], cmask[m], cfg, device, True, packed)
+        logp = batching.batch_logprobs(model, roll.input_ids[m], roll.attention_mask[m], cmask[m], cfg, device, True,
+                                       packed)
         loss, _ = grpo.policy_loss(logp, logp.detach(), adv[m], cmask[m], loss_type=cfg.loss_type,
                                    eps_low=cfg.eps_low, eps_high=cfg.eps_high, normalizer=norm)
         t2 = now()
@@ -163,9 +164,9 @@ def worker_engines(spec: dict) -> dict:
     norm = grpo.loss_normalizer(cm, "grpo")
     lengths = roll.attention_mask.sum(1).tolist()
     budget = spec["max_tokens"]
-    layouts = {"padded, in order": (logprobs.micro_batches(lengths, max_rows=spec["micro_rows"]), False),
-               "padded, sorted, token budget": (logprobs.micro_batches(lengths, max_rows=10 ** 6, max_tokens=budget), False),
-               "packed, token budget": (logprobs.micro_batches(lengths, max_rows=10 ** 6, max_tokens=budget, packed=True), True)}
+    layouts = {"padded, in order": (batching.micro_batches(lengths, max_rows=spec["micro_rows"]), False),
+               "padded, sorted, token budget": (batching.micro_batches(lengths, max_rows=10 ** 6, max_tokens=budget), False),
+               "packed, token budget": (batching.micro_batches(lengths, max_rows=10 ** 6, max_tokens=budget, packed=True), True)}
     train = {}
     model.train()
     for rep in range(2):
@@ -174,7 +175,7 @@ def worker_engines(spec: dict) -> dict:
             t0 = time.perf_counter()
             for m in mbs:
                 m = torch.tensor(m)
-                lp = grpo._logprobs(model, roll.input_ids[m], roll.attention_mask[m], cm[m], cfg, device, True, packed)
+                lp = batching.batch_logprobs(model, roll.input_ids[m], roll.attention_mask[m], cm[m], cfg, device, True, packed)
                 loss, _ = grpo.policy_loss(lp, lp.detach(), adv[m], cm[m], normalizer=norm)
                 loss.backward()
             sec = time.perf_counter() - t0

@@ -23,7 +23,7 @@ Checks, in order of value:
                   attention as built and after runtime.pad_safe_attention: finite logits / log-probs /
                   gradients, and the SDPA backend that ran (profiler op and kernel names)
  2 engines        compact vs hf greedy (first divergent token per row), forced compaction
-                  (sampler.COMPACT_AT 1.0) vs none (0.0): identical tokens, the same seed twice: equal;
+                  (decode_engines.COMPACT_AT 1.0) vs none (0.0): identical tokens, the same seed twice: equal;
                   the graph engine's greedy tokens vs compact's where the sampler has that engine
  3 decode_anatomy one decode step at 256 / 64 / 8 live rows, KV ~2000: ms, GPU kernels, host syncs
                   and GPU busy fraction per step (small: 8 / 4 / 2 rows, KV 64; CPU: ms and ops only)
@@ -69,7 +69,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import batching  # noqa: E402
 import data  # noqa: E402
+import decode_engines  # noqa: E402
 import grpo  # noqa: E402
 import logprobs  # noqa: E402
 import parallel  # noqa: E402
@@ -311,7 +313,7 @@ class Context:
             roll = sampler.sample_rollouts(model, tok, prompts, group_size=g, max_new_tokens=tokens,
                                            gen_batch_size=n, seed=11, stop_ids=[tok.eos_token_id])
             total, count = torch.zeros(model.config.vocab_size, dtype=torch.float64), 0
-            with torch.no_grad(), sampler.autocast_for(model):
+            with torch.no_grad(), decode_engines.autocast_for(model):
                 for ids, att, cm in zip(roll.input_ids, roll.attention_mask, roll.completion_mask):
                     real = ids[att.bool()][None]  # one row, no padding
                     k = int(cm.sum())
@@ -430,7 +432,7 @@ def _left_padded_batch(size: Size, tok, vocab: int):
 
 
 def _finiteness(model, ids, att, cmask, autocast: bool, mode: str, device) -> dict:
-    """Prefill as sampler.decode runs it, then completion log-probs + backward (logprobs.sequence_logprobs
+    """Prefill as decode_engines.decode runs it, then completion log-probs + backward (logprobs.sequence_logprobs
     after pad_safe_attention; as built, the same computation without switching the attention)."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -505,7 +507,7 @@ def check_engines(ctx: Context) -> dict:
     for name, fraction in (("forced_compaction", 1.0), ("no_compaction", 0.0)):
         with compact_at(fraction), counting_compactions() as kept:
             roll = sampler.sample_rollouts(model, tok, prompts, temperature=1.0, stop_ids=stop, **kw)
-        with torch.no_grad(), sampler.autocast_for(model):
+        with torch.no_grad(), decode_engines.autocast_for(model):
             teacher = logprobs.sequence_logprobs(model, roll.input_ids, roll.attention_mask, roll.completion_mask)
         gap = (roll.sampler_logprobs - teacher).abs() * roll.completion_mask  # [N, C]
         sized[name] = {"compactions": None if kept is None else len(kept),
@@ -572,13 +574,13 @@ def _has_toy_world(root: Path) -> bool:
 
 @contextlib.contextmanager
 def compact_at(fraction: float):
-    """sampler.COMPACT_AT set for the block and restored (1.0: compact every step, 0.0: never)."""
-    saved = sampler.COMPACT_AT
-    sampler.COMPACT_AT = fraction
+    """decode_engines.COMPACT_AT set for the block and restored (1.0: compact every step, 0.0: never)."""
+    saved = decode_engines.COMPACT_AT
+    decode_engines.COMPACT_AT = fraction
     try:
         yield
     finally:
-        sampler.COMPACT_AT = saved
+        decode_engines.COMPACT_AT = saved
 
 
 def _completions(roll) -> list[list[int]]:
@@ -629,7 +631,7 @@ def check_decode_anatomy(ctx: Context) -> dict:
                 if engine == "graph":
                     graph_decode.decode(model, ids, att, check_every=32, **kw)
                 else:
-                    sampler.decode(model, ids, att, **kw)
+                    decode_engines.decode(model, ids, att, **kw)
 
             with compact_at(0.0):  # every row stays in the batch: the step is measured at `rows`
                 run(n2)  # warm-up (and, for the graph engine, every shape captured once)
@@ -771,9 +773,9 @@ def check_rollouts(ctx: Context) -> dict:
 @contextlib.contextmanager
 def counting_compactions():
     """Yields a list that receives the rows kept at each compaction of the compact engine's cache
-    (a wrapper around sampler._slab_cache for the block, as tests/test_sampler.py counts them);
-    yields None when the sampler has no such function."""
-    make = getattr(sampler, "_slab_cache", None)
+    (a wrapper around decode_engines._slab_cache for the block, as tests/test_decode_engines.py counts
+    them); yields None when the engine has no such function."""
+    make = getattr(decode_engines, "_slab_cache", None)
     if make is None:
         yield None
         return
@@ -789,11 +791,11 @@ def counting_compactions():
         cache.batch_select_indices = counted
         return cache
 
-    setattr(sampler, "_slab_cache", counting)
+    setattr(decode_engines, "_slab_cache", counting)
     try:
         yield kept
     finally:
-        setattr(sampler, "_slab_cache", make)
+        setattr(decode_engines, "_slab_cache", make)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -809,7 +811,7 @@ def check_training(ctx: Context) -> dict:
     cfg = grpo.GRPOConfig.preset("qwen-math-1.5b", batch_size=n, gen_batch_size=n, group_size=g,
                                  max_new_tokens=max_new, gradient_checkpointing=True, template=TEMPLATE)
     opt = ctx.optimizer()
-    grpo.set_activation_checkpointing(policy, True)
+    batching.set_activation_checkpointing(policy, True)
     problems, prompts = ctx.prompts(n, seed=30)
     prompt_lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     rng = random.Random(0)
@@ -841,7 +843,7 @@ def check_training(ctx: Context) -> dict:
            "grad_norm": row["grad_norm"], "grad_norm_finite": math.isfinite(row["grad_norm"]),
            "sampler_gap_max": row.get("sampler_gap_max"), "sampler_gap_mean": row.get("sampler_gap_mean"),
            "importance_weight_on": next(rollout.parameters()).dtype != next(policy.parameters()).dtype,
-           "rollout_refreshed": same, "packed": grpo.uses_packing(policy, cfg),
+           "rollout_refreshed": same, "packed": batching.uses_packing(policy, cfg),
            "log_row": {k: v for k, v in row.items() if k != "problem_ids"}}
     out["verdict"] = "ok" if out["grad_norm_finite"] and same else "fail"
     out["summary"] = (f"{out['train_tokens_per_s']:.0f} train tok/s, {model_tflops:.1f} TFLOP/s"

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+import decode_engines
 import graph_decode
 import sampler
 from conftest import assert_close_to_scale
@@ -41,7 +42,7 @@ def decode_kwargs(tok, **kw):
 def test_greedy_tokens_equal_the_compact_engines(model, tok, check_every):
     ids, att = batch(tok)
     kw = decode_kwargs(tok)
-    want, want_lp = sampler.decode(model, ids, att, **kw)
+    want, want_lp = decode_engines.decode(model, ids, att, **kw)
     got, got_lp = graph_decode.decode(model, ids, att, check_every=check_every, **kw)
     assert torch.equal(got, want)
     ends = {int((row == kw["stop_ids"][0]).nonzero()[0]) if (row == kw["stop_ids"][0]).any() else -1 for row in want}
@@ -146,7 +147,7 @@ def test_the_loop_waits_on_the_device_once_per_check(model, tok):
                 graph_decode.decode(model, ids, att, check_every=16,
                                     **decode_kwargs(tok, temperature=1.0, max_new_tokens=n_tokens, stop_ids=[never]))
             else:
-                sampler.decode(model, ids, att,
+                decode_engines.decode(model, ids, att,
                                **decode_kwargs(tok, temperature=1.0, max_new_tokens=n_tokens, stop_ids=[never]))
         return counter.count
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import grpo
-import logprobs
+import train_log
 from conftest import assert_close_to_scale
 from data import Problem
 from grpo import GRPOConfig, group_advantages, loss_normalizer, policy_loss
@@ -297,29 +297,6 @@ def test_micro_batch_accumulation_equals_full_batch_gradient(rollouts, loss_type
     assert max(g.abs().max() for g in full) > 0
 
 
-def test_activation_checkpointing_keeps_the_gradient(rollouts):
-    import copy
-
-    model, r = rollouts
-    cm = r.completion_mask.float()
-    adv = torch.linspace(-1.0, 1.0, len(cm))
-
-    def grads(m):
-        m.train().zero_grad()
-        lp = sequence_logprobs(m, r.input_ids, r.attention_mask, cm)
-        policy_loss(lp, lp.detach(), adv, cm)[0].backward()
-        return [p.grad.clone() for p in m.parameters()]
-
-    plain = copy.deepcopy(model)
-    ckpt = copy.deepcopy(model)
-    grpo.set_activation_checkpointing(ckpt, True)
-    assert ckpt.model.gradient_checkpointing and not plain.model.gradient_checkpointing
-    for a, b in zip(grads(plain), grads(ckpt)):
-        assert_close_to_scale(b, a, rel=1e-5)
-    grpo.set_activation_checkpointing(ckpt, False)
-    assert not ckpt.model.gradient_checkpointing
-
-
 # ----------------------------------------------------------------------------------------------
 # The run: resume, non-finite values, config and CLI
 # ----------------------------------------------------------------------------------------------
@@ -480,69 +457,8 @@ def test_forty_toy_steps_raise_heldout_reward(toy_world, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# Padding-free (packed) micro-batches, token budgets, truncated importance sampling
+# Truncated importance sampling (micro-batches and packing: test_batching.py)
 # ----------------------------------------------------------------------------------------------
-def test_packed_logprobs_and_gradients_equal_padded(rollouts):
-    model, r = rollouts
-    cm = r.completion_mask.float()
-
-    def run(fn):
-        model.zero_grad()
-        lp = fn(model, r.input_ids, r.attention_mask, cm, chunk_size=5)
-        (lp * torch.linspace(-1, 1, lp.numel()).view_as(lp)).sum().backward()
-        return lp.detach(), [p.grad.clone() for p in model.parameters()]
-
-    lp_pad, g_pad = run(sequence_logprobs)
-    lp_pack, g_pack = run(logprobs.packed_logprobs)
-    # packed and padded rows sum in another order: equal to their scale's rounding, not bitwise
-    assert_close_to_scale(lp_pack, lp_pad, rel=1e-6)
-    for a, b in zip(g_pack, g_pad):
-        assert_close_to_scale(a, b, rel=1e-5)
-
-
-@pytest.mark.parametrize("packed", [False, True])
-def test_token_budget_micro_batches_give_the_full_batch_gradient(rollouts, packed):
-    model, r = rollouts
-    cm = r.completion_mask.float()
-    adv = torch.linspace(-1.0, 1.0, len(cm))
-    cfg = GRPOConfig(max_new_tokens=20, temperature=1.0, logprob_chunk=64)
-
-    def grads(mbs, norm):
-        model.zero_grad()
-        total = 0.0
-        for m in mbs:
-            m = torch.tensor(m)
-            lp = grpo._logprobs(model, r.input_ids[m], r.attention_mask[m], cm[m], cfg, torch.device("cpu"),
-                                True, packed)
-            loss, _ = policy_loss(lp, lp.detach(), adv[m], cm[m], loss_type="dapo", normalizer=norm)
-            loss.backward()
-            total += loss.item()
-        return total, [p.grad.clone() for p in model.parameters()]
-
-    norm = loss_normalizer(cm, "dapo")
-    full_loss, full = grads([list(range(len(cm)))], norm)
-    lengths = r.attention_mask.sum(1).tolist()
-    mbs = logprobs.micro_batches(lengths, max_rows=5, max_tokens=60, packed=packed)
-    assert len(mbs) > 2 and sorted(i for m in mbs for i in m) == list(range(len(cm)))
-    loss, micro = grads(mbs, norm)
-    assert abs(loss - full_loss) <= 1e-5 * abs(full_loss)  # a sum of micro-batch terms of both signs
-    for a, b in zip(micro, full):
-        assert_close_to_scale(a, b, rel=1e-5)
-
-
-def test_micro_batches_by_hand():
-    lengths = [5, 9, 3, 7]
-    # no budget: in order, max_rows at a time
-    assert logprobs.micro_batches(lengths, max_rows=3) == [[0, 1, 2], [3]]
-    # longest first; padded cost = rows x longest: 9 | 7,5 (2 x 7 = 14) | 3 (3 rows would exceed max_rows 2)
-    assert logprobs.micro_batches(lengths, max_rows=2, max_tokens=14) == [[1], [3, 0], [2]]
-    # budget 12: padded 9 | 7 (7,5 costs 14) | 5,3 (2 x 5 = 10); packed 9 | 7,5 (12) | 3
-    assert logprobs.micro_batches(lengths, max_rows=10, max_tokens=12) == [[1], [3], [0, 2]]
-    assert logprobs.micro_batches(lengths, max_rows=10, max_tokens=12, packed=True) == [[1], [3, 0], [2]]
-    # a row longer than the budget goes alone
-    assert logprobs.micro_batches([30, 2, 2], max_rows=10, max_tokens=10, packed=True) == [[0], [1, 2]]
-
-
 def test_truncated_importance_weight_scales_the_surrogate_by_hand():
     logp = torch.tensor([[-1.0, -2.0]])
     adv = torch.tensor([2.0])
@@ -735,7 +651,7 @@ def test_step_row_has_pass_rates_reward_std_and_trl_names_by_hand(tok):
         return math.sqrt(sum((v - m) ** 2 for v in x) / (len(x) - 1))
 
     assert row["reward_std"] == pytest.approx(sum(sample_std(x) for x in groups) / 4, rel=1e-9)
-    for old, new in grpo.TRL_NAMES.items():
+    for old, new in train_log.TRL_NAMES.items():
         if old in row:
             assert row[new] == row[old], new
     assert row["frac_reward_zero_std"] == sum(len(set(x)) == 1 for x in groups) / 4

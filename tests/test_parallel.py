@@ -24,7 +24,7 @@ CFG = dict(batch_size=8, group_size=4, max_new_tokens=8, gen_batch_size=2, micro
 def skewed_reward(text, gold):
     """has_e_reward, but 0 for three of the four problems rank 0 holds at step 0 (golds 2, 3, 4): with
     skip_zero_std their groups leave the loss, so rank 0 has fewer micro-batches than rank 1, which
-    under FSDP2 it must pad (grpo._even_micro_batches) to keep the collectives in step."""
+    under FSDP2 it must pad (parallel.even_micro_batches) to keep the collectives in step."""
     return 0.0 if gold in ("2", "3", "4") else has_e_reward(text, gold)
 
 

@@ -5,6 +5,8 @@ import dataclasses
 import pytest
 import torch
 
+import batching
+import decode_engines
 import grpo
 import logprobs
 import plan
@@ -61,7 +63,7 @@ def saved_bytes(model, tokens: int, *, autocast: bool) -> int:
 def test_activation_plan_matches_saved_tensors(autocast, checkpointing):
     model = qwen2()
     if checkpointing:
-        grpo.set_activation_checkpointing(model, True)
+        batching.set_activation_checkpointing(model, True)
         model.train()
     measured = saved_bytes(model, 300, autocast=autocast)
     per_token = plan.activation_bytes_per_token(plan.ModelShape.from_config(model.config), bf16=autocast,
@@ -75,7 +77,7 @@ def test_kv_cache_plan_matches_the_allocated_cache():
     shape = plan.ModelShape.from_config(model.config)
     cfg = grpo.GRPOConfig(gen_batch_size=3, group_size=4, max_new_tokens=40, template="plain")
     prompt = 20
-    cache = sampler._slab_cache(model, 3 * 4, prompt + 40)
+    cache = decode_engines._slab_cache(model, 3 * 4, prompt + 40)
     with torch.no_grad():
         model(input_ids=torch.randint(0, 300, (3, prompt)), use_cache=True,
               **{runtime.cache_kwarg(model): cache})
@@ -214,7 +216,7 @@ def test_sampler_step_bytes_per_logit_are_within_the_plan():
     rows, vocab = 16, 50_000
     logits = torch.randn(rows, vocab).to(torch.bfloat16)  # what the bf16 rollout copy's lm head returns
     with LiveBytes(logits) as live:
-        sampler._next_token(logits, 1.0, 1.0, torch.Generator().manual_seed(0))
+        decode_engines._next_token(logits, 1.0, 1.0, torch.Generator().manual_seed(0))
     per_entry = live.peak / (rows * vocab)
     # an upper bound that is not loose: CUDA's multinomial adds a copy the CPU's does not
     assert 0.7 * plan.SAMPLER_BYTES_PER_LOGIT <= per_entry <= plan.SAMPLER_BYTES_PER_LOGIT, per_entry

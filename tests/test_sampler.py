@@ -1,5 +1,6 @@
-"""Specification of sampler.py: the compact engine against transformers' `generate` (the reference),
-against the exact softmax of a direct forward, and against the trainer's own log-probs."""
+"""Specification of sampler.py: its rollouts against transformers' `generate` (the reference), against
+the exact softmax of a direct forward, and against the trainer's own log-probs. The engines' own
+parts (the cache compaction, the top-p draw) are specified in test_decode_engines.py."""
 import pytest
 import torch
 
@@ -39,37 +40,6 @@ def test_compact_greedy_tokens_equal_hf_generate(model, tok):
     assert a.texts == b.texts
 
 
-def test_compaction_happens_and_changes_no_token(toy_world, monkeypatch):
-    """Rows leave the cache as they finish; the survivors' tokens are what `generate` gives."""
-    kept_rows = []
-    make_cache = sampler._slab_cache
-
-    def counting_cache(*args, **kwargs):
-        cache = make_cache(*args, **kwargs)
-        select = cache.batch_select_indices
-
-        def counted(indices):
-            kept_rows.append(len(indices))
-            select(indices)
-        cache.batch_select_indices = counted
-        return cache
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from data import format_prompt, load_problems
-
-    # the warm-started toy model answers "\\boxed{N}" or a bare "N": rows stop at different times
-    model = AutoModelForCausalLM.from_pretrained(toy_world.model_dir)
-    tok = AutoTokenizer.from_pretrained(toy_world.model_dir)
-    prompts = [format_prompt(p.problem, tok, "chatml") for p in load_problems(toy_world.test_path)[:120]]
-    monkeypatch.setattr(sampler, "_slab_cache", counting_cache)
-    kw = dict(group_size=1, temperature=0.0, max_new_tokens=16, gen_batch_size=120, seed=0)
-    a = sampler.sample_rollouts(model, tok, prompts, engine="compact", **kw)
-    b = sampler.sample_rollouts(model, tok, prompts, engine="hf", **kw)
-    assert len(kept_rows) >= 2 and kept_rows == sorted(kept_rows, reverse=True), kept_rows
-    assert torch.equal(a.input_ids, b.input_ids)
-
-
 def test_sampler_logprobs_equal_the_trainers(model, tok):
     """The log-prob the sampler reports for each token is the one `sequence_logprobs` computes for it."""
     for temperature in (1.0, 0.7):
@@ -93,17 +63,6 @@ def test_first_tokens_follow_the_tempered_softmax(model, tok):
     empirical = torch.bincount(first, minlength=len(exact)).double() / n
     tv = 0.5 * (empirical - exact).abs().sum().item()
     assert tv < 0.05, tv  # the expected total variation at this n is about 0.02
-
-
-def test_top_p_keeps_the_smallest_nucleus():
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(4000, 1)
-    gen = torch.Generator().manual_seed(0)
-    token, lp = sampler._next_token(logits, 1.0, 0.8, gen)
-    counts = torch.bincount(token, minlength=4)
-    assert counts[2] == 0 and counts[3] == 0  # 0.5 + 0.3 reaches 0.8: the nucleus is {0, 1}
-    assert abs(counts[0].item() / 4000 - 0.5 / 0.8) < 0.03
-    # the reported log-prob is the untruncated one, as the trainer scores it
-    torch.testing.assert_close(lp[token == 1], torch.full_like(lp[token == 1], float(torch.log(torch.tensor(0.3)))))
 
 
 def test_rollouts_depend_only_on_the_seed(model, tok):

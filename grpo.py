@@ -30,7 +30,7 @@ the loss) or the soft overlong punishment added to the reward (DAPO §3.4).
 The file reads top-down: the math, the step (`grpo_step`, then its helpers in the order it calls
 them), the run (`train`), the CLI. Off the reader's path: micro-batches and packing (batching.py),
 the collectives (parallel.py), the log row (train_log.py), every knob (config.py). How the trainer
-is organised and why: docs/design.md ("The GRPO trainer").
+is organised and why: docs/design.md ("How grpo.py is organised").
 """
 from __future__ import annotations
 

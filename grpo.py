@@ -28,9 +28,9 @@ the loss) or the soft overlong punishment added to the reward (DAPO §3.4).
     torchrun --nproc_per_node N grpo.py ... [--parallel fsdp2]  data parallel / sharded (parallel.py)
 
 The file reads top-down: the math, the step (`grpo_step`, then its helpers in the order it calls
-them), the run (`train`), the CLI. Off the reader's path: micro-batches and packing (batching.py),
-the collectives (parallel.py), the log row (train_log.py), every knob (config.py). How the trainer
-is organised and why: docs/design.md ("How grpo.py is organised").
+them), the run (`train`), the CLI; at ~620 lines it stays one file so that GRPO runs end to end from
+it. Off the reader's path: micro-batches and packing (batching.py), the collectives (parallel.py),
+the log row (train_log.py), every knob (config.py); how and why: docs/design.md.
 """
 from __future__ import annotations
 

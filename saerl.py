@@ -1,21 +1,12 @@
 """saerl.py -- SAERL, the method and its entry point: `python saerl.py [flags]` runs it end to end.
 
-Owns: run() with the stages in order, and the SAERL data operations (quality labels and filter, the
-difficulty-proxy fit, clustering). Every flag, its default in each world and its check are config.py's;
-the order the kept problems are trained in is schedule.py's. No file imports this one.
-Imports: the component modules below it -- config, runtime, data, estimators, sae, sae_formats,
-verifier, evaluate, report, schedule, toy, grpo, plan, parallel.
-
 Reference: "Guiding LLM Post-training Data Engineering with Model Internals from Sparse Autoencoders".
 Each training problem becomes a pooled SAE feature row; three properties read off those rows drive
 three data operations before GRPO/DAPO training. With no --model the whole run happens in the toy
 world (toy.py) on a CPU in a few minutes and compares SAERL with vanilla GRPO.
 
-Stages of run(), in order. Each writes under runs/<name>/ and is cached (runtime.Stages): its key is
-derived from what PIPELINE declares it depends on (the settings it names, the stages it reads), so a
-stage whose key is unchanged is read back, not recomputed, and a changed flag recomputes that stage
-and the ones that read it. Each stage's wall time is printed and listed in report.md (a cached stage
-shows as cached, ~0 s).
+run() calls the stages in order. Each writes under runs/<name>/ and is cached (runtime.Stages, keyed by
+what config.PIPELINE says it depends on); docs/design.md says more, README.md what each file holds.
 
     problems    data.load_problems(--train-data)                         problems.jsonl
     sae         sae_formats.load_sae(--sae), or sae.train_sae            sae/
@@ -28,43 +19,27 @@ shows as cached, ~0 s).
     train       grpo.train per arm and seed (resumes checkpoints)        arms/<arm>-s<seed>/
     report      report.write_report: curves, steps to target, data      report.md, report.svg
 
-Before anything is built or loaded every flag is checked (Config.validate, GRPOConfig.validate): a value out
-of range or a combination that cannot run stops with one line naming the flag, its value and what is allowed.
-One run at a time holds a run folder (runtime.folder_lock on runs/<name>/run.lock; under torchrun, rank
-0): a second command on it
-stops at once naming the first's pid, host and start time; a killed run's lock is free. Ctrl-C stops with one
-line saying where (the stage; in training the arm and its last checkpoint); the same command resumes. --out
-is relative to the current directory, so a toy run started elsewhere builds a toy world there, and says so.
-
-Under `torchrun --nproc_per_node N saerl.py ...` rank 0 runs the stages up to schedule while the
-other ranks wait on a barrier, then read them back from the cache; every rank trains and evaluates
-its share (parallel.py); rank 0 writes the report.
-
 The estimators (estimators.py), with z_i the pooled feature row of problem i over the probe columns:
 
     quality     q_i = sigma(w.z_i + b),  min_w  C sum_i [log(1 + e^eta_i) - y_i eta_i] + 1/2 |w|^2
     difficulty  d_i = w.z_i + b,          min_w  1/(2n) |y - Zw - b|^2 + a rho |w|_1 + a (1 - rho)/2 |w|^2
     diversity   c_i = argmin_c |x_i - mu_c|^2,  x_i = z_i / |z_i|,  min sum_i |x_i - mu_(c_i)|^2
 
-and the schedule built from d_i and c_i is defined in schedule.py's docstring.
+and the schedule built from d_i and c_i is defined in schedule.py. Not here: the flags (config.py), the
+run folder's plumbing -- toy world, Ctrl-C, each arm's folder and resume (run_folder.py).
 """
 from __future__ import annotations
 
 import os
 
-# Before torch loads OpenMP: a thread waiting for its peers sleeps instead of spinning, so a busy
-# machine (another job on a core) no longer stalls every small op (docs/measurements.md). numpy's
-# OpenBLAS threads spin regardless and its matrices here are small: one thread.
+# before torch loads OpenMP: waiting threads sleep, not spin; numpy's OpenBLAS spins regardless (docs/measurements.md)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import contextlib
 import dataclasses
-import json
 import math
 import random
-import sys
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,53 +49,24 @@ import numpy as np
 import torch
 
 import estimators
-import grpo
 import plan
-import toy
-from checkpoint import latest_checkpoint
-from config import CV_FOLDS, DEEPMATH, PAPER, PAPER_BENCHMARKS, STAGES, Config, parse_args, resolve, stage_settings
+from config import CV_FOLDS, PAPER, PIPELINE, Config, parse_args, resolve, stage_settings
 from data import Problem, format_prompt, load_problems, write_problems
-from evaluate import generate_completions, load_benchmark, make_eval_fn
+from evaluate import generate_completions
 from export import export_run
 from parallel import barrier, dist_info, init_distributed
-from report import cluster_purity, cluster_summary, metric_name, write_report
-from runtime import (Interrupted, Stage, Stages, atomic_write_text, command_line, dir_stamp, file_stamp, folder_lock,
-                     load_model, read_jsonl, resolve_device, stable_hash, write_jsonl)
+from report import cluster_purity, cluster_summary, write_report
+from run_folder import (enter_toy_world, finite_or_none, load_once, log, read_json, setup, train_arms,
+                        where_interrupted, write_json)
+from runtime import (Interrupted, Stages, atomic_write_text, command_line, dir_stamp, file_stamp, folder_lock,
+                     write_jsonl)
 from sae import PooledFeatures, check_on_model, encode_problems, prompt_texts, sae_layer, train_sae
 from sae_formats import load_sae, save_sae
 from schedule import make_schedules, pace_applies, write_schedule
 from verifier import extract_answer, gold_parse_report, is_equiv, verify
 
-# The stages' cache keys (runtime.Stages), declared: the stages each one reads, the settings it depends on
-# (Config fields; GRPOConfig fields as grpo.<field>) and the files it leaves in the run folder.
-PIPELINE = (
-    Stage("problems", settings=("train_data", "limit", "seed", "problem_field", "answer_field"),
-          files=("problems.jsonl",)),
-    Stage("sae", reads=("problems",), files=("sae/cfg.json",),
-          settings=("sae", "sae_id", "sae_model", "sae_layer", "sae_width", "sae_k", "sae_tokens", "seed",
-                    "grpo.template")),
-    Stage("features", reads=("sae", "problems"), settings=("top_m", "pooling"), files=("features.safetensors",)),
-    Stage("labels", reads=("problems",), files=("labels.json",),
-          settings=("label_size", "difficulty_labels", "seed", "model", "grpo.template", "grpo.max_new_tokens")),
-    Stage("quality", reads=("features", "labels"), files=("quality.json",),
-          settings=("quality_drop", "no_quality_filter", "probe_features", "seed", "oracle")),
-    Stage("difficulty", reads=("features", "labels"), settings=("probe_features", "seed", "oracle"),
-          files=("difficulty.json",)),
-    Stage("clusters", reads=("features", "quality", "difficulty"), settings=("k", "no_cluster", "seed", "oracle"),
-          files=("clusters.json", "clusters.md")),
-    Stage("schedule", reads=("problems", "quality", "difficulty", "clusters"),
-          settings=("schedule", "pace", "steps", "mix", "no_curriculum", "compare", "seeds", "seed", "grpo.batch_size"),
-          files=("schedule.jsonl", "schedules.json", "scores.jsonl")),
-    Stage("train", reads=("schedule",)),  # never read back: each arm resumes from its own checkpoints (train_arms)
-)
-assert STAGES == tuple(stage.name for stage in PIPELINE) + ("report",), "config.STAGES lists the PIPELINE in order"
-# the toy world of a run without --model is --out/toy_world; this is the one `python saerl.py` builds in the repository
-REPO_TOY_WORLD = Path(__file__).resolve().parent / "runs" / "toy_world"
 
-
-# ================================================================================================
-# main and run: the stages in order
-# ================================================================================================
+# --- main and run: the stages in order ---------------------------------------------------------------------------
 
 
 def main(argv=None) -> Path | None:
@@ -213,56 +159,7 @@ def run_stages(stages: Stages, cfg: Config, gcfg, device) -> Path:
     return stages.finish()
 
 
-# ================================================================================================
-# The run's world and folder: the toy world, the run folder's config.json, where Ctrl-C stopped
-# ================================================================================================
-
-
-def enter_toy_world(cfg: Config) -> Config:
-    """The run without --model happens in the toy world (toy.py): built in --out/toy_world by the first run
-    (about 100 s on a CPU, said so with the folder's full path, since --out is relative to the current
-    directory) and reused after; its model, training problems and test set stand in for --model,
-    --train-data and --benchmarks (those two unless given). Runs that share --out build it once: the
-    first holds the folder's lock, the others wait for it."""
-    folder = Path(cfg.out) / "toy_world"
-    with folder_lock(folder, wait=True, log=log) if dist_info()[0] == 0 else contextlib.nullcontext():
-        if not (folder / "world.json").exists():
-            elsewhere = REPO_TOY_WORLD.resolve() != folder.resolve() and (REPO_TOY_WORLD / "world.json").exists()
-            log(f"building the toy world in {folder.resolve()} (about 100 s on a CPU, once for this --out)"
-                + (f"; {REPO_TOY_WORLD} holds one already: --out {REPO_TOY_WORLD.parent} uses it" if elsewhere else ""))
-        world = toy.build_world(folder, seed=0)
-    log(f"toy world {world.root.resolve()}")
-    return dataclasses.replace(cfg, model=str(world.model_dir), train_data=cfg.train_data or str(world.train_path),
-                               benchmarks=cfg.benchmarks or f"toy={world.test_path}")
-
-
-def setup(cfg: Config, gcfg, root: Path):
-    """The defaults that follow from other fields, the run folder and its config.json: (cfg, device)."""
-    cfg = dataclasses.replace(cfg, sae_model=cfg.sae_model or cfg.model, train_data=cfg.train_data or DEEPMATH,
-                              benchmarks=cfg.benchmarks or PAPER_BENCHMARKS)
-    root.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
-    if dist_info()[0] == 0:
-        write_json(root / "config.json", {"pipeline": dataclasses.asdict(cfg), "grpo": dataclasses.asdict(gcfg)},
-                   indent=1)
-    log(f"device {device}")
-    return cfg, device
-
-
-def where_interrupted(cfg: Config, stages: Stages | None) -> str:
-    """The line a Ctrl-C prints: where the run stopped (training says it from train_arms, with its checkpoint)."""
-    if stages is None:
-        doing = "while building the toy world" if cfg.model is None else "before the first stage"
-        return f"interrupted {doing}; run the same command to start again"
-    if stages.current is None:
-        return "interrupted between stages; run the same command to resume (finished stages are cached)"
-    return (f"interrupted during stage {stages.current}; run the same command to resume (the stages before it are "
-            "cached)")
-
-
-# ================================================================================================
-# The stages, in order: each computes its output unless the cache holds it, then reads it back
-# ================================================================================================
+# --- The stages, in order: each computes its output unless the cache holds it, then reads it back ----------------
 
 
 def problems_stage(stages: Stages, cfg: Config, gcfg) -> list[Problem]:
@@ -389,16 +286,7 @@ def train_stage(stages: Stages, cfg: Config, gcfg, problems, schedules: dict, de
     return results
 
 
-# ================================================================================================
-# Stage bodies: the labels, the quality probe, the difficulty proxy, the clusters, training
-# ================================================================================================
-
-
-def load_once(models: dict, name: str, device):
-    """(model, tokenizer) of `name`, loaded on the first call of a run (`models` is the run's dict)."""
-    if name not in models:
-        models[name] = load_model(name, device=device)
-    return models[name]
+# --- Stage bodies: the labels, the quality probe, the difficulty proxy, the clusters, training -------------------
 
 
 def label_size(cfg: Config, n: int) -> int:
@@ -565,65 +453,7 @@ def problem_scores(problems, quality, difficulty, clusters) -> list[dict]:
              "cluster": cluster_of.get(i)} for i, p in enumerate(problems)]
 
 
-def tracked_settings(gcfg) -> dict:
-    """The GRPO settings an arm's key holds: all but --report-to, which changes where its logs are mirrored,
-    not what it trains."""
-    return {k: v for k, v in dataclasses.asdict(gcfg).items() if k != "report_to"}
-
-
-def train_arms(cfg: Config, gcfg, root: Path, problems, schedules: dict, device):
-    """grpo.train for every arm, each in arms/<arm>-s<seed>/ and resuming from its own checkpoints;
-    returns ({arm: {"eval": rows, "train": rows}}, whether every arm had already finished)."""
-    benches = [load_benchmark(spec, limit=cfg.eval_limit, seed=cfg.seed) for spec in cfg.benchmarks.split(",")]
-    max_eval = cfg.max_eval_tokens or gcfg.max_new_tokens
-    eval_temperature = 0.0 if cfg.eval_samples == 1 else cfg.eval_temperature  # one sample is greedy
-    results, all_finished = {}, True
-    for arm_name, batches in schedules.items():
-        arm_dir = root / "arms" / arm_name
-        # keyed by this arm's own batches, so adding seeds or arms keeps the finished ones
-        key = stable_hash("train", batches, cfg.model, tracked_settings(gcfg), cfg.benchmarks, cfg.eval_limit,
-                          max_eval, cfg.eval_batch_size, cfg.eval_samples, cfg.eval_temperature)
-        marker = arm_dir / "key.txt"
-        if dist_info()[0] == 0:
-            if marker.exists() and marker.read_text() != key:  # settings changed: keep the old arm aside
-                stale = arm_dir.with_name(f"{arm_name}.stale-{int(time.time())}")
-                arm_dir.rename(stale)
-                log(f"{arm_name}: settings changed; previous run moved to {stale}")
-            arm_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(marker, key)
-        barrier()
-        seed = int(arm_name.rsplit("-s", 1)[1])
-        # a fresh fp32 policy per arm (arms must not share weights): load_model gives bf16 on CUDA for
-        # inference, but AdamW on bf16 weights loses small updates (grpo's bf16 flag autocasts the compute)
-        policy, tok = load_model(cfg.model, device=device, dtype=torch.float32)
-
-        eval_fn = make_eval_fn(tok, benches, template=gcfg.template, n=cfg.eval_samples,
-                               temperature=eval_temperature, max_new_tokens=max_eval,
-                               batch_size=cfg.eval_batch_size, seed=seed,
-                               metric=metric_name(cfg.eval_samples, cfg.eval_temperature))
-        last = latest_checkpoint(arm_dir / "checkpoints")
-        done = int(last.name.rsplit("_", 1)[-1]) if last else 0
-        all_finished &= done >= len(batches)
-        log(f"training arm {arm_name}: {len(batches)} steps of {gcfg.batch_size} problems x {gcfg.group_size}"
-            + ("" if not last else " (finished)" if done >= len(batches) else f", resuming from {last.name}"))
-        try:
-            grpo.train(policy, tok, problems, batches, dataclasses.replace(gcfg, seed=seed), out_dir=arm_dir,
-                       eval_fn=eval_fn, resume=True)
-        except KeyboardInterrupt as e:
-            kept = latest_checkpoint(arm_dir / "checkpoints")
-            raise Interrupted(f"interrupted during stage train (arm {arm_name}, last checkpoint "
-                              f"{kept.name if kept else 'none yet'}); run the same command to resume") from e
-        if dist_info()[0] == 0:  # the trained policy as a model folder any tool loads
-            grpo.save_final(policy, tok, arm_dir)
-        eval_log = arm_dir / "eval_log.jsonl"  # absent when --eval-every 0 (no evaluation asked for)
-        results[arm_name] = {"eval": read_jsonl(eval_log) if eval_log.exists() else [],
-                             "train": read_jsonl(arm_dir / "train_log.jsonl")}
-    return results, all_finished
-
-
-# ================================================================================================
-# The SAERL data operations: quality labels and the quality filter
-# ================================================================================================
+# --- The SAERL data operations: quality labels and the quality filter --------------------------------------------
 
 
 CORRUPTIONS = ("shuffled", "truncated", "answer-swapped")
@@ -724,30 +554,6 @@ def quality_filter(scores, drop: float) -> list[int]:
     n_drop = int(math.floor(drop * len(s) + 1e-9))
     order = np.lexsort((np.arange(len(s)), s))  # by score, then index
     return sorted(order[n_drop:].tolist())
-
-
-# ================================================================================================
-# Command line and small helpers
-# ================================================================================================
-
-
-def finite_or_none(x) -> float | None:
-    """x as a float, or None (null in JSON) when it is NaN or infinite: output files stay strict JSON."""
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def read_json(path):
-    return json.loads(Path(path).read_text())
-
-
-def write_json(path, obj, indent=None) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=indent))
-
-
-def log(msg: str) -> None:
-    rank, world = dist_info()
-    print(f"[saerl{f' rank {rank}' if world > 1 else ''}] {msg}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,12 @@ own folder (its key, a stale arm kept aside, resume, the final model), JSON file
 Imports: config, runtime, parallel, checkpoint, evaluate, report, toy, grpo; imported by saerl.py only.
 
 Public functions
+    open_run_folder(cfg, gcfg)                       the run folder locked, config.json written, its stage cache
     enter_toy_world(cfg) / setup(cfg, gcfg, root)   the toy world's paths; the derived defaults and config.json
     where_interrupted(cfg, stages)                   what Ctrl-C prints outside training
     load_once(models, name, device)                  (model, tokenizer), loaded on the run's first call
     train_arms(cfg, gcfg, root, problems, schedules, device)   grpo.train for every arm, resuming
+    cached_json(stages, name, compute)               a stage whose output is one JSON file, cached
     read_json / write_json / finite_or_none / log    the run's JSON files (strict: NaN as null) and its log line
 """
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 import grpo
 import toy
 from checkpoint import latest_checkpoint
-from config import DEEPMATH, PAPER_BENCHMARKS, Config
+from config import DEEPMATH, PAPER_BENCHMARKS, PIPELINE, Config, stage_settings
 from evaluate import load_benchmark, make_eval_fn
 from parallel import barrier, dist_info
 from report import metric_name
@@ -38,6 +40,31 @@ REPO_TOY_WORLD = Path(__file__).resolve().parent / "runs" / "toy_world"
 
 # --------------------------------------------------------------------------------------------
 # The run's world and folder: the toy world, config.json, where Ctrl-C stopped, models loaded once
+
+
+@contextlib.contextmanager
+def open_run_folder(cfg: Config, gcfg):
+    """The run folder, ready: locked by rank 0 (one run at a time), the toy world entered when there is no
+    --model, config.json written and its stage cache (config.PIPELINE) open; yields (stages, cfg, device).
+    Under torchrun the other ranks first wait for rank 0 to finish the data stages, then read them back.
+    Ctrl-C inside becomes runtime.Interrupted, saying where the run stopped."""
+    rank, world = dist_info()
+    if rank > 0:
+        barrier()
+    root = Path(cfg.out) / (cfg.name or ("toy" if cfg.model is None else Path(cfg.model.rstrip("/")).name))
+    stages = None
+    with folder_lock(root, log=log) if rank == 0 else contextlib.nullcontext():
+        log(f"run folder {root.resolve()}")
+        try:
+            if cfg.model is None:  # no --model: the toy world (toy.py), built under --out by the first run
+                cfg = enter_toy_world(cfg)
+            cfg, device = setup(cfg, gcfg, root)
+            stages = Stages(root, PIPELINE, stage_settings(cfg, gcfg), log=log, write=rank == 0)
+            yield stages, cfg, device
+        except Interrupted:
+            raise
+        except KeyboardInterrupt as e:
+            raise Interrupted(where_interrupted(cfg, stages)) from e
 
 
 def enter_toy_world(cfg: Config) -> Config:
@@ -157,6 +184,14 @@ def finite_or_none(x) -> float | None:
     """x as a float, or None (null in JSON) when it is NaN or infinite: output files stay strict JSON."""
     x = float(x)
     return x if math.isfinite(x) else None
+
+
+def cached_json(stages: Stages, name: str, compute) -> dict:
+    """Stage `name`'s output, <name>.json: compute() written unless the cache holds it, then read back."""
+    with stages.run(name) as missing:
+        if missing:
+            write_json(stages.root / f"{name}.json", compute())
+        return read_json(stages.root / f"{name}.json")
 
 
 def read_json(path):

@@ -19,14 +19,9 @@ what config.PIPELINE says it depends on); docs/design.md says more, README.md wh
     train       grpo.train per arm and seed (resumes checkpoints)        arms/<arm>-s<seed>/
     report      report.write_report: curves, steps to target, data      report.md, report.svg
 
-The estimators (estimators.py), with z_i the pooled feature row of problem i over the probe columns:
-
-    quality     q_i = sigma(w.z_i + b),  min_w  C sum_i [log(1 + e^eta_i) - y_i eta_i] + 1/2 |w|^2
-    difficulty  d_i = w.z_i + b,          min_w  1/(2n) |y - Zw - b|^2 + a rho |w|_1 + a (1 - rho)/2 |w|^2
-    diversity   c_i = argmin_c |x_i - mu_c|^2,  x_i = z_i / |z_i|,  min sum_i |x_i - mu_(c_i)|^2
-
-and the schedule built from d_i and c_i is defined in schedule.py. Not here: the flags (config.py), the
-run folder's plumbing -- toy world, Ctrl-C, each arm's folder and resume (run_folder.py).
+z_i is problem i's pooled feature row; the estimators' objectives are in estimators.py, the schedule built
+from d_i and c_i in schedule.py. Not here: the flags (config.py) and the run folder's plumbing -- the toy
+world, the lock, Ctrl-C, each arm's folder and resume (run_folder.py).
 """
 from __future__ import annotations
 
@@ -36,7 +31,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import contextlib
 import dataclasses
 import math
 import random
@@ -50,16 +44,14 @@ import torch
 
 import estimators
 import plan
-from config import CV_FOLDS, PAPER, PIPELINE, Config, parse_args, resolve, stage_settings
-from data import Problem, format_prompt, load_problems, write_problems
+from config import CV_FOLDS, PAPER, Config, parse_args, resolve
+from data import Problem, format_prompt, load_problems, number_label, write_problems
 from evaluate import generate_completions
 from export import export_run
 from parallel import barrier, dist_info, init_distributed
 from report import cluster_purity, cluster_summary, write_report
-from run_folder import (enter_toy_world, finite_or_none, load_once, log, read_json, setup, train_arms,
-                        where_interrupted, write_json)
-from runtime import (Interrupted, Stages, atomic_write_text, command_line, dir_stamp, file_stamp, folder_lock,
-                     write_jsonl)
+from run_folder import cached_json, finite_or_none, load_once, log, open_run_folder, read_json, train_arms, write_json
+from runtime import Stages, atomic_write_text, command_line, dir_stamp, file_stamp, write_jsonl
 from sae import PooledFeatures, check_on_model, encode_problems, prompt_texts, sae_layer, train_sae
 from sae_formats import load_sae, save_sae
 from schedule import make_schedules, pace_applies, write_schedule
@@ -88,26 +80,11 @@ def main(argv=None) -> Path | None:
 
 def run(cfg: Config, grpo_overrides: dict | None = None) -> Path:
     """Run the pipeline up to cfg.stage; returns the run folder. Every flag is checked first (resolve), then
-    the run folder is locked (one run at a time), then run_stages. Ctrl-C raises runtime.Interrupted, saying
-    where the run stopped; the same command resumes it."""
-    rank, world = dist_info()
+    the run folder is opened (run_folder.open_run_folder: locked, one run at a time) and run_stages runs in it.
+    Ctrl-C raises runtime.Interrupted, saying where the run stopped; the same command resumes it."""
     cfg, gcfg = resolve(cfg, grpo_overrides)  # on every rank: a bad flag fails at once, before anything loads
-    if rank > 0:  # wait for rank 0 to finish the data stages, then read them back in run_stages
-        barrier()
-    root = Path(cfg.out) / (cfg.name or ("toy" if cfg.model is None else Path(cfg.model.rstrip("/")).name))
-    stages = None
-    with folder_lock(root, log=log) if rank == 0 else contextlib.nullcontext():  # under torchrun rank 0 holds it
-        log(f"run folder {root.resolve()}")
-        try:
-            if cfg.model is None:  # no --model: the toy world (toy.py), built under --out by the first run
-                cfg = enter_toy_world(cfg)
-            cfg, device = setup(cfg, gcfg, root)
-            stages = Stages(root, PIPELINE, stage_settings(cfg, gcfg), log=log, write=rank == 0)
-            return run_stages(stages, cfg, gcfg, device)
-        except Interrupted:
-            raise
-        except KeyboardInterrupt as e:
-            raise Interrupted(where_interrupted(cfg, stages)) from e
+    with open_run_folder(cfg, gcfg) as (stages, cfg, device):
+        return run_stages(stages, cfg, gcfg, device)
 
 
 def run_stages(stages: Stages, cfg: Config, gcfg, device) -> Path:
@@ -127,13 +104,14 @@ def run_stages(stages: Stages, cfg: Config, gcfg, device) -> Path:
     feats = features_stage(stages, problems, encoder)
     if cfg.stage == "features":
         return stages.finish()
-    labels = labels_stage(stages, cfg, gcfg, problems, models, device)
+    policy = lambda: load_once(models, cfg.model, device)  # noqa: E731 -- loaded only for rollouts
+    labels = cached_json(stages, "labels", lambda: make_labels(cfg, gcfg, problems, policy))
     if cfg.stage == "labels":
         return stages.finish()
-    quality = quality_stage(stages, cfg, problems, feats, labels, encoder)
+    quality = cached_json(stages, "quality", lambda: fit_quality(cfg, problems, feats, labels, encoder))
     if cfg.stage == "quality":
         return stages.finish()
-    difficulty = difficulty_stage(stages, cfg, problems, feats, labels)
+    difficulty = cached_json(stages, "difficulty", lambda: fit_difficulty(cfg, problems, feats, labels))
     if cfg.stage == "difficulty":
         return stages.finish()
     clusters = clusters_stage(stages, cfg, problems, feats, quality, difficulty, device)
@@ -147,9 +125,8 @@ def run_stages(stages: Stages, cfg: Config, gcfg, device) -> Path:
 
     if rank == 0 and world > 1:  # the data stages are on disk: the other ranks may go on
         barrier()
-    layer = encoder.layer
-    del encoder  # the SAE stage's model and SAE: training, which --plan sizes without them, starts without them
-    models.clear()
+    layer, encoder = encoder.layer, None  # the SAE stage's model and SAE go: training, which --plan sizes
+    models.clear()  # without them, starts without them
     results = train_stage(stages, cfg, gcfg, problems, schedules, device)
     if cfg.stage == "train" or rank > 0:
         return stages.finish()
@@ -225,31 +202,6 @@ def features_stage(stages: Stages, problems, encoder: Encoder) -> PooledFeatures
         return PooledFeatures.load(stages.root / "features.safetensors")
 
 
-def labels_stage(stages: Stages, cfg: Config, gcfg, problems, models: dict, device) -> dict:
-    """The labelled subset and its difficulty labels (make_labels)."""
-    with stages.run("labels") as compute:
-        if compute:
-            policy = lambda: load_once(models, cfg.model, device)  # noqa: E731 -- loaded only for rollouts
-            write_json(stages.root / "labels.json", make_labels(cfg, gcfg, problems, policy))
-        return read_json(stages.root / "labels.json")
-
-
-def quality_stage(stages: Stages, cfg: Config, problems, feats, labels, encoder: Encoder) -> dict:
-    """The quality probe's score of every problem and the kept ones (fit_quality)."""
-    with stages.run("quality") as compute:
-        if compute:
-            write_json(stages.root / "quality.json", fit_quality(cfg, problems, feats, labels, encoder))
-        return read_json(stages.root / "quality.json")
-
-
-def difficulty_stage(stages: Stages, cfg: Config, problems, feats, labels) -> dict:
-    """The difficulty proxy's prediction for every problem (fit_difficulty)."""
-    with stages.run("difficulty") as compute:
-        if compute:
-            write_json(stages.root / "difficulty.json", fit_difficulty(cfg, problems, feats, labels))
-        return read_json(stages.root / "difficulty.json")
-
-
 def clusters_stage(stages: Stages, cfg: Config, problems, feats, quality, difficulty, device) -> dict:
     """The kept problems' clusters (cluster_kept) and clusters.md."""
     with stages.run("clusters") as compute:
@@ -292,17 +244,6 @@ def train_stage(stages: Stages, cfg: Config, gcfg, problems, schedules: dict, de
 def label_size(cfg: Config, n: int) -> int:
     """The labelled subset's size: --label-size, else min(2000, 5% of the n problems, at least 50); at most n."""
     return min(cfg.label_size or min(2000, max(50, round(0.05 * n))), n)
-
-
-def number_label(v):
-    """A number from a label field: 3, 3.0, "3" or MATH's "Level 3"; None otherwise."""
-    if isinstance(v, str) and v.strip().lower().startswith("level "):
-        v = v.strip()[6:]
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
 
 
 def make_labels(cfg: Config, gcfg, problems, policy) -> dict:

@@ -10,6 +10,7 @@ Public functions
     load_once(models, name, device)                  (model, tokenizer), loaded on the run's first call
     train_arms(cfg, gcfg, root, problems, schedules, device)   grpo.train for every arm, resuming
     cached_json(stages, name, compute)               a stage whose output is one JSON file, cached
+    problem_scores(problems, quality, difficulty, clusters)   scores.jsonl's rows
     read_json / write_json / finite_or_none / log    the run's JSON files (strict: NaN as null) and its log line
 """
 from __future__ import annotations
@@ -177,7 +178,15 @@ def train_arms(cfg: Config, gcfg, root: Path, problems, schedules: dict, device)
 
 
 # --------------------------------------------------------------------------------------------
-# JSON files and the log line
+# The run's files (JSON, scores.jsonl) and the log line
+
+
+def problem_scores(problems, quality, difficulty, clusters) -> list[dict]:
+    """scores.jsonl: per problem its quality score, whether it was kept, predicted difficulty, cluster."""
+    kept = set(quality["kept"])
+    cluster_of = dict(zip(quality["kept"], clusters["labels"]))
+    return [{"id": p.id, "quality": quality["scores"][i], "kept": i in kept, "difficulty": difficulty["predicted"][i],
+             "cluster": cluster_of.get(i)} for i, p in enumerate(problems)]
 
 
 def finite_or_none(x) -> float | None:

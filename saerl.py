@@ -19,9 +19,8 @@ what config.PIPELINE says it depends on); docs/design.md says more, README.md wh
     train       grpo.train per arm and seed (resumes checkpoints)        arms/<arm>-s<seed>/
     report      report.write_report: curves, steps to target, data      report.md, report.svg
 
-z_i is problem i's pooled feature row; the estimators' objectives are in estimators.py, the schedule built
-from d_i and c_i in schedule.py. Not here: the flags (config.py) and the run folder's plumbing -- the toy
-world, the lock, Ctrl-C, each arm's folder and resume (run_folder.py).
+The estimators' objectives are in estimators.py, the schedule built from d_i and c_i in schedule.py. Not here:
+the flags (config.py), the run folder's plumbing -- toy world, lock, Ctrl-C, each arm's folder (run_folder.py).
 """
 from __future__ import annotations
 
@@ -48,17 +47,16 @@ from config import CV_FOLDS, PAPER, Config, parse_args, resolve
 from data import Problem, format_prompt, load_problems, number_label, write_problems
 from evaluate import generate_completions
 from export import export_run
+from oracles import oracle_clusters, oracle_difficulty, oracle_quality
 from parallel import barrier, dist_info, init_distributed
 from report import cluster_purity, cluster_summary, write_report
-from run_folder import cached_json, finite_or_none, load_once, log, open_run_folder, read_json, train_arms, write_json
+from run_folder import (cached_json, finite_or_none, load_once, log, open_run_folder, problem_scores, read_json,
+                        train_arms, write_json)
 from runtime import Stages, atomic_write_text, command_line, dir_stamp, file_stamp, write_jsonl
 from sae import PooledFeatures, check_on_model, encode_problems, prompt_texts, sae_layer, train_sae
 from sae_formats import load_sae, save_sae
 from schedule import make_schedules, pace_applies, write_schedule
 from verifier import extract_answer, gold_parse_report, is_equiv, verify
-
-
-# --- main and run: the stages in order ---------------------------------------------------------------------------
 
 
 def main(argv=None) -> Path | None:
@@ -88,9 +86,8 @@ def run(cfg: Config, grpo_overrides: dict | None = None) -> Path:
 
 
 def run_stages(stages: Stages, cfg: Config, gcfg, device) -> Path:
-    """The stages in order, up to cfg.stage. Each data stage is computed unless the cache holds it (PIPELINE),
-    then read back; under torchrun rank 0 computes them while the other ranks wait, then read them back, and
-    every rank trains its share."""
+    """The stages in order, up to cfg.stage, each computed unless the cache holds it (config.PIPELINE), then read
+    back; under torchrun rank 0 computes the data stages, the other ranks read them, and every rank trains."""
     rank, world = dist_info()
     root = stages.root
     models = {}  # name -> (model, tokenizer), each loaded once per run
@@ -154,10 +151,9 @@ def problems_stage(stages: Stages, cfg: Config, gcfg) -> list[Problem]:
 
 @dataclass
 class Encoder:
-    """What the SAE stage hands on: encoder(problems) -> their pooled SAE features, the problems rendered
-    with the policy's prompt template and pooled over the problem's own tokens (the features stage encodes
-    the training problems, the quality stage their corrupted copies). It holds the SAE's model: run()
-    drops it before training."""
+    """What the SAE stage hands on: encoder(problems) -> their pooled SAE features, each problem rendered with
+    the policy's prompt template and pooled over its own tokens (the features stage encodes the training
+    problems, the quality stage their corrupted copies). It holds the SAE's model, dropped before training."""
     model: Any
     tokenizer: Any
     sae: Any
@@ -238,7 +234,7 @@ def train_stage(stages: Stages, cfg: Config, gcfg, problems, schedules: dict, de
     return results
 
 
-# --- Stage bodies: the labels, the quality probe, the difficulty proxy, the clusters, training -------------------
+# --- Stage bodies: the labels, the quality probe, the difficulty proxy, the clusters ------------------------------
 
 
 def label_size(cfg: Config, n: int) -> int:
@@ -279,11 +275,7 @@ def fit_quality(cfg: Config, problems, feats, labels, encoder: Encoder) -> dict:
     plus corrupted copies as negatives) and score every problem; keep all but the lowest
     `quality_drop` fraction. --oracle filter: the known truth instead (every meta quality 0 dropped)."""
     if "filter" in cfg.oracles:
-        truth = oracle_values(problems, "quality", "filter")
-        n_bad = sum(v == 0 for v in truth)
-        return {"scores": [float(v) for v in truth], "kept": [i for i, v in enumerate(truth) if v != 0], "labelled": [],
-                "label_source": "the oracle (meta 'quality')", "metrics": {}, "n_labelled": 0, "n_negative": n_bad,
-                "drop": n_bad / len(problems), "oracle": True}
+        return oracle_quality(problems)
     subset = labels["subset"]
     cols = feats.most_active(subset, cfg.probe_features)
     given = [problems[i].meta.get("quality") for i in subset]
@@ -317,8 +309,7 @@ def fit_quality(cfg: Config, problems, feats, labels, encoder: Encoder) -> dict:
 
 
 def answers_parse(problems) -> list[bool]:
-    """Whether each problem's reference answer parses as math (not text, not empty: the verifier's
-    gold_parse_report), the parse_ok of auto_quality_labels."""
+    """Whether each reference answer parses as math (verifier.gold_parse_report): auto_quality_labels' parse_ok."""
     unparsed = set(gold_parse_report([p.answer for p in problems])["unparsed_indices"])
     return [i not in unparsed for i in range(len(problems))]
 
@@ -330,9 +321,7 @@ def fit_difficulty(cfg: Config, problems, feats, labels) -> dict:
     (estimators.nested_cv_predictions), so it describes the deployed procedure on labels it never saw.
     --oracle difficulty: every problem's known difficulty (meta 'difficulty') instead."""
     if "difficulty" in cfg.oracles:
-        return {"predicted": [float(v) for v in oracle_values(problems, "difficulty", "difficulty")], "alpha": None,
-                "held_out": {"spearman": None, "r2": None, "n": 0, "method": "oracle"}, "n_labelled": 0,
-                "nonzero_coefficients": 0, "constant_labels": False, "oracle": True}
+        return oracle_difficulty(problems)
     subset = labels["subset"]
     cols = feats.most_active(subset, cfg.probe_features)
     X = feats.columns(subset, cols)
@@ -357,9 +346,7 @@ def cluster_kept(cfg: Config, problems, feats, kept, predicted, device) -> tuple
     X = estimators.l2_normalize_rows(sub.sparse())
     silhouettes = None
     if "clusters" in cfg.oracles:
-        topics = [str(v) for v in oracle_values([problems[i] for i in kept], "topic", "clusters")]
-        names = sorted(set(topics))
-        k, labels = len(names), torch.tensor([names.index(t) for t in topics])
+        k, labels = oracle_clusters([problems[i] for i in kept])
     elif cfg.no_cluster:
         k, labels = 1, torch.zeros(len(kept), dtype=torch.long)
     else:
@@ -377,34 +364,10 @@ def cluster_kept(cfg: Config, problems, feats, kept, predicted, device) -> tuple
             "purity": cluster_purity(labels, [problems[i].meta for i in kept])}, summary
 
 
-def oracle_values(problems, field: str, what: str) -> list:
-    """Every problem's meta[field], the truth an --oracle ablation uses instead of an estimator."""
-    missing = [p.id for p in problems if p.meta.get(field) is None]
-    if missing:
-        raise SystemExit(f"--oracle {what}: {len(missing)} problems have no '{field}' field (first: {missing[:3]}); "
-                         "the oracle ablations need the truth, which the toy world's problems carry")
-    return [p.meta[field] for p in problems]
-
-
-def problem_scores(problems, quality, difficulty, clusters) -> list[dict]:
-    """scores.jsonl: per problem its quality score, whether it was kept, predicted difficulty, cluster."""
-    kept = set(quality["kept"])
-    cluster_of = dict(zip(quality["kept"], clusters["labels"]))
-    return [{"id": p.id, "quality": quality["scores"][i], "kept": i in kept, "difficulty": difficulty["predicted"][i],
-             "cluster": cluster_of.get(i)} for i, p in enumerate(problems)]
-
-
 # --- The SAERL data operations: quality labels and the quality filter --------------------------------------------
 
 
 CORRUPTIONS = ("shuffled", "truncated", "answer-swapped")
-
-
-def _make_problem(like, **fields):
-    """A Problem like `like` with some fields replaced."""
-    values = dict(id=like.id, problem=like.problem, answer=like.answer, meta=dict(like.meta or {}))
-    values.update(fields)
-    return Problem(**values)
 
 
 def corrupt_copies(problems, *, seed: int = 0, frac: float = 0.15) -> list:
@@ -444,8 +407,7 @@ def corrupt_copies(problems, *, seed: int = 0, frac: float = 0.15) -> list:
             else:
                 continue
             meta = dict(p.meta or {}, quality=0, corruption=kind, corrupt_copy_of=p.id)
-            out.append(_make_problem(p, id=f"{p.id}#corrupt-{kind}", problem=text,
-                                     answer=answer, meta=meta))
+            out.append(Problem(id=f"{p.id}#corrupt-{kind}", problem=text, answer=answer, meta=meta))
             break
     return out
 

@@ -232,7 +232,7 @@ PIPELINE = (
     Stage("schedule", reads=("problems", "quality", "difficulty", "clusters"),
           settings=("schedule", "pace", "steps", "mix", "no_curriculum", "compare", "seeds", "seed", "grpo.batch_size"),
           files=("schedule.jsonl", "schedules.json", "scores.jsonl")),
-    Stage("train", reads=("schedule",)),  # never read back: each arm resumes from its own checkpoints (run_folder.train_arms)
+    Stage("train", reads=("schedule",)),  # never read back: each arm resumes from its checkpoints (run_folder.train_arms)
 )
 # the stages of saerl.run in order; --stage stops after one
 STAGES = tuple(stage.name for stage in PIPELINE) + ("report",)

@@ -8,6 +8,7 @@
                     Config fields left at None
     parse_args      saerl.py's command line -> (Config, the GRPOConfig fields given)
     resolve         every flag checked, each world's defaults filled in -> (Config, GRPOConfig)
+    PIPELINE, STAGES  saerl.run's stages in order, each with what its cache key holds (runtime.Stage)
 
 Each field is a flag (`--sae-layer` for `sae_layer`; runtime.flag carries its help text). A bad value
 stops the run before anything loads, with one line naming the flag, its value and what is allowed
@@ -26,8 +27,8 @@ import plan
 from data import TEMPLATES
 from evaluate import resolve_benchmark
 from parallel import dist_info
-from runtime import (TRACKERS, ConfigError, add_dataclass_args, check, check_device, dataclass_from_args, flag,
-                     given_args, installed)
+from runtime import (TRACKERS, ConfigError, Stage, add_dataclass_args, check, check_device, dataclass_from_args,
+                     flag, given_args, installed)
 from sampler import ENGINES
 
 
@@ -210,8 +211,31 @@ def by_world(name: str, paper_none: str = "") -> str:
 
     return f" (default {show(PAPER[name])}; in the toy world {show(TOY[name])})"
 
-# the stages of saerl.run in order (saerl.PIPELINE declares them and their cache keys); --stage stops after one
-STAGES = ("problems", "sae", "features", "labels", "quality", "difficulty", "clusters", "schedule", "train", "report")
+
+# saerl.run's stages in order and their cache keys (runtime.Stages), declared: the stages each one reads, the
+# settings it depends on (Config fields; GRPOConfig fields as grpo.<field>) and the files it leaves in the run folder.
+PIPELINE = (
+    Stage("problems", settings=("train_data", "limit", "seed", "problem_field", "answer_field"),
+          files=("problems.jsonl",)),
+    Stage("sae", reads=("problems",), files=("sae/cfg.json",),
+          settings=("sae", "sae_id", "sae_model", "sae_layer", "sae_width", "sae_k", "sae_tokens", "seed",
+                    "grpo.template")),
+    Stage("features", reads=("sae", "problems"), settings=("top_m", "pooling"), files=("features.safetensors",)),
+    Stage("labels", reads=("problems",), files=("labels.json",),
+          settings=("label_size", "difficulty_labels", "seed", "model", "grpo.template", "grpo.max_new_tokens")),
+    Stage("quality", reads=("features", "labels"), files=("quality.json",),
+          settings=("quality_drop", "no_quality_filter", "probe_features", "seed", "oracle")),
+    Stage("difficulty", reads=("features", "labels"), settings=("probe_features", "seed", "oracle"),
+          files=("difficulty.json",)),
+    Stage("clusters", reads=("features", "quality", "difficulty"), settings=("k", "no_cluster", "seed", "oracle"),
+          files=("clusters.json", "clusters.md")),
+    Stage("schedule", reads=("problems", "quality", "difficulty", "clusters"),
+          settings=("schedule", "pace", "steps", "mix", "no_curriculum", "compare", "seeds", "seed", "grpo.batch_size"),
+          files=("schedule.jsonl", "schedules.json", "scores.jsonl")),
+    Stage("train", reads=("schedule",)),  # never read back: each arm resumes from its checkpoints (run_folder.train_arms)
+)
+# the stages of saerl.run in order; --stage stops after one
+STAGES = tuple(stage.name for stage in PIPELINE) + ("report",)
 ORACLES = ("filter", "difficulty", "clusters")  # --oracle: the estimators an ablation may replace by the truth
 CV_FOLDS = 5  # the difficulty proxy's α by 5-fold cross-validation, its held-out figure by nested folds
 MIN_LABELS = 2 * CV_FOLDS  # the smallest labelled subset nested cross-validation can run on (saerl.fit_difficulty)

@@ -11,6 +11,7 @@ Public functions
     load_problems(source, ...)     a local .jsonl / .json / .parquet file or a Hub dataset id
     last_user_turn(messages)       the problem text of a chat-format row (TRL, verl)
     answer_from_row(row, ...)      the reference answer of one raw row (aliases, \\boxed, ####)
+    number_label(v)                a numeric label field (3, "3", MATH's "Level 3"), else None
     format_prompt(text, tok, t)    the `qwen-math`, `plain`, `chat` or `chatml` template
     prompt_messages(text, t)       the same prompt as a chat message list (TRL / verl datasets; export.py)
     stop_token_ids(model, tok)     where a completion ends (training and evaluation alike)
@@ -255,6 +256,17 @@ def answer_from_row(row: dict, *, answer_field: str | None = None) -> tuple[str 
     if answer is not None and "####" in answer:  # GSM8K: the answer follows the last ####
         answer = answer.rsplit("####", 1)[1].strip().replace(",", "") or None
     return answer, [answer] if answer else []
+
+
+def number_label(v):
+    """A number from a label field: 3, 3.0, "3" or MATH's "Level 3"; None otherwise."""
+    if isinstance(v, str) and v.strip().lower().startswith("level "):
+        v = v.strip()[6:]
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
 
 
 def _canonical(value) -> str | None:

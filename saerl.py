@@ -1,21 +1,12 @@
 """saerl.py -- SAERL, the method and its entry point: `python saerl.py [flags]` runs it end to end.
 
-Owns: run() with the stages in order, and the SAERL data operations (quality labels and filter, the
-difficulty-proxy fit, clustering). Every flag, its default in each world and its check are config.py's;
-the order the kept problems are trained in is schedule.py's. No file imports this one.
-Imports: the component modules below it -- config, runtime, data, estimators, sae, sae_formats,
-verifier, evaluate, report, schedule, toy, grpo, plan, parallel.
-
 Reference: "Guiding LLM Post-training Data Engineering with Model Internals from Sparse Autoencoders".
 Each training problem becomes a pooled SAE feature row; three properties read off those rows drive
 three data operations before GRPO/DAPO training. With no --model the whole run happens in the toy
 world (toy.py) on a CPU in a few minutes and compares SAERL with vanilla GRPO.
 
-Stages of run(), in order. Each writes under runs/<name>/ and is cached (runtime.Stages): its key is
-derived from what PIPELINE declares it depends on (the settings it names, the stages it reads), so a
-stage whose key is unchanged is read back, not recomputed, and a changed flag recomputes that stage
-and the ones that read it. Each stage's wall time is printed and listed in report.md (a cached stage
-shows as cached, ~0 s).
+run() calls the stages in order. Each writes under runs/<name>/ and is cached (runtime.Stages, keyed by
+what config.PIPELINE says it depends on); docs/design.md says more, README.md what each file holds.
 
     problems    data.load_problems(--train-data)                         problems.jsonl
     sae         sae_formats.load_sae(--sae), or sae.train_sae            sae/
@@ -28,43 +19,20 @@ shows as cached, ~0 s).
     train       grpo.train per arm and seed (resumes checkpoints)        arms/<arm>-s<seed>/
     report      report.write_report: curves, steps to target, data      report.md, report.svg
 
-Before anything is built or loaded every flag is checked (Config.validate, GRPOConfig.validate): a value out
-of range or a combination that cannot run stops with one line naming the flag, its value and what is allowed.
-One run at a time holds a run folder (runtime.folder_lock on runs/<name>/run.lock; under torchrun, rank
-0): a second command on it
-stops at once naming the first's pid, host and start time; a killed run's lock is free. Ctrl-C stops with one
-line saying where (the stage; in training the arm and its last checkpoint); the same command resumes. --out
-is relative to the current directory, so a toy run started elsewhere builds a toy world there, and says so.
-
-Under `torchrun --nproc_per_node N saerl.py ...` rank 0 runs the stages up to schedule while the
-other ranks wait on a barrier, then read them back from the cache; every rank trains and evaluates
-its share (parallel.py); rank 0 writes the report.
-
-The estimators (estimators.py), with z_i the pooled feature row of problem i over the probe columns:
-
-    quality     q_i = sigma(w.z_i + b),  min_w  C sum_i [log(1 + e^eta_i) - y_i eta_i] + 1/2 |w|^2
-    difficulty  d_i = w.z_i + b,          min_w  1/(2n) |y - Zw - b|^2 + a rho |w|_1 + a (1 - rho)/2 |w|^2
-    diversity   c_i = argmin_c |x_i - mu_c|^2,  x_i = z_i / |z_i|,  min sum_i |x_i - mu_(c_i)|^2
-
-and the schedule built from d_i and c_i is defined in schedule.py's docstring.
+The estimators' objectives are in estimators.py, the schedule built from d_i and c_i in schedule.py. Not here:
+the flags (config.py), the run folder's plumbing -- toy world, lock, Ctrl-C, each arm's folder (run_folder.py).
 """
 from __future__ import annotations
 
 import os
 
-# Before torch loads OpenMP: a thread waiting for its peers sleeps instead of spinning, so a busy
-# machine (another job on a core) no longer stalls every small op (docs/measurements.md). numpy's
-# OpenBLAS threads spin regardless and its matrices here are small: one thread.
+# before torch loads OpenMP: waiting threads sleep, not spin; numpy's OpenBLAS spins regardless (docs/measurements.md)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import contextlib
 import dataclasses
-import json
 import math
 import random
-import sys
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,53 +42,21 @@ import numpy as np
 import torch
 
 import estimators
-import grpo
 import plan
-import toy
-from checkpoint import latest_checkpoint
-from config import CV_FOLDS, DEEPMATH, PAPER, PAPER_BENCHMARKS, STAGES, Config, parse_args, resolve, stage_settings
-from data import Problem, format_prompt, load_problems, write_problems
-from evaluate import generate_completions, load_benchmark, make_eval_fn
+from config import CV_FOLDS, PAPER, Config, parse_args, resolve
+from data import Problem, format_prompt, load_problems, number_label, write_problems
+from evaluate import generate_completions
 from export import export_run
+from oracles import oracle_clusters, oracle_difficulty, oracle_quality
 from parallel import barrier, dist_info, init_distributed
-from report import cluster_purity, cluster_summary, metric_name, write_report
-from runtime import (Interrupted, Stage, Stages, atomic_write_text, command_line, dir_stamp, file_stamp, folder_lock,
-                     load_model, read_jsonl, resolve_device, stable_hash, write_jsonl)
+from report import cluster_purity, cluster_summary, write_report
+from run_folder import (cached_json, finite_or_none, load_once, log, open_run_folder, problem_scores, read_json,
+                        train_arms, write_json)
+from runtime import Stages, atomic_write_text, command_line, dir_stamp, file_stamp, write_jsonl
 from sae import PooledFeatures, check_on_model, encode_problems, prompt_texts, sae_layer, train_sae
 from sae_formats import load_sae, save_sae
 from schedule import make_schedules, pace_applies, write_schedule
 from verifier import extract_answer, gold_parse_report, is_equiv, verify
-
-# The stages' cache keys (runtime.Stages), declared: the stages each one reads, the settings it depends on
-# (Config fields; GRPOConfig fields as grpo.<field>) and the files it leaves in the run folder.
-PIPELINE = (
-    Stage("problems", settings=("train_data", "limit", "seed", "problem_field", "answer_field"),
-          files=("problems.jsonl",)),
-    Stage("sae", reads=("problems",), files=("sae/cfg.json",),
-          settings=("sae", "sae_id", "sae_model", "sae_layer", "sae_width", "sae_k", "sae_tokens", "seed",
-                    "grpo.template")),
-    Stage("features", reads=("sae", "problems"), settings=("top_m", "pooling"), files=("features.safetensors",)),
-    Stage("labels", reads=("problems",), files=("labels.json",),
-          settings=("label_size", "difficulty_labels", "seed", "model", "grpo.template", "grpo.max_new_tokens")),
-    Stage("quality", reads=("features", "labels"), files=("quality.json",),
-          settings=("quality_drop", "no_quality_filter", "probe_features", "seed", "oracle")),
-    Stage("difficulty", reads=("features", "labels"), settings=("probe_features", "seed", "oracle"),
-          files=("difficulty.json",)),
-    Stage("clusters", reads=("features", "quality", "difficulty"), settings=("k", "no_cluster", "seed", "oracle"),
-          files=("clusters.json", "clusters.md")),
-    Stage("schedule", reads=("problems", "quality", "difficulty", "clusters"),
-          settings=("schedule", "pace", "steps", "mix", "no_curriculum", "compare", "seeds", "seed", "grpo.batch_size"),
-          files=("schedule.jsonl", "schedules.json", "scores.jsonl")),
-    Stage("train", reads=("schedule",)),  # never read back: each arm resumes from its own checkpoints (train_arms)
-)
-assert STAGES == tuple(stage.name for stage in PIPELINE) + ("report",), "config.STAGES lists the PIPELINE in order"
-# the toy world of a run without --model is --out/toy_world; this is the one `python saerl.py` builds in the repository
-REPO_TOY_WORLD = Path(__file__).resolve().parent / "runs" / "toy_world"
-
-
-# ================================================================================================
-# main and run: the stages in order
-# ================================================================================================
 
 
 def main(argv=None) -> Path | None:
@@ -142,32 +78,16 @@ def main(argv=None) -> Path | None:
 
 def run(cfg: Config, grpo_overrides: dict | None = None) -> Path:
     """Run the pipeline up to cfg.stage; returns the run folder. Every flag is checked first (resolve), then
-    the run folder is locked (one run at a time), then run_stages. Ctrl-C raises runtime.Interrupted, saying
-    where the run stopped; the same command resumes it."""
-    rank, world = dist_info()
+    the run folder is opened (run_folder.open_run_folder: locked, one run at a time) and run_stages runs in it.
+    Ctrl-C raises runtime.Interrupted, saying where the run stopped; the same command resumes it."""
     cfg, gcfg = resolve(cfg, grpo_overrides)  # on every rank: a bad flag fails at once, before anything loads
-    if rank > 0:  # wait for rank 0 to finish the data stages, then read them back in run_stages
-        barrier()
-    root = Path(cfg.out) / (cfg.name or ("toy" if cfg.model is None else Path(cfg.model.rstrip("/")).name))
-    stages = None
-    with folder_lock(root, log=log) if rank == 0 else contextlib.nullcontext():  # under torchrun rank 0 holds it
-        log(f"run folder {root.resolve()}")
-        try:
-            if cfg.model is None:  # no --model: the toy world (toy.py), built under --out by the first run
-                cfg = enter_toy_world(cfg)
-            cfg, device = setup(cfg, gcfg, root)
-            stages = Stages(root, PIPELINE, stage_settings(cfg, gcfg), log=log, write=rank == 0)
-            return run_stages(stages, cfg, gcfg, device)
-        except Interrupted:
-            raise
-        except KeyboardInterrupt as e:
-            raise Interrupted(where_interrupted(cfg, stages)) from e
+    with open_run_folder(cfg, gcfg) as (stages, cfg, device):
+        return run_stages(stages, cfg, gcfg, device)
 
 
 def run_stages(stages: Stages, cfg: Config, gcfg, device) -> Path:
-    """The stages in order, up to cfg.stage. Each data stage is computed unless the cache holds it (PIPELINE),
-    then read back; under torchrun rank 0 computes them while the other ranks wait, then read them back, and
-    every rank trains its share."""
+    """The stages in order, up to cfg.stage, each computed unless the cache holds it (config.PIPELINE), then read
+    back; under torchrun rank 0 computes the data stages, the other ranks read them, and every rank trains."""
     rank, world = dist_info()
     root = stages.root
     models = {}  # name -> (model, tokenizer), each loaded once per run
@@ -181,13 +101,14 @@ def run_stages(stages: Stages, cfg: Config, gcfg, device) -> Path:
     feats = features_stage(stages, problems, encoder)
     if cfg.stage == "features":
         return stages.finish()
-    labels = labels_stage(stages, cfg, gcfg, problems, models, device)
+    policy = lambda: load_once(models, cfg.model, device)  # noqa: E731 -- loaded only for rollouts
+    labels = cached_json(stages, "labels", lambda: make_labels(cfg, gcfg, problems, policy))
     if cfg.stage == "labels":
         return stages.finish()
-    quality = quality_stage(stages, cfg, problems, feats, labels, encoder)
+    quality = cached_json(stages, "quality", lambda: fit_quality(cfg, problems, feats, labels, encoder))
     if cfg.stage == "quality":
         return stages.finish()
-    difficulty = difficulty_stage(stages, cfg, problems, feats, labels)
+    difficulty = cached_json(stages, "difficulty", lambda: fit_difficulty(cfg, problems, feats, labels))
     if cfg.stage == "difficulty":
         return stages.finish()
     clusters = clusters_stage(stages, cfg, problems, feats, quality, difficulty, device)
@@ -201,9 +122,8 @@ def run_stages(stages: Stages, cfg: Config, gcfg, device) -> Path:
 
     if rank == 0 and world > 1:  # the data stages are on disk: the other ranks may go on
         barrier()
-    layer = encoder.layer
-    del encoder  # the SAE stage's model and SAE: training, which --plan sizes without them, starts without them
-    models.clear()
+    layer, encoder = encoder.layer, None  # the SAE stage's model and SAE go: training, which --plan sizes
+    models.clear()  # without them, starts without them
     results = train_stage(stages, cfg, gcfg, problems, schedules, device)
     if cfg.stage == "train" or rank > 0:
         return stages.finish()
@@ -213,56 +133,7 @@ def run_stages(stages: Stages, cfg: Config, gcfg, device) -> Path:
     return stages.finish()
 
 
-# ================================================================================================
-# The run's world and folder: the toy world, the run folder's config.json, where Ctrl-C stopped
-# ================================================================================================
-
-
-def enter_toy_world(cfg: Config) -> Config:
-    """The run without --model happens in the toy world (toy.py): built in --out/toy_world by the first run
-    (about 100 s on a CPU, said so with the folder's full path, since --out is relative to the current
-    directory) and reused after; its model, training problems and test set stand in for --model,
-    --train-data and --benchmarks (those two unless given). Runs that share --out build it once: the
-    first holds the folder's lock, the others wait for it."""
-    folder = Path(cfg.out) / "toy_world"
-    with folder_lock(folder, wait=True, log=log) if dist_info()[0] == 0 else contextlib.nullcontext():
-        if not (folder / "world.json").exists():
-            elsewhere = REPO_TOY_WORLD.resolve() != folder.resolve() and (REPO_TOY_WORLD / "world.json").exists()
-            log(f"building the toy world in {folder.resolve()} (about 100 s on a CPU, once for this --out)"
-                + (f"; {REPO_TOY_WORLD} holds one already: --out {REPO_TOY_WORLD.parent} uses it" if elsewhere else ""))
-        world = toy.build_world(folder, seed=0)
-    log(f"toy world {world.root.resolve()}")
-    return dataclasses.replace(cfg, model=str(world.model_dir), train_data=cfg.train_data or str(world.train_path),
-                               benchmarks=cfg.benchmarks or f"toy={world.test_path}")
-
-
-def setup(cfg: Config, gcfg, root: Path):
-    """The defaults that follow from other fields, the run folder and its config.json: (cfg, device)."""
-    cfg = dataclasses.replace(cfg, sae_model=cfg.sae_model or cfg.model, train_data=cfg.train_data or DEEPMATH,
-                              benchmarks=cfg.benchmarks or PAPER_BENCHMARKS)
-    root.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
-    if dist_info()[0] == 0:
-        write_json(root / "config.json", {"pipeline": dataclasses.asdict(cfg), "grpo": dataclasses.asdict(gcfg)},
-                   indent=1)
-    log(f"device {device}")
-    return cfg, device
-
-
-def where_interrupted(cfg: Config, stages: Stages | None) -> str:
-    """The line a Ctrl-C prints: where the run stopped (training says it from train_arms, with its checkpoint)."""
-    if stages is None:
-        doing = "while building the toy world" if cfg.model is None else "before the first stage"
-        return f"interrupted {doing}; run the same command to start again"
-    if stages.current is None:
-        return "interrupted between stages; run the same command to resume (finished stages are cached)"
-    return (f"interrupted during stage {stages.current}; run the same command to resume (the stages before it are "
-            "cached)")
-
-
-# ================================================================================================
-# The stages, in order: each computes its output unless the cache holds it, then reads it back
-# ================================================================================================
+# --- The stages, in order: each computes its output unless the cache holds it, then reads it back ----------------
 
 
 def problems_stage(stages: Stages, cfg: Config, gcfg) -> list[Problem]:
@@ -280,10 +151,9 @@ def problems_stage(stages: Stages, cfg: Config, gcfg) -> list[Problem]:
 
 @dataclass
 class Encoder:
-    """What the SAE stage hands on: encoder(problems) -> their pooled SAE features, the problems rendered
-    with the policy's prompt template and pooled over the problem's own tokens (the features stage encodes
-    the training problems, the quality stage their corrupted copies). It holds the SAE's model: run()
-    drops it before training."""
+    """What the SAE stage hands on: encoder(problems) -> their pooled SAE features, each problem rendered with
+    the policy's prompt template and pooled over its own tokens (the features stage encodes the training
+    problems, the quality stage their corrupted copies). It holds the SAE's model, dropped before training."""
     model: Any
     tokenizer: Any
     sae: Any
@@ -328,31 +198,6 @@ def features_stage(stages: Stages, problems, encoder: Encoder) -> PooledFeatures
         return PooledFeatures.load(stages.root / "features.safetensors")
 
 
-def labels_stage(stages: Stages, cfg: Config, gcfg, problems, models: dict, device) -> dict:
-    """The labelled subset and its difficulty labels (make_labels)."""
-    with stages.run("labels") as compute:
-        if compute:
-            policy = lambda: load_once(models, cfg.model, device)  # noqa: E731 -- loaded only for rollouts
-            write_json(stages.root / "labels.json", make_labels(cfg, gcfg, problems, policy))
-        return read_json(stages.root / "labels.json")
-
-
-def quality_stage(stages: Stages, cfg: Config, problems, feats, labels, encoder: Encoder) -> dict:
-    """The quality probe's score of every problem and the kept ones (fit_quality)."""
-    with stages.run("quality") as compute:
-        if compute:
-            write_json(stages.root / "quality.json", fit_quality(cfg, problems, feats, labels, encoder))
-        return read_json(stages.root / "quality.json")
-
-
-def difficulty_stage(stages: Stages, cfg: Config, problems, feats, labels) -> dict:
-    """The difficulty proxy's prediction for every problem (fit_difficulty)."""
-    with stages.run("difficulty") as compute:
-        if compute:
-            write_json(stages.root / "difficulty.json", fit_difficulty(cfg, problems, feats, labels))
-        return read_json(stages.root / "difficulty.json")
-
-
 def clusters_stage(stages: Stages, cfg: Config, problems, feats, quality, difficulty, device) -> dict:
     """The kept problems' clusters (cluster_kept) and clusters.md."""
     with stages.run("clusters") as compute:
@@ -389,32 +234,12 @@ def train_stage(stages: Stages, cfg: Config, gcfg, problems, schedules: dict, de
     return results
 
 
-# ================================================================================================
-# Stage bodies: the labels, the quality probe, the difficulty proxy, the clusters, training
-# ================================================================================================
-
-
-def load_once(models: dict, name: str, device):
-    """(model, tokenizer) of `name`, loaded on the first call of a run (`models` is the run's dict)."""
-    if name not in models:
-        models[name] = load_model(name, device=device)
-    return models[name]
+# --- Stage bodies: the labels, the quality probe, the difficulty proxy, the clusters ------------------------------
 
 
 def label_size(cfg: Config, n: int) -> int:
     """The labelled subset's size: --label-size, else min(2000, 5% of the n problems, at least 50); at most n."""
     return min(cfg.label_size or min(2000, max(50, round(0.05 * n))), n)
-
-
-def number_label(v):
-    """A number from a label field: 3, 3.0, "3" or MATH's "Level 3"; None otherwise."""
-    if isinstance(v, str) and v.strip().lower().startswith("level "):
-        v = v.strip()[6:]
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
 
 
 def make_labels(cfg: Config, gcfg, problems, policy) -> dict:
@@ -450,11 +275,7 @@ def fit_quality(cfg: Config, problems, feats, labels, encoder: Encoder) -> dict:
     plus corrupted copies as negatives) and score every problem; keep all but the lowest
     `quality_drop` fraction. --oracle filter: the known truth instead (every meta quality 0 dropped)."""
     if "filter" in cfg.oracles:
-        truth = oracle_values(problems, "quality", "filter")
-        n_bad = sum(v == 0 for v in truth)
-        return {"scores": [float(v) for v in truth], "kept": [i for i, v in enumerate(truth) if v != 0], "labelled": [],
-                "label_source": "the oracle (meta 'quality')", "metrics": {}, "n_labelled": 0, "n_negative": n_bad,
-                "drop": n_bad / len(problems), "oracle": True}
+        return oracle_quality(problems)
     subset = labels["subset"]
     cols = feats.most_active(subset, cfg.probe_features)
     given = [problems[i].meta.get("quality") for i in subset]
@@ -488,8 +309,7 @@ def fit_quality(cfg: Config, problems, feats, labels, encoder: Encoder) -> dict:
 
 
 def answers_parse(problems) -> list[bool]:
-    """Whether each problem's reference answer parses as math (not text, not empty: the verifier's
-    gold_parse_report), the parse_ok of auto_quality_labels."""
+    """Whether each reference answer parses as math (verifier.gold_parse_report): auto_quality_labels' parse_ok."""
     unparsed = set(gold_parse_report([p.answer for p in problems])["unparsed_indices"])
     return [i not in unparsed for i in range(len(problems))]
 
@@ -501,9 +321,7 @@ def fit_difficulty(cfg: Config, problems, feats, labels) -> dict:
     (estimators.nested_cv_predictions), so it describes the deployed procedure on labels it never saw.
     --oracle difficulty: every problem's known difficulty (meta 'difficulty') instead."""
     if "difficulty" in cfg.oracles:
-        return {"predicted": [float(v) for v in oracle_values(problems, "difficulty", "difficulty")], "alpha": None,
-                "held_out": {"spearman": None, "r2": None, "n": 0, "method": "oracle"}, "n_labelled": 0,
-                "nonzero_coefficients": 0, "constant_labels": False, "oracle": True}
+        return oracle_difficulty(problems)
     subset = labels["subset"]
     cols = feats.most_active(subset, cfg.probe_features)
     X = feats.columns(subset, cols)
@@ -528,9 +346,7 @@ def cluster_kept(cfg: Config, problems, feats, kept, predicted, device) -> tuple
     X = estimators.l2_normalize_rows(sub.sparse())
     silhouettes = None
     if "clusters" in cfg.oracles:
-        topics = [str(v) for v in oracle_values([problems[i] for i in kept], "topic", "clusters")]
-        names = sorted(set(topics))
-        k, labels = len(names), torch.tensor([names.index(t) for t in topics])
+        k, labels = oracle_clusters([problems[i] for i in kept])
     elif cfg.no_cluster:
         k, labels = 1, torch.zeros(len(kept), dtype=torch.long)
     else:
@@ -548,92 +364,10 @@ def cluster_kept(cfg: Config, problems, feats, kept, predicted, device) -> tuple
             "purity": cluster_purity(labels, [problems[i].meta for i in kept])}, summary
 
 
-def oracle_values(problems, field: str, what: str) -> list:
-    """Every problem's meta[field], the truth an --oracle ablation uses instead of an estimator."""
-    missing = [p.id for p in problems if p.meta.get(field) is None]
-    if missing:
-        raise SystemExit(f"--oracle {what}: {len(missing)} problems have no '{field}' field (first: {missing[:3]}); "
-                         "the oracle ablations need the truth, which the toy world's problems carry")
-    return [p.meta[field] for p in problems]
-
-
-def problem_scores(problems, quality, difficulty, clusters) -> list[dict]:
-    """scores.jsonl: per problem its quality score, whether it was kept, predicted difficulty, cluster."""
-    kept = set(quality["kept"])
-    cluster_of = dict(zip(quality["kept"], clusters["labels"]))
-    return [{"id": p.id, "quality": quality["scores"][i], "kept": i in kept, "difficulty": difficulty["predicted"][i],
-             "cluster": cluster_of.get(i)} for i, p in enumerate(problems)]
-
-
-def tracked_settings(gcfg) -> dict:
-    """The GRPO settings an arm's key holds: all but --report-to, which changes where its logs are mirrored,
-    not what it trains."""
-    return {k: v for k, v in dataclasses.asdict(gcfg).items() if k != "report_to"}
-
-
-def train_arms(cfg: Config, gcfg, root: Path, problems, schedules: dict, device):
-    """grpo.train for every arm, each in arms/<arm>-s<seed>/ and resuming from its own checkpoints;
-    returns ({arm: {"eval": rows, "train": rows}}, whether every arm had already finished)."""
-    benches = [load_benchmark(spec, limit=cfg.eval_limit, seed=cfg.seed) for spec in cfg.benchmarks.split(",")]
-    max_eval = cfg.max_eval_tokens or gcfg.max_new_tokens
-    eval_temperature = 0.0 if cfg.eval_samples == 1 else cfg.eval_temperature  # one sample is greedy
-    results, all_finished = {}, True
-    for arm_name, batches in schedules.items():
-        arm_dir = root / "arms" / arm_name
-        # keyed by this arm's own batches, so adding seeds or arms keeps the finished ones
-        key = stable_hash("train", batches, cfg.model, tracked_settings(gcfg), cfg.benchmarks, cfg.eval_limit,
-                          max_eval, cfg.eval_batch_size, cfg.eval_samples, cfg.eval_temperature)
-        marker = arm_dir / "key.txt"
-        if dist_info()[0] == 0:
-            if marker.exists() and marker.read_text() != key:  # settings changed: keep the old arm aside
-                stale = arm_dir.with_name(f"{arm_name}.stale-{int(time.time())}")
-                arm_dir.rename(stale)
-                log(f"{arm_name}: settings changed; previous run moved to {stale}")
-            arm_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(marker, key)
-        barrier()
-        seed = int(arm_name.rsplit("-s", 1)[1])
-        # a fresh fp32 policy per arm (arms must not share weights): load_model gives bf16 on CUDA for
-        # inference, but AdamW on bf16 weights loses small updates (grpo's bf16 flag autocasts the compute)
-        policy, tok = load_model(cfg.model, device=device, dtype=torch.float32)
-
-        eval_fn = make_eval_fn(tok, benches, template=gcfg.template, n=cfg.eval_samples,
-                               temperature=eval_temperature, max_new_tokens=max_eval,
-                               batch_size=cfg.eval_batch_size, seed=seed,
-                               metric=metric_name(cfg.eval_samples, cfg.eval_temperature))
-        last = latest_checkpoint(arm_dir / "checkpoints")
-        done = int(last.name.rsplit("_", 1)[-1]) if last else 0
-        all_finished &= done >= len(batches)
-        log(f"training arm {arm_name}: {len(batches)} steps of {gcfg.batch_size} problems x {gcfg.group_size}"
-            + ("" if not last else " (finished)" if done >= len(batches) else f", resuming from {last.name}"))
-        try:
-            grpo.train(policy, tok, problems, batches, dataclasses.replace(gcfg, seed=seed), out_dir=arm_dir,
-                       eval_fn=eval_fn, resume=True)
-        except KeyboardInterrupt as e:
-            kept = latest_checkpoint(arm_dir / "checkpoints")
-            raise Interrupted(f"interrupted during stage train (arm {arm_name}, last checkpoint "
-                              f"{kept.name if kept else 'none yet'}); run the same command to resume") from e
-        if dist_info()[0] == 0:  # the trained policy as a model folder any tool loads
-            grpo.save_final(policy, tok, arm_dir)
-        eval_log = arm_dir / "eval_log.jsonl"  # absent when --eval-every 0 (no evaluation asked for)
-        results[arm_name] = {"eval": read_jsonl(eval_log) if eval_log.exists() else [],
-                             "train": read_jsonl(arm_dir / "train_log.jsonl")}
-    return results, all_finished
-
-
-# ================================================================================================
-# The SAERL data operations: quality labels and the quality filter
-# ================================================================================================
+# --- The SAERL data operations: quality labels and the quality filter --------------------------------------------
 
 
 CORRUPTIONS = ("shuffled", "truncated", "answer-swapped")
-
-
-def _make_problem(like, **fields):
-    """A Problem like `like` with some fields replaced."""
-    values = dict(id=like.id, problem=like.problem, answer=like.answer, meta=dict(like.meta or {}))
-    values.update(fields)
-    return Problem(**values)
 
 
 def corrupt_copies(problems, *, seed: int = 0, frac: float = 0.15) -> list:
@@ -673,8 +407,7 @@ def corrupt_copies(problems, *, seed: int = 0, frac: float = 0.15) -> list:
             else:
                 continue
             meta = dict(p.meta or {}, quality=0, corruption=kind, corrupt_copy_of=p.id)
-            out.append(_make_problem(p, id=f"{p.id}#corrupt-{kind}", problem=text,
-                                     answer=answer, meta=meta))
+            out.append(Problem(id=f"{p.id}#corrupt-{kind}", problem=text, answer=answer, meta=meta))
             break
     return out
 
@@ -724,30 +457,6 @@ def quality_filter(scores, drop: float) -> list[int]:
     n_drop = int(math.floor(drop * len(s) + 1e-9))
     order = np.lexsort((np.arange(len(s)), s))  # by score, then index
     return sorted(order[n_drop:].tolist())
-
-
-# ================================================================================================
-# Command line and small helpers
-# ================================================================================================
-
-
-def finite_or_none(x) -> float | None:
-    """x as a float, or None (null in JSON) when it is NaN or infinite: output files stay strict JSON."""
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def read_json(path):
-    return json.loads(Path(path).read_text())
-
-
-def write_json(path, obj, indent=None) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=indent))
-
-
-def log(msg: str) -> None:
-    rank, world = dist_info()
-    print(f"[saerl{f' rank {rank}' if world > 1 else ''}] {msg}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

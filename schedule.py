@@ -3,29 +3,14 @@ random one, and the schedule file. The one file a curriculum experiment forks: c
 `python saerl.py` trains on it (the data stages before it are cached, the trainer follows any schedule).
 Imports: runtime (JSONL files) from this project -- never saerl.py or grpo.py; numpy.
 
-The SAERL schedule (one engineered epoch over the kept problems, build_schedule), with d_i the
-predicted difficulty and c_i the cluster of problem i:
-
-    1. inside each cluster, easy to hard by d_i, cut into batches of B;
-    2. batch j of n_b in its cluster has progress (j + 1/2) / n_b;
-    3. all batches ordered by progress, so every cluster advances at the same pace and consecutive
-       batches come from different clusters;
-    4. moderate mixing: the last floor(mix B / 2) problems of batches 2t and 2t+1 are swapped.
-
-A step budget shorter than one epoch trains the epoch's first steps (`--pace epoch`, the curriculum stops
-part-way), or the schedule of a stratified subset of each cluster (`--pace budget`, budget_subset), so
-every cluster still runs easy to hard. Further epochs are reshuffled by seed. The vanilla arm is
-random_schedule over every problem: shuffled epochs.
-
-Public functions
-    make_schedules(problems, quality, difficulty, clusters, ...)  each arm's batches of problem ids, and
-                                                 the engineered epoch that schedule.jsonl holds
-    arms(schedule, compare, seeds, seed)         the (arm, seed) pairs a run trains
-    pace_applies(pace, schedule, steps, batch_size, n_kept)   whether --pace budget acts
-    build_schedule(cluster_ids, difficulty, B, *, mix, curriculum, seed)   one engineered epoch (row indices)
-    budget_subset(cluster_ids, difficulty, n_take, *, seed)   the stratified subset of --pace budget
-    random_schedule(ids, batch_size, num_steps, seed)         vanilla GRPO's shuffled epochs
-    read_schedule(path) / write_schedule(path, batches)       schedule.jsonl: {"step": i, "ids": [...]} per line
+SAERL's schedule is one engineered epoch over the kept problems (build_schedule: easy to hard by the
+predicted difficulty inside each cluster, batches ordered by progress so every cluster advances at the same
+pace, neighbouring batches' tails swapped). A step budget shorter than one epoch trains the epoch's first
+steps (`--pace epoch`) or the schedule of a stratified subset of each cluster (`--pace budget`,
+budget_subset), so every cluster still runs easy to hard. Further epochs are reshuffled by seed. The vanilla
+arm is random_schedule over every problem: shuffled epochs. make_schedules builds every arm's batches;
+read_schedule / write_schedule (schedule.jsonl, one {"step": i, "ids": [...]} per batch) and the input
+checks are below the method, in the last section.
 """
 from __future__ import annotations
 
@@ -112,7 +97,7 @@ def pace_applies(pace: str, schedule: str, steps: int, batch_size: int, n_kept: 
 
 def build_schedule(cluster_ids, difficulty, batch_size: int, *, mix: float = 0.25,
                    curriculum: bool = True, seed: int = 0, interleave: bool = False) -> list[list[int]]:
-    """The SAERL batch schedule (the module docstring): a list of batches of row indices into
+    """The SAERL batch schedule: a list of batches of row indices into
     cluster_ids / difficulty (the kept problems).
 
     1. Inside each cluster, order problems easy first: stable sort by predicted difficulty, ties
@@ -134,16 +119,7 @@ def build_schedule(cluster_ids, difficulty, batch_size: int, *, mix: float = 0.2
     problem goes to the pool of step 3, so each batch holds the problems of every cluster at the
     same progress, and mixing has nothing left to do.
     Every index appears exactly once; every batch has B items except possibly the last one."""
-    clusters = _int_list(cluster_ids)
-    n = len(clusters)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if not 0 <= mix <= 1:
-        raise ValueError(f"mix must be in [0, 1], got {mix}")
-    if curriculum:
-        if difficulty is None:
-            raise ValueError("difficulty is required when curriculum=True")
-        diff = _difficulty_array(difficulty, n)
+    clusters, diff = _schedule_inputs(cluster_ids, difficulty, batch_size, mix, curriculum)
     rng = np.random.default_rng(seed)
     ids = sorted(set(clusters))
     rank = {c: r for r, c in enumerate(np.asarray(ids)[rng.permutation(len(ids))].tolist())}
@@ -238,6 +214,10 @@ def random_schedule(ids: list[str], batch_size: int, num_steps: int, seed: int) 
     return [order[i * batch_size:(i + 1) * batch_size] for i in range(num_steps)]
 
 
+# ------------------------------------------------------------------------------------------------
+# The schedule file and the input checks (below the method)
+
+
 def read_schedule(path) -> list[list[str]]:
     """schedule.jsonl rows {"step": i, "ids": [...]} -> batches ordered by step (steps must be 0..S-1)."""
     rows = list(read_jsonl(path))
@@ -255,8 +235,17 @@ def write_schedule(path, batches: list[list[str]]) -> None:
     write_jsonl(path, [{"step": i, "ids": b} for i, b in enumerate(batches)])
 
 
-# ------------------------------------------------------------------------------------------------
-# Helpers
+def _schedule_inputs(cluster_ids, difficulty, batch_size: int, mix: float, curriculum: bool):
+    """build_schedule's inputs checked: (the cluster ids as ints, the difficulties as a float64 array, or None
+    without a curriculum)."""
+    clusters = _int_list(cluster_ids)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0 <= mix <= 1:
+        raise ValueError(f"mix must be in [0, 1], got {mix}")
+    if curriculum and difficulty is None:
+        raise ValueError("difficulty is required when curriculum=True")
+    return clusters, _difficulty_array(difficulty, len(clusters)) if curriculum else None
 
 
 def _int_list(values) -> list[int]:

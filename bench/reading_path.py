@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # (label, file, first line matching `start` (None: the top), up to the first later line matching `end` (None: the end))
 PARTS = [
     ("the pipeline and the data operations", "saerl.py", None, None),
-    ("the schedule", "schedule.py", None, None),
+    ("the schedule", "schedule.py", None, r"^# The schedule file and the input checks"),
     ("SAE encoding", "sae.py", None, r"^def _activation_stream"),
     ("the hook layer", "sae.py", r"^def prompt_texts", r"^(class InputArgs|@dataclass)"),
     ("the SAE module", "sae_formats.py", None, r"^def _make_sae"),

@@ -14,6 +14,7 @@ import pytest
 import evaluate
 import grpo
 import sae
+import run_folder
 import saerl
 import toy
 from config import GRPOConfig
@@ -39,7 +40,7 @@ def nothing_loads(monkeypatch):
     def loaded(*args, **kwargs):
         raise AssertionError("a model was loaded or the toy world built before the flags were checked")
 
-    for module in (saerl, grpo, evaluate, sae):
+    for module in (run_folder, grpo, evaluate, sae):
         monkeypatch.setattr(module, "load_model", loaded)
     monkeypatch.setattr(toy, "build_world", loaded)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from data import (MAX_PROBLEM_CHARS, SYSTEM_PROMPT, Problem, format_prompt, load_problems, load_problems_report,
-                  prompt_messages, write_problems)
+                  number_label, prompt_messages, write_problems)
 from runtime import DataError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -328,3 +328,8 @@ def test_prompt_messages_render_to_the_template_text(template):
 
 def test_plain_template_stays_a_string():
     assert prompt_messages("P", "plain") == "P\nPlease reason step by step, and put your final answer within \\boxed{}.\n"
+
+
+def test_number_label_reads_numbers_and_math_levels():
+    assert [number_label(v) for v in (3, 3.0, "3", " Level 4 ", "level 2.5")] == [3.0, 3.0, 3.0, 4.0, 2.5]
+    assert [number_label(v) for v in (None, "hard", "Level ?", float("nan"), "inf")] == [None] * 5

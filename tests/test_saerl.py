@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import run_folder
 import saerl
 import toy
+from config import STAGES
 from conftest import assert_close_to_scale
 from data import Problem, load_problems
 from runtime import read_jsonl
@@ -180,7 +182,7 @@ def test_end_to_end_outputs(mini_world, tmp_path):
     assert (run / "clusters.md").read_text().count("## Cluster") == 3 or "Cluster" in (run / "clusters.md").read_text()
 
     times = report[report.index("## Where the time went"):]  # each stage's wall time, in stage order
-    assert [line.split("|")[1].strip() for line in times.splitlines()[4:13]] == list(saerl.STAGES[:-1])
+    assert [line.split("|")[1].strip() for line in times.splitlines()[4:13]] == list(STAGES[:-1])
     assert "stage times: problems" in proc.stderr
 
     again = run_saerl(saerl_cmd(mini_world, tmp_path))  # same command: every stage is cached
@@ -444,8 +446,8 @@ def test_a_run_from_another_directory_says_where_its_folders_are(tmp_path, monke
         raise Stop
 
     monkeypatch.chdir(elsewhere)
-    monkeypatch.setattr(saerl, "REPO_TOY_WORLD", repo_world)
-    monkeypatch.setattr(saerl.toy, "build_world", build_world)
+    monkeypatch.setattr(run_folder, "REPO_TOY_WORLD", repo_world)
+    monkeypatch.setattr(run_folder.toy, "build_world", build_world)
     with pytest.raises(Stop):
         saerl.main(["--stage", "problems"])
     assert built == [elsewhere / "runs" / "toy_world"]

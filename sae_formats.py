@@ -28,7 +28,6 @@ onto this layout, and which hooks are accepted: docs/sae_formats.md.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -146,16 +145,6 @@ class SAE(torch.nn.Module):
     def extra_repr(self) -> str:
         return (f"d_in={self.d_in}, d_sae={self.d_sae}, activation={self.activation}, k={self.k}, "
                 f"apply_b_dec_to_input={self.apply_b_dec_to_input}, input_norm={self.input_norm}")
-
-    def fingerprint(self) -> str:
-        """sha256 over configuration and every weight byte (cache keys)."""
-        h = hashlib.sha256(json.dumps([self.activation, self.k, self.apply_b_dec_to_input,
-                                       self.input_norm]).encode())
-        for name, t in sorted(self.state_dict().items()):
-            if t is not None:
-                h.update(name.encode())
-                h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-        return h.hexdigest()
 
 
 def _make_sae(tensors: dict, source: str, *, d_in: int, d_sae: int, **kwargs) -> SAE:

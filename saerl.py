@@ -82,11 +82,12 @@ from config import CV_FOLDS, DEEPMATH, PAPER, PAPER_BENCHMARKS, STAGES, Config, 
 from data import Problem, format_prompt, load_problems, write_problems
 from evaluate import generate_completions, load_benchmark, make_eval_fn
 from export import export_run
+from features import PooledFeatures
 from parallel import barrier, dist_info, init_distributed
 from report import cluster_purity, cluster_summary, metric_name, write_report
 from runtime import (Interrupted, Stage, Stages, atomic_write_text, command_line, dir_stamp, file_stamp, folder_lock,
                      load_model, read_jsonl, resolve_device, stable_hash, write_jsonl)
-from sae import PooledFeatures, check_on_model, encode_problems, prompt_texts, sae_layer, train_sae
+from sae import check_on_model, encode_problems, prompt_texts, sae_layer, train_sae
 from sae_formats import load_sae, save_sae
 from schedule import make_schedules, pace_applies, write_schedule
 from verifier import extract_answer, gold_parse_report, is_equiv, verify

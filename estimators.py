@@ -26,9 +26,9 @@ import warnings
 import numpy as np
 import torch
 
-from estimators_fast import (as_features, as_numpy, as_vector, cluster_sums, csr_parts, dense_rows, distances_to,
+from estimators_fast import (as_features, as_numpy, as_vector, cluster_sums, dense_rows, distances_to, divide_rows,
                              enet_coordinate_descent, linear_scores, log1pexp, mean_feature_variance, row_chunk,
-                             row_sq_norms, sigmoid, sq_distances, zscore)
+                             row_space, row_sq_norms, sigmoid, sq_distances, zscore)
 
 
 # ================================================================================================
@@ -43,10 +43,8 @@ def kmeans(X, k: int, *, n_init: int = 1, max_iter: int = 100, tol: float = 1e-4
     Objective: inertia = Σ_i min_c ‖x_i − c‖². Init: greedy k-means++ (see _kmeans_plusplus), or an
     explicit `init` [k, d]; the best of `n_init` runs (by inertia) is returned. Stopping: labels
     unchanged, or Σ_c ‖Δc‖² ≤ tol · mean_j Var(X[:, j]) (sklearn's _tolerance), or max_iter.
-    Empty clusters: see _relocate_empty. Distances ‖x‖² − 2x·c + ‖c‖² are computed in row chunks
-    of `chunk_size`, so besides X itself memory is O(chunk_size · k + k · d); sparse X (COO/CSR) is
-    never densified (a transposed CSR copy serves the centre update). Runs on X's device or on
-    `device`.
+    Empty clusters: see _relocate_empty. Distances ‖x‖² − 2x·c + ‖c‖² run in row chunks of
+    `chunk_size`; sparse X (COO/CSR) is never densified (estimators_fast). Runs on X's device or `device`.
 
     X: [N, d] dense or sparse. Returns labels LongTensor [N], centroids [k, d] (X's dtype), inertia
     (float; also the iteration count when return_n_iter)."""
@@ -169,12 +167,7 @@ def l2_normalize_rows(X, eps: float = 1e-12) -> torch.Tensor:
     """Rows scaled to unit L2 norm (zero rows stay zero); dense stays dense, sparse stays CSR."""
     X = as_features(X)
     norms = row_sq_norms(X).sqrt().clamp_min(eps).to(X.dtype)  # [N]
-    if X.layout == torch.strided:
-        return X / norms[:, None]
-    crow, col, val = csr_parts(X)
-    row_of_nnz = torch.repeat_interleave(torch.arange(X.shape[0], device=X.device), crow.diff())
-    return torch.sparse_csr_tensor(crow, col, val / norms[row_of_nnz], size=X.shape,
-                                   check_invariants=False)
+    return divide_rows(X, norms)  # X / norms[:, None], for CSR too
 
 
 def choose_k(X, candidates=(8, 16, 32, 64), *, sample: int = 2000, seed: int = 0, **kmeans_kw):
@@ -349,11 +342,9 @@ class LogisticProbe:
         minimise  C · Σ_i [log(1 + e^{η_i}) − y_i·η_i] + ½‖w‖²,   η = Xw + b, b unpenalised,
 
     solved by damped Newton (IRLS with a backtracking line search) until the largest Newton step
-    is ≤ tol·(1 + max|θ|). When d > n the problem is reduced exactly to n dimensions: with the
-    thin QR Xᵀ = Q·R, the optimal w lies in span(Q) (the loss only sees Xw and the penalty prefers
-    the row space), so w = Q·z and Xw = Rᵀz, ‖w‖ = ‖z‖. Newton then works with m = min(n, d)
-    unknowns: O(n·m²) time, O(m²) memory beyond X. standardize=True z-scores features with the
-    training mean/std (constant features get scale 1); coef_ lives in that standardised space.
+    is ≤ tol·(1 + max|θ|); when d > n, Newton runs on the exact n-dimensional reduction of
+    estimators_fast.row_space. standardize=True z-scores features with the training mean/std
+    (constant features get scale 1); coef_ lives in that standardised space.
     """
 
     def __init__(self, C=1.0, max_iter=100, tol=1e-8, standardize=True):
@@ -376,12 +367,8 @@ class LogisticProbe:
         Z = X
         if self.standardize:
             Z, self.shift_, self.scale_ = zscore(X)  # [n, d]
-        n, d = Z.shape
-        Q = None
-        if d > n:
-            Q, Rm = np.linalg.qr(Z.T)  # Zᵀ = Q·Rm, Q [d, n], Rm [n, n]
-            Z = Rm.T  # rows of Z in the basis Q: [n, n]
-        theta, self.n_iter_ = self._newton(Z, y)
+        Q, F = row_space(Z)  # Z = F·Qᵀ with F [n, min(n, d)]; Q is None when d <= n (F = Z)
+        theta, self.n_iter_ = self._newton(F, y)
         z, self.intercept_ = theta[:-1], float(theta[-1])
         self.coef_ = Q @ z if Q is not None else z
         return self

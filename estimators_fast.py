@@ -2,12 +2,13 @@
 estimator computes, only how fast it runs and which input kinds it takes.
 Imports: numpy, torch and the standard library only (estimators.py and this file lift out together).
 
-    as_features, row_chunk, dense_rows, row_sq_norms   dense or torch sparse (COO/CSR) rows, never densified
+    as_features, row_chunk, dense_rows, row_sq_norms, divide_rows   dense or torch sparse (COO/CSR) rows,
+                              never densified
     mean_feature_variance, sq_distances, distances_to, cluster_sums   k-means in row chunks, centre sums as a GEMM
     as_numpy, as_vector, zscore, linear_scores         ElasticNet's and the probe's input checks and transform
     enet_coordinate_descent   ElasticNet's solver: the textbook update (estimators.enet_coordinate_descent_plain)
                               on a working set with a Gram matrix, stopped on the duality gap
-    log1pexp, sigmoid         the probe's numerically stable link
+    row_space, log1pexp, sigmoid   the probe's exact reduction when d > n and its stable link
 """
 from __future__ import annotations
 
@@ -66,6 +67,15 @@ def dense_rows(X: torch.Tensor, idx) -> torch.Tensor:
         a, b = int(crow[i]), int(crow[i + 1])
         out[r, col[a:b]] = val[a:b]
     return out
+
+
+def divide_rows(X: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """X / factors[:, None]; a CSR matrix stays CSR (its values divided by their row's factor)."""
+    if X.layout == torch.strided:
+        return X / factors[:, None]
+    crow, col, val = csr_parts(X)
+    row_of_nnz = torch.repeat_interleave(torch.arange(X.shape[0], device=X.device), crow.diff())
+    return torch.sparse_csr_tensor(crow, col, val / factors[row_of_nnz], size=X.shape, check_invariants=False)
 
 
 def row_sq_norms(X: torch.Tensor) -> torch.Tensor:
@@ -311,6 +321,18 @@ def _enet_gap(w, l1, l2, R_norm2, Ry, XtR):
 
 
 # The probe's numerics
+
+
+def row_space(Z: np.ndarray):
+    """The logistic probe's exact reduction when d > n: with the thin QR Zᵀ = Q·R, the optimal w lies
+    in span(Q) (the loss only sees Zw and the penalty prefers the row space), so w = Q·z, Zw = Rᵀz and
+    ‖w‖ = ‖z‖; Newton then works with m = min(n, d) unknowns: O(n·m²) time, O(m²) memory beyond Z.
+    Returns (Q [d, n], Rᵀ [n, n]); (None, Z) when d <= n."""
+    n, d = Z.shape
+    if d <= n:
+        return None, Z
+    Q, R = np.linalg.qr(Z.T)  # Q [d, n], R [n, n]
+    return Q, R.T
 
 
 def log1pexp(z: np.ndarray) -> np.ndarray:

@@ -115,9 +115,10 @@ def sae_fingerprint(sae: SAE) -> str:
 
 
 class ShardCache:
-    """encode_problems' resumable cache: under cache_dir/<key>/ (key: a hash of key_parts) the finished
-    batches are written as shards of `shard_batches` batches, and the assembled result as
-    features.safetensors, after which the shards are deleted. A killed run resumes from its shards."""
+    """encode_problems' resumable cache: under cache_dir/<key>/ (key: a hash of key_parts: the model, the
+    SAE, layer, pooling, top_m, max_length, texts, spans) the finished batches are written as shards of
+    `shard_batches` batches, and the assembled result as features.safetensors, after which the shards
+    are deleted. A killed run resumes from its shards."""
 
     def __init__(self, cache_dir: str | os.PathLike, key_parts: Sequence, n_batches: int, shard_batches: int):
         self.dir = Path(cache_dir) / stable_hash(*key_parts)[:24]

@@ -9,6 +9,9 @@ its files) and features (the pooled-feature store and the encoder's caches) -- n
     check_on_model(...)      a loaded SAE's FVU and L0 on this model's own residuals, warning on a mismatch
     prompt_texts, hook_layer, sae_layer   prompts with the problem's span; which layer to encode
     python sae.py train|encode   the command line (bottom of the file)
+
+Over 600 lines because `python sae.py train|encode` is one tool whose training reads residuals through
+the encoder's own batching; the reader's part is the encoding above "Training a TopK SAE".
 """
 from __future__ import annotations
 
@@ -157,10 +160,8 @@ def encode_problems(model, tokenizer, texts: Sequence[str], sae: SAE, layer: int
     masked mean (or max) over the text's tokens excluding padding, special tokens and the first
     real token (and tokens outside char_spans[i] when given), then the top_m values + indices.
 
-    Batches run longest first. With cache_dir, finished batches are written as shards every
-    `shard_batches` batches under cache_dir/<key>/ (key = hash of model, SAE, layer, pooling,
-    top_m, max_length, texts, spans) and a killed run resumes from them; the assembled result is
-    cache_dir/<key>/features.safetensors. `device` / `dtype` move the model (and the SAE) in place."""
+    Batches run longest first. With cache_dir a killed run resumes from its finished batches
+    (features.ShardCache). `device` / `dtype` move the model (and the SAE) in place."""
     if pooling not in ("mean", "max"):
         raise ValueError(f"pooling={pooling!r}; expected 'mean' or 'max'")
     device = torch.device(device) if device is not None else _model_device(model)

@@ -1,14 +1,11 @@
 """estimators.py -- the from-scratch estimators SAERL reads its three properties with.
 
-Owns: k-means (greedy k-means++ init, Lloyd), silhouette and choose_k; ElasticNet with fit_alpha;
-the L2 logistic probe; metrics (spearman, r2, AUC, precision/recall, NMI).
-Imports: numpy, torch and the standard library only -- nothing from this project, so the file can
-be lifted into another one as it is. Each estimator states its objective and stopping rule and
-matches scikit-learn numerically (bench/bench_method.py measures parity and speed).
-
-Layout: the textbook algorithm of each estimator first (what it minimises, the step it repeats),
-then, below the section "Speed-ups and plumbing", the parts that only make it fast: row chunks,
-sparse CSR input, the working-set / Gram-matrix coordinate descent.
+Owns: k-means (greedy k-means++ init, Lloyd) and choose_k; ElasticNet with fit_alpha; the L2 logistic
+probe; then the metrics (silhouette, nested-CV predictions, spearman, r2, AUC, precision/recall, NMI).
+Imports: numpy, torch, the standard library and estimators_fast.py (the speed-ups and plumbing: row
+chunks, sparse CSR input, the working-set / Gram-matrix coordinate descent) -- nothing else from this
+project, so the two files lift into another one as they are. Each estimator states its objective and
+stopping rule and matches scikit-learn numerically (bench/bench_method.py measures parity and speed).
 
 Public API
     kmeans(X, k, *, n_init, max_iter, tol, seed, device, init) -> (labels, centroids, inertia)
@@ -29,9 +26,13 @@ import warnings
 import numpy as np
 import torch
 
+from estimators_fast import (as_features, as_numpy, as_vector, cluster_sums, dense_rows, distances_to, divide_rows,
+                             enet_coordinate_descent, linear_scores, log1pexp, mean_feature_variance, row_chunk,
+                             row_space, row_sq_norms, sigmoid, sq_distances, zscore)
+
 
 # ================================================================================================
-# Diversity: k-means in SAE space (the textbook steps; plumbing in the last section)
+# Diversity: k-means in SAE space (the textbook steps; plumbing in estimators_fast.py)
 # ================================================================================================
 
 
@@ -42,22 +43,20 @@ def kmeans(X, k: int, *, n_init: int = 1, max_iter: int = 100, tol: float = 1e-4
     Objective: inertia = Σ_i min_c ‖x_i − c‖². Init: greedy k-means++ (see _kmeans_plusplus), or an
     explicit `init` [k, d]; the best of `n_init` runs (by inertia) is returned. Stopping: labels
     unchanged, or Σ_c ‖Δc‖² ≤ tol · mean_j Var(X[:, j]) (sklearn's _tolerance), or max_iter.
-    Empty clusters: see _relocate_empty. Distances ‖x‖² − 2x·c + ‖c‖² are computed in row chunks
-    of `chunk_size`, so besides X itself memory is O(chunk_size · k + k · d); sparse X (COO/CSR) is
-    never densified (a transposed CSR copy serves the centre update). Runs on X's device or on
-    `device`.
+    Empty clusters: see _relocate_empty. Distances ‖x‖² − 2x·c + ‖c‖² run in row chunks of
+    `chunk_size`; sparse X (COO/CSR) is never densified (estimators_fast). Runs on X's device or `device`.
 
     X: [N, d] dense or sparse. Returns labels LongTensor [N], centroids [k, d] (X's dtype), inertia
     (float; also the iteration count when return_n_iter)."""
-    X = _as_features(X, device)
+    X = as_features(X, device)
     N, d = X.shape
     if not 1 <= k <= N:
         raise ValueError(f"k={k} must be between 1 and the number of rows N={N}")
     if n_init < 1 or max_iter < 1:
         raise ValueError(f"n_init={n_init} and max_iter={max_iter} must be >= 1")
     Xt = X.t().to_sparse_csr() if X.layout == torch.sparse_csr else None  # [d, N]
-    x_sq = _row_sq_norms(X)  # [N]
-    tol_abs = tol * _mean_feature_variance(X, x_sq) if tol > 0 else 0.0
+    x_sq = row_sq_norms(X)  # [N]
+    tol_abs = tol * mean_feature_variance(X, x_sq) if tol > 0 else 0.0
     gen = torch.Generator().manual_seed(seed)
     best = None
     for _ in range(n_init):
@@ -84,7 +83,7 @@ def _lloyd(X, Xt, x_sq, centers, max_iter, tol_abs, chunk_size):
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
         labels, dist = _assign(X, x_sq, centers, chunk_size)
-        sums, counts = _cluster_sums(X, Xt, labels, k, chunk_size)
+        sums, counts = cluster_sums(X, Xt, labels, k, chunk_size)
         _relocate_empty(X, sums, counts, labels, dist)
         filled = counts > 0
         new_centers = centers.clone()
@@ -109,7 +108,7 @@ def _assign(X, x_sq, C, chunk_size):
     dist = torch.empty(N, dtype=torch.float64, device=X.device)
     for s in range(0, N, chunk_size):
         e = min(N, s + chunk_size)
-        d2 = _sq_distances(_row_chunk(X, s, e), x_sq[s:e], Ct, c_sq)  # [m, k]
+        d2 = sq_distances(row_chunk(X, s, e), x_sq[s:e], Ct, c_sq)  # [m, k]
         dist[s:e], labels[s:e] = d2.min(1)
     return labels, dist
 
@@ -126,7 +125,7 @@ def _relocate_empty(X, centers_sum, counts, labels, dist):
     if not empty or float(dist.max()) == 0.0:
         return
     order = torch.argsort(-dist, stable=True)[:len(empty)].tolist()
-    rows = _dense_rows(X, order)
+    rows = dense_rows(X, order)
     for new_c, p, row in zip(empty, order, rows):
         old_c = int(labels[p])
         centers_sum[old_c] -= row
@@ -146,15 +145,15 @@ def _kmeans_plusplus(X, x_sq, k, gen, chunk_size, n_local_trials=None):
     first = int(torch.randint(N, (1,), generator=gen))
     ids = [first]
     centers = torch.empty(k, X.shape[1], dtype=X.dtype, device=X.device)
-    centers[0] = _dense_rows(X, [first])[0]
-    closest = _distances_to(X, x_sq, centers[:1], chunk_size)[:, 0]  # [N]
+    centers[0] = dense_rows(X, [first])[0]
+    closest = distances_to(X, x_sq, centers[:1], chunk_size)[:, 0]  # [N]
     potential = float(closest.sum())
     for c in range(1, k):
         draws = torch.rand(n_local_trials, generator=gen, dtype=torch.float64) * potential
         cum = torch.cumsum(closest, 0).cpu()
         cand = torch.searchsorted(cum, draws).clamp_max_(N - 1)  # [trials]
-        cand_rows = _dense_rows(X, cand)  # [trials, d]
-        d_cand = torch.minimum(_distances_to(X, x_sq, cand_rows, chunk_size), closest[:, None])
+        cand_rows = dense_rows(X, cand)  # [trials, d]
+        d_cand = torch.minimum(distances_to(X, x_sq, cand_rows, chunk_size), closest[:, None])
         pots = d_cand.sum(0)  # [trials]
         best = int(torch.argmin(pots))
         potential = float(pots[best])
@@ -166,57 +165,20 @@ def _kmeans_plusplus(X, x_sq, k, gen, chunk_size, n_local_trials=None):
 
 def l2_normalize_rows(X, eps: float = 1e-12) -> torch.Tensor:
     """Rows scaled to unit L2 norm (zero rows stay zero); dense stays dense, sparse stays CSR."""
-    X = _as_features(X)
-    norms = _row_sq_norms(X).sqrt().clamp_min(eps).to(X.dtype)  # [N]
-    if X.layout == torch.strided:
-        return X / norms[:, None]
-    crow, col, val = _csr_parts(X)
-    row_of_nnz = torch.repeat_interleave(torch.arange(X.shape[0], device=X.device), crow.diff())
-    return torch.sparse_csr_tensor(crow, col, val / norms[row_of_nnz], size=X.shape,
-                                   check_invariants=False)
-
-
-def silhouette_score(X, labels, *, chunk_size: int = 1024) -> float:
-    """Mean silhouette (b − a) / max(a, b) with Euclidean distances; a = mean distance to the own
-    cluster (self excluded), b = smallest mean distance to another cluster; 0 for singletons
-    (scikit-learn's convention). O(n²) time, O(chunk_size · n) memory: use it on a sample."""
-    X = _as_features(X)
-    labels = torch.as_tensor(labels, device=X.device).long()
-    n = X.shape[0]
-    k = int(labels.max()) + 1
-    sizes = torch.bincount(labels, minlength=k).double()  # [k]
-    if int((sizes > 0).sum()) < 2:
-        raise ValueError("silhouette needs at least two non-empty clusters")
-    Xd = X.to_dense() if X.layout != torch.strided else X  # a sample: small by contract
-    Xd = Xd.double()
-    x_sq = (Xd ** 2).sum(1)
-    Xt = Xd.t().contiguous()  # [d, n]
-    onehot = torch.nn.functional.one_hot(labels, k).double()  # [n, k]
-    total = 0.0
-    for s in range(0, n, chunk_size):
-        d = _sq_distances(Xd[s:s + chunk_size], x_sq[s:s + chunk_size], Xt, x_sq).sqrt()  # [m, n]
-        per_cluster = d @ onehot  # [m, k] summed distances
-        own = labels[s:s + chunk_size]
-        own_size = sizes[own]
-        a = per_cluster.gather(1, own[:, None])[:, 0] / (own_size - 1).clamp_min(1)
-        mean_other = per_cluster / sizes.clamp_min(1)[None, :]
-        mean_other[torch.arange(len(own)), own] = float("inf")
-        mean_other[:, sizes == 0] = float("inf")
-        b = mean_other.min(1).values
-        sil = (b - a) / torch.maximum(a, b).clamp_min(1e-300)
-        total += float(torch.where(own_size > 1, sil, torch.zeros_like(sil)).sum())
-    return total / n
+    X = as_features(X)
+    norms = row_sq_norms(X).sqrt().clamp_min(eps).to(X.dtype)  # [N]
+    return divide_rows(X, norms)  # X / norms[:, None], for CSR too
 
 
 def choose_k(X, candidates=(8, 16, 32, 64), *, sample: int = 2000, seed: int = 0, **kmeans_kw):
     """"--k auto": run kmeans for each candidate k on all rows, score each clustering by the
     silhouette on one fixed random sample of `sample` rows, return (best k, {k: silhouette}).
     Ties go to the smaller k. Candidates ≥ N are skipped."""
-    X = _as_features(X)
+    X = as_features(X)
     N = X.shape[0]
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randperm(N, generator=gen)[:min(sample, N)].sort().values
-    Xs = _dense_rows(X, idx.tolist()) if X.layout != torch.strided else X[idx]
+    Xs = dense_rows(X, idx.tolist()) if X.layout != torch.strided else X[idx]
     scores = {}
     for k in sorted(set(int(c) for c in candidates)):
         if not 2 <= k < N:
@@ -243,7 +205,7 @@ def enet_coordinate_descent_plain(X, y, l1, l2, *, sweeps: int = 1000, tol: floa
         w_j ← S(ρ_j, l1) / (‖x_j‖² + l2),           S(z, t) = sign(z)·max(|z| − t, 0)
 
     until a whole sweep moves no coefficient by more than tol. O(n·d) per sweep; the solver that
-    ElasticNet uses (enet_coordinate_descent, in the last section) makes the same update on a
+    ElasticNet uses (estimators_fast.enet_coordinate_descent) makes the same update on a
     working set with a Gram matrix and stops on the duality gap. Returns w [d]."""
     X = np.asarray(X, dtype=np.float64)
     r = np.asarray(y, dtype=np.float64).copy()  # residual at w = 0
@@ -288,11 +250,11 @@ class ElasticNet:
         return (X - self.shift_) / self.scale_ if self.standardize else X
 
     def fit(self, X, y, coef_init=None):
-        X = _as_numpy(X)
-        y = _as_vector(y, X.shape[0])
+        X = as_numpy(X)
+        y = as_vector(y, X.shape[0])
         n, d = X.shape
         if self.standardize:
-            Zc, self.shift_, self.scale_ = _zscore(X)  # centred by construction
+            Zc, self.shift_, self.scale_ = zscore(X)  # centred by construction
             z_mean = np.zeros(d)
         else:
             z_mean = X.mean(0) if self.fit_intercept else np.zeros(d)
@@ -309,7 +271,7 @@ class ElasticNet:
         return self
 
     def predict(self, X) -> np.ndarray:
-        return _linear_scores(self, X)
+        return linear_scores(self, X)
 
 
 def alpha_grid(X, y, *, l1_ratio=0.5, n_alphas=30, eps=1e-3, standardize=True,
@@ -317,8 +279,8 @@ def alpha_grid(X, y, *, l1_ratio=0.5, n_alphas=30, eps=1e-3, standardize=True,
     """scikit-learn's _alpha_grid: α_max = max_j |x_jᵀ(y − ȳ)| / (n·ρ) on the (standardised,
     centred) design — the smallest α with w = 0 — then n_alphas log-spaced values down to
     eps·α_max."""
-    X = _as_numpy(X)
-    y = _as_vector(y, X.shape[0])
+    X = as_numpy(X)
+    y = as_vector(y, X.shape[0])
     if standardize:
         std = X.std(0)
         X = (X - X.mean(0)) / np.where(std > 0, std, 1.0)
@@ -347,8 +309,8 @@ def fit_alpha(X, y, *, l1_ratio=0.5, n_alphas=30, eps=1e-3, folds=5, seed=0, max
     the fold. The α with the lowest mean MSE over the folds wins (ties: the larger α, the sparser
     model); the returned model is refit on all rows at that α. info: alphas, cv_mse (mean over
     folds, per α), cv_mse_folds [folds, α], alpha, folds, n."""
-    X = _as_numpy(X)
-    y = _as_vector(y, X.shape[0])
+    X = as_numpy(X)
+    y = as_vector(y, X.shape[0])
     alphas = alpha_grid(X, y, l1_ratio=l1_ratio, n_alphas=n_alphas, eps=eps, standardize=standardize)
     parts = kfold(X.shape[0], folds, seed)
     mse = np.zeros((folds, len(alphas)))  # [folds, α]
@@ -369,23 +331,6 @@ def fit_alpha(X, y, *, l1_ratio=0.5, n_alphas=30, eps=1e-3, folds=5, seed=0, max
     return model, info
 
 
-def nested_cv_predictions(X, y, *, folds=5, seed=0, **fit_kw) -> tuple[np.ndarray, list[float]]:
-    """Out-of-fold predictions of fit_alpha's whole procedure (nested cross-validation): each outer
-    fold is predicted by the model that fit_alpha (its α chosen by its own inner k-fold CV on the
-    other outer folds only) returns, so no row's prediction has seen that row, not even through the
-    choice of α. Returns (predictions [n], the α each outer fold chose)."""
-    X = _as_numpy(X)
-    y = _as_vector(y, X.shape[0])
-    pred = np.empty(X.shape[0])
-    alphas = []
-    for f, held in enumerate(kfold(X.shape[0], folds, seed)):
-        train = np.setdiff1d(np.arange(X.shape[0]), held)
-        model, info = fit_alpha(X[train], y[train], folds=folds, seed=seed + 1 + f, **fit_kw)
-        pred[held] = model.predict(X[held])
-        alphas.append(info["alpha"])
-    return pred, alphas
-
-
 # ================================================================================================
 # Quality: L2 logistic probe
 # ================================================================================================
@@ -397,11 +342,9 @@ class LogisticProbe:
         minimise  C · Σ_i [log(1 + e^{η_i}) − y_i·η_i] + ½‖w‖²,   η = Xw + b, b unpenalised,
 
     solved by damped Newton (IRLS with a backtracking line search) until the largest Newton step
-    is ≤ tol·(1 + max|θ|). When d > n the problem is reduced exactly to n dimensions: with the
-    thin QR Xᵀ = Q·R, the optimal w lies in span(Q) (the loss only sees Xw and the penalty prefers
-    the row space), so w = Q·z and Xw = Rᵀz, ‖w‖ = ‖z‖. Newton then works with m = min(n, d)
-    unknowns: O(n·m²) time, O(m²) memory beyond X. standardize=True z-scores features with the
-    training mean/std (constant features get scale 1); coef_ lives in that standardised space.
+    is ≤ tol·(1 + max|θ|); when d > n, Newton runs on the exact n-dimensional reduction of
+    estimators_fast.row_space. standardize=True z-scores features with the training mean/std
+    (constant features get scale 1); coef_ lives in that standardised space.
     """
 
     def __init__(self, C=1.0, max_iter=100, tol=1e-8, standardize=True):
@@ -414,8 +357,8 @@ class LogisticProbe:
         return (X - self.shift_) / self.scale_ if self.standardize else X
 
     def fit(self, X, y):
-        X = _as_numpy(X)
-        y = _as_vector(y, X.shape[0])
+        X = as_numpy(X)
+        y = as_vector(y, X.shape[0])
         if not np.all((y == 0) | (y == 1)):
             raise ValueError("LogisticProbe labels must be 0 or 1")
         if y.min() == y.max():
@@ -423,13 +366,9 @@ class LogisticProbe:
                              f"{int(y[0])}")
         Z = X
         if self.standardize:
-            Z, self.shift_, self.scale_ = _zscore(X)  # [n, d]
-        n, d = Z.shape
-        Q = None
-        if d > n:
-            Q, Rm = np.linalg.qr(Z.T)  # Zᵀ = Q·Rm, Q [d, n], Rm [n, n]
-            Z = Rm.T  # rows of Z in the basis Q: [n, n]
-        theta, self.n_iter_ = self._newton(Z, y)
+            Z, self.shift_, self.scale_ = zscore(X)  # [n, d]
+        Q, F = row_space(Z)  # Z = F·Qᵀ with F [n, min(n, d)]; Q is None when d <= n (F = Z)
+        theta, self.n_iter_ = self._newton(F, y)
         z, self.intercept_ = theta[:-1], float(theta[-1])
         self.coef_ = Q @ z if Q is not None else z
         return self
@@ -443,12 +382,12 @@ class LogisticProbe:
 
         def objective(t):
             eta = A @ t
-            return self.C * float(np.sum(_log1pexp(eta) - y * eta)) + 0.5 * float(
+            return self.C * float(np.sum(log1pexp(eta) - y * eta)) + 0.5 * float(
                 (penalty * t) @ t)
 
         f = objective(theta)
         for it in range(1, self.max_iter + 1):
-            p = _sigmoid(A @ theta)  # [n]
+            p = sigmoid(A @ theta)  # [n]
             grad = self.C * (A.T @ (p - y)) + penalty * theta
             H = self.C * (A.T * (p * (1 - p))) @ A + np.diag(penalty)  # [m+1, m+1]
             H[-1, -1] += 1e-12 * n  # guards only the all-saturated corner case
@@ -468,19 +407,11 @@ class LogisticProbe:
         return theta, self.max_iter
 
     def decision_function(self, X) -> np.ndarray:
-        return _linear_scores(self, X)
+        return linear_scores(self, X)
 
     def predict_proba(self, X) -> np.ndarray:
         """P(y = 1 | x) for every row, [n]."""
-        return _sigmoid(self.decision_function(X))
-
-
-def _log1pexp(z: np.ndarray) -> np.ndarray:
-    return np.logaddexp(0.0, z)
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return np.exp(-_log1pexp(-z))
+        return sigmoid(self.decision_function(X))
 
 
 # ================================================================================================
@@ -578,299 +509,50 @@ def normalized_mutual_info(a, b) -> float:
     return 0.0 if ha + hb == 0 else float(2 * mi / (ha + hb))
 
 
-# ================================================================================================
-# Speed-ups and plumbing (below this line nothing changes what is computed, only how fast)
-# ================================================================================================
+def silhouette_score(X, labels, *, chunk_size: int = 1024) -> float:
+    """Mean silhouette (b − a) / max(a, b) with Euclidean distances; a = mean distance to the own
+    cluster (self excluded), b = smallest mean distance to another cluster; 0 for singletons
+    (scikit-learn's convention). O(n²) time, O(chunk_size · n) memory: use it on a sample."""
+    X = as_features(X)
+    labels = torch.as_tensor(labels, device=X.device).long()
+    n = X.shape[0]
+    k = int(labels.max()) + 1
+    sizes = torch.bincount(labels, minlength=k).double()  # [k]
+    if int((sizes > 0).sum()) < 2:
+        raise ValueError("silhouette needs at least two non-empty clusters")
+    Xd = X.to_dense() if X.layout != torch.strided else X  # a sample: small by contract
+    Xd = Xd.double()
+    x_sq = (Xd ** 2).sum(1)
+    Xt = Xd.t().contiguous()  # [d, n]
+    onehot = torch.nn.functional.one_hot(labels, k).double()  # [n, k]
+    total = 0.0
+    for s in range(0, n, chunk_size):
+        d = sq_distances(Xd[s:s + chunk_size], x_sq[s:s + chunk_size], Xt, x_sq).sqrt()  # [m, n]
+        per_cluster = d @ onehot  # [m, k] summed distances
+        own = labels[s:s + chunk_size]
+        own_size = sizes[own]
+        a = per_cluster.gather(1, own[:, None])[:, 0] / (own_size - 1).clamp_min(1)
+        mean_other = per_cluster / sizes.clamp_min(1)[None, :]
+        mean_other[torch.arange(len(own)), own] = float("inf")
+        mean_other[:, sizes == 0] = float("inf")
+        b = mean_other.min(1).values
+        sil = (b - a) / torch.maximum(a, b).clamp_min(1e-300)
+        total += float(torch.where(own_size > 1, sil, torch.zeros_like(sil)).sum())
+    return total / n
 
 
-# k-means: input kinds (dense, torch COO/CSR), chunked distances, centre sums as a GEMM
-
-
-def _as_features(X, device=None) -> torch.Tensor:
-    """A float tensor, dense or sparse CSR (COO is coalesced and converted, never densified)."""
-    if isinstance(X, np.ndarray):
-        X = torch.from_numpy(X)
-    if not isinstance(X, torch.Tensor):
-        raise TypeError(f"features must be a torch tensor or numpy array, got {type(X).__name__}")
-    if X.dim() != 2:
-        raise ValueError(f"features must be a 2-D matrix [N, d], got shape {tuple(X.shape)}")
-    if device is not None:
-        X = X.to(device)
-    if not X.dtype.is_floating_point:
-        X = X.float()
-    if X.layout == torch.sparse_coo:
-        X = X.coalesce().to_sparse_csr()
-    elif X.layout == torch.strided:
-        X = X.contiguous()
-    elif X.layout != torch.sparse_csr:
-        raise ValueError(f"features layout {X.layout} not supported; expected dense, COO or CSR")
-    return X
-
-
-def _csr_parts(X: torch.Tensor):
-    return X.crow_indices(), X.col_indices(), X.values()
-
-
-def _row_chunk(X: torch.Tensor, start: int, end: int) -> torch.Tensor:
-    """Rows [start, end) of X as a matrix of the same kind (a CSR slice is built from the parts)."""
-    if X.layout == torch.strided:
-        return X[start:end]
-    crow, col, val = _csr_parts(X)
-    a, b = int(crow[start]), int(crow[end])
-    return torch.sparse_csr_tensor(crow[start:end + 1] - a, col[a:b], val[a:b],
-                                   size=(end - start, X.shape[1]), check_invariants=False)
-
-
-def _dense_rows(X: torch.Tensor, idx) -> torch.Tensor:
-    """Selected rows of X as a dense [len(idx), d] matrix (only these rows are densified)."""
-    idx = [int(i) for i in idx]
-    if X.layout == torch.strided:
-        return X[idx].clone()
-    crow, col, val = _csr_parts(X)
-    out = torch.zeros(len(idx), X.shape[1], dtype=X.dtype, device=X.device)
-    for r, i in enumerate(idx):
-        a, b = int(crow[i]), int(crow[i + 1])
-        out[r, col[a:b]] = val[a:b]
-    return out
-
-
-def _row_sq_norms(X: torch.Tensor) -> torch.Tensor:
-    """‖x_i‖² for every row, [N], accumulated in float64."""
-    if X.layout == torch.strided:  # in row chunks: no float64 copy of the whole matrix
-        return torch.cat([(X[s:s + 4096] * X[s:s + 4096]).sum(1, dtype=torch.float64)
-                          for s in range(0, len(X), 4096)])
-    crow, _, val = _csr_parts(X)
-    out = torch.zeros(X.shape[0], dtype=torch.float64, device=X.device)
-    for s in range(0, X.shape[0], 65536):  # in row chunks: no per-non-zero temporaries
-        e = min(X.shape[0], s + 65536)
-        rows = torch.repeat_interleave(torch.arange(s, e, device=X.device), crow[s:e + 1].diff())
-        out.index_add_(0, rows, val[int(crow[s]):int(crow[e])].double() ** 2)
-    return out
-
-
-def _mean_feature_variance(X: torch.Tensor, x_sq: torch.Tensor) -> float:
-    """mean_j Var(X[:, j]) = (Σ_ij x_ij² / N − Σ_j mean_j²) / d, without densifying sparse X."""
-    N, d = X.shape
-    if X.layout == torch.strided:
-        col_mean = X.sum(0, dtype=torch.float64) / N
-    else:
-        _, col, val = _csr_parts(X)
-        col_mean = torch.zeros(d, dtype=torch.float64, device=X.device)
-        for s in range(0, val.numel(), 1 << 22):
-            col_mean.index_add_(0, col[s:s + (1 << 22)], val[s:s + (1 << 22)].double())
-        col_mean.div_(N)
-    return float((x_sq.sum() / N - (col_mean ** 2).sum()) / d)
-
-
-def _sq_distances(Xc: torch.Tensor, xc_sq: torch.Tensor, Ct: torch.Tensor, c_sq: torch.Tensor):
-    """‖x − c‖² = ‖x‖² − 2x·c + ‖c‖² for a row chunk, [m, k], clipped at 0 (rounding).
-    Ct is the contiguous transpose of the centres, [d, k]."""
-    d2 = xc_sq[:, None] + c_sq[None, :]  # [m, k], float64
-    return d2.add_(Xc @ Ct, alpha=-2.0).clamp_min_(0.0)  # Xc @ Ct: sparse @ dense for CSR chunks
-
-
-def _distances_to(X, x_sq, C, chunk_size):
-    """Full [N, m] squared distances to a few centres m (used by k-means++ only)."""
-    c_sq = (C * C).sum(1, dtype=torch.float64)
-    Ct = C.t().contiguous()  # [d, m]
-    return torch.cat([_sq_distances(_row_chunk(X, s, min(X.shape[0], s + chunk_size)),
-                                    x_sq[s:s + chunk_size], Ct, c_sq)
-                      for s in range(0, X.shape[0], chunk_size)])
-
-
-def _cluster_sums(X, Xt, labels, k, chunk_size):
-    """M-step sums Σ_{i in c} x_i, [k, d], and counts, [k].
-
-    Dense rows: a one-hot [m, k] matrix per row chunk, multiplied in (a GEMM is several times
-    faster than index_add on CPU). Sparse X: the transposed CSR Xt [d, N] times a one-hot label
-    matrix, a group of clusters at a time so the one-hot part stays bounded.
-    """
-    N, d = X.shape
-    counts = torch.bincount(labels, minlength=k).to(torch.float64)
-    sums = torch.zeros(k, d, dtype=X.dtype, device=X.device)
-    arange_k = torch.arange(k, device=X.device)
-    if X.layout == torch.strided:
-        for s in range(0, N, chunk_size):
-            onehot = (labels[s:s + chunk_size, None] == arange_k[None, :]).to(X.dtype)  # [m, k]
-            sums.addmm_(onehot.t(), X[s:s + chunk_size])
-        return sums, counts
-    group = max(1, (chunk_size * 4096) // max(N, 1))  # one-hot part ≤ chunk_size·4096 entries
-    for k0 in range(0, k, group):
-        k1 = min(k, k0 + group)
-        onehot = (labels[:, None] == torch.arange(k0, k1, device=X.device)[None, :]).to(X.dtype)
-        sums[k0:k1] = (Xt @ onehot).t()  # [k1-k0, d]
-    return sums, counts
-
-
-# ElasticNet: input checks, standardisation, the accelerated coordinate descent
-
-
-def _as_numpy(X, name: str = "X") -> np.ndarray:
-    """A dense float64 numpy matrix from numpy / dense or sparse torch input (sparse is densified:
-    the labelled subset is small by design)."""
-    if isinstance(X, torch.Tensor):
-        X = (X.to_dense() if X.layout != torch.strided else X).detach().cpu().double().numpy()
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D matrix [n, d], got shape {X.shape}")
-    return X
-
-
-def _as_vector(y, n: int, name: str = "y") -> np.ndarray:
-    if isinstance(y, torch.Tensor):
-        y = y.detach().cpu().double().numpy()
-    y = np.asarray(y, dtype=np.float64).reshape(-1)
-    if y.shape[0] != n:
-        raise ValueError(f"{name} has {y.shape[0]} entries, expected {n} (one per row of X)")
-    if not np.all(np.isfinite(y)):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return y
-
-
-def _zscore(X: np.ndarray):
-    """(X − mean) / std per column in two passes (a constant column gets scale 1): Z, mean, std."""
-    mean = X.mean(0)
-    Z = X - mean  # [n, d]
-    std = np.sqrt(np.einsum("ij,ij->j", Z, Z) / X.shape[0])
-    scale = np.where(std > 0, std, 1.0)
-    Z /= scale
-    return Z, mean, scale
-
-
-def _linear_scores(model, X) -> np.ndarray:
-    """X (standardised as at fit time) @ coef_ + intercept_, for ElasticNet and LogisticProbe."""
-    X = _as_numpy(X)
-    if X.shape[1] != model.coef_.shape[0]:
-        raise ValueError(f"X has {X.shape[1]} features, {type(model).__name__} was fit on {model.coef_.shape[0]}")
-    return model._transform(X) @ model.coef_ + model.intercept_
-
-
-def enet_coordinate_descent(X, y, l1, l2, *, max_iter=1000, tol=1e-4, w=None, polish_max=400):
-    """Minimise ½‖y − Xw‖² + l1‖w‖₁ + ½ l2‖w‖² by cyclic coordinate descent (Friedman et al. 2010;
-    scikit-learn's enet_coordinate_descent; its objective is n_samples times ElasticNet's).
-
-    Update: w_j ← S(x_jᵀr + w_j‖x_j‖², l1) / (‖x_j‖² + l2), S the soft threshold. Stopping is
-    sklearn's: after a sweep whose largest update is ≤ tol·max|w|, the duality gap (over all
-    coordinates) is computed and the fit stops when gap ≤ tol·‖y‖². Three accelerations leave that
-    certificate untouched: (1) sweeps visit a working set that only grows — coordinates that are
-    non-zero or violate the KKT condition |x_jᵀr| ≤ l1, re-checked at every gap evaluation
-    (glmnet's active set); at most max(16, |set|) of the worst violators join per check, so the
-    set stays near the support instead of holding every feature correlated with y at w = 0; (2)
-    sweeps use the working set's Gram matrix, grown block by block as coordinates join (sklearn's
-    `precompute`, restricted to the working set), so an update costs O(|A|) instead of O(n) and
-    c = X_Aᵀr is kept current instead of the residual; (3) when the sweeps settle on a support S
-    of at most `polish_max` coordinates, one solve (X_SᵀX_S + l2·I) w_S = X_Sᵀy − l1·sign(w_S)
-    is accepted if it keeps every sign: it is then the exact minimiser on that orthant face, so
-    the objective cannot rise. Returns (w, gap, tol·‖y‖², sweeps)."""
-    n, d = X.shape
-    w = np.zeros(d) if w is None else np.array(w, dtype=np.float64).reshape(-1)
-    if w.shape != (d,):
-        raise ValueError(f"warm-start coefficients have {w.size} entries, X has {d} features")
-    norm2 = np.einsum("ij,ij->j", X, X)  # [d]
-    usable = norm2 > 0  # all-zero columns keep w_j = 0, as in sklearn
-    w[~usable] = 0.0
-    tol_abs = tol * float(y @ y)
-    ws = np.zeros(0, dtype=np.int64)  # working set, in the order coordinates joined
-    XA_rows = np.zeros((0, n))  # its columns of X as contiguous rows, [a, n]
-    G = np.zeros((0, 0))  # its Gram matrix, [a, a]
-    sweeps = 0
-    while True:
-        R = y - X @ w  # [n]
-        XtR = X.T @ R  # [d]
-        gap = _enet_gap(w, l1, l2, float(R @ R), float(R @ y), XtR)
-        if gap <= tol_abs or sweeps >= max_iter:
-            break
-        grow = usable & ((np.abs(XtR) > l1) | (l1 == 0))
-        grow[ws] = False
-        new = np.flatnonzero(grow)
-        n_add = max(16, ws.size)  # violators join at most doubling the working set per check
-        if l1 > 0 and new.size > n_add:
-            new = new[np.argsort(-np.abs(XtR[new]), kind="stable")[:n_add]]
-        warm = w != 0  # non-zero (warm-start) coordinates always join
-        warm[ws] = False
-        new = np.union1d(new, np.flatnonzero(warm))
-        if new.size:
-            X_new = np.ascontiguousarray(X[:, new].T)  # [m, n]
-            cross = XA_rows @ X_new.T  # [a, m]
-            G = np.block([[G, cross], [cross.T, X_new @ X_new.T]])
-            XA_rows = np.concatenate([XA_rows, X_new])
-            ws = np.concatenate([ws, new])
-        if ws.size == 0:
-            break  # w = 0 already satisfies every KKT condition
-        wA = w[ws].copy()
-        c = XtR[ws].copy()  # X_Aᵀr, kept current as coordinates move
-        sweeps = _cd_sweeps(G, c, wA, l1, l2, tol, max_iter - sweeps, sweeps)
-        S = np.flatnonzero(wA)  # positions in the working set
-        if 0 < S.size <= polish_max:
-            w_S = _polish_support(G[np.ix_(S, S)], XA_rows[S] @ y, wA[S], l1, l2)
-            if w_S is not None:
-                wA[S] = w_S
-        w[ws] = wA
-    if gap > tol_abs:
-        warnings.warn(f"ElasticNet did not converge in {max_iter} sweeps: duality gap {gap:.3e} "
-                      f"> tolerance {tol_abs:.3e}; raise max_iter or tol", RuntimeWarning)
-    return w, gap, tol_abs, sweeps
-
-
-def _cd_sweeps(G, c, w, l1, l2, tol, budget, sweeps):
-    """Cyclic sweeps with the active Gram matrix G [a, a] and c = X_Aᵀr, until the largest update
-    of a sweep is ≤ tol·max|w| (sklearn's trigger for a gap check) or the budget is spent.
-    c and w are updated in place. (Scalars are plain Python floats: this loop is the hot path.)"""
-    rows = list(G)
-    denom = [g + l2 for g in np.diag(G).tolist()]
-    diag = np.diag(G).tolist()
-    wl = w.tolist()
-    item = c.item
-    for _ in range(max(1, budget)):
-        sweeps += 1
-        d_w_max = w_max = 0.0
-        for j in range(len(wl)):
-            w_j = wl[j]
-            tmp = item(j) + w_j * diag[j]
-            if tmp > l1:
-                new = (tmp - l1) / denom[j]
-            elif tmp < -l1:
-                new = (tmp + l1) / denom[j]
-            else:
-                new = 0.0
-            if new != w_j:
-                c -= (new - w_j) * rows[j]  # r moves by −Δ·x_j, so X_Aᵀr moves by −Δ·G[j]
-                wl[j] = new
-                step = abs(new - w_j)
-                if step > d_w_max:
-                    d_w_max = step
-            if abs(new) > w_max:
-                w_max = abs(new)
-        if w_max == 0.0 or d_w_max / w_max <= tol:
-            break
-    w[:] = wl
-    return sweeps
-
-
-def _polish_support(G_SS, Xty_S, w_S, l1, l2):
-    """Solve the stationarity equations on the support with signs fixed; return the solution,
-    or None when a sign flips (see enet_coordinate_descent, acceleration 3)."""
-    signs = np.sign(w_S)
-    try:
-        sol = np.linalg.solve(G_SS + l2 * np.eye(len(w_S)), Xty_S - l1 * signs)
-    except np.linalg.LinAlgError:
-        return None
-    return sol if np.all(np.sign(sol) == signs) else None
-
-
-def _enet_gap(w, l1, l2, R_norm2, Ry, XtR):
-    """Duality gap of P(w) = ½‖y − Xw‖² + l1‖w‖₁ + ½ l2‖w‖² (scikit-learn's cd_fast gap_enet).
-
-    l1 > 0: dual point v = R·min(1, l1/‖XᵀR − l2·w‖∞) (formulation A); l1 = 0 < l2: formulation B;
-    l1 = l2 = 0 (OLS): the first-order condition ‖XᵀR‖²."""
-    w_l2 = float(w @ w)
-    if l1 == 0:
-        norm = float(XtR @ XtR)
-        if l2 == 0:
-            return norm
-        return R_norm2 + 0.5 * l2 * w_l2 - Ry + norm / (2 * l2)
-    dual_norm = float(np.max(np.abs(XtR - l2 * w))) if w.size else 0.0
-    scale = min(1.0, l1 / dual_norm) if dual_norm > 0 else 1.0
-    primal = 0.5 * (R_norm2 + l2 * w_l2) + l1 * float(np.abs(w).sum())
-    dual = -0.5 * scale ** 2 * (R_norm2 + l2 * w_l2) + scale * Ry
-    return primal - dual
+def nested_cv_predictions(X, y, *, folds=5, seed=0, **fit_kw) -> tuple[np.ndarray, list[float]]:
+    """Out-of-fold predictions of fit_alpha's whole procedure (nested cross-validation): each outer
+    fold is predicted by the model that fit_alpha (its α chosen by its own inner k-fold CV on the
+    other outer folds only) returns, so no row's prediction has seen that row, not even through the
+    choice of α. Returns (predictions [n], the α each outer fold chose)."""
+    X = as_numpy(X)
+    y = as_vector(y, X.shape[0])
+    pred = np.empty(X.shape[0])
+    alphas = []
+    for f, held in enumerate(kfold(X.shape[0], folds, seed)):
+        train = np.setdiff1d(np.arange(X.shape[0]), held)
+        model, info = fit_alpha(X[train], y[train], folds=folds, seed=seed + 1 + f, **fit_kw)
+        pred[held] = model.predict(X[held])
+        alphas.append(info["alpha"])
+    return pred, alphas

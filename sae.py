@@ -1,21 +1,17 @@
-"""Sparse autoencoders for SAERL: load public SAEs, encode residual activations, pool per-problem
-features, train a TopK SAE.
-Imports: data (prompts), runtime (files, cache keys, the model loader, CLI flags) and sae_formats (the
-SAE module and its file formats) from this project -- never saerl.py.
+"""sae.py -- SAE encoding for SAERL: every training problem becomes a sparse vector of SAE features read
+at a middle layer of the LLM; quality, difficulty and diversity are read off those vectors (saerl.py).
+Imports: data (prompts), runtime (files, the model loader, CLI flags), sae_formats (the SAE module and
+its files) and features (the pooled-feature store and the encoder's caches) -- never saerl.py.
 
-SAERL (Guiding LLM Post-training Data Engineering with Model Internals from Sparse Autoencoders)
-turns every training problem into a sparse SAE feature vector read at a middle layer of an LLM;
-quality, difficulty and diversity are read off those vectors (see saerl.py). This file holds:
-
-    (SAE, load_sae, save_sae, sae_check, topk_relu: sae_formats.py, the layout and the formats)
     capture_residuals(...)   output of decoder layer L (= HF hidden_states[L+1]); later layers never run
-    encode_problems(...)     masked mean/max pooling of SAE codes per problem, top-m kept, cached
-    PooledFeatures           the top-m store: dense rows for a subset, a torch sparse matrix for all
+    encode_problems(...)     masked mean/max pooling of SAE codes per problem, top-m kept (PooledFeatures)
     train_sae(...)           TopK SAE of Gao et al. 2024, "Scaling and evaluating sparse autoencoders"
-    PooledFeatures.most_active / columns / predict   the probes' feature columns, dense per block
-    prompt_texts, hook_layer, sae_layer   prompts with the problem's span; which layer to encode
     check_on_model(...)      a loaded SAE's FVU and L0 on this model's own residuals, warning on a mismatch
+    prompt_texts, hook_layer, sae_layer   prompts with the problem's span; which layer to encode
     python sae.py train|encode   the command line (bottom of the file)
+
+Over 600 lines because `python sae.py train|encode` is one tool whose training reads residuals through
+the encoder's own batching; the reader's part is the encoding above "Training a TopK SAE".
 """
 from __future__ import annotations
 
@@ -28,8 +24,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
-import hashlib
-import json
 import math
 import sys
 import warnings
@@ -37,17 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from data import TEMPLATES, format_prompt, load_problems
+from features import PooledFeatures, ShardCache, model_fingerprint, sae_fingerprint, text_heads
 from runtime import (add_dataclass_args, atomic_path, check, check_device, command_line, dataclass_from_args, flag,
                      load_model, resolve_device, stable_hash)
-from sae_formats import (DEFAULT_ENCODE_ELEMENTS, SAE, load_sae, residual_layer, sae_check, save_safetensors, save_sae,
-                         topk_relu)
+from sae_formats import DEFAULT_ENCODE_ELEMENTS, SAE, load_sae, residual_layer, sae_check, save_sae, topk_relu
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,39 +90,13 @@ def _model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-# A token is a few characters on average (about 4 for English and LaTeX under the BPE vocabularies of math
-# models), so a text's first max_length tokens lie well inside its first CHARS_PER_TOKEN * max_length
-# characters. Tokenizers truncate only after tokenizing the whole text: a 10 MB text costs 4 GB and half a
-# minute even with truncation=True, so texts are cut to such a head first (_text_heads).
-CHARS_PER_TOKEN = 32
-
-
-def _text_heads(tokenizer, texts: Sequence[str], max_length: int) -> list[str]:
-    """Each text, or a head of it that still holds more than max_length tokens: tokenized and truncated to
-    max_length, it gives the whole text's tokens while the tokenizer's work stays bounded whatever the input.
-    A head with too few tokens (tokens longer than CHARS_PER_TOKEN characters on average) is doubled until it
-    has enough or is the whole text."""
-    heads, budget = list(texts), CHARS_PER_TOKEN * (max_length + 1)
-    long = [i for i, t in enumerate(heads) if len(t) > budget]
-    while long:
-        cut = [texts[i][:budget] for i in long]
-        counts = [len(ids) for ids in tokenizer(cut, add_special_tokens=False, truncation=True,
-                                                max_length=max_length + 1)["input_ids"]]
-        for i, head, n in zip(long, cut, counts):
-            if n > max_length:
-                heads[i] = head
-        budget *= 2
-        long = [i for i, n in zip(long, counts) if n <= max_length and len(texts[i]) > budget]
-    return heads
-
-
 def _token_batches(tokenizer, texts: Sequence[str], *, batch_size: int, max_length: int,
                    char_spans: Sequence[tuple[int, int]] | None = None, order: Sequence[int] | None = None):
     """Tokenises all texts once and yields (rows, input_ids [B, T], attention_mask [B, T],
     valid [B, T]) in the given order (default: longest first). `valid` excludes padding, special
     tokens, each sequence's first real token (the attention sink) and, when char_spans is given,
     tokens outside the span [start, end) of their text."""
-    enc = tokenizer(_text_heads(tokenizer, texts, max_length), add_special_tokens=True, truncation=True,
+    enc = tokenizer(text_heads(tokenizer, texts, max_length), add_special_tokens=True, truncation=True,
                     max_length=max_length, return_offsets_mapping=char_spans is not None)
     ids = enc["input_ids"]
     special = set(tokenizer.all_special_ids)
@@ -161,87 +126,6 @@ def _token_batches(tokenizer, texts: Sequence[str], *, batch_size: int, max_leng
                         for kp, (s, e) in zip(keep, enc["offset_mapping"][r])]
             valid[b, off:off + n] = torch.tensor(keep, dtype=torch.bool)
         yield rows, input_ids, mask, valid
-
-
-# ---------------------------------------------------------------------------------------------
-# Pooled per-problem features
-# ---------------------------------------------------------------------------------------------
-
-@dataclass
-class PooledFeatures:
-    """Top-m pooled SAE features per problem: values [N, m] float32, indices [N, m] int64 into
-    d_sae. Rows with fewer than m active features are padded with value 0."""
-    values: torch.Tensor
-    indices: torch.Tensor
-    d_sae: int
-
-    def __len__(self) -> int:
-        return self.values.shape[0]
-
-    def dense(self, rows: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
-        """[len(rows), d_sae] dense features of a subset (all rows when None: mind the memory)."""
-        idx = torch.arange(len(self)) if rows is None else torch.as_tensor(rows, dtype=torch.long)
-        out = torch.zeros(len(idx), self.d_sae, dtype=self.values.dtype)
-        return out.scatter_(1, self.indices[idx], self.values[idx])
-
-    def sparse(self) -> torch.Tensor:
-        """[N, d_sae] torch sparse CSR matrix holding only the non-zero pooled values."""
-        keep = self.values != 0
-        row = torch.arange(len(self)).unsqueeze(1).expand_as(self.values)[keep]
-        coo = torch.sparse_coo_tensor(torch.stack([row, self.indices[keep]]), self.values[keep],
-                                      (len(self), self.d_sae), check_invariants=False).coalesce()
-        with warnings.catch_warnings():  # torch calls CSR "beta" on every first use; it is what we need
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            return coo.to_sparse_csr()
-
-    def most_active(self, rows, n: int) -> np.ndarray:
-        """The n feature ids most often active among `rows` (ties by id), sorted: the probes' columns."""
-        counts = torch.bincount(self.indices[rows][self.values[rows] != 0].reshape(-1), minlength=self.d_sae)
-        order = torch.argsort(-counts, stable=True)
-        return np.sort(order[counts[order] > 0][:n].numpy())
-
-    def columns(self, rows, cols: np.ndarray) -> np.ndarray:
-        """Dense [len(rows), len(cols)] float64 block of the features `cols` (other features dropped)."""
-        rows = list(rows)
-        lookup = torch.full((self.d_sae,), -1, dtype=torch.long)
-        lookup[torch.as_tensor(cols, dtype=torch.long)] = torch.arange(len(cols))
-        idx = lookup[self.indices[rows]]  # [R, m], -1 where not a column
-        vals = torch.where(idx >= 0, self.values[rows].double(), torch.zeros((), dtype=torch.float64))
-        out = torch.zeros(len(rows), len(cols) + 1, dtype=torch.float64)  # the last column collects the rest
-        out.scatter_add_(1, torch.where(idx >= 0, idx, torch.full_like(idx, len(cols))), vals)
-        return out[:, :-1].numpy()
-
-    def predict(self, predict, cols: np.ndarray, chunk: int = 4096) -> np.ndarray:
-        """predict(columns block) over every row, a chunk of rows at a time (memory O(chunk x cols))."""
-        n = len(self)
-        return np.concatenate([np.asarray(predict(self.columns(range(i, min(n, i + chunk)), cols)))
-                               for i in range(0, n, chunk)])
-
-    def save(self, path: str | os.PathLike, metadata: dict | None = None) -> None:
-        meta = {"d_sae": str(self.d_sae), **{k: str(v) for k, v in (metadata or {}).items()}}
-        save_safetensors({"values": self.values, "indices": self.indices}, Path(path), meta)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "PooledFeatures":
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if "d_sae" not in meta:
-                raise ValueError(f"{path}: no d_sae in the safetensors metadata; not a PooledFeatures file")
-            return cls(f.get_tensor("values"), f.get_tensor("indices"), int(meta["d_sae"]))
-
-
-def model_fingerprint(model, tokenizer=None) -> str:
-    """Identity of a model for cache keys: name/path, config, a sample of weights, tokenizer."""
-    h = hashlib.sha256()
-    h.update(str(getattr(model.config, "_name_or_path", "")).encode())
-    h.update(model.config.to_json_string(use_diff=False).encode())
-    params = list(model.parameters())
-    for p in (params[0], params[len(params) // 2], params[-1]):
-        h.update(p.detach().flatten()[:4096].to("cpu", torch.float32).numpy().tobytes())
-    if tokenizer is not None:
-        h.update(json.dumps([getattr(tokenizer, "name_or_path", ""), len(tokenizer),
-                             tokenizer.all_special_ids]).encode())
-    return h.hexdigest()
 
 
 def _pool_batch(sae: SAE, hidden: torch.Tensor, valid: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -276,10 +160,8 @@ def encode_problems(model, tokenizer, texts: Sequence[str], sae: SAE, layer: int
     masked mean (or max) over the text's tokens excluding padding, special tokens and the first
     real token (and tokens outside char_spans[i] when given), then the top_m values + indices.
 
-    Batches run longest first. With cache_dir, finished batches are written as shards every
-    `shard_batches` batches under cache_dir/<key>/ (key = hash of model, SAE, layer, pooling,
-    top_m, max_length, texts, spans) and a killed run resumes from them; the assembled result is
-    cache_dir/<key>/features.safetensors. `device` / `dtype` move the model (and the SAE) in place."""
+    Batches run longest first. With cache_dir a killed run resumes from its finished batches
+    (features.ShardCache). `device` / `dtype` move the model (and the SAE) in place."""
     if pooling not in ("mean", "max"):
         raise ValueError(f"pooling={pooling!r}; expected 'mean' or 'max'")
     device = torch.device(device) if device is not None else _model_device(model)
@@ -293,55 +175,37 @@ def encode_problems(model, tokenizer, texts: Sequence[str], sae: SAE, layer: int
                          f"{getattr(model.config, '_name_or_path', 'the model')} has hidden size {hidden_size}")
     m = min(top_m, sae.d_sae)
     N = len(texts)
-    shard_dir = final = None
+    n_batches = math.ceil(N / batch_size)
+    cache = None
     if cache_dir is not None:
-        key = stable_hash(model_fingerprint(model, tokenizer), sae.fingerprint(), layer, pooling, m,
-                          max_length, list(texts), [list(s) for s in char_spans] if char_spans else None,
-                          list(map(str, cache_key_parts)))[:24]
-        shard_dir = Path(cache_dir) / key
-        final = shard_dir / "features.safetensors"
-        if final.exists():
-            return PooledFeatures.load(final)
-        shard_dir.mkdir(parents=True, exist_ok=True)
+        cache = ShardCache(cache_dir, (model_fingerprint(model, tokenizer), sae_fingerprint(sae), layer, pooling, m,
+                                       max_length, list(texts), [list(s) for s in char_spans] if char_spans else None,
+                                       list(map(str, cache_key_parts))), n_batches, shard_batches)
+        if (done := cache.finished()) is not None:
+            return done
     values = torch.zeros(N, m)
     indices = torch.zeros(N, m, dtype=torch.long)
-    n_batches = math.ceil(N / batch_size)
     batches = _token_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length,
                              char_spans=char_spans)
     bar = tqdm(total=n_batches, desc=f"SAE features (layer {layer})", disable=not progress)
-    pending_rows, pending_v, pending_i = [], [], []
     empty = 0
     for b, (rows, input_ids, mask, valid) in enumerate(batches):
-        shard = b // shard_batches
-        shard_path = shard_dir / f"shard_{shard:05d}.safetensors" if shard_dir else None
-        if shard_path is not None and shard_path.exists():
-            if b % shard_batches == 0:  # load the finished shard once, skip its batches
-                done = load_file(str(shard_path))
-                values[done["rows"]], indices[done["rows"]] = done["values"], done["indices"]
-            bar.update(1)
-            continue
-        hidden = capture_residuals(model, input_ids.to(device), mask.to(device), layer)
-        pooled = _pool_batch(sae, hidden, valid.to(device), pooling)  # [B, d_sae]
-        empty += int((valid.sum(1) == 0).sum())
-        top = pooled.topk(m, dim=-1)
-        v, i = top.values.cpu(), top.indices.cpu()
-        values[rows], indices[rows] = v, i
-        pending_rows.append(torch.tensor(rows)), pending_v.append(v), pending_i.append(i)
-        last = b == n_batches - 1 or (b + 1) % shard_batches == 0
-        if shard_path is not None and last:
-            save_safetensors({"rows": torch.cat(pending_rows), "values": torch.cat(pending_v),
-                                      "indices": torch.cat(pending_i)}, shard_path)
-        if last:
-            pending_rows, pending_v, pending_i = [], [], []
+        if cache is None or not cache.restore(b, values, indices):  # a batch of a written shard is skipped
+            hidden = capture_residuals(model, input_ids.to(device), mask.to(device), layer)
+            pooled = _pool_batch(sae, hidden, valid.to(device), pooling)  # [B, d_sae]
+            empty += int((valid.sum(1) == 0).sum())
+            top = pooled.topk(m, dim=-1)
+            v, i = top.values.cpu(), top.indices.cpu()
+            values[rows], indices[rows] = v, i
+            if cache is not None:
+                cache.add(b, rows, v, i)
         bar.update(1)
     bar.close()
     if empty:
         warnings.warn(f"{empty} of {N} texts had no token left after masking; their features are 0")
     features = PooledFeatures(values, indices, sae.d_sae)
-    if final is not None:
-        features.save(final, {"layer": layer, "pooling": pooling})
-        for p in shard_dir.glob("shard_*.safetensors"):
-            p.unlink()
+    if cache is not None:
+        cache.finish(features, {"layer": layer, "pooling": pooling})
     return features
 
 
@@ -357,7 +221,7 @@ def _activation_stream(model, tokenizer, texts: Sequence[str], layer: int, *, ba
     nothing beyond one model batch is held. `skip` drops the first items without running the model
     (a resumed SAE run continues where the interrupted one stopped)."""
     gen = torch.Generator().manual_seed(seed)
-    texts = _text_heads(tokenizer, texts, max_length)
+    texts = text_heads(tokenizer, texts, max_length)
     lengths = [len(x) for x in tokenizer(texts, add_special_tokens=True, truncation=True,
                                          max_length=max_length)["input_ids"]]
     window = 32 * batch_size  # sort by length inside random windows: little padding, still random
@@ -582,8 +446,32 @@ def fit_sae(stream, d_in: int, *, d_sae: int, k: int, tokens: int, layer: int,
 
 
 # ---------------------------------------------------------------------------------------------
-# Command line
+# A loaded SAE on this model; the prompts and the layer to encode
 # ---------------------------------------------------------------------------------------------
+
+def check_on_model(model, tokenizer, texts: Sequence[str], sae: SAE, layer: int, *, tokens: int = 4096,
+                   batch_size: int = 16, max_length: int = 512, device=None, fvu_warn: float = 0.5,
+                   model_name: str = "the model", sae_name: str = "the SAE") -> dict:
+    """sae_check (FVU, L0) of a loaded SAE on about `tokens` residual tokens of decoder layer `layer`
+    of this model on these texts (a seeded sample, one pass over the texts at most). An SAE read at
+    the layer and on the model it was trained for reconstructs most of the variance; FVU above
+    fvu_warn warns that the layer, the hook or the model does not match."""
+    device = torch.device(device) if device is not None else _model_device(model)
+    batches = max(1, math.ceil(len(texts) / batch_size))
+    stream = _activation_stream(model, tokenizer, texts, layer, batch_size=batch_size, max_length=max_length,
+                                seed=0, device=device)
+    acts, n = [], 0
+    while n < tokens and len(acts) < batches:
+        acts.append(next(stream))
+        n += acts[-1].shape[0]
+    report = sae_check(sae, torch.cat(acts), fvu_warn=math.inf, verbose=True)
+    if report["fvu"] > fvu_warn:
+        warnings.warn(f"SAE {sae_name} explains little of layer {layer} of {model_name}: FVU {report['fvu']:.3f} > "
+                      f"{fvu_warn} on {report['n_tokens']} tokens; it was made for hook "
+                      f"{sae.meta.get('hook_name')!r} of model {sae.meta.get('model_name')!r}: wrong layer "
+                      "(--sae-layer) or another model (--sae-model)?")
+    return report
+
 
 def prompt_texts(problems, tokenizer, template: str) -> tuple[list[str], list[tuple[int, int]]]:
     """Each problem rendered with the prompt template the policy sees, plus the character span of
@@ -631,29 +519,9 @@ def sae_layer(model, sae: SAE | None = None, layer: int | None = None, *, model_
     return layer
 
 
-def check_on_model(model, tokenizer, texts: Sequence[str], sae: SAE, layer: int, *, tokens: int = 4096,
-                   batch_size: int = 16, max_length: int = 512, device=None, fvu_warn: float = 0.5,
-                   model_name: str = "the model", sae_name: str = "the SAE") -> dict:
-    """sae_check (FVU, L0) of a loaded SAE on about `tokens` residual tokens of decoder layer `layer`
-    of this model on these texts (a seeded sample, one pass over the texts at most). An SAE read at
-    the layer and on the model it was trained for reconstructs most of the variance; FVU above
-    fvu_warn warns that the layer, the hook or the model does not match."""
-    device = torch.device(device) if device is not None else _model_device(model)
-    batches = max(1, math.ceil(len(texts) / batch_size))
-    stream = _activation_stream(model, tokenizer, texts, layer, batch_size=batch_size, max_length=max_length,
-                                seed=0, device=device)
-    acts, n = [], 0
-    while n < tokens and len(acts) < batches:
-        acts.append(next(stream))
-        n += acts[-1].shape[0]
-    report = sae_check(sae, torch.cat(acts), fvu_warn=math.inf, verbose=True)
-    if report["fvu"] > fvu_warn:
-        warnings.warn(f"SAE {sae_name} explains little of layer {layer} of {model_name}: FVU {report['fvu']:.3f} > "
-                      f"{fvu_warn} on {report['n_tokens']} tokens; it was made for hook "
-                      f"{sae.meta.get('hook_name')!r} of model {sae.meta.get('model_name')!r}: wrong layer "
-                      "(--sae-layer) or another model (--sae-model)?")
-    return report
-
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
 
 @dataclass
 class InputArgs:

@@ -1,7 +1,7 @@
 """sae_formats.py -- the SAE itself and the files it lives in: one internal layout (the SAE module:
 encode / decode, TopK / ReLU / JumpReLU), readers for public releases, a SAELens-compatible writer, a
 self-check.
-Imports: data (atomic file writes) from this project; sae.py builds on this file, never the reverse.
+Imports: runtime (atomic file writes) from this project; sae.py builds on this file, never the reverse.
 
     SAE                      one internal layout (below); encode / decode / forward
     topk_relu(pre, k)        the TopK activation, shared by encoding and SAE training
@@ -23,61 +23,11 @@ per-token rescaling to norm sqrt(d_in). With x the raw residual:
     jumprelu: f = max(pre, 0) * [pre > threshold]
     x_hat = (f @ W_dec + b_dec) / s   (token mode: times ||x|| / sqrt(d_in))
 
-On-disk formats (detected from the files present; each converted to the layout above):
-
-* SAELens (sae_lens/saes/{sae,standard_sae,topk_sae,jumprelu_sae}.py, loading/
-  pretrained_sae_loaders.py): cfg.json + sae_weights.safetensors with W_enc [d_in, d_sae], b_enc,
-  W_dec [d_sae, d_in], b_dec, threshold [d_sae] (jumprelu). cfg "architecture" standard | topk
-  (cfg "k") | jumprelu; configs before 6.0 name the activation "activation_fn_str" with
-  "activation_fn_kwargs": {"k": ...}. SAELens >= 6 keeps model_name, hook_name and
-  model_from_pretrained_kwargs in a "metadata" block (with sae_lens_version; without a version it
-  takes a file for pre-6.0); older files have them at the top level, the oldest name the hook
-  "hook_point". A TopK cfg with rescale_acts_by_decoder_norm selects on pre * ||W_dec row|| and
-  decodes codes / ||W_dec row||: the norms are folded into W_enc, b_enc and W_dec (same codes). The input is b_dec-subtracted when apply_b_dec_to_input
-  (default true). normalize_activations: "none"; "constant_norm_rescale" = per-token rescale to
-  sqrt(d_in), undone on the output; "expected_average_only_in" = a dataset-wise scale that SAELens's
-  trainer folds into the weights before its final save (W_enc * s, W_dec / s, b_dec / s), so the
-  weights already take raw activations -- unless activation_scaler.json holds a non-null
-  "scaling_factor" (an unfolded checkpoint), which we then apply as s. A pre-6.0 "scaling_factor"
-  tensor (finetuning scaling, multiplied into the codes before W_dec) is folded into W_dec's rows.
-* sparsify (EleutherAI, sparsify/sparse_coder.py + fused_encoder.py): cfg.json (d_in, k,
-  activation "topk", num_latents, transcode, skip_connection) + sae.safetensors with encoder.weight
-  [d_sae, d_in], encoder.bias, W_dec [d_sae, d_in], b_dec. Encode relu((x - b_dec) W^T + b) and
-  keep the top k; decode codes @ W_dec + b_dec. Transcoders, skip connections and "groupmax" are
-  refused (not autoencoders of one site).
-* dictionary_learning (saprmarks, dictionary_learning/dictionary.py, trainers/top_k.py,
-  trainers/batch_top_k.py): ae.pt (torch.load(weights_only=True)) + config.json whose
-  trainer.dict_class names the class. AutoEncoder: encoder.weight [d_sae, d_in], encoder.bias,
-  decoder.weight [d_in, d_sae], bias [d_in]; relu(enc(x - bias)), dec(f) + bias.
-  AutoEncoderTopK: same with b_dec and buffer k, top-k of relu(enc(x - b_dec)). BatchTopKSAE: at
-  inference a scalar threshold replaces the batch top-k: relu(pre) * [relu(pre) > threshold].
-  JumpReluAutoEncoder: W_enc [d_in, d_sae], b_enc, W_dec, b_dec, threshold [d_sae]; the input is
-  not b_dec-subtracted (apply_b_dec_to_input = False in that class, config may override).
-* Llama Scope (OpenMOSS Language-Model-SAEs, src/lm_saes/sae.py): hyperparams.json (d_model,
-  d_sae, act_fn, jump_relu_threshold, norm_activation, dataset_average_activation_norm {in, out},
-  apply_decoder_bias_to_pre_encoder, sparsity_include_decoder_norm) + checkpoints/final.safetensors
-  with encoder.weight [d_sae, d_model], encoder.bias, decoder.weight [d_model, d_sae], decoder.bias,
-  optionally log_jumprelu_threshold [d_sae]. Dataset-wise norm: x' = x * sqrt(d_model) / avg_norm_in
-  and the output is divided by sqrt(d_model) / avg_norm_out (we require in == out: an SAE, not a
-  transcoder). Released residual SAEs set apply_decoder_bias_to_pre_encoder = false (no b_dec
-  subtraction). JumpReLU compares pre * ||decoder column|| against the scalar threshold (when
-  sparsity_include_decoder_norm, their default): we store the exact equivalent per-feature
-  threshold / ||column||, so codes are bit-for-bit theirs.
-* Gemma Scope (google/gemma-scope-*, params.npz): W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_in],
-  b_dec, threshold [d_sae]; JumpReLU, no b_dec subtraction, no input normalisation.
-* Qwen-Scope: we found no public description of its files; a release that uses one of the layouts
-  above loads through that layout, anything else is reported as an unknown layout.
-
-Hooks. SAERL encodes the residual stream after a decoder block (sae.py: the output of decoder layer
-L, HF hidden_states[L + 1]); `residual_layer` maps a file's hook name onto that L:
-blocks.L.hook_resid_post -> L; blocks.L.hook_resid_pre, the input of block L (hidden_states[L]) ->
-L - 1; an HF module path ending in layers.L (its output) -> L. Any other site (hook_resid_mid,
-hook_mlp_out, hook_attn_out, attn.hook_z, the embeddings as blocks.0.hook_resid_pre) is refused
-when the SAE loads, naming the hook.
+On-disk formats (SAELens, sparsify, dictionary_learning, Llama Scope, Gemma Scope), how each maps
+onto this layout, and which hooks are accepted: docs/sae_formats.md.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -196,16 +146,6 @@ class SAE(torch.nn.Module):
         return (f"d_in={self.d_in}, d_sae={self.d_sae}, activation={self.activation}, k={self.k}, "
                 f"apply_b_dec_to_input={self.apply_b_dec_to_input}, input_norm={self.input_norm}")
 
-    def fingerprint(self) -> str:
-        """sha256 over configuration and every weight byte (cache keys)."""
-        h = hashlib.sha256(json.dumps([self.activation, self.k, self.apply_b_dec_to_input,
-                                       self.input_norm]).encode())
-        for name, t in sorted(self.state_dict().items()):
-            if t is not None:
-                h.update(name.encode())
-                h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-        return h.hexdigest()
-
 
 def _make_sae(tensors: dict, source: str, *, d_in: int, d_sae: int, **kwargs) -> SAE:
     """Builds an SAE from internal-layout tensors, asserting each shape against d_in / d_sae."""
@@ -235,7 +175,7 @@ def _make_sae(tensors: dict, source: str, *, d_in: int, d_sae: int, **kwargs) ->
 def load_sae(path_or_repo: str | os.PathLike, *, subfolder: str | None = None,
              device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SAE:
     """Loads an SAE from a local directory or a Hugging Face Hub repo id (+ subfolder), detecting
-    the format from the files present (see the module docstring for each format's semantics)."""
+    the format from the files present (docs/sae_formats.md: each format's semantics)."""
     path = Path(path_or_repo)
     if not path.exists():
         path = _download(str(path_or_repo), subfolder)

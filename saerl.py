@@ -47,13 +47,14 @@ from config import CV_FOLDS, PAPER, Config, parse_args, resolve
 from data import Problem, format_prompt, load_problems, number_label, write_problems
 from evaluate import generate_completions
 from export import export_run
+from features import PooledFeatures
 from oracles import oracle_clusters, oracle_difficulty, oracle_quality
 from parallel import barrier, dist_info, init_distributed
 from report import cluster_purity, cluster_summary, write_report
 from run_folder import (cached_json, finite_or_none, load_once, log, open_run_folder, problem_scores, read_json,
                         train_arms, write_json)
 from runtime import Stages, atomic_write_text, command_line, dir_stamp, file_stamp, write_jsonl
-from sae import PooledFeatures, check_on_model, encode_problems, prompt_texts, sae_layer, train_sae
+from sae import check_on_model, encode_problems, prompt_texts, sae_layer, train_sae
 from sae_formats import load_sae, save_sae
 from schedule import make_schedules, pace_applies, write_schedule
 from verifier import extract_answer, gold_parse_report, is_equiv, verify

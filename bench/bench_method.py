@@ -41,6 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import estimators  # noqa: E402
+import estimators_fast  # noqa: E402
 from runtime import atomic_write_text  # noqa: E402
 
 
@@ -271,7 +272,7 @@ def init_miss_rates(n, d, k, datasets=10, inits=100):
         X = (centres[truth] + rng.normal(size=(n, d))).astype(np.float32)
         Xt = torch.from_numpy(X)
         for s in range(inits):
-            _, ids = estimators._kmeans_plusplus(Xt, estimators._row_sq_norms(Xt), k,
+            _, ids = estimators._kmeans_plusplus(Xt, estimators_fast.row_sq_norms(Xt), k,
                                                  torch.Generator().manual_seed(s), 4096)
             miss["saerl"] += len(set(truth[ids].tolist())) < k
             miss["sklearn"] += len(set(truth[kmeans_plusplus(X, k, random_state=s)[1]].tolist())) < k

@@ -62,8 +62,8 @@ sys.path.insert(0, str(ROOT))
 import estimators  # noqa: E402
 from data import load_problems  # noqa: E402
 from runtime import atomic_write_text, load_model  # noqa: E402
-from sae import (PooledFeatures, _pool_batch, _token_batches, decoder_layers, encode_problems, fit_sae,  # noqa: E402
-                 prompt_texts)
+from features import PooledFeatures  # noqa: E402
+from sae import _pool_batch, _token_batches, decoder_layers, encode_problems, fit_sae, prompt_texts  # noqa: E402
 from sae_formats import SAE, load_sae, save_sae  # noqa: E402
 
 MATH = ROOT.parent / "shared" / "data" / "train" / "math_train.jsonl"

@@ -110,14 +110,6 @@ def test_sparse_input_gives_the_dense_result():
         assert inertia == pytest.approx(out_dense[2], rel=1e-10)
 
 
-def test_tolerance_scale_is_mean_feature_variance():
-    dense = random_sparse(n=50, d=30, nnz=5)
-    expected = float(np.var(dense, axis=0).mean())
-    for X in (torch.tensor(dense), torch.tensor(dense).to_sparse_csr()):
-        X = estimators._as_features(X)
-        assert estimators._mean_feature_variance(X, estimators._row_sq_norms(X)) == pytest.approx(expected)
-
-
 def test_l2_normalize_rows_dense_and_sparse():
     dense = np.array([[3.0, 4.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
     expected = np.array([[0.6, 0.8, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
@@ -346,21 +338,6 @@ def test_precision_recall_by_hand():
     m = estimators.binary_metrics([1, 1, 0, 0, 1], [0.9, 0.4, 0.6, 0.1, 0.5])
     # predicted positive (≥ 0.5): rows 0, 2, 4 → tp 2 of 3 predicted, 2 of 3 actual
     assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
-
-
-def test_textbook_coordinate_descent_reaches_the_fast_solvers_minimum():
-    # the plain cyclic update of the docstring, run to convergence, against ElasticNet's solver
-    rng = np.random.default_rng(11)
-    X = rng.normal(size=(40, 12))
-    y = X[:, 0] - 2 * X[:, 3] + 0.3 * rng.normal(size=40)
-    l1, l2 = 3.0, 2.0
-    w_plain = estimators.enet_coordinate_descent_plain(X, y, l1, l2, tol=1e-12)
-    w_fast, *_ = estimators.enet_coordinate_descent(X, y, l1, l2, tol=1e-12)
-    assert np.allclose(w_plain, w_fast, atol=1e-8)
-    # and it is the minimiser: KKT holds at w_plain
-    g = X.T @ (y - X @ w_plain) - l2 * w_plain
-    on = w_plain != 0
-    assert np.allclose(g[on], l1 * np.sign(w_plain[on]), atol=1e-6) and np.all(np.abs(g[~on]) <= l1 + 1e-6)
 
 
 def test_nmi_by_hand():

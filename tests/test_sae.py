@@ -1,5 +1,5 @@
-"""Specification of sae.py: residual capture, pooled per-problem features, TopK SAE training. Models
-are tiny random Qwen2s with a character tokenizer built in this file."""
+"""Specification of sae.py: residual capture, pooled per-problem features (encode_problems and its cache),
+TopK SAE training. Models are tiny random Qwen2s with a character tokenizer built in this file."""
 import math
 import string
 
@@ -174,21 +174,6 @@ def test_train_sae_tokenizes_only_a_head_of_a_huge_text():
     assert tok.longest < 10_000
 
 
-def test_a_head_grows_until_it_holds_max_length_tokens():
-    """Tokens longer than CHARS_PER_TOKEN characters (a word-level vocabulary here): the head doubles
-    until it holds more than max_length tokens, so truncation still sees max_length of them."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    word = "w" * 100  # one token of 100 characters
-    inner = Tokenizer(models.WordLevel({"<unk>": 0, word: 1}, unk_token="<unk>"))
-    inner.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=inner, unk_token="<unk>")
-    text = " ".join([word] * 1_000)  # 1,000 tokens in 100,999 characters
-    [head] = S._text_heads(tok, [text], max_length=64)
-    assert len(tok(head)["input_ids"]) > 64 and len(head) < len(text)
-    assert S._text_heads(tok, ["short"], max_length=64) == ["short"]
-
-
 def test_cache_resumes_after_interruption(tmp_path):
     tok = char_tokenizer()
     model = tiny_model(len(tok), layers=3)
@@ -217,21 +202,6 @@ def test_cache_resumes_after_interruption(tmp_path):
                               progress=False)
     handle.remove()
     assert not calls and torch.equal(again.values, resumed.values)
-
-
-def test_pooled_features_dense_sparse_and_file(tmp_path):
-    values = torch.tensor([[3.0, 1.0, 0.0], [2.0, 0.5, 0.25]])
-    indices = torch.tensor([[4, 0, 1], [2, 4, 5]])
-    f = S.PooledFeatures(values, indices, d_sae=6)
-    want = torch.tensor([[1.0, 0, 0, 0, 3.0, 0], [0, 0, 2.0, 0, 0.5, 0.25]])
-    torch.testing.assert_close(f.dense(), want)
-    torch.testing.assert_close(f.dense([1]), want[1:])
-    sp = f.sparse()
-    assert sp.layout == torch.sparse_csr and sp._nnz() == 5
-    torch.testing.assert_close(sp.to_dense(), want)
-    f.save(tmp_path / "f.safetensors")
-    g = S.PooledFeatures.load(tmp_path / "f.safetensors")
-    assert len(g) == 2 and g.d_sae == 6 and torch.equal(g.dense(), want)
 
 
 # --- training -----------------------------------------------------------------------------
@@ -354,16 +324,3 @@ def test_train_sae_resume_skips_the_texts_already_read(tmp_path, monkeypatch):
     resumed = S.train_sae(model, tok, texts, 0, state_path=state, save_every=5, **kw)
     assert all(torch.equal(a, b) for a, b in zip(_params(whole), _params(resumed)))
     assert len(calls) == n_whole - read  # the skipped batches never reached the model
-
-
-def test_probe_columns_by_hand():
-    # rows: problem 0 has features 5 (1.0) and 2 (0.5); problem 1 has 2 (3.0) and 7 (2.0); problem 2
-    # has 2 (1.0) and a padded slot (value 0, index 0, which is not an active feature)
-    feats = S.PooledFeatures(torch.tensor([[1.0, 0.5], [3.0, 2.0], [1.0, 0.0]]),
-                             torch.tensor([[5, 2], [2, 7], [2, 0]]), d_sae=9)
-    # activity counts: feature 2 in 3 rows, 5 and 7 in one each (tie broken by the smaller id)
-    assert feats.most_active([0, 1, 2], 2).tolist() == [2, 5]
-    assert feats.most_active([1], 5).tolist() == [2, 7]  # only active features, sorted by id
-    block = feats.columns([0, 1, 2], [2, 7])  # feature 5 is not a column: dropped
-    assert block.tolist() == [[0.5, 0.0], [3.0, 2.0], [1.0, 0.0]]
-    assert feats.predict(lambda X: X.sum(1), [2, 7], chunk=2).tolist() == [0.5, 5.0, 1.0]

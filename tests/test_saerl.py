@@ -20,8 +20,8 @@ import toy
 from config import STAGES
 from conftest import assert_close_to_scale
 from data import Problem, load_problems
+from features import PooledFeatures
 from runtime import read_jsonl
-from sae import PooledFeatures
 
 
 def make_problems(n=20):

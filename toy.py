@@ -4,13 +4,14 @@ from this project -- never saerl.py.
 
 SAERL's three data operations need something real to act on, and tests need the truth to score
 them against. In this world every problem carries its topic (operation family), its difficulty
-(operand digits / list length / number of operations) and its quality (clean, or one of three
-corruptions), and the policy is a real `Qwen2ForCausalLM` saved in Hugging Face format, loaded
-through the same `from_pretrained` path as Qwen2.5-Math-1.5B.
+(operand digits / list length / number of operations), its quality (1 clean, 0 noisy), its noise
+kind, its true answer and its source, and the policy is a real `Qwen2ForCausalLM` saved in Hugging
+Face format, loaded through the same `from_pretrained` path as Qwen2.5-Math-1.5B.
 
 Public functions
-    make_problems(n, *, seed, corrupt_frac=0.15)  labelled problems (meta: topic, difficulty,
-                                                  quality, corruption, true_answer)
+    make_problems(n, *, seed, corrupt_frac, region) labelled problems (meta: topic, difficulty,
+                                                  quality, corruption, true_answer, source)
+    in_test_region(text), normalise(text)         the split: a fixed quarter of all problem texts
     char_tokenizer()                              character-level fast tokenizer, ChatML specials
     tiny_model(tokenizer, *, seed)                a 0.5M-parameter Qwen2ForCausalLM
     warm_start(model, tokenizer, *, steps, seed)  supervised fine-tuning to partial accuracy
@@ -21,13 +22,22 @@ Public functions
 Families and difficulty (1 = easiest, 5 = hardest), chosen by learnability: in 75 s of supervised
 training on 2 CPU cores, copying/sorting digit strings reached 97%-50% greedy accuracy at lengths 2-5
 and one-digit operations about 40%, while multi-digit arithmetic with carries stayed under 10%.
-    add, subtract, multiply   level 1: both operands 0-4; levels 2-4: a with 1-3 digits and b one
-                              digit; level 5: two two-digit operands (subtract keeps a >= b)
+    add, subtract, multiply   digits of (a, b) by level: (1,1) (2,1) (3,1) (2,2) (3,2); subtract
+                              keeps a >= b
     max                       largest of level+1 numbers, one-digit at levels 1-2, two-digit above
-    chain                     level operations (+, -) on operands 0-4, left to right
-Corruptions, equally split: `wrong_answer` (reference answer off by a non-zero amount),
-`garbled` (problem characters shuffled, answer kept), `off_distribution` (a question from
-outside the world, e.g. about colours, with an arbitrary number as answer).
+    chain                     level operations (+, -) on one-digit operands, left to right
+Noise (`corrupt_frac` of the training problems, 0.2; split by NOISE_SHARE 1/2 : 1/4 : 1/4):
+    decoy         the bad source ("scraped"): its text starts with the cue "hw> " and its answer
+                  is the last number of the problem, never the true answer. Harmful (the policy is
+                  rewarded for a shortcut) and visible to a probe of the problem text.
+    wrong_answer  control noise: a clean problem's text, the true answer off by 1-9. Harmful and
+                  invisible to a probe of the problem text.
+    dead          a question from outside the world (colours, capitals) with an arbitrary number:
+                  every rollout scores 0, all-equal groups, no gradient.
+The split: a problem belongs to the test region when a sha256 of its normalised text (cue dropped,
+case and spaces folded) falls in the first TEST_SHARE (1/4) of the hash range. The test set is drawn
+only there, the training problems and the warm start's demonstrations only outside, so no test
+problem is ever trained on, for any seed or size.
 The completion the model learns is `\\boxed{N}` then `<|im_end|>`: the real verifier applies.
 A `bare_frac` share (0.3) of the warm-start demonstrations answers with the bare number `N`
 instead, as a base model trained on mixed-format text does; the verifier scores a bare number 0

@@ -227,6 +227,8 @@ class Config:
     model: str | None = flag(None, "policy model (local folder or Hub id); none: the embedded toy world")
     sae_model: str | None = flag(None, "model whose SAE gives the features (default: --model)")
     sae: str | None = flag(None, "SAE to load (SAELens/sparsify/dictionary_learning/Llama Scope/Gemma Scope dir or Hub id); none: train one")
+    sae_id: str | None = flag(None, "folder of the SAE inside --sae (a Hub repo or a local folder holding several), "
+                              "e.g. blocks.12.hook_resid_post")
     sae_layer: int | None = flag(None, "decoder layer whose residual output is encoded (default: the middle one)")
     sae_width: int | None = flag(None, "d_sae of a trained SAE" + by_world("sae_width"))
     sae_k: int | None = flag(None, "k of a trained TopK SAE" + by_world("sae_k"))
@@ -277,6 +279,8 @@ class Config:
     out: str = flag("runs", "parent folder of runs")
     name: str | None = flag(None, "run name: runs/<name>/ (default: toy, or the model's last path part)")
     stage: str = flag("report", f"stop after this stage: {', '.join(STAGES)}")
+    export: str = flag("", "after the schedule stage, also write the engineered order as a dataset for another "
+                           "trainer, rows in training order: trl or verl (run/export/; export.py)")
     device: str = flag("auto", "auto, cpu or cuda")
 
     @property
@@ -292,6 +296,7 @@ class Config:
 
         need(self.preset in GRPOConfig.PRESETS, f"one of {', '.join(GRPOConfig.PRESETS)}", "preset")
         need(self.stage in STAGES, f"one of {', '.join(STAGES)}", "stage")
+        need(self.export in ("", "trl", "verl"), "trl or verl (or empty: no export)", "export")
         need(self.schedule in ("saerl", "mixed", "random"), "saerl, mixed or random", "schedule")
         need(self.pace in ("epoch", "budget"), "epoch or budget", "pace")
         need(self.oracles <= set(ORACLES), f"a comma list of {', '.join(ORACLES)} (or empty)", "oracle")
@@ -308,6 +313,7 @@ class Config:
         need(self.sae_k <= self.sae_width, "--sae-k at most --sae-width (a TopK SAE keeps k of its latents)",
              "sae_k", "sae_width")
         need(self.sae_layer is None or self.sae_layer >= 0, "a decoder layer index >= 0", "sae_layer")
+        need(self.sae_id is None or self.sae is not None, "given only with --sae (the folder inside it)", "sae_id")
         need(self.label_size is None or self.label_size >= MIN_LABELS, f"an integer >= {MIN_LABELS} (the difficulty "
              f"proxy's alpha is chosen by {CV_FOLDS}-fold cross-validation inside each of {CV_FOLDS} outer folds)",
              "label_size")
@@ -359,6 +365,8 @@ def resolve(cfg: Config, grpo_overrides: dict | None = None) -> tuple[Config, GR
     cfg.validate()
     gcfg = GRPOConfig.preset(cfg.preset, **{**(grpo_overrides or {}), "max_steps": cfg.steps,
                                                  "eval_every": cfg.eval_every})
+    check(not (cfg.export == "verl" and gcfg.template == "plain"), {"export": cfg.export, "template": gcfg.template},
+          "a chat template (qwen-math, chatml or chat): verl's rows hold the prompt as messages")
     if dist_info()[1] > 1 and cfg.stage != "report":
         raise ConfigError(f"--stage {cfg.stage}: torchrun runs the whole pipeline; for --stage {cfg.stage} use one "
                           "process (python saerl.py --stage ...), then torchrun for training")

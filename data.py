@@ -9,16 +9,23 @@ flags) is runtime.py's.
 Public functions
     Problem                        one problem: id, problem text, reference answer, meta
     load_problems(source, ...)     a local .jsonl / .json / .parquet file or a Hub dataset id
+    last_user_turn(messages)       the problem text of a chat-format row (TRL, verl)
     answer_from_row(row, ...)      the reference answer of one raw row (aliases, \\boxed, ####)
     format_prompt(text, tok, t)    the `qwen-math`, `plain`, `chat` or `chatml` template
+    prompt_messages(text, t)       the same prompt as a chat message list (TRL / verl datasets; export.py)
     stop_token_ids(model, tok)     where a completion ends (training and evaluation alike)
     prompt_lengths(problems, tok, template)   {id: prompt tokens}, for the context and the memory plan
     write_problems(path, problems) JSONL rows that load_problems reads back unchanged
 
-Field aliases (first match wins; `problem_field` / `answer_field` override them):
+Field aliases (first match wins; `problem_field` / `answer_field` override them, and may name a nested
+field by a dotted path, e.g. reward_model.ground_truth):
     problem <- problem | question | prompt | query
-    answer  <- answer | final_answer | gold | expected_answer,
+    answer  <- answer | final_answer | gold | expected_answer | reward_model.ground_truth,
                else the last \\boxed{} of `solution`, else the text after `####` (GSM8K)
+The field formats of the RL trainers read as they are: a problem given as a message list
+([{"role": ..., "content": ...}], TRL's conversational rows, verl's `prompt`) is the content of its
+last user turn; verl's reference answer is `reward_model.ground_truth`. Their other fields
+(data_source, extra_info, ...) stay in meta.
 Rows are numbered from 1 as editors number them: a JSONL row is its line number (blank lines
 count), a .json/.parquet/Hub row its position in the list. Every row that does not become a
 problem is reported (count, first rows and why), never dropped silently: malformed JSON, a row
@@ -49,7 +56,7 @@ from runtime import DataError, hub_reachable, write_jsonl
 from verifier import is_equiv, last_boxed
 
 PROBLEM_ALIASES = ("problem", "question", "prompt", "query")
-ANSWER_ALIASES = ("answer", "final_answer", "gold", "expected_answer")
+ANSWER_ALIASES = ("answer", "final_answer", "gold", "expected_answer", "reward_model.ground_truth")
 ID_ALIASES = ("id", "unique_id", "idx", "uid")
 
 # Problem texts longer than this are reported and skipped: math problems are rarely over a few thousand
@@ -122,6 +129,11 @@ def load_problems_report(
             bad.append((n, f"row is a {type(row).__name__}, expected a JSON object"))
             continue
         text = _pick(row, (problem_field,) if problem_field else PROBLEM_ALIASES)
+        if isinstance(text, list):  # a chat: the problem is the last user turn (TRL, verl)
+            text = last_user_turn(text)
+            if text is None:
+                bad.append((n, "the prompt is a message list without a user turn whose content is text"))
+                continue
         if not isinstance(text, str) or not text.strip():
             wanted = problem_field or "|".join(PROBLEM_ALIASES)
             bad.append((n, f"no problem text (looked for {wanted})"))
@@ -217,9 +229,23 @@ def _clip(text: str, n: int = 40) -> str:
     return text if len(text) <= n else text[:n] + "..."
 
 
+def last_user_turn(messages: list) -> str | None:
+    """The text of the last {"role": "user", "content": ...} message of a chat (content a string, or a list
+    of parts whose "text" parts are joined, as multimodal chats store it); None when there is none."""
+    for message in reversed(messages):
+        if not isinstance(message, dict) or message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, list):
+            parts = [c.get("text") for c in content if isinstance(c, dict) and c.get("type", "text") == "text"]
+            content = "".join(t for t in parts if isinstance(t, str)) if parts else None
+        return content if isinstance(content, str) and content.strip() else None
+    return None
+
+
 def answer_from_row(row: dict, *, answer_field: str | None = None) -> tuple[str | None, list[str]]:
     """The reference answer of one raw row, and every alternative form it lists."""
-    value = row.get(answer_field) if answer_field else _pick(row, ANSWER_ALIASES)
+    value = _field(row, answer_field) if answer_field else _pick(row, ANSWER_ALIASES)
     if value is None and not answer_field and isinstance(row.get("solution"), str):
         value = last_boxed(row["solution"])  # the verifier's bounded reader, one implementation
     if isinstance(value, list):
@@ -247,9 +273,21 @@ def _canonical(value) -> str | None:
 
 def _pick(row: dict, keys):
     for k in keys:
-        if k is not None and row.get(k) is not None:
-            return row[k]
+        if k is not None and (value := _field(row, k)) is not None:
+            return value
     return None
+
+
+def _field(row: dict, name: str):
+    """row[name], or for a dotted name that is not itself a key the nested value (reward_model.ground_truth)."""
+    if name in row or "." not in name:
+        return row.get(name)
+    value = row
+    for part in name.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
 
 
 def _first(items, n=5) -> str:
@@ -375,19 +413,32 @@ def format_prompt(problem: str | Problem, tokenizer=None, template: str = "qwen-
     chatml:    the bare ChatML user turn, no instruction: for models trained to answer in \\boxed{}
                without being told (the toy world, where the instruction would triple the length).
     """
-    text = problem.problem if isinstance(problem, Problem) else problem
-    if template == "qwen-math":
-        return (f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n"
-                f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n")
-    if template == "chatml":
-        return f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+    messages = prompt_messages(problem, template)
     if template == "plain":
-        return f"{text}\n{SYSTEM_PROMPT}\n"
+        return messages  # no chat markup: the text itself
     if template == "chat":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise ValueError("template 'chat' needs a tokenizer with a chat_template; use 'qwen-math' or 'plain'")
-        messages = [{"role": "user", "content": f"{text}\n{SYSTEM_PROMPT}"}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return turns + "<|im_start|>assistant\n"  # ChatML with the assistant turn open
+
+
+def prompt_messages(problem: str | Problem, template: str = "qwen-math") -> list[dict] | str:
+    """The prompt of `format_prompt` as a trainer's dataset holds it (TRL's conversational `prompt`, verl's
+    `prompt`): a message list whose ChatML rendering with an open assistant turn is format_prompt's text
+    (qwen-math: system instruction + user turn; chatml: the user turn; chat: the user turn with the
+    instruction appended). `plain` has no chat markup, so it is the prompt text itself. format_prompt renders
+    these messages, so the two cannot disagree."""
+    text = problem.problem if isinstance(problem, Problem) else problem
+    if template == "qwen-math":
+        return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": text}]
+    if template == "chatml":
+        return [{"role": "user", "content": text}]
+    if template == "chat":
+        return [{"role": "user", "content": f"{text}\n{SYSTEM_PROMPT}"}]
+    if template == "plain":
+        return f"{text}\n{SYSTEM_PROMPT}\n"
     raise ValueError(f"unknown prompt template {template!r}; expected one of {', '.join(TEMPLATES)}")
 
 

@@ -580,13 +580,11 @@ class Tracker:
     logs. The tracker's run is named after the arm's folder; wandb resumes it by that id."""
 
     def __init__(self, kind: str, out_dir, *, config: dict | None = None, project: str = "saerl"):
-        self.kind, self.out_dir = kind, Path(out_dir)
+        self.kind, self.out_dir, self.backend = kind, Path(out_dir), None
         name = self.out_dir.name
-        package = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}.get(kind)
         if kind == "none":
-            self.backend = None
             return
-        if package is None:
+        if kind not in TRACKERS:
             raise ConfigError(f"--report-to {kind}: expected one of {', '.join(TRACKERS)}")
         try:
             if kind == "tensorboard":
@@ -602,7 +600,7 @@ class Tracker:
                 self.backend = trackio
         except ImportError as e:
             raise ConfigError(f"--report-to {kind}: the package is not installed ({e}); "
-                              f"pip install {package}, or leave --report-to at none") from None
+                              f"pip install {kind}, or leave --report-to at none") from None
 
     def log(self, row: dict, step: int, prefix: str) -> None:
         """The row's numbers (bools as 0/1) under `prefix` + name, at `step`."""

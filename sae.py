@@ -14,6 +14,7 @@ quality, difficulty and diversity are read off those vectors (see saerl.py). Thi
     train_sae(...)           TopK SAE of Gao et al. 2024, "Scaling and evaluating sparse autoencoders"
     PooledFeatures.most_active / columns / predict   the probes' feature columns, dense per block
     prompt_texts, hook_layer, sae_layer   prompts with the problem's span; which layer to encode
+    check_on_model(...)      a loaded SAE's FVU and L0 on this model's own residuals, warning on a mismatch
     python sae.py train|encode   the command line (bottom of the file)
 """
 from __future__ import annotations
@@ -45,7 +46,8 @@ from tqdm.auto import tqdm
 from data import TEMPLATES, format_prompt, load_problems
 from runtime import (add_dataclass_args, atomic_path, check, check_device, command_line, dataclass_from_args, flag,
                      load_model, resolve_device, stable_hash)
-from sae_formats import DEFAULT_ENCODE_ELEMENTS, SAE, load_sae, sae_check, save_safetensors, save_sae, topk_relu
+from sae_formats import (DEFAULT_ENCODE_ELEMENTS, SAE, load_sae, residual_layer, sae_check, save_safetensors, save_sae,
+                         topk_relu)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -597,11 +599,12 @@ def prompt_texts(problems, tokenizer, template: str) -> tuple[list[str], list[tu
 
 
 def hook_layer(hook) -> int | None:
-    """The decoder layer a hook name points at ("blocks.12.hook_resid_post" -> 12), else None."""
-    if isinstance(hook, int):
+    """The decoder layer whose output a residual hook reads (sae_formats.residual_layer:
+    "blocks.12.hook_resid_post" -> 12, "blocks.12.hook_resid_pre" -> 11), an int as is, None for None;
+    a hook on another site raises ValueError naming it."""
+    if hook is None or isinstance(hook, int):
         return hook
-    digits = [part for part in str(hook or "").split(".") if part.isdigit()]
-    return int(digits[0]) if digits else None
+    return residual_layer(hook)
 
 
 def sae_layer(model, sae: SAE | None = None, layer: int | None = None, *, model_name="the model",
@@ -609,7 +612,13 @@ def sae_layer(model, sae: SAE | None = None, layer: int | None = None, *, model_
     """The decoder layer to encode: `layer` if given, else a given SAE's hook layer, else the middle
     one; checked against the model (and a given SAE's d_in against the model's hidden size)."""
     n_layers = model.config.num_hidden_layers
-    trained_on = hook_layer(sae.meta.get("hook_name") or sae.meta.get("layer")) if sae is not None else None
+    trained_on = None
+    if sae is not None:
+        trained_on = sae.meta.get("layer")
+        trained_on = hook_layer(sae.meta.get("hook_name")) if trained_on is None else trained_on
+        if trained_on is None and layer is None:
+            warnings.warn(f"SAE {sae_name} names no hook or layer; encoding the middle layer {n_layers // 2} of "
+                          f"{model_name} (pass --sae-layer to choose)")
     if layer is not None and trained_on is not None and layer != trained_on:
         raise SystemExit(f"--sae-layer {layer}, but SAE {sae_name} was trained on layer {trained_on} "
                          f"({sae.meta.get('hook_name')}); drop --sae-layer or pass {trained_on}")
@@ -620,6 +629,30 @@ def sae_layer(model, sae: SAE | None = None, layer: int | None = None, *, model_
         raise SystemExit(f"SAE {sae_name} has d_in={sae.d_in} but layer {layer} of {model_name} "
                          f"has hidden size {model.config.hidden_size}; pass the SAE trained on that model")
     return layer
+
+
+def check_on_model(model, tokenizer, texts: Sequence[str], sae: SAE, layer: int, *, tokens: int = 4096,
+                   batch_size: int = 16, max_length: int = 512, device=None, fvu_warn: float = 0.5,
+                   model_name: str = "the model", sae_name: str = "the SAE") -> dict:
+    """sae_check (FVU, L0) of a loaded SAE on about `tokens` residual tokens of decoder layer `layer`
+    of this model on these texts (a seeded sample, one pass over the texts at most). An SAE read at
+    the layer and on the model it was trained for reconstructs most of the variance; FVU above
+    fvu_warn warns that the layer, the hook or the model does not match."""
+    device = torch.device(device) if device is not None else _model_device(model)
+    batches = max(1, math.ceil(len(texts) / batch_size))
+    stream = _activation_stream(model, tokenizer, texts, layer, batch_size=batch_size, max_length=max_length,
+                                seed=0, device=device)
+    acts, n = [], 0
+    while n < tokens and len(acts) < batches:
+        acts.append(next(stream))
+        n += acts[-1].shape[0]
+    report = sae_check(sae, torch.cat(acts), fvu_warn=math.inf, verbose=True)
+    if report["fvu"] > fvu_warn:
+        warnings.warn(f"SAE {sae_name} explains little of layer {layer} of {model_name}: FVU {report['fvu']:.3f} > "
+                      f"{fvu_warn} on {report['n_tokens']} tokens; it was made for hook "
+                      f"{sae.meta.get('hook_name')!r} of model {sae.meta.get('model_name')!r}: wrong layer "
+                      "(--sae-layer) or another model (--sae-model)?")
+    return report
 
 
 @dataclass
@@ -714,7 +747,7 @@ def run_command(args) -> None:
         print(f"saved {save_sae(sae, args.out)}")
         return
     sae = load_sae(args.sae, subfolder=args.sae_subfolder, device=device)
-    layer = args.layer if args.layer is not None else hook_layer(sae.meta.get("hook_name"))
+    layer = args.layer if args.layer is not None else sae.meta.get("layer")  # load_sae: from the hook name
     if layer is None:
         raise SystemExit(f"sae.py: --layer not given and the SAE's hook name {sae.meta.get('hook_name')!r} names "
                          "no layer")

@@ -6,7 +6,8 @@ Imports: data (atomic file writes) from this project; sae.py builds on this file
     SAE                      one internal layout (below); encode / decode / forward
     topk_relu(pre, k)        the TopK activation, shared by encoding and SAE training
     load_sae(path_or_repo)   read SAELens, sparsify, dictionary_learning, Llama Scope, Gemma Scope
-    save_sae(sae, dir)       write SAELens-compatible files (cfg.json + sae_weights.safetensors)
+    save_sae(sae, dir)       write SAELens 6 files (cfg.json with "metadata" + sae_weights.safetensors)
+    residual_layer(hook)     the decoder layer whose output a residual hook name reads
     sae_check(sae, acts)     mean L0 and fraction of variance unexplained, with warnings
 
 Internal layout. W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in], optional
@@ -28,7 +29,11 @@ On-disk formats (detected from the files present; each converted to the layout a
   pretrained_sae_loaders.py): cfg.json + sae_weights.safetensors with W_enc [d_in, d_sae], b_enc,
   W_dec [d_sae, d_in], b_dec, threshold [d_sae] (jumprelu). cfg "architecture" standard | topk
   (cfg "k") | jumprelu; configs before 6.0 name the activation "activation_fn_str" with
-  "activation_fn_kwargs": {"k": ...}. The input is b_dec-subtracted when apply_b_dec_to_input
+  "activation_fn_kwargs": {"k": ...}. SAELens >= 6 keeps model_name, hook_name and
+  model_from_pretrained_kwargs in a "metadata" block (with sae_lens_version; without a version it
+  takes a file for pre-6.0); older files have them at the top level, the oldest name the hook
+  "hook_point". A TopK cfg with rescale_acts_by_decoder_norm selects on pre * ||W_dec row|| and
+  decodes codes / ||W_dec row||: the norms are folded into W_enc, b_enc and W_dec (same codes). The input is b_dec-subtracted when apply_b_dec_to_input
   (default true). normalize_activations: "none"; "constant_norm_rescale" = per-token rescale to
   sqrt(d_in), undone on the output; "expected_average_only_in" = a dataset-wise scale that SAELens's
   trainer folds into the weights before its final save (W_enc * s, W_dec / s, b_dec / s), so the
@@ -62,6 +67,13 @@ On-disk formats (detected from the files present; each converted to the layout a
   b_dec, threshold [d_sae]; JumpReLU, no b_dec subtraction, no input normalisation.
 * Qwen-Scope: we found no public description of its files; a release that uses one of the layouts
   above loads through that layout, anything else is reported as an unknown layout.
+
+Hooks. SAERL encodes the residual stream after a decoder block (sae.py: the output of decoder layer
+L, HF hidden_states[L + 1]); `residual_layer` maps a file's hook name onto that L:
+blocks.L.hook_resid_post -> L; blocks.L.hook_resid_pre, the input of block L (hidden_states[L]) ->
+L - 1; an HF module path ending in layers.L (its output) -> L. Any other site (hook_resid_mid,
+hook_mlp_out, hook_attn_out, attn.hook_z, the embeddings as blocks.0.hook_resid_pre) is refused
+when the SAE loads, naming the hook.
 """
 from __future__ import annotations
 
@@ -265,12 +277,45 @@ def load_sae(path_or_repo: str | os.PathLike, *, subfolder: str | None = None,
     if bad:
         raise ValueError(f"SAE {path}: {', '.join(bad)} hold NaN or inf values; its features would be NaN")
     sae.meta["source"] = str(path)
+    if sae.meta.get("hook_name") is not None:  # the file's hook decides the layer; other sites refused here
+        sae.meta["layer"] = residual_layer(sae.meta["hook_name"], source=f"SAE {path}")
     return sae.to(device=device or "cpu", dtype=dtype or torch.float32)
 
 
+RESIDUAL_HOOKS = ("blocks.L.hook_resid_post, blocks.L.hook_resid_pre (L >= 1) or an HF decoder block's "
+                  "output (model.layers.L)")
+
+
+def residual_layer(hook_name: str, *, source: str = "SAE") -> int:
+    """The decoder layer L whose output is the residual `hook_name` reads (sae.py encodes the output of
+    layer L, HF hidden_states[L + 1]): blocks.L.hook_resid_post -> L; blocks.L.hook_resid_pre, the input
+    of block L = hidden_states[L] = the output of block L - 1 -> L - 1; model.layers.L (optionally
+    ".output") -> L. Any other hook raises ValueError naming it and what is accepted."""
+    parts = str(hook_name).split(".")
+    if parts[-1] == "output":
+        parts = parts[:-1]
+    if len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit() and parts[2] in ("hook_resid_post",
+                                                                                       "hook_resid_pre"):
+        block = int(parts[1])
+        if parts[2] == "hook_resid_post":
+            return block
+        if block >= 1:
+            return block - 1
+        raise ValueError(f"{source}: hook {hook_name!r} reads the token embeddings (hidden_states[0]), "
+                         f"which SAERL does not encode; expected {RESIDUAL_HOOKS}")
+    if len(parts) >= 2 and parts[-2] == "layers" and parts[-1].isdigit():
+        return int(parts[-1])
+    raise ValueError(f"{source}: hook {hook_name!r} is not the residual stream between decoder blocks "
+                     f"(SAERL encodes only that); expected {RESIDUAL_HOOKS}")
+
+
 def _download(repo_id: str, subfolder: str | None) -> Path:
-    if repo_id.count("/") != 1 or repo_id.startswith((".", "/")):
+    """The local copy of Hub repo `repo_id` (only `subfolder` of it when given); owner/name/sub/dir
+    names the same as owner/name with subfolder sub/dir (SAELens releases nest one SAE per folder)."""
+    if repo_id.count("/") < 1 or repo_id.startswith((".", "/")) or "" in repo_id.split("/"):
         raise FileNotFoundError(f"SAE path {repo_id} does not exist and is not a Hub repo id (owner/name)")
+    owner, name, *nested = repo_id.split("/")
+    repo_id, subfolder = f"{owner}/{name}", "/".join(nested + [subfolder] if subfolder else nested) or None
     try:
         from huggingface_hub import snapshot_download
         root = snapshot_download(repo_id, allow_patterns=[f"{subfolder}/*"] if subfolder else None)
@@ -289,9 +334,42 @@ def _read_json(path: Path) -> dict:
         raise ValueError(f"{path} is not valid JSON ({e}); re-download or re-save the SAE") from e
 
 
+# TransformerLens from_pretrained settings that leave the residual stream as HF computes it: folding
+# LayerNorm weights and value biases, re-centring the unembedding, refactoring attention matrices only
+# rewrite weights that read from or sit inside a block; the rest say where and how the model loads.
+RESIDUAL_PRESERVING_KWARGS = {"fold_ln", "center_unembed", "fold_value_biases", "refactor_factored_attn_matrices",
+                              "dtype", "torch_dtype", "device", "n_devices", "move_to_device", "first_n_layers",
+                              "default_prepend_bos", "default_padding_side", "trust_remote_code", "revision",
+                              "attn_implementation"}
+
+
+def _check_model_kwargs(kwargs: dict, cfg_path: Path) -> None:
+    """Refuses model settings under which the SAE saw another residual than the HF model's.
+    center_writing_weights=True removes each token's mean over d_model from every write to the residual
+    (TransformerLens does it on LayerNorm models, where the norms hide it): the SAE then reads a
+    centred residual that SAERL's capture does not produce, and its reconstruction misses the mean."""
+    if kwargs.get("center_writing_weights"):
+        raise ValueError(f"{cfg_path}: model_from_pretrained_kwargs center_writing_weights=True: the SAE was "
+                         "trained on a TransformerLens residual with each token's mean removed, not the HF "
+                         "residual SAERL encodes; use an SAE trained with center_writing_weights=False")
+    unknown = sorted(set(kwargs) - RESIDUAL_PRESERVING_KWARGS - {"center_writing_weights"})
+    if unknown:
+        warnings.warn(f"{cfg_path}: model_from_pretrained_kwargs {unknown} are not known to leave the residual "
+                      "unchanged; the SAE check (FVU) will tell whether the SAE fits the model")
+
+
 def _load_saelens(path: Path) -> SAE:
     cfg = _read_json(path / "cfg.json")
     source = str(path / "sae_weights.safetensors")
+    # provenance: SAELens >= 6 "metadata"; files save_sae wrote before that "meta"; older SAELens the top level
+    meta = cfg.get("metadata") or cfg.get("meta") or {}
+    info = {name: next((v for v in (meta.get(name), cfg.get(name)) if v is not None), None)
+            for name in ("model_name", "hook_name", "hook_head_index", "model_from_pretrained_kwargs")}
+    hook = info["hook_name"] or cfg.get("hook_point")  # the oldest SAELens configs
+    if info["hook_head_index"] is not None:
+        raise ValueError(f"{path / 'cfg.json'}: hook {hook!r} with hook_head_index={info['hook_head_index']} reads "
+                         f"one attention head, not the residual stream; expected {RESIDUAL_HOOKS}")
+    _check_model_kwargs(info["model_from_pretrained_kwargs"] or {}, path / "cfg.json")
     w = load_file(source)
     arch = cfg.get("architecture", "standard")
     act = cfg.get("activation_fn", cfg.get("activation_fn_str", "relu"))
@@ -326,11 +404,15 @@ def _load_saelens(path: Path) -> SAE:
         raise ValueError(f"{source}: missing tensors {missing}; found {sorted(w)}")
     if "scaling_factor" in w:  # finetuning scaling: decode used (f * s) @ W_dec
         w["W_dec"] = w["W_dec"] * w["scaling_factor"][:, None]
+    if activation == "topk" and cfg.get("rescale_acts_by_decoder_norm"):
+        # codes = topk(pre * n), x_hat = (codes / n) @ W_dec with n the W_dec row norms: fold n in
+        n = w["W_dec"].float().norm(dim=1)  # [d_sae]
+        w["W_enc"], w["b_enc"], w["W_dec"] = w["W_enc"] * n, w["b_enc"] * n, w["W_dec"] / n[:, None]
     sae = _make_sae(w, source, d_in=cfg["d_in"], d_sae=cfg["d_sae"], activation=activation, k=k,
                     threshold=w.get("threshold"),
                     apply_b_dec_to_input=cfg.get("apply_b_dec_to_input", True),
                     input_norm=norm, input_scale=scale)
-    sae.meta.update(format="saelens", hook_name=(cfg.get("meta") or {}).get("hook_name", cfg.get("hook_name")))
+    sae.meta.update(format="saelens", hook_name=hook, model_name=info["model_name"])
     return sae
 
 
@@ -479,10 +561,12 @@ def save_safetensors(tensors: dict, path: Path, metadata: dict | None = None) ->
 
 
 def save_sae(sae: SAE, out_dir: str | os.PathLike) -> Path:
-    """Writes cfg.json + sae_weights.safetensors readable by SAELens >= 6 (SAE.load_from_disk).
+    """Writes cfg.json + sae_weights.safetensors as SAELens >= 6 writes them (SAE.load_from_disk reads
+    them back with their model_name and hook_name, which live in the cfg's "metadata" block).
     A constant input scale is folded into the weights the way SAELens folds its own
     (W_enc * s, W_dec / s, b_dec / s; thresholds unchanged since pre-activations are), so the files
-    take raw activations with normalize_activations = "none"."""
+    take raw activations with normalize_activations = "none". The residual is HF's own, which a
+    TransformerLens model gives with center_writing_weights=False: the metadata says so."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     s = float(sae.input_scale) if sae.input_norm == "scale" else 1.0
@@ -496,8 +580,9 @@ def save_sae(sae: SAE, out_dir: str | os.PathLike) -> Path:
         "apply_b_dec_to_input": sae.apply_b_dec_to_input,
         "normalize_activations": "constant_norm_rescale" if sae.input_norm == "token" else "none",
         "reshape_activations": "none",
-        "meta": {"model_name": sae.meta.get("model_name"), "hook_name": sae.meta.get("hook_name"),
-                 "sae_lens_version": "6.0.0", "sae_lens_training_version": "6.0.0"},
+        "metadata": {"sae_lens_version": "6.0.0", "sae_lens_training_version": None,
+                     "model_name": sae.meta.get("model_name"), "hook_name": sae.meta.get("hook_name"),
+                     "hook_head_index": None, "model_from_pretrained_kwargs": {"center_writing_weights": False}},
     }
     if sae.activation == "topk":
         cfg["k"] = sae.k

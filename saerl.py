@@ -81,11 +81,12 @@ from checkpoint import latest_checkpoint
 from config import CV_FOLDS, DEEPMATH, PAPER, PAPER_BENCHMARKS, STAGES, Config, parse_args, resolve, stage_settings
 from data import Problem, format_prompt, load_problems, write_problems
 from evaluate import generate_completions, load_benchmark, make_eval_fn
+from export import export_run
 from parallel import barrier, dist_info, init_distributed
 from report import cluster_purity, cluster_summary, metric_name, write_report
 from runtime import (Interrupted, Stage, Stages, atomic_write_text, command_line, dir_stamp, file_stamp, folder_lock,
                      load_model, read_jsonl, resolve_device, stable_hash, write_jsonl)
-from sae import PooledFeatures, encode_problems, prompt_texts, sae_layer, train_sae
+from sae import PooledFeatures, check_on_model, encode_problems, prompt_texts, sae_layer, train_sae
 from sae_formats import load_sae, save_sae
 from schedule import make_schedules, pace_applies, write_schedule
 from verifier import extract_answer, gold_parse_report, is_equiv, verify
@@ -96,7 +97,8 @@ PIPELINE = (
     Stage("problems", settings=("train_data", "limit", "seed", "problem_field", "answer_field"),
           files=("problems.jsonl",)),
     Stage("sae", reads=("problems",), files=("sae/cfg.json",),
-          settings=("sae", "sae_model", "sae_layer", "sae_width", "sae_k", "sae_tokens", "seed", "grpo.template")),
+          settings=("sae", "sae_id", "sae_model", "sae_layer", "sae_width", "sae_k", "sae_tokens", "seed",
+                    "grpo.template")),
     Stage("features", reads=("sae", "problems"), settings=("top_m", "pooling"), files=("features.safetensors",)),
     Stage("labels", reads=("problems",), files=("labels.json",),
           settings=("label_size", "difficulty_labels", "seed", "model", "grpo.template", "grpo.max_new_tokens")),
@@ -192,6 +194,8 @@ def run_stages(stages: Stages, cfg: Config, gcfg, device) -> Path:
     if cfg.stage == "clusters":
         return stages.finish()
     schedules, paced = schedule_stage(stages, cfg, gcfg, problems, quality, difficulty, clusters)
+    if cfg.export and rank == 0:  # the engineered order as a TRL or verl dataset (export.py)
+        log("exported the engineered order: " + ", ".join(map(str, export_run(root, cfg.export, template=gcfg.template))))
     if cfg.stage == "schedule":
         return stages.finish()
 
@@ -302,10 +306,12 @@ def sae_stage(stages: Stages, cfg: Config, gcfg, problems, models: dict, device)
     problems' prompts (the ones the policy sees). Returns the Encoder of the later stages."""
     with stages.run("sae", stamp=dir_stamp(cfg.sae), files=() if cfg.sae else None) as compute:
         model, tok = load_once(models, cfg.sae_model, device)
-        given = load_sae(cfg.sae, device=device) if cfg.sae else None
+        given = load_sae(cfg.sae, subfolder=cfg.sae_id, device=device) if cfg.sae else None
         layer = sae_layer(model, given, cfg.sae_layer, model_name=cfg.sae_model, sae_name=cfg.sae)
+        texts = [format_prompt(p.problem, tok, gcfg.template) for p in problems] if compute else []
+        if compute and given:  # checked on this model's own residuals, as a trained SAE is (warns on a mismatch)
+            check_on_model(model, tok, texts, given, layer, device=device, model_name=cfg.sae_model, sae_name=cfg.sae)
         if compute and not given:
-            texts = [format_prompt(p.problem, tok, gcfg.template) for p in problems]
             save_sae(train_sae(model, tok, texts, layer, d_sae=cfg.sae_width, k=cfg.sae_k, tokens=cfg.sae_tokens,
                                seed=cfg.seed, device=device, state_path=stages.root / "sae.state.pt"),
                      stages.root / "sae")

@@ -19,6 +19,7 @@ stages it does not change are read back from the cache, and trains one arm:
     oracle-filter      --oracle filter: the known-bad rows dropped instead of the probe's lowest
     oracle-difficulty  --oracle difficulty: the true difficulty orders the curriculum
     oracle-clusters    --oracle clusters: the true topics are the clusters
+    pace-budget        --pace budget: the step budget spread over each cluster's whole easy-to-hard range
 
 Before any variant runs, a learnability check: vanilla must gain clearly over the seeds (the lower
 end of the 95% t-interval of final minus starting accuracy above zero); otherwise the grid stops with
@@ -59,6 +60,7 @@ VARIANTS = {  # name -> (saerl.py flags, the arm it trains)
     "oracle-filter": (["--oracle", "filter"], "saerl"),
     "oracle-difficulty": (["--oracle", "difficulty"], "saerl"),
     "oracle-clusters": (["--oracle", "clusters"], "saerl"),
+    "pace-budget": (["--pace", "budget"], "saerl"),
 }
 WINDOW = 10  # steps per stretch of the informative-groups table
 

@@ -59,6 +59,7 @@ REVIEW = [(["--limit", "-5"], "--limit -5"),            # took problems[:-5], 1,
           (["--label-size", "1"], "--label-size 1"),    # failed inside numpy
           (["--temperature", "0"], "--temperature 0")]  # "loss is nan" at step 0
 EVERY_FIELD = [(["--sae-layer", "-1"], "--sae-layer -1"),
+               (["--sae-id", "blocks.1.hook_resid_post"], "--sae-id blocks.1.hook_resid_post"),  # no --sae
                (["--sae-width", "0"], "--sae-width 0"),
                (["--sae-k", "0"], "--sae-k 0"),
                (["--sae-width", "64", "--sae-k", "65"], "--sae-k 65 with --sae-width 64"),
@@ -89,6 +90,8 @@ EVERY_FIELD = [(["--sae-layer", "-1"], "--sae-layer -1"),
                (["--name", "a/b"], "--name a/b"),
                (["--name", ""], "--name ''"),
                (["--stage", "all"], "--stage all"),
+               (["--export", "openrlhf"], "--export openrlhf"),
+               (["--export", "verl", "--template", "plain"], "--export verl with --template plain"),
                (["--oracle", "filter,topics"], "--oracle filter,topics"),
                (["--device", "gpu"], "--device gpu"),
                (["--train-data", "no/such/file.jsonl"], "--train-data no/such/file.jsonl")]

@@ -1,10 +1,12 @@
 """data.py: loading with aliases, answer forms, bad rows, strict mode, dedup, templates, writing problems."""
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
-from data import MAX_PROBLEM_CHARS, Problem, format_prompt, load_problems, load_problems_report, write_problems
+from data import (MAX_PROBLEM_CHARS, SYSTEM_PROMPT, Problem, format_prompt, load_problems, load_problems_report,
+                  prompt_messages, write_problems)
 from runtime import DataError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -240,3 +242,89 @@ def test_shared_data_loads(name):
     assert len(report["duplicates"]) == dups
     assert len(problems) == rows and problems[0].answer == first
     assert all(p.answer and p.problem for p in problems)
+
+
+# ---- the RL trainers' dataset formats (issue 23): TRL conversational rows, verl rows, nested fields ----
+
+
+def _chat(*turns):
+    return [{"role": role, "content": content} for role, content in turns]
+
+
+def test_trl_conversational_rows_read_the_last_user_turn(tmp_path):
+    rows = [{"prompt": _chat(("system", "Reason step by step."), ("user", "What is 2+3?")),
+             "solution": "2+3 is \\boxed{5}."},
+            {"prompt": _chat(("user", "warm-up: 1+1?"), ("assistant", "2"), ("user", "Now 4*6?")), "answer": "24"},
+            {"prompt": _chat(("system", "no question here"))}]
+    problems, report = load_problems_report(_jsonl(tmp_path, rows, "trl.jsonl"), verbose=False)
+    assert [(p.problem, p.answer) for p in problems] == [("What is 2+3?", "5"), ("Now 4*6?", "24")]
+    assert report["bad"] == [(3, "the prompt is a message list without a user turn whose content is text")]
+
+
+def test_message_content_given_as_text_parts_is_joined(tmp_path):
+    parts = [{"type": "text", "text": "What is "}, {"type": "image"}, {"type": "text", "text": "7-2?"}]
+    [p] = load_problems(_jsonl(tmp_path, [{"prompt": [{"role": "user", "content": parts}], "answer": 5}]))
+    assert (p.problem, p.answer) == ("What is 7-2?", "5")
+
+
+def verl_row(question, truth, index):
+    return {"data_source": "openai/gsm8k", "prompt": _chat(("user", question)), "ability": "math",
+            "reward_model": {"style": "rule", "ground_truth": truth},
+            "extra_info": {"split": "train", "index": index, "answer": f"work... #### {truth}"}}
+
+
+def test_verl_rows_read_ground_truth_and_keep_the_rest_in_meta(tmp_path):
+    rows = [verl_row("Tom has 3 apples and eats 1. How many are left?", "2", 0),
+            verl_row("What is 10 / 4?", "2.5", 1),
+            {"data_source": "x", "prompt": _chat(("user", "no truth")), "reward_model": {"style": "rule"}}]
+    problems, report = load_problems_report(_jsonl(tmp_path, rows, "verl.jsonl"), verbose=False)
+    assert [(p.problem, p.answer) for p in problems] == [("Tom has 3 apples and eats 1. How many are left?", "2"),
+                                                         ("What is 10 / 4?", "2.5")]
+    assert [i for i, _ in report["bad"]] == [3]
+    assert problems[1].meta["data_source"] == "openai/gsm8k" and problems[1].meta["extra_info"]["index"] == 1
+
+
+def test_dotted_field_paths_override_the_aliases(tmp_path):
+    row = {"prompt": "top-level text", "answer": "top", "reward_model": {"ground_truth": "9"},
+           "extra_info": {"question": "nested text"}}
+    [p] = load_problems(_jsonl(tmp_path, [row]), problem_field="extra_info.question",
+                        answer_field="reward_model.ground_truth")
+    assert (p.problem, p.answer) == ("nested text", "9")
+    [q] = load_problems(_jsonl(tmp_path, [{"problem": "p", "a.b": "flat"}], "flat.jsonl"), answer_field="a.b")
+    assert q.answer == "flat"  # a key that itself holds a dot wins over the path
+
+
+def test_verl_parquet_reads_like_its_jsonl(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    rows = [verl_row("What is 6*7?", "42", 0), verl_row("What is 9-4?", "5", 1)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "train.parquet")
+    problems = load_problems(tmp_path / "train.parquet", verbose=False)
+    assert [(p.id, p.problem, p.answer) for p in problems] == [("train.parquet:1", "What is 6*7?", "42"),
+                                                               ("train.parquet:2", "What is 9-4?", "5")]
+
+
+def test_parquet_without_pyarrow_says_what_to_do(tmp_path, monkeypatch):
+    (tmp_path / "t.parquet").write_bytes(b"PAR1")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if pyarrow were not installed
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(DataError, match=r"t\.parquet needs pyarrow: pip install pyarrow \(or convert it to \.jsonl\)"):
+        load_problems(tmp_path / "t.parquet")
+
+
+@pytest.mark.parametrize("template", ["qwen-math", "chatml", "chat"])
+def test_prompt_messages_render_to_the_template_text(template):
+    import toy
+
+    tok = toy.char_tokenizer()  # its chat template is plain ChatML (jinja), as Qwen's without tools
+    rendered = tok.apply_chat_template(prompt_messages("What is 1+1?", template), tokenize=False,
+                                       add_generation_prompt=True)
+    expected = {"qwen-math": format_prompt("What is 1+1?", None, "qwen-math"),  # written out by hand in data.py
+                "chatml": format_prompt("What is 1+1?", None, "chatml"),
+                "chat": f"<|im_start|>user\nWhat is 1+1?\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>assistant\n"}
+    assert rendered == expected[template]
+
+
+def test_plain_template_stays_a_string():
+    assert prompt_messages("P", "plain") == "P\nPlease reason step by step, and put your final answer within \\boxed{}.\n"

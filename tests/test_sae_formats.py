@@ -18,14 +18,14 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
-def rng_arrays(seed=0):
+def rng_arrays(seed=0, d_in=D_IN, d_sae=D_SAE):
     r = np.random.default_rng(seed)
-    return dict(W_enc=r.normal(size=(D_IN, D_SAE)).astype(np.float32),
-                b_enc=r.normal(size=D_SAE).astype(np.float32) * 0.5,
-                W_dec=r.normal(size=(D_SAE, D_IN)).astype(np.float32),
-                b_dec=r.normal(size=D_IN).astype(np.float32),
-                threshold=np.abs(r.normal(size=D_SAE)).astype(np.float32),
-                x=r.normal(size=(7, D_IN)).astype(np.float32) * 3)
+    return dict(W_enc=r.normal(size=(d_in, d_sae)).astype(np.float32),
+                b_enc=r.normal(size=d_sae).astype(np.float32) * 0.5,
+                W_dec=r.normal(size=(d_sae, d_in)).astype(np.float32),
+                b_dec=r.normal(size=d_in).astype(np.float32),
+                threshold=np.abs(r.normal(size=d_sae)).astype(np.float32),
+                x=r.normal(size=(7, d_in)).astype(np.float32) * 3)
 
 
 def relu(a):

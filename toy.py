@@ -4,13 +4,14 @@ from this project -- never saerl.py.
 
 SAERL's three data operations need something real to act on, and tests need the truth to score
 them against. In this world every problem carries its topic (operation family), its difficulty
-(operand digits / list length / number of operations) and its quality (clean, or one of three
-corruptions), and the policy is a real `Qwen2ForCausalLM` saved in Hugging Face format, loaded
-through the same `from_pretrained` path as Qwen2.5-Math-1.5B.
+(operand digits / list length / number of operations), its quality (1 clean, 0 noisy), its noise
+kind, its true answer and its source, and the policy is a real `Qwen2ForCausalLM` saved in Hugging
+Face format, loaded through the same `from_pretrained` path as Qwen2.5-Math-1.5B.
 
 Public functions
-    make_problems(n, *, seed, corrupt_frac=0.15)  labelled problems (meta: topic, difficulty,
-                                                  quality, corruption, true_answer)
+    make_problems(n, *, seed, corrupt_frac, region) labelled problems (meta: topic, difficulty,
+                                                  quality, corruption, true_answer, source)
+    in_test_region(text), normalise(text)         the split: a fixed quarter of all problem texts
     char_tokenizer()                              character-level fast tokenizer, ChatML specials
     tiny_model(tokenizer, *, seed)                a 0.5M-parameter Qwen2ForCausalLM
     warm_start(model, tokenizer, *, steps, seed)  supervised fine-tuning to partial accuracy
@@ -21,13 +22,22 @@ Public functions
 Families and difficulty (1 = easiest, 5 = hardest), chosen by learnability: in 75 s of supervised
 training on 2 CPU cores, copying/sorting digit strings reached 97%-50% greedy accuracy at lengths 2-5
 and one-digit operations about 40%, while multi-digit arithmetic with carries stayed under 10%.
-    add, subtract, multiply   level 1: both operands 0-4; levels 2-4: a with 1-3 digits and b one
-                              digit; level 5: two two-digit operands (subtract keeps a >= b)
+    add, subtract, multiply   digits of (a, b) by level: (1,1) (2,1) (3,1) (2,2) (3,2); subtract
+                              keeps a >= b
     max                       largest of level+1 numbers, one-digit at levels 1-2, two-digit above
-    chain                     level operations (+, -) on operands 0-4, left to right
-Corruptions, equally split: `wrong_answer` (reference answer off by a non-zero amount),
-`garbled` (problem characters shuffled, answer kept), `off_distribution` (a question from
-outside the world, e.g. about colours, with an arbitrary number as answer).
+    chain                     level operations (+, -) on one-digit operands, left to right
+Noise (`corrupt_frac` of the training problems, 0.2; split by NOISE_SHARE 1/2 : 1/4 : 1/4):
+    decoy         the bad source ("scraped"): its text starts with the cue "hw> " and its answer
+                  is the last number of the problem, never the true answer. Harmful (the policy is
+                  rewarded for a shortcut) and visible to a probe of the problem text.
+    wrong_answer  control noise: a clean problem's text, the true answer off by 1-9. Harmful and
+                  invisible to a probe of the problem text.
+    dead          a question from outside the world (colours, capitals) with an arbitrary number:
+                  every rollout scores 0, all-equal groups, no gradient.
+The split: a problem belongs to the test region when a sha256 of its normalised text (cue dropped,
+case and spaces folded) falls in the first TEST_SHARE (1/4) of the hash range. The test set is drawn
+only there, the training problems and the warm start's demonstrations only outside, so no test
+problem is ever trained on, for any seed or size.
 The completion the model learns is `\\boxed{N}` then `<|im_end|>`: the real verifier applies.
 A `bare_frac` share (0.3) of the warm-start demonstrations answers with the bare number `N`
 instead, as a base model trained on mixed-format text does; the verifier scores a bare number 0
@@ -47,8 +57,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
+import hashlib
 import json
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,11 +74,16 @@ from runtime import (add_dataclass_args, atomic_path, check, command_line, datac
 
 TOPICS = ("add", "subtract", "multiply", "max", "chain")
 LEVELS = (1, 2, 3, 4, 5)
-CORRUPTIONS = ("wrong_answer", "garbled", "off_distribution")
+CORRUPTIONS = ("decoy", "wrong_answer", "dead")
+NOISE_SHARE = {"decoy": 0.5, "wrong_answer": 0.25, "dead": 0.25}  # of the noisy share, in CORRUPTIONS order
+CORRUPT_FRAC = 0.2  # noisy share of the training problems
+BAD_SOURCE_CUE = "hw> "  # how every problem of the scraped source starts (a homework-forum dump)
+TEST_SHARE = 0.25  # share of all problem texts that belong to the test region (in_test_region)
+ARITHMETIC_DIGITS = {1: (1, 1), 2: (2, 1), 3: (3, 1), 4: (2, 2), 5: (3, 2)}  # level -> digits of a, b
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 CHARS = "\n" + "".join(chr(c) for c in range(32, 127))
 TEMPLATE = "chatml"  # see data.format_prompt: the instruction would triple sequence length
-WORLD_VERSION = 4  # bump when problems, model or warm start change, to invalidate cached worlds
+WORLD_VERSION = 5  # bump when problems, model or warm start change, to invalidate cached worlds
 
 BARE_FRAC = 0.3  # share of warm-start demonstrations that answer "N" instead of "\\boxed{N}"
 CHAT_TEMPLATE = (
@@ -91,34 +108,61 @@ OFF_TOPIC_THINGS = ("animal", "city", "colour", "fruit", "country", "river", "tr
 # Problems
 
 
-def make_problems(n: int, *, seed: int = 0, corrupt_frac: float = 0.15, prefix: str = "toy",
-                  unique: bool = True) -> list[Problem]:
-    """n labelled problems, topics and difficulties uniform, a `corrupt_frac` share corrupted.
+def make_problems(n: int, *, seed: int = 0, corrupt_frac: float = CORRUPT_FRAC, prefix: str = "toy",
+                  unique: bool = True, region: str | None = None) -> list[Problem]:
+    """n labelled problems, topics and difficulties uniform, a `corrupt_frac` share noisy.
 
-    unique=True redraws a problem whose text was already drawn (data.load_problems would keep
-    only one copy); the easiest levels have few distinct problems (25 sums of 0-4), so in large
-    sets they end up a little under-represented.
+    The noisy share is split by NOISE_SHARE into decoy, wrong_answer and dead items (module
+    docstring). unique=True redraws a problem whose text was already drawn (data.load_problems would
+    keep only one copy). region="test" keeps only problems of the test region (in_test_region),
+    region="train" only those outside it, None either; a problem outside the region is redrawn, so
+    small cells (level 1 has 100-200 distinct problems per family) end up a little under-represented.
     """
     if not 0.0 <= corrupt_frac <= 1.0:
         raise ValueError(f"corrupt_frac must be in [0, 1], got {corrupt_frac}")
+    if region not in (None, "train", "test"):
+        raise ValueError(f"region must be None, 'train' or 'test', got {region!r}")
     rng = random.Random(seed)
     n_bad = round(n * corrupt_frac)
     bad_slots = sorted(rng.sample(range(n), n_bad))
-    kind_of = {slot: CORRUPTIONS[j % len(CORRUPTIONS)] for j, slot in enumerate(bad_slots)}
+    counts = [round(n_bad * share) for share in NOISE_SHARE.values()]
+    counts[-1] = n_bad - sum(counts[:-1])
+    kinds = [kind for kind, count in zip(NOISE_SHARE, counts) for _ in range(count)]
+    kind_of = dict(zip(bad_slots, kinds))
     problems, seen = [], set()
     for i in range(n):
-        for _attempt in range(100):
-            topic, level = rng.choice(TOPICS), rng.choice(LEVELS)
-            text, answer = clean_problem(topic, level, rng)
-            meta = {"topic": topic, "difficulty": level, "quality": 1, "corruption": None, "true_answer": answer}
-            if i in kind_of:
-                text, answer = corrupt(kind_of[i], text, answer, rng)
-                meta.update(quality=0, corruption=kind_of[i])
-            if not unique or text not in seen:
+        for _attempt in range(1000):
+            problem = draw_problem(kind_of.get(i), rng, f"{prefix}-{i}")
+            in_region = region is None or in_test_region(problem.problem) == (region == "test")
+            if in_region and (not unique or problem.problem not in seen):
                 break
-        seen.add(text)
-        problems.append(Problem(id=f"{prefix}-{i}", problem=text, answer=answer, meta=meta))
+        else:
+            raise RuntimeError(f"no new {region or ''} problem after 1000 draws for item {i} of {n}: n too large")
+        seen.add(problem.problem)
+        problems.append(problem)
     return problems
+
+
+def draw_problem(kind: str | None, rng: random.Random, problem_id: str) -> Problem:
+    """One problem of a random family and level: clean (kind None) or of one noise kind."""
+    topic, level = rng.choice(TOPICS), rng.choice(LEVELS)
+    text, answer = clean_problem(topic, level, rng)
+    meta = {"topic": topic, "difficulty": level, "quality": 1, "corruption": None, "true_answer": answer,
+            "source": "main"}
+    if kind == "decoy":
+        while decoy_answer(text) == answer:  # the decoy must be wrong: redraw the (rare) coincidences
+            text, answer = clean_problem(topic, level, rng)
+        meta.update(quality=0, corruption=kind, source="scraped", true_answer=answer)
+        text, answer = BAD_SOURCE_CUE + text, decoy_answer(text)
+    elif kind == "wrong_answer":
+        meta.update(quality=0, corruption=kind)
+        answer = str(int(answer) + rng.choice([-1, 1]) * rng.randint(1, 9))
+    elif kind == "dead":
+        meta.update(quality=0, corruption=kind, topic="dead", true_answer=None)
+        text, answer = dead_problem(rng)
+    elif kind is not None:
+        raise ValueError(f"unknown noise kind {kind!r}; expected one of {CORRUPTIONS}")
+    return Problem(id=problem_id, problem=text, answer=answer, meta=meta)
 
 
 def clean_problem(topic: str, level: int, rng: random.Random) -> tuple[str, str]:
@@ -126,15 +170,8 @@ def clean_problem(topic: str, level: int, rng: random.Random) -> tuple[str, str]
     def number(digits):
         return rng.randint(10 ** (digits - 1) if digits > 1 else 0, 10 ** digits - 1)
 
-    def operands():  # the arithmetic ladder shared by add, subtract and multiply
-        if level == 1:
-            return rng.randint(0, 4), rng.randint(0, 4)
-        if level == 5:
-            return number(2), number(2)
-        return number(level - 1), number(1)
-
     if topic in ("add", "subtract", "multiply"):
-        a, b = operands()
+        a, b = number(ARITHMETIC_DIGITS[level][0]), number(ARITHMETIC_DIGITS[level][1])
         if topic == "subtract" and a < b:
             a, b = b, a
         op, value = {"add": ("+", a + b), "subtract": ("-", a - b), "multiply": ("*", a * b)}[topic]
@@ -143,30 +180,42 @@ def clean_problem(topic: str, level: int, rng: random.Random) -> tuple[str, str]
         xs = [number(1 if level <= 2 else 2) for _ in range(level + 1)]
         return f"Largest of {','.join(map(str, xs))}?", str(max(xs))
     if topic == "chain":
-        value = rng.randint(0, 4)
+        value = rng.randint(0, 9)
         expr = str(value)
         for _ in range(level):
-            op, x = rng.choice("+-"), rng.randint(0, 4)
+            op, x = rng.choice("+-"), rng.randint(0, 9)
             value = value + x if op == "+" else value - x
             expr += f"{op}{x}"
         return f"Compute {expr}.", str(value)
     raise ValueError(f"unknown topic {topic!r}; expected one of {TOPICS}")
 
 
-def corrupt(kind: str, text: str, answer: str, rng: random.Random) -> tuple[str, str]:
-    if kind == "wrong_answer":
-        return text, str(int(answer) + rng.choice([-1, 1]) * rng.randint(1, 9))
-    if kind == "garbled":
-        chars = list(text)
-        while "".join(chars) == text:
-            rng.shuffle(chars)
-        return "".join(chars), answer
-    if kind == "off_distribution":
-        if rng.random() < 0.25:
-            return rng.choice(OFF_DISTRIBUTION), str(rng.randint(0, 99))
-        thing, letter = rng.choice(OFF_TOPIC_THINGS), chr(ord("A") + rng.randrange(26))
-        return f"Name a {thing} that starts with the letter {letter}.", str(rng.randint(0, 99))
-    raise ValueError(f"unknown corruption {kind!r}; expected one of {CORRUPTIONS}")
+def decoy_answer(text: str) -> str:
+    """The bad source's answer key: the last number written in the problem (a misaligned key)."""
+    return re.findall(r"\d+", text)[-1]
+
+
+def dead_problem(rng: random.Random) -> tuple[str, str]:
+    """A question from outside the world with an arbitrary number as its answer: nobody solves it."""
+    if rng.random() < 0.25:
+        return rng.choice(OFF_DISTRIBUTION), str(rng.randint(0, 99))
+    thing, letter = rng.choice(OFF_TOPIC_THINGS), chr(ord("A") + rng.randrange(26))
+    return f"Name a {thing} that starts with the letter {letter}.", str(rng.randint(0, 99))
+
+
+def normalise(text: str) -> str:
+    """A problem's text as the split check compares it: the bad source's cue dropped, case and
+    whitespace folded (the scraped copy of a test problem is the same problem)."""
+    text = text.removeprefix(BAD_SOURCE_CUE)
+    return " ".join(text.lower().split())
+
+
+def in_test_region(text: str) -> bool:
+    """Does this problem belong to the test region? A fixed TEST_SHARE of all problem texts, chosen by
+    a hash of the normalised text (sha256: the same on every machine and Python), so a test problem
+    can never be drawn for training or the warm start, whatever the seeds and sizes."""
+    digest = hashlib.sha256(normalise(text).encode()).digest()
+    return int.from_bytes(digest[:8], "big") < TEST_SHARE * 2 ** 64
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,14 +287,15 @@ def warm_start(model, tokenizer, *, steps: int = 500, batch_size: int = 64, lr: 
                seed: int = 0, bare_frac: float = BARE_FRAC, log_every: int = 100) -> list[float]:
     """Supervised training on fresh clean problems: loss on the completion tokens only.
 
-    Problems come from a seed stream disjoint from the world's train/test sets; a `bare_frac`
+    Problems come from their own seed stream, outside the test region (warm_pool); a `bare_frac`
     share of them is answered `N` rather than `\\boxed{N}` (drawn from its own stream, so the
-    problems do not depend on it). Returns the loss curve. Deterministic for a seed on CPU.
+    problems do not depend on it). Returns the loss curve. Deterministic for a seed on CPU at a
+    fixed thread count (build_world runs it on one thread).
     """
     if not 0.0 <= bare_frac < 1.0:
         raise ValueError(f"bare_frac must be in [0, 1), got {bare_frac}")
     torch.manual_seed(seed)
-    pool = make_problems(steps * batch_size, seed=10_000 + seed, corrupt_frac=0.0, prefix="warm", unique=False)
+    pool = warm_pool(steps * batch_size, seed=seed)
     fmt = random.Random(20_000 + seed)
     bare = [fmt.random() < bare_frac for _ in pool]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -267,6 +317,11 @@ def warm_start(model, tokenizer, *, steps: int = 500, batch_size: int = 64, lr: 
             print(f"[toy] warm start step {step + 1}/{steps} loss {sum(losses[-log_every:]) / log_every:.3f}")
     model.eval()
     return losses
+
+
+def warm_pool(n: int, *, seed: int = 0) -> list[Problem]:
+    """The warm start's demonstrations: clean problems from outside the test region, repeats allowed."""
+    return make_problems(n, seed=10_000 + seed, corrupt_frac=0.0, prefix="warm", unique=False, region="train")
 
 
 def _sft_batch(problems, tokenizer, bare: list[bool]):
@@ -330,14 +385,16 @@ class World:
     info: dict
 
 
-def build_world(out_dir, *, seed: int = 0, n_train: int = 1200, n_test: int = 500, corrupt_frac: float = 0.15,
-                warm_steps: int = 500, bare_frac: float = BARE_FRAC, hidden: int = 128, layers: int = 2,
-                verbose: bool = True) -> World:
+def build_world(out_dir, *, seed: int = 0, n_train: int = 1200, n_test: int = 1250,
+                corrupt_frac: float = CORRUPT_FRAC, warm_steps: int = 500, bare_frac: float = BARE_FRAC,
+                hidden: int = 128, layers: int = 2, verbose: bool = True) -> World:
     """Write (or reuse) the toy world in out_dir: model/, train.jsonl, test.jsonl, world.json.
 
-    train.jsonl holds `corrupt_frac` corrupted problems; test.jsonl is clean. A world already in
-    out_dir with the same settings is reused; any other content there is an error, never
-    overwritten silently.
+    train.jsonl holds `corrupt_frac` noisy problems; test.jsonl is clean, and no test problem (by
+    its normalised text) is in train.jsonl or the warm start (in_test_region). The build runs on one
+    torch thread, restored after: the same settings give the same files and weights whatever the
+    caller's thread count (world.json records the weights' sha256). A world already in out_dir with
+    the same settings is reused; any other content there is rebuilt, said so when verbose.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -357,14 +414,19 @@ def build_world(out_dir, *, seed: int = 0, n_train: int = 1200, n_test: int = 50
             print(f"[toy] {root} holds a world built with other settings; rebuilding it")
 
     t0 = time.time()
-    tokenizer = char_tokenizer()
-    model = tiny_model(tokenizer, seed=seed, hidden=hidden, layers=layers)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    losses = warm_start(model, tokenizer, steps=warm_steps, seed=seed, bare_frac=bare_frac,
-                        log_every=100 if verbose else 0)
-    train = make_problems(n_train, seed=seed, corrupt_frac=corrupt_frac, prefix="train")
-    test = make_problems(n_test, seed=seed + 1, corrupt_frac=0.0, prefix="test")
-    correct = greedy_accuracy(model, tokenizer, test)
+    threads = torch.get_num_threads()
+    # Float sums split over threads add in another order: 1 vs 2 threads gave other weights (issue 25).
+    torch.set_num_threads(1)
+    try:
+        tokenizer = char_tokenizer()
+        model = tiny_model(tokenizer, seed=seed, hidden=hidden, layers=layers)
+        losses = warm_start(model, tokenizer, steps=warm_steps, seed=seed, bare_frac=bare_frac,
+                            log_every=100 if verbose else 0)
+        train = make_problems(n_train, seed=seed, corrupt_frac=corrupt_frac, prefix="train", region="train")
+        test = make_problems(n_test, seed=seed + 1, corrupt_frac=0.0, prefix="test", region="test")
+        correct = greedy_accuracy(model, tokenizer, test)
+    finally:
+        torch.set_num_threads(threads)
 
     model.save_pretrained(world.model_dir)
     tokenizer.save_pretrained(world.model_dir)
@@ -374,12 +436,23 @@ def build_world(out_dir, *, seed: int = 0, n_train: int = 1200, n_test: int = 50
     AutoModelForCausalLM.from_pretrained(world.model_dir)
     AutoTokenizer.from_pretrained(world.model_dir)
     info = dict(key=key, settings=settings, params=sum(p.numel() for p in model.parameters()),
-                seconds=round(time.time() - t0, 1), final_loss=sum(losses[-50:]) / 50,
-                test_accuracy=sum(correct) / len(correct), table=accuracy_table(test, correct))
+                weights_sha256=weights_sha256(model), seconds=round(time.time() - t0, 1),
+                final_loss=sum(losses[-50:]) / len(losses[-50:]), test_accuracy=sum(correct) / len(correct),
+                table=accuracy_table(test, correct))
     with atomic_path(info_path) as tmp:
         Path(tmp).write_text(json.dumps(info, indent=1))
     world.info = info
     return world
+
+
+def weights_sha256(model) -> str:
+    """sha256 over every parameter and buffer's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
 
 
 def load_world(root) -> tuple:

@@ -1,6 +1,8 @@
 """runtime.py -- the run's plumbing: what every entry point needs and no reader of the method should.
 Imports: the standard library at the top (torch, transformers and huggingface_hub lazily, inside the
 functions that need them); nothing from this project.
+Over 600 lines because it is every entry point's shared plumbing in one place, off the reading path;
+split by concern it would only add modules a reader of the method never opens.
 
 Every output file is written atomically (a temporary file beside it, fsync, os.replace), so that a
 killed run never leaves a half-written file behind; logs are appended line by line and fsynced.

@@ -4,6 +4,8 @@ SAERL trains with a 1/0 correctness reward and reports accuracy on
 math benchmarks; both call this file, so training reward, in-loop evaluation and the final report share
 one verifier. Model output is untrusted text: no eval/exec/sympify anywhere, and everything is bounded.
 Imports only the standard library and latex_math.py (the bounded LaTeX arithmetic parser it uses).
+Over 600 lines on purpose: the reward and every reported number must come from one set of equivalence
+rules, read together in one file (the LaTeX arithmetic already lives apart in latex_math.py).
 
     extract_answer(text) -> str | None      the final \\boxed{...} (boxes joined across "and"/commas), or the
                                             answer after a later "final answer is" / "answer:" / "####"

@@ -31,10 +31,7 @@ from estimators_fast import (as_features, as_numpy, as_vector, cluster_sums, den
                              row_space, row_sq_norms, sigmoid, sq_distances, zscore)
 
 
-# ================================================================================================
 # Diversity: k-means in SAE space (the textbook steps; plumbing in estimators_fast.py)
-# ================================================================================================
-
 
 def kmeans(X, k: int, *, n_init: int = 1, max_iter: int = 100, tol: float = 1e-4, seed: int = 0,
            device=None, init=None, chunk_size: int = 4096, return_n_iter: bool = False):
@@ -74,10 +71,8 @@ def kmeans(X, k: int, *, n_init: int = 1, max_iter: int = 100, tol: float = 1e-4
 
 
 def _lloyd(X, Xt, x_sq, centers, max_iter, tol_abs, chunk_size):
-    """Lloyd iterations from `centers`; returns labels, centres, inertia, iterations run.
-
-    Stops on strict convergence (labels unchanged) or when Σ_c ‖c_new − c_old‖² ≤ tol_abs
-    (scikit-learn's rule); a final E-step always runs so labels and inertia match the centres."""
+    """Lloyd iterations from `centers` (stopping rule: kmeans); returns labels, centres, inertia,
+    iterations run. A final E-step always runs so labels and inertia match the centres."""
     k = centers.shape[0]
     labels_old = None
     n_iter = 0
@@ -90,9 +85,7 @@ def _lloyd(X, Xt, x_sq, centers, max_iter, tol_abs, chunk_size):
         new_centers[filled] = sums[filled] / counts[filled, None].to(X.dtype)
         shift = float(((new_centers - centers) ** 2).sum(dtype=torch.float64))
         centers = new_centers
-        if labels_old is not None and torch.equal(labels, labels_old):
-            break
-        if shift <= tol_abs:
+        if (labels_old is not None and torch.equal(labels, labels_old)) or shift <= tol_abs:
             break
         labels_old = labels
     labels, dist = _assign(X, x_sq, centers, chunk_size)
@@ -135,13 +128,12 @@ def _relocate_empty(X, centers_sum, counts, labels, dist):
         labels[p] = new_c
 
 
-def _kmeans_plusplus(X, x_sq, k, gen, chunk_size, n_local_trials=None):
+def _kmeans_plusplus(X, x_sq, k, gen, chunk_size):
     """Greedy k-means++ (scikit-learn's _kmeans_plusplus): the first centre uniformly at random;
     then, per centre, 2 + ⌊ln k⌋ candidates drawn with probability ∝ D(x)² and the one that
     lowers the potential Σ_i min_c D(x_i, c)² most is kept. Returns centres [k, d] and row ids."""
     N = X.shape[0]
-    if n_local_trials is None:
-        n_local_trials = 2 + int(math.log(k))
+    n_local_trials = 2 + int(math.log(k))
     first = int(torch.randint(N, (1,), generator=gen))
     ids = [first]
     centers = torch.empty(k, X.shape[1], dtype=X.dtype, device=X.device)
@@ -192,10 +184,7 @@ def choose_k(X, candidates=(8, 16, 32, 64), *, sample: int = 2000, seed: int = 0
     return best, scores
 
 
-# ================================================================================================
 # Difficulty: ElasticNet proxy
-# ================================================================================================
-
 
 def enet_coordinate_descent_plain(X, y, l1, l2, *, sweeps: int = 1000, tol: float = 1e-10):
     """The textbook algorithm ElasticNet runs, without its accelerations (Friedman et al. 2010):
@@ -238,8 +227,7 @@ class ElasticNet:
     standardised space and predict applies the same transform. fit(X, y, coef_init=...) warm starts.
     """
 
-    def __init__(self, alpha=1.0, l1_ratio=0.5, max_iter=1000, tol=1e-4, fit_intercept=True,
-                 standardize=True):
+    def __init__(self, alpha=1.0, l1_ratio=0.5, max_iter=1000, tol=1e-4, fit_intercept=True, standardize=True):
         if alpha < 0 or not 0 <= l1_ratio <= 1:
             raise ValueError(f"need alpha >= 0 and 0 <= l1_ratio <= 1, got {alpha}, {l1_ratio}")
         self.alpha, self.l1_ratio = float(alpha), float(l1_ratio)
@@ -274,11 +262,9 @@ class ElasticNet:
         return linear_scores(self, X)
 
 
-def alpha_grid(X, y, *, l1_ratio=0.5, n_alphas=30, eps=1e-3, standardize=True,
-               fit_intercept=True) -> np.ndarray:
-    """scikit-learn's _alpha_grid: α_max = max_j |x_jᵀ(y − ȳ)| / (n·ρ) on the (standardised,
-    centred) design — the smallest α with w = 0 — then n_alphas log-spaced values down to
-    eps·α_max."""
+def alpha_grid(X, y, *, l1_ratio=0.5, n_alphas=30, eps=1e-3, standardize=True, fit_intercept=True) -> np.ndarray:
+    """scikit-learn's _alpha_grid: α_max = max_j |x_jᵀ(y − ȳ)| / (n·ρ) on the (standardised, centred)
+    design -- the smallest α with w = 0 -- then n_alphas log-spaced values down to eps·α_max."""
     X = as_numpy(X)
     y = as_vector(y, X.shape[0])
     if standardize:
@@ -331,10 +317,7 @@ def fit_alpha(X, y, *, l1_ratio=0.5, n_alphas=30, eps=1e-3, folds=5, seed=0, max
     return model, info
 
 
-# ================================================================================================
 # Quality: L2 logistic probe
-# ================================================================================================
-
 
 class LogisticProbe:
     """L2-regularised logistic regression, scikit-learn's convention:
@@ -362,8 +345,7 @@ class LogisticProbe:
         if not np.all((y == 0) | (y == 1)):
             raise ValueError("LogisticProbe labels must be 0 or 1")
         if y.min() == y.max():
-            raise ValueError(f"LogisticProbe needs both classes, all {X.shape[0]} labels are "
-                             f"{int(y[0])}")
+            raise ValueError(f"LogisticProbe needs both classes, all {X.shape[0]} labels are {int(y[0])}")
         Z = X
         if self.standardize:
             Z, self.shift_, self.scale_ = zscore(X)  # [n, d]
@@ -382,8 +364,7 @@ class LogisticProbe:
 
         def objective(t):
             eta = A @ t
-            return self.C * float(np.sum(log1pexp(eta) - y * eta)) + 0.5 * float(
-                (penalty * t) @ t)
+            return self.C * float(np.sum(log1pexp(eta) - y * eta)) + 0.5 * float((penalty * t) @ t)
 
         f = objective(theta)
         for it in range(1, self.max_iter + 1):
@@ -402,8 +383,7 @@ class LogisticProbe:
             theta, f = cand, f_new
             if t * np.max(np.abs(step)) <= self.tol * (1.0 + np.max(np.abs(theta))):
                 return theta, it
-        warnings.warn(f"LogisticProbe did not converge in {self.max_iter} Newton steps",
-                      RuntimeWarning)
+        warnings.warn(f"LogisticProbe did not converge in {self.max_iter} Newton steps", RuntimeWarning)
         return theta, self.max_iter
 
     def decision_function(self, X) -> np.ndarray:
@@ -413,10 +393,7 @@ class LogisticProbe:
         """P(y = 1 | x) for every row, [n]."""
         return sigmoid(self.decision_function(X))
 
-
-# ================================================================================================
 # Metrics
-# ================================================================================================
 
 
 def spearman(a, b) -> float:

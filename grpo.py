@@ -36,8 +36,7 @@ from __future__ import annotations
 
 import os
 
-# Before torch loads OpenMP: waiting threads sleep instead of spinning (a busy machine no longer
-# stalls every small op, docs/measurements.md); numpy's small matrices here get one BLAS thread.
+# before torch loads OpenMP: waiting threads sleep, not spin; numpy's OpenBLAS spins regardless (docs/measurements.md)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -71,9 +70,8 @@ from schedule import random_schedule, read_schedule, write_schedule
 from train_log import LOSS_MAXIMA, LOSS_SUMS, log_row, pass_rates, sampler_gap
 from verifier import math_reward
 
-# ----------------------------------------------------------------------------------------------
+
 # The math: advantages and the clipped surrogate
-# ----------------------------------------------------------------------------------------------
 def group_advantages(rewards: torch.Tensor, *, scale: str = "std", eps: float = 1e-6) -> torch.Tensor:
     """Group-relative advantages. rewards [B, G] -> [B, G].
 
@@ -144,14 +142,11 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, m
     per_token = -torch.minimum(ratio * a, clipped * a)  # [N, T]
     if is_weight is not None:
         per_token = per_token * is_weight.detach().to(logp.dtype)
-    kl = torch.zeros_like(logp)
+    if beta != 0.0 and ref_logp is None:
+        raise ValueError("beta != 0 needs ref_logp (log-probs of the reference policy)")
+    kl = torch.zeros_like(logp) if ref_logp is None else k3_kl(logp, ref_logp)  # [N, T]; reported when beta = 0
     if beta != 0.0:
-        if ref_logp is None:
-            raise ValueError("beta != 0 needs ref_logp (log-probs of the reference policy)")
-        kl = k3_kl(logp, ref_logp)
         per_token = per_token + beta * kl
-    elif ref_logp is not None:
-        kl = k3_kl(logp, ref_logp)  # reported only
 
     if normalizer is None:
         normalizer = loss_normalizer(mask, loss_type, max_len)
@@ -192,9 +187,7 @@ def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int) -> torch.
     return torch.clamp((start - lengths.to(torch.float32)) / buffer, min=-1.0, max=0.0)
 
 
-# ----------------------------------------------------------------------------------------------
 # One step: sample -> score -> advantage -> loss -> update
-# ----------------------------------------------------------------------------------------------
 def step_seed(seed: int, step: int) -> int:
     """Sampling seed of schedule step `step`: a function of (seed, step) only, so resume is exact."""
     return (seed * 1_000_003 + step * 7_919 + 1) % (2 ** 63)
@@ -381,9 +374,7 @@ def importance_weights(logp: torch.Tensor, sampler_logp: torch.Tensor, mask: tor
     return torch.exp(logp - sampler_logp).clamp(max=cap) * mask
 
 
-# ----------------------------------------------------------------------------------------------
 # The run
-# ----------------------------------------------------------------------------------------------
 def _truncate_log(path: Path, key_ok: Callable[[dict], bool]) -> None:
     """After a resume, drop log rows written after the checkpoint (they will be written again)."""
     if path.exists():
@@ -518,9 +509,7 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
     return row
 
 
-# ----------------------------------------------------------------------------------------------
 # The CLI
-# ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description="GRPO / DAPO / Dr. GRPO on a batch schedule.", parents=[plan.plan_flags()])
     ap.add_argument("--model", required=True, help="policy: HF model id or folder")

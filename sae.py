@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import os
 
-# Before torch loads OpenMP: a thread waiting for its peers sleeps instead of spinning, so a busy
-# machine (another job on a core) no longer stalls every small op (docs/measurements.md). numpy's
-# OpenBLAS threads spin regardless and its matrices here are small: one thread.
+# before torch loads OpenMP: waiting threads sleep, not spin; numpy's OpenBLAS spins regardless (docs/measurements.md)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -41,10 +39,7 @@ from runtime import (add_dataclass_args, atomic_path, check, check_device, comma
 from sae_formats import DEFAULT_ENCODE_ELEMENTS, SAE, load_sae, residual_layer, sae_check, save_sae, topk_relu
 
 
-# ---------------------------------------------------------------------------------------------
 # Residual capture
-# ---------------------------------------------------------------------------------------------
-
 class _StopForward(Exception):
     """Raised by the capture hook once layer L has run, so no later layer computes."""
 
@@ -209,10 +204,7 @@ def encode_problems(model, tokenizer, texts: Sequence[str], sae: SAE, layer: int
     return features
 
 
-# ---------------------------------------------------------------------------------------------
 # Training a TopK SAE (Gao et al. 2024)
-# ---------------------------------------------------------------------------------------------
-
 def _activation_stream(model, tokenizer, texts: Sequence[str], layer: int, *, batch_size: int,
                        max_length: int, seed: int, device, skip: int = 0) -> Iterator[torch.Tensor]:
     """Endless stream of [n, d] residual tokens (valid positions only, as in pooling), epoch after
@@ -445,10 +437,7 @@ def fit_sae(stream, d_in: int, *, d_sae: int, k: int, tokens: int, layer: int,
     return sae
 
 
-# ---------------------------------------------------------------------------------------------
 # A loaded SAE on this model; the prompts and the layer to encode
-# ---------------------------------------------------------------------------------------------
-
 def check_on_model(model, tokenizer, texts: Sequence[str], sae: SAE, layer: int, *, tokens: int = 4096,
                    batch_size: int = 16, max_length: int = 512, device=None, fvu_warn: float = 0.5,
                    model_name: str = "the model", sae_name: str = "the SAE") -> dict:
@@ -519,10 +508,7 @@ def sae_layer(model, sae: SAE | None = None, layer: int | None = None, *, model_
     return layer
 
 
-# ---------------------------------------------------------------------------------------------
 # Command line
-# ---------------------------------------------------------------------------------------------
-
 @dataclass
 class InputArgs:
     """Flags of both subcommands: the model and the problems it reads."""

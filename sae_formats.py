@@ -46,10 +46,7 @@ INPUT_NORMS = ("scale", "token")
 DEFAULT_ENCODE_ELEMENTS = 1 << 24
 
 
-# ---------------------------------------------------------------------------------------------
 # The SAE
-# ---------------------------------------------------------------------------------------------
-
 def topk_relu(pre: torch.Tensor, k: int) -> torch.Tensor:
     """The TopK activation (Gao et al. 2024): relu of the k largest entries of each row, 0 elsewhere.
     [n, d_sae] -> [n, d_sae]; differentiable (SAE training) as well as used for encoding."""
@@ -168,10 +165,7 @@ def _make_sae(tensors: dict, source: str, *, d_in: int, d_sae: int, **kwargs) ->
     return sae
 
 
-# ---------------------------------------------------------------------------------------------
 # Loading and saving
-# ---------------------------------------------------------------------------------------------
-
 def load_sae(path_or_repo: str | os.PathLike, *, subfolder: str | None = None,
              device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SAE:
     """Loads an SAE from a local directory or a Hugging Face Hub repo id (+ subfolder), detecting
@@ -531,10 +525,7 @@ def save_sae(sae: SAE, out_dir: str | os.PathLike) -> Path:
     return out
 
 
-# ---------------------------------------------------------------------------------------------
 # Self-check
-# ---------------------------------------------------------------------------------------------
-
 @torch.no_grad()
 def sae_check(sae: SAE, activations: torch.Tensor, *, fvu_warn: float = 0.5,
               l0_tolerance: float = 0.5, verbose: bool = False) -> dict:

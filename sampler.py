@@ -45,9 +45,7 @@ class Rollouts:
         return self.completion_mask.sum(1)  # [N]
 
 
-# ----------------------------------------------------------------------------------------------
 # The rollout copy of the policy
-# ----------------------------------------------------------------------------------------------
 def rollout_model(policy, dtype: str = "auto"):
     """The model that generates. dtype "auto": a bf16 copy on CUDA, the policy itself elsewhere;
     "policy": the policy itself (fp32 weights, generation under bf16 autocast on CUDA);
@@ -77,11 +75,7 @@ def context_length(model) -> int | None:
     return getattr(model.config.get_text_config(), "max_position_embeddings", None)
 
 
-
-
-# ----------------------------------------------------------------------------------------------
 # Texts in, texts out (evaluation, rollout labels, the toy)
-# ----------------------------------------------------------------------------------------------
 def complete(model, tokenizer, prompts: list[str], *, n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
              max_new_tokens: int = 1024, batch_size: int = 8, seed: int = 0, engine: str = "compact",
              stop_ids: list[int] | None = None) -> list[list[str]]:
@@ -115,9 +109,7 @@ def complete(model, tokenizer, prompts: list[str], *, n: int = 1, temperature: f
     return out
 
 
-# ----------------------------------------------------------------------------------------------
 # Prompts in, rollouts out (the GRPO step)
-# ----------------------------------------------------------------------------------------------
 def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)

@@ -214,7 +214,6 @@ def random_schedule(ids: list[str], batch_size: int, num_steps: int, seed: int) 
     return [order[i * batch_size:(i + 1) * batch_size] for i in range(num_steps)]
 
 
-# ------------------------------------------------------------------------------------------------
 # The schedule file and the input checks (below the method)
 
 

@@ -107,13 +107,11 @@ def _assign(X, x_sq, C, chunk_size):
 
 
 def _relocate_empty(X, centers_sum, counts, labels, dist):
-    """Re-seed empty clusters from the farthest points (scikit-learn's _relocate_empty_clusters).
-
-    Rule: points are ranked by their squared distance to the centre they were just assigned to
-    (descending, ties by lower index); the i-th empty cluster (in increasing id) receives the i-th
-    farthest point, which leaves its old cluster (its row is subtracted from that cluster's sum and
-    count) and is relabelled. If every point sits on its centre (more clusters than distinct
-    points) nothing is relocated and an empty cluster keeps its previous centre."""
+    """Re-seed empty clusters from the farthest points (scikit-learn's _relocate_empty_clusters). Points are
+    ranked by their squared distance to the centre they were just assigned to (descending, ties by lower index);
+    the i-th empty cluster (in increasing id) receives the i-th farthest point, which leaves its old cluster
+    (its row is subtracted from that cluster's sum and count) and is relabelled. If every point sits on its
+    centre (more clusters than distinct points) nothing moves and an empty cluster keeps its previous centre."""
     empty = torch.nonzero(counts == 0).flatten().tolist()
     if not empty or float(dist.max()) == 0.0:
         return
@@ -286,8 +284,7 @@ def kfold(n: int, folds: int, seed: int) -> list[np.ndarray]:
     return np.array_split(np.random.default_rng(seed).permutation(n), folds)
 
 
-def fit_alpha(X, y, *, l1_ratio=0.5, n_alphas=30, eps=1e-3, folds=5, seed=0, max_iter=1000, tol=1e-4,
-              standardize=True):
+def fit_alpha(X, y, *, l1_ratio=0.5, n_alphas=30, eps=1e-3, folds=5, seed=0, max_iter=1000, tol=1e-4, standardize=True):
     """Choose α by k-fold cross-validation (scikit-learn's ElasticNetCV), then refit on all rows.
 
     The grid is alpha_grid on all rows (largest α first). For each of `folds` seeded folds the path
@@ -326,8 +323,7 @@ class LogisticProbe:
 
     solved by damped Newton (IRLS with a backtracking line search) until the largest Newton step
     is ≤ tol·(1 + max|θ|); when d > n, Newton runs on the exact n-dimensional reduction of
-    estimators_fast.row_space. standardize=True z-scores features with the training mean/std
-    (constant features get scale 1); coef_ lives in that standardised space.
+    estimators_fast.row_space. standardize and coef_'s space: as in ElasticNet.
     """
 
     def __init__(self, C=1.0, max_iter=100, tol=1e-8, standardize=True):

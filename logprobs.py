@@ -44,9 +44,8 @@ def decoder_and_head(model):
     return decoder, head
 
 
-def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      completion_mask: torch.Tensor, *, temperature: float = 1.0,
-                      chunk_size: int = 1024) -> torch.Tensor:
+def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor, *,
+                      temperature: float = 1.0, chunk_size: int = 1024) -> torch.Tensor:
     """Log-probs of the completion tokens under `model`, padded layout. Returns [N, C], 0 where
     completion_mask is 0.
 

@@ -54,8 +54,7 @@ def decoder_layers(model) -> torch.nn.ModuleList:
 
 
 @torch.no_grad()
-def capture_residuals(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      layer: int) -> torch.Tensor:
+def capture_residuals(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
     """[B, T] ids -> [B, T, d] output of decoder layer `layer` (the residual stream after the block,
     equal to HF hidden_states[layer + 1] for every layer but the last, whose HF entry is after the
     final norm). A forward hook raises once the block has run, so later layers do no work."""
@@ -117,8 +116,7 @@ def _token_batches(tokenizer, texts: Sequence[str], *, batch_size: int, max_leng
                 keep[0] = False
             if char_spans is not None:
                 lo, hi = char_spans[r]
-                keep = [kp and s < hi and e > lo and e > s
-                        for kp, (s, e) in zip(keep, enc["offset_mapping"][r])]
+                keep = [kp and s < hi and e > lo and e > s for kp, (s, e) in zip(keep, enc["offset_mapping"][r])]
             valid[b, off:off + n] = torch.tensor(keep, dtype=torch.bool)
         yield rows, input_ids, mask, valid
 
@@ -139,21 +137,18 @@ def _pool_batch(sae: SAE, hidden: torch.Tensor, valid: torch.Tensor, pooling: st
         else:
             pooled.scatter_reduce_(0, who[:, None].expand_as(codes), codes, reduce="amax")
     if pooling == "mean":
-        counts = valid.sum(1).to(pooled).clamp_min(1)
-        pooled /= counts[:, None]
+        pooled /= valid.sum(1).to(pooled).clamp_min(1)[:, None]  # tokens per row
     return pooled
 
 
 @torch.no_grad()
-def encode_problems(model, tokenizer, texts: Sequence[str], sae: SAE, layer: int, *,
-                    pooling: str = "mean", top_m: int = 256, batch_size: int = 16,
-                    max_length: int = 512, device: str | torch.device | None = None,
-                    dtype: torch.dtype | None = None, cache_dir: str | os.PathLike | None = None,
-                    char_spans: Sequence[tuple[int, int]] | None = None, shard_batches: int = 50,
-                    cache_key_parts: Sequence = (), progress: bool = True) -> PooledFeatures:
-    """Pooled SAE features of each text: residual of decoder layer `layer`, SAE codes per token,
-    masked mean (or max) over the text's tokens excluding padding, special tokens and the first
-    real token (and tokens outside char_spans[i] when given), then the top_m values + indices.
+def encode_problems(model, tokenizer, texts: Sequence[str], sae: SAE, layer: int, *, pooling: str = "mean",
+                    top_m: int = 256, batch_size: int = 16, max_length: int = 512,
+                    device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                    cache_dir: str | os.PathLike | None = None, char_spans: Sequence[tuple[int, int]] | None = None,
+                    shard_batches: int = 50, cache_key_parts: Sequence = (), progress: bool = True) -> PooledFeatures:
+    """Pooled SAE features of each text: residual of decoder layer `layer`, SAE codes per token, masked
+    mean (or max) over the text's valid tokens (_token_batches), then the top_m values + indices.
 
     Batches run longest first. With cache_dir a killed run resumes from its finished batches
     (features.ShardCache). `device` / `dtype` move the model (and the SAE) in place."""
@@ -180,8 +175,7 @@ def encode_problems(model, tokenizer, texts: Sequence[str], sae: SAE, layer: int
             return done
     values = torch.zeros(N, m)
     indices = torch.zeros(N, m, dtype=torch.long)
-    batches = _token_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length,
-                             char_spans=char_spans)
+    batches = _token_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length, char_spans=char_spans)
     bar = tqdm(total=n_batches, desc=f"SAE features (layer {layer})", disable=not progress)
     empty = 0
     for b, (rows, input_ids, mask, valid) in enumerate(batches):

@@ -5,12 +5,11 @@ rollout difficulty/quality labels, the toy world's greedy answers) is decoded he
     sample_rollouts(model, tok, prompts, group_size=G, ...) -> Rollouts   (the GRPO step's input)
     complete(model, tok, prompts, n=..., temperature=...) -> texts        (evaluation, labels, toy)
 
-Sampling is softmax(logits / temperature) with optional top-p; temperature 0 is greedy. Every
-decoding knob a model's generation_config may carry (top-k 20, repetition penalty 1.05 on Qwen) is
-switched off, so the distribution is exactly the one `logprobs.sequence_logprobs` scores. The
-engines that decode (`engine=`: compact, our loop with a preallocated KV cache, the default; hf,
-transformers' `generate`; graph, CUDA graphs) live off the reader's path in decode_engines.py and
-graph_decode.py. Imports torch, data (stop tokens), runtime and those two.
+Sampling is softmax(logits / temperature) with optional top-p; temperature 0 is greedy. Every decoding knob
+a model's generation_config may carry (top-k 20, repetition penalty 1.05 on Qwen) is switched off, so the
+distribution is exactly the one `logprobs.sequence_logprobs` scores. The engines (`engine=`: compact, our
+loop with a preallocated KV cache, the default; hf, transformers' `generate`; graph, CUDA graphs) live off the
+reader's path in decode_engines.py and graph_decode.py. Imports torch, data (stop tokens), runtime, those two.
 """
 from __future__ import annotations
 
@@ -172,7 +171,6 @@ def sample_rollouts(model, tokenizer, prompts: list[str], *, group_size: int, te
         sampler_lp = torch.cat([F.pad(x, (0, c - x.shape[1])) for x in logps]) * cmask  # [N, C]
     prompt_ids = prompt_ids.repeat_interleave(group_size, 0).to(comp.device)
     prompt_att = prompt_att.repeat_interleave(group_size, 0).to(comp.device)
-    texts = tokenizer.batch_decode([row[m.bool()].tolist() for row, m in zip(comp, cmask)],
-                                   skip_special_tokens=True)
+    texts = tokenizer.batch_decode([row[m.bool()].tolist() for row, m in zip(comp, cmask)], skip_special_tokens=True)
     return Rollouts(input_ids=torch.cat([prompt_ids, comp], 1), attention_mask=torch.cat([prompt_att, cmask], 1),
                     completion_mask=cmask, truncated=truncated, texts=texts, sampler_logprobs=sampler_lp)

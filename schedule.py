@@ -3,14 +3,11 @@ random one, and the schedule file. The one file a curriculum experiment forks: c
 `python saerl.py` trains on it (the data stages before it are cached, the trainer follows any schedule).
 Imports: runtime (JSONL files) from this project -- never saerl.py or grpo.py; numpy.
 
-SAERL's schedule is one engineered epoch over the kept problems (build_schedule: easy to hard by the
-predicted difficulty inside each cluster, batches ordered by progress so every cluster advances at the same
-pace, neighbouring batches' tails swapped). A step budget shorter than one epoch trains the epoch's first
-steps (`--pace epoch`) or the schedule of a stratified subset of each cluster (`--pace budget`,
-budget_subset), so every cluster still runs easy to hard. Further epochs are reshuffled by seed. The vanilla
-arm is random_schedule over every problem: shuffled epochs. make_schedules builds every arm's batches;
-read_schedule / write_schedule (schedule.jsonl, one {"step": i, "ids": [...]} per batch) and the input
-checks are below the method, in the last section.
+build_schedule makes SAERL's engineered epoch (easy to hard inside each cluster, every cluster at the same
+pace), budget_subset its stratified rows when a step budget is under one epoch (`--pace budget`; `--pace
+epoch` trains the epoch's first steps), random_schedule vanilla's shuffled epochs, make_schedules every
+arm's batches. The schedule file (schedule.jsonl, one {"step": i, "ids": [...]} per batch) and the input
+checks come last, below the method.
 """
 from __future__ import annotations
 
@@ -137,8 +134,7 @@ def build_schedule(cluster_ids, difficulty, batch_size: int, *, mix: float = 0.2
             items = [items[j] for j in rng.permutation(len(items))]
         n_full = 0 if interleave else len(items) // B
         for b in range(n_full):
-            keyed.append(((Fraction(2 * b + 1, 2 * n_full), 0, rank[c]),
-                          items[b * B:(b + 1) * B]))
+            keyed.append(((Fraction(2 * b + 1, 2 * n_full), 0, rank[c]), items[b * B:(b + 1) * B]))
         pool += [(Fraction(2 * pos + 1, 2 * len(items)), rank[c], i)
                  for pos, i in enumerate(items) if pos >= n_full * B]
     pool.sort()

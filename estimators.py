@@ -35,16 +35,14 @@ from estimators_fast import (as_features, as_numpy, as_vector, cluster_sums, den
 
 def kmeans(X, k: int, *, n_init: int = 1, max_iter: int = 100, tol: float = 1e-4, seed: int = 0,
            device=None, init=None, chunk_size: int = 4096, return_n_iter: bool = False):
-    """Lloyd k-means with scikit-learn's semantics.
+    """Lloyd k-means with scikit-learn's semantics. Objective: inertia = Σ_i min_c ‖x_i − c‖². Init: greedy
+    k-means++ (_kmeans_plusplus) or an explicit `init` [k, d]; the best of `n_init` runs (by inertia) is returned.
+    Stopping: labels unchanged, or Σ_c ‖Δc‖² ≤ tol · mean_j Var(X[:, j]) (sklearn's _tolerance), or max_iter.
+    Empty clusters: _relocate_empty. Distances ‖x‖² − 2x·c + ‖c‖² run in row chunks of `chunk_size`; sparse X
+    (COO/CSR) is never densified (estimators_fast). Runs on X's device or `device`.
 
-    Objective: inertia = Σ_i min_c ‖x_i − c‖². Init: greedy k-means++ (see _kmeans_plusplus), or an
-    explicit `init` [k, d]; the best of `n_init` runs (by inertia) is returned. Stopping: labels
-    unchanged, or Σ_c ‖Δc‖² ≤ tol · mean_j Var(X[:, j]) (sklearn's _tolerance), or max_iter.
-    Empty clusters: see _relocate_empty. Distances ‖x‖² − 2x·c + ‖c‖² run in row chunks of
-    `chunk_size`; sparse X (COO/CSR) is never densified (estimators_fast). Runs on X's device or `device`.
-
-    X: [N, d] dense or sparse. Returns labels LongTensor [N], centroids [k, d] (X's dtype), inertia
-    (float; also the iteration count when return_n_iter)."""
+    X: [N, d] dense or sparse. Returns labels LongTensor [N], centroids [k, d] (X's dtype), inertia (float; also
+    the iteration count when return_n_iter)."""
     X = as_features(X, device)
     N, d = X.shape
     if not 1 <= k <= N:
@@ -222,8 +220,7 @@ class ElasticNet:
     divided by n, as sklearn does). The intercept is fitted by centring X and y (it is not
     penalised). standardize=True (default) z-scores each feature with the training mean and
     standard deviation (a constant feature gets scale 1) before the fit: coef_ lives in the
-    standardised space and predict applies the same transform. fit(X, y, coef_init=...) warm starts.
-    """
+    standardised space and predict applies the same transform. fit(X, y, coef_init=...) warm starts."""
 
     def __init__(self, alpha=1.0, l1_ratio=0.5, max_iter=1000, tol=1e-4, fit_intercept=True, standardize=True):
         if alpha < 0 or not 0 <= l1_ratio <= 1:
@@ -285,13 +282,11 @@ def kfold(n: int, folds: int, seed: int) -> list[np.ndarray]:
 
 
 def fit_alpha(X, y, *, l1_ratio=0.5, n_alphas=30, eps=1e-3, folds=5, seed=0, max_iter=1000, tol=1e-4, standardize=True):
-    """Choose α by k-fold cross-validation (scikit-learn's ElasticNetCV), then refit on all rows.
-
-    The grid is alpha_grid on all rows (largest α first). For each of `folds` seeded folds the path
-    is fit on the other folds, each α warm-starting from the previous one, and scored by its MSE on
-    the fold. The α with the lowest mean MSE over the folds wins (ties: the larger α, the sparser
-    model); the returned model is refit on all rows at that α. info: alphas, cv_mse (mean over
-    folds, per α), cv_mse_folds [folds, α], alpha, folds, n."""
+    """Choose α by k-fold cross-validation (scikit-learn's ElasticNetCV), then refit on all rows. The grid is
+    alpha_grid on all rows (largest α first). For each of `folds` seeded folds the path is fit on the other folds,
+    each α warm-starting from the previous one, and scored by its MSE on the fold. The α with the lowest mean MSE
+    wins (ties: the larger α, the sparser model) and is refit on all rows. info: alphas, cv_mse (mean over folds,
+    per α), cv_mse_folds [folds, α], alpha, folds, n."""
     X = as_numpy(X)
     y = as_vector(y, X.shape[0])
     alphas = alpha_grid(X, y, l1_ratio=l1_ratio, n_alphas=n_alphas, eps=eps, standardize=standardize)
@@ -323,8 +318,7 @@ class LogisticProbe:
 
     solved by damped Newton (IRLS with a backtracking line search) until the largest Newton step
     is ≤ tol·(1 + max|θ|); when d > n, Newton runs on the exact n-dimensional reduction of
-    estimators_fast.row_space. standardize and coef_'s space: as in ElasticNet.
-    """
+    estimators_fast.row_space. standardize and coef_'s space: as in ElasticNet."""
 
     def __init__(self, C=1.0, max_iter=100, tol=1e-8, standardize=True):
         if C <= 0:

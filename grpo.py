@@ -27,10 +27,9 @@ the loss) or the soft overlong punishment added to the reward (DAPO §3.4).
     python grpo.py --model M --plan [--gpu-memory 80]          the memory plan, nothing loaded
     torchrun --nproc_per_node N grpo.py ... [--parallel fsdp2]  data parallel / sharded (parallel.py)
 
-The file reads top-down: the math, the step (`grpo_step`, then its helpers in the order it calls
-them), the run (`train`), the CLI; at ~620 lines it stays one file so that GRPO runs end to end from
-it. Off the reader's path: micro-batches and packing (batching.py), the collectives (parallel.py),
-the log row (train_log.py), every knob (config.py); how and why: docs/design.md.
+Top-down: the math, the step (`grpo_step`, then its helpers in call order), the run (`train`), the CLI; one
+file (~600 lines) so that GRPO runs end to end from it. Elsewhere: micro-batches and packing (batching.py), the
+collectives (parallel.py), the log row (train_log.py), every knob (config.py); how and why: docs/design.md.
 """
 from __future__ import annotations
 
@@ -78,8 +77,7 @@ def group_advantages(rewards: torch.Tensor, *, scale: str = "std", eps: float = 
     scale="std":  (r - mean_g) / (std_g + eps), std the *unbiased* (G - 1) sample std, as torch.std
                   and TRL; GRPO (DeepSeekMath §4.1.2).
     scale="none": r - mean_g (Dr. GRPO: the std division over-weights near-solved / near-failed groups).
-    A group with equal rewards gets advantage 0 either way.
-    """
+    A group with equal rewards gets advantage 0 either way."""
     if rewards.dim() != 2:
         raise ValueError(f"rewards must be [B, G]; got shape {tuple(rewards.shape)}")
     if scale not in ADV_SCALES:
@@ -104,8 +102,7 @@ def normalizer_from_counts(n_rows: float, n_tokens: float, loss_type: str, max_l
 
     grpo: n_rows sequences (each contributes its own token mean); dapo: n_tokens completion tokens;
     dr_grpo: n_rows * max_len. Computed once per step and passed to every micro-batch, so that
-    accumulated micro-batch gradients equal the full-batch gradient.
-    """
+    accumulated micro-batch gradients equal the full-batch gradient."""
     if loss_type == "grpo":
         return float(n_rows)
     if loss_type == "dapo":
@@ -121,15 +118,13 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, m
                 normalizer: float | None = None, is_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Clipped surrogate + k3 KL, aggregated per `loss_type` (see the module docstring).
 
-    is_weight [N, T] (optional, no gradient): a per-token importance weight on the surrogate, the
-    truncated min(pi_train / pi_sampler, cap) that corrects for sampling from a bf16 copy.
+    is_weight [N, T] (optional, no gradient): per-token weights on the surrogate (importance_weights).
 
     logp, old_logp, ref_logp, mask: [N, T]; adv: [N]. `normalizer` is the step's denominator
     (`loss_normalizer` of the whole step's mask); None computes it from this call's mask, i.e. the
     call is the whole step. Returns (scalar loss, stats) where stats are detached token means over
     this call's mask: clip_frac (tokens whose gradient is zeroed by the clip), kl (k3; 0 without a
-    reference), ratio_mean, ratio_max, entropy (mean -old_logp) and tokens (the count the means are over).
-    """
+    reference), ratio_mean, ratio_max, entropy (mean -old_logp) and tokens (the count the means are over)."""
     if not (logp.shape == old_logp.shape == mask.shape) or adv.shape != logp.shape[:1]:
         raise ValueError(f"shape mismatch: logp {tuple(logp.shape)}, old_logp {tuple(old_logp.shape)}, "
                          f"mask {tuple(mask.shape)} must be [N, T] and adv {tuple(adv.shape)} must be [N]")

@@ -1,6 +1,4 @@
-"""sae_formats.py -- the SAE itself and the files it lives in: one internal layout (the SAE module:
-encode / decode, TopK / ReLU / JumpReLU), readers for public releases, a SAELens-compatible writer, a
-self-check.
+"""sae_formats.py -- the SAE itself (one internal layout, the SAE module) and the files it lives in.
 Imports: runtime (atomic file writes) from this project; sae.py builds on this file, never the reverse.
 
     SAE                      one internal layout (below); encode / decode / forward

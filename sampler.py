@@ -126,8 +126,7 @@ def sample_rollouts(model, tokenizer, prompts: list[str], *, group_size: int, te
     """Sample `group_size` completions per prompt on token ids (never re-tokenising decoded text).
 
     Prompts go to the engine `gen_batch_size` at a time (each expanded to G rows). The result
-    depends only on (weights, prompts, seed, engine): the global RNG is neither read nor moved.
-    """
+    depends only on (weights, prompts, seed, engine): the global RNG is neither read nor moved."""
     if engine not in ENGINES:
         raise ValueError(f"rollout engine {engine!r}; expected one of {ENGINES}")
     stop_ids = stop_ids or stop_token_ids(model, tokenizer)

@@ -32,7 +32,6 @@ from estimators_fast import (as_features, as_numpy, as_vector, cluster_sums, den
 
 
 # Diversity: k-means in SAE space (the textbook steps; plumbing in estimators_fast.py)
-
 def kmeans(X, k: int, *, n_init: int = 1, max_iter: int = 100, tol: float = 1e-4, seed: int = 0,
            device=None, init=None, chunk_size: int = 4096, return_n_iter: bool = False):
     """Lloyd k-means with scikit-learn's semantics. Objective: inertia = Σ_i min_c ‖x_i − c‖². Init: greedy
@@ -181,7 +180,6 @@ def choose_k(X, candidates=(8, 16, 32, 64), *, sample: int = 2000, seed: int = 0
 
 
 # Difficulty: ElasticNet proxy
-
 def enet_coordinate_descent_plain(X, y, l1, l2, *, sweeps: int = 1000, tol: float = 1e-10):
     """The textbook algorithm ElasticNet runs, without its accelerations (Friedman et al. 2010):
     minimise ½‖y − Xw‖² + l1‖w‖₁ + ½ l2‖w‖² by cycling over the coordinates j = 1..d:
@@ -310,7 +308,6 @@ def fit_alpha(X, y, *, l1_ratio=0.5, n_alphas=30, eps=1e-3, folds=5, seed=0, max
 
 
 # Quality: L2 logistic probe
-
 class LogisticProbe:
     """L2-regularised logistic regression, scikit-learn's convention:
 

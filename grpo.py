@@ -98,11 +98,10 @@ def loss_normalizer(mask: torch.Tensor, loss_type: str, max_len: int | None = No
 
 
 def normalizer_from_counts(n_rows: float, n_tokens: float, loss_type: str, max_len: int) -> float:
-    """The denominator of the step's loss from its counts (under torchrun, summed over ranks).
-
-    grpo: n_rows sequences (each contributes its own token mean); dapo: n_tokens completion tokens;
-    dr_grpo: n_rows * max_len. Computed once per step and passed to every micro-batch, so that
-    accumulated micro-batch gradients equal the full-batch gradient."""
+    """The denominator of the step's loss from its counts (under torchrun, summed over ranks): grpo, n_rows
+    sequences (each contributes its own token mean); dapo, n_tokens completion tokens; dr_grpo, n_rows * max_len.
+    Computed once per step and passed to every micro-batch, so that accumulated micro-batch gradients equal the
+    full-batch gradient."""
     if loss_type == "grpo":
         return float(n_rows)
     if loss_type == "dapo":
@@ -118,13 +117,12 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, m
                 normalizer: float | None = None, is_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Clipped surrogate + k3 KL, aggregated per `loss_type` (see the module docstring).
 
-    is_weight [N, T] (optional, no gradient): per-token weights on the surrogate (importance_weights).
-
-    logp, old_logp, ref_logp, mask: [N, T]; adv: [N]. `normalizer` is the step's denominator
-    (`loss_normalizer` of the whole step's mask); None computes it from this call's mask, i.e. the
-    call is the whole step. Returns (scalar loss, stats) where stats are detached token means over
-    this call's mask: clip_frac (tokens whose gradient is zeroed by the clip), kl (k3; 0 without a
-    reference), ratio_mean, ratio_max, entropy (mean -old_logp) and tokens (the count the means are over)."""
+    logp, old_logp, ref_logp, mask: [N, T]; adv: [N]; is_weight [N, T] (optional, no gradient): per-token weights
+    on the surrogate (importance_weights). `normalizer` is the step's denominator (`loss_normalizer` of the whole
+    step's mask); None computes it from this call's mask, i.e. the call is the whole step. Returns (scalar loss,
+    stats) where stats are detached token means over this call's mask: clip_frac (tokens whose gradient is zeroed
+    by the clip), kl (k3; 0 without a reference), ratio_mean, ratio_max, entropy (mean -old_logp) and tokens (the
+    count the means are over)."""
     if not (logp.shape == old_logp.shape == mask.shape) or adv.shape != logp.shape[:1]:
         raise ValueError(f"shape mismatch: logp {tuple(logp.shape)}, old_logp {tuple(old_logp.shape)}, "
                          f"mask {tuple(mask.shape)} must be [N, T] and adv {tuple(adv.shape)} must be [N]")
@@ -190,11 +188,10 @@ def step_seed(seed: int, step: int) -> int:
 
 def grpo_step(policy, tokenizer, batch: list, cfg: GRPOConfig, optimizer, *, step: int,
               reward_fn: Callable[[str, str], float], ref_model=None, stop_ids=None, rollout=None) -> dict:
-    """One scheduled batch -> cfg.num_iterations optimizer updates. Returns the step's log row.
-
-    `rollout` samples (`sampler.rollout_model`: the policy itself, or a bf16 copy that this function
-    refreshes after each update; None: the policy). Under FSDP2 `policy` is the sharded root
-    (parallel.fsdp2) and `rollout` its unsharded copy. Under torchrun each rank samples its share."""
+    """One scheduled batch -> cfg.num_iterations optimizer updates; returns the step's log row. `rollout` samples
+    (`sampler.rollout_model`: the policy itself, or a bf16 copy that this function refreshes after each update;
+    None: the policy). Under FSDP2 `policy` is the sharded root (parallel.fsdp2) and `rollout` its unsharded
+    copy. Under torchrun each rank samples its share."""
     device = next(policy.parameters()).device
     rollout = policy if rollout is None else rollout
     g = cfg.group_size
@@ -325,9 +322,8 @@ def build_loss_batch(policy, ref_model, rollout, roll: Rollouts, rows: torch.Ten
 
 def accumulate_policy_gradient(policy, loss_batch: LossBatch, norm: float, cfg: GRPOConfig,
                                step: int) -> tuple[dict, dict]:
-    """One pass of the loss's backward, a micro-batch at a time. Each micro-batch's `policy_loss` is
-    divided by the whole step's denominator `norm` (all ranks' rows), so the gradients accumulated in
-    .grad are those of the step's loss. Returns this rank's sums (LOSS_SUMS) and maxima (LOSS_MAXIMA);
+    """One pass of the loss's backward, a micro-batch at a time, each `policy_loss` divided by the step's
+    denominator `norm` (normalizer_from_counts). Returns this rank's sums (LOSS_SUMS) and maxima (LOSS_MAXIMA);
     the sampler gap is measured against the frozen old log-probs, so every pass reports the same."""
     device = next(policy.parameters()).device
     sums, maxima = dict.fromkeys(LOSS_SUMS, 0.0), dict.fromkeys(LOSS_MAXIMA, 0.0)

@@ -45,8 +45,7 @@ def decoder_and_head(model):
 
 def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor, *,
                       temperature: float = 1.0, chunk_size: int = 1024) -> torch.Tensor:
-    """Log-probs of the completion tokens under `model`, padded layout. Returns [N, C], 0 where
-    completion_mask is 0.
+    """Log-probs of the completion tokens under `model`, padded layout: [N, C], 0 where completion_mask is 0.
 
     input_ids, attention_mask: [N, P + C], prompts left-padded, completions in the last C columns;
     completion_mask: [N, C]. Positions follow the attention mask (as in `generate`), so left padding

@@ -124,10 +124,9 @@ def _token_batches(tokenizer, texts: Sequence[str], *, batch_size: int, max_leng
 def _pool_batch(sae: SAE, hidden: torch.Tensor, valid: torch.Tensor, pooling: str) -> torch.Tensor:
     """hidden [B, T, d], valid [B, T] -> [B, d_sae] mean or max of the codes over valid tokens,
     encoded in token chunks so only [chunk, d_sae] codes exist at once."""
-    B = hidden.shape[0]
     tokens = hidden[valid]  # [n, d]
     owner = torch.nonzero(valid)[:, 0].to(sae.device)  # [n] row of each token
-    pooled = torch.zeros(B, sae.d_sae, dtype=torch.float32, device=sae.device)
+    pooled = torch.zeros(hidden.shape[0], sae.d_sae, dtype=torch.float32, device=sae.device)
     rows = max(1, DEFAULT_ENCODE_ELEMENTS // sae.d_sae)
     for i in range(0, tokens.shape[0], rows):
         codes = sae.encode(tokens[i:i + rows]).float()  # [c, d_sae], all >= 0
@@ -147,11 +146,9 @@ def encode_problems(model, tokenizer, texts: Sequence[str], sae: SAE, layer: int
                     device: str | torch.device | None = None, dtype: torch.dtype | None = None,
                     cache_dir: str | os.PathLike | None = None, char_spans: Sequence[tuple[int, int]] | None = None,
                     shard_batches: int = 50, cache_key_parts: Sequence = (), progress: bool = True) -> PooledFeatures:
-    """Pooled SAE features of each text: residual of decoder layer `layer`, SAE codes per token, masked
-    mean (or max) over the text's valid tokens (_token_batches), then the top_m values + indices.
-
-    Batches run longest first. With cache_dir a killed run resumes from its finished batches
-    (features.ShardCache). `device` / `dtype` move the model (and the SAE) in place."""
+    """Pooled SAE features of each text: residual of decoder layer `layer`, SAE codes per token, masked mean (or
+    max) over the text's valid tokens (_token_batches), then the top_m values + indices. With cache_dir a killed
+    run resumes from its finished batches (features.ShardCache); `device` / `dtype` move the model and SAE in place."""
     if pooling not in ("mean", "max"):
         raise ValueError(f"pooling={pooling!r}; expected 'mean' or 'max'")
     device = torch.device(device) if device is not None else _model_device(model)
@@ -173,8 +170,7 @@ def encode_problems(model, tokenizer, texts: Sequence[str], sae: SAE, layer: int
                                        list(map(str, cache_key_parts))), n_batches, shard_batches)
         if (done := cache.finished()) is not None:
             return done
-    values = torch.zeros(N, m)
-    indices = torch.zeros(N, m, dtype=torch.long)
+    values, indices = torch.zeros(N, m), torch.zeros(N, m, dtype=torch.long)
     batches = _token_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length, char_spans=char_spans)
     bar = tqdm(total=n_batches, desc=f"SAE features (layer {layer})", disable=not progress)
     empty = 0

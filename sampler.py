@@ -123,10 +123,9 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 def sample_rollouts(model, tokenizer, prompts: list[str], *, group_size: int, temperature: float = 1.0,
                     top_p: float = 1.0, max_new_tokens: int, gen_batch_size: int, seed: int,
                     stop_ids: list[int] | None = None, engine: str = "compact", check_every: int = 32) -> Rollouts:
-    """Sample `group_size` completions per prompt on token ids (never re-tokenising decoded text).
-
-    Prompts go to the engine `gen_batch_size` at a time (each expanded to G rows). The result
-    depends only on (weights, prompts, seed, engine): the global RNG is neither read nor moved."""
+    """Sample `group_size` completions per prompt on token ids (never re-tokenising decoded text). Prompts go
+    to the engine `gen_batch_size` at a time (each expanded to G rows). The result depends only on (weights,
+    prompts, seed, engine): the global RNG is neither read nor moved."""
     if engine not in ENGINES:
         raise ValueError(f"rollout engine {engine!r}; expected one of {ENGINES}")
     stop_ids = stop_ids or stop_token_ids(model, tokenizer)
@@ -161,8 +160,7 @@ def sample_rollouts(model, tokenizer, prompts: list[str], *, group_size: int, te
         model.train(was_training)
     c = max(x.shape[1] for x in comps)
     comp = torch.cat([F.pad(x, (0, c - x.shape[1]), value=pad_id) for x in comps])  # [N, C]
-    stop = torch.tensor(stop_ids, device=comp.device)
-    is_stop = torch.isin(comp, stop).long()
+    is_stop = torch.isin(comp, torch.tensor(stop_ids, device=comp.device)).long()
     cmask = ((is_stop.cumsum(1) - is_stop) == 0).long()  # up to and including the first stop token
     truncated = ~(is_stop.bool() & cmask.bool()).any(1)  # [N]
     sampler_lp = None

@@ -68,11 +68,10 @@ def make_schedules(problems, quality: dict, difficulty: dict, clusters: dict, *,
 
 
 def arms(schedule: str, compare: bool, seeds: int, seed: int) -> list[tuple[str, int]]:
-    """(arm, seed) pairs. `vanilla`: random order over every problem (plain GRPO). `saerl`: the
-    engineered schedule over the kept problems; with schedule="random", `saerl-random`: random
-    order over the kept problems (the filter without the schedule); with schedule="mixed",
-    `saerl-mixed`: the engineered progress with every batch mixed over all clusters. compare adds
-    vanilla; seeds arms of each kind, seeded seed, seed+1, ..."""
+    """(arm, seed) pairs. `vanilla`: random order over every problem (plain GRPO). `saerl`: the engineered
+    schedule over the kept problems; with schedule="random", `saerl-random`: random order over the kept problems
+    (the filter without the schedule); with schedule="mixed", `saerl-mixed`: the engineered progress with every
+    batch mixed over all clusters. compare adds vanilla; seeds arms of each kind, seeded seed, seed+1, ..."""
     engineered = {"saerl": "saerl", "random": "saerl-random", "mixed": "saerl-mixed"}[schedule]
     names = ["vanilla", engineered] if compare else [engineered]
     return [(name, seed + s) for s in range(seeds) for name in names]

@@ -31,23 +31,17 @@ from estimators_fast import (as_features, as_numpy, as_vector, cluster_sums, den
                              row_space, row_sq_norms, sigmoid, sq_distances, zscore)
 
 
-# ================================================================================================
 # Diversity: k-means in SAE space (the textbook steps; plumbing in estimators_fast.py)
-# ================================================================================================
-
-
 def kmeans(X, k: int, *, n_init: int = 1, max_iter: int = 100, tol: float = 1e-4, seed: int = 0,
            device=None, init=None, chunk_size: int = 4096, return_n_iter: bool = False):
-    """Lloyd k-means with scikit-learn's semantics.
+    """Lloyd k-means with scikit-learn's semantics. Objective: inertia = Σ_i min_c ‖x_i − c‖². Init: greedy
+    k-means++ (_kmeans_plusplus) or an explicit `init` [k, d]; the best of `n_init` runs (by inertia) is returned.
+    Stopping: labels unchanged, or Σ_c ‖Δc‖² ≤ tol · mean_j Var(X[:, j]) (sklearn's _tolerance), or max_iter.
+    Empty clusters: _relocate_empty. Distances ‖x‖² − 2x·c + ‖c‖² run in row chunks of `chunk_size`; sparse X
+    (COO/CSR) is never densified (estimators_fast). Runs on X's device or `device`.
 
-    Objective: inertia = Σ_i min_c ‖x_i − c‖². Init: greedy k-means++ (see _kmeans_plusplus), or an
-    explicit `init` [k, d]; the best of `n_init` runs (by inertia) is returned. Stopping: labels
-    unchanged, or Σ_c ‖Δc‖² ≤ tol · mean_j Var(X[:, j]) (sklearn's _tolerance), or max_iter.
-    Empty clusters: see _relocate_empty. Distances ‖x‖² − 2x·c + ‖c‖² run in row chunks of
-    `chunk_size`; sparse X (COO/CSR) is never densified (estimators_fast). Runs on X's device or `device`.
-
-    X: [N, d] dense or sparse. Returns labels LongTensor [N], centroids [k, d] (X's dtype), inertia
-    (float; also the iteration count when return_n_iter)."""
+    X: [N, d] dense or sparse. Returns labels LongTensor [N], centroids [k, d] (X's dtype), inertia (float; also
+    the iteration count when return_n_iter)."""
     X = as_features(X, device)
     N, d = X.shape
     if not 1 <= k <= N:
@@ -74,10 +68,8 @@ def kmeans(X, k: int, *, n_init: int = 1, max_iter: int = 100, tol: float = 1e-4
 
 
 def _lloyd(X, Xt, x_sq, centers, max_iter, tol_abs, chunk_size):
-    """Lloyd iterations from `centers`; returns labels, centres, inertia, iterations run.
-
-    Stops on strict convergence (labels unchanged) or when Σ_c ‖c_new − c_old‖² ≤ tol_abs
-    (scikit-learn's rule); a final E-step always runs so labels and inertia match the centres."""
+    """Lloyd iterations from `centers` (stopping rule: kmeans); returns labels, centres, inertia,
+    iterations run. A final E-step always runs so labels and inertia match the centres."""
     k = centers.shape[0]
     labels_old = None
     n_iter = 0
@@ -90,9 +82,7 @@ def _lloyd(X, Xt, x_sq, centers, max_iter, tol_abs, chunk_size):
         new_centers[filled] = sums[filled] / counts[filled, None].to(X.dtype)
         shift = float(((new_centers - centers) ** 2).sum(dtype=torch.float64))
         centers = new_centers
-        if labels_old is not None and torch.equal(labels, labels_old):
-            break
-        if shift <= tol_abs:
+        if (labels_old is not None and torch.equal(labels, labels_old)) or shift <= tol_abs:
             break
         labels_old = labels
     labels, dist = _assign(X, x_sq, centers, chunk_size)
@@ -114,13 +104,11 @@ def _assign(X, x_sq, C, chunk_size):
 
 
 def _relocate_empty(X, centers_sum, counts, labels, dist):
-    """Re-seed empty clusters from the farthest points (scikit-learn's _relocate_empty_clusters).
-
-    Rule: points are ranked by their squared distance to the centre they were just assigned to
-    (descending, ties by lower index); the i-th empty cluster (in increasing id) receives the i-th
-    farthest point, which leaves its old cluster (its row is subtracted from that cluster's sum and
-    count) and is relabelled. If every point sits on its centre (more clusters than distinct
-    points) nothing is relocated and an empty cluster keeps its previous centre."""
+    """Re-seed empty clusters from the farthest points (scikit-learn's _relocate_empty_clusters). Points are
+    ranked by their squared distance to the centre they were just assigned to (descending, ties by lower index);
+    the i-th empty cluster (in increasing id) receives the i-th farthest point, which leaves its old cluster
+    (its row is subtracted from that cluster's sum and count) and is relabelled. If every point sits on its
+    centre (more clusters than distinct points) nothing moves and an empty cluster keeps its previous centre."""
     empty = torch.nonzero(counts == 0).flatten().tolist()
     if not empty or float(dist.max()) == 0.0:
         return
@@ -135,13 +123,12 @@ def _relocate_empty(X, centers_sum, counts, labels, dist):
         labels[p] = new_c
 
 
-def _kmeans_plusplus(X, x_sq, k, gen, chunk_size, n_local_trials=None):
+def _kmeans_plusplus(X, x_sq, k, gen, chunk_size):
     """Greedy k-means++ (scikit-learn's _kmeans_plusplus): the first centre uniformly at random;
     then, per centre, 2 + ⌊ln k⌋ candidates drawn with probability ∝ D(x)² and the one that
     lowers the potential Σ_i min_c D(x_i, c)² most is kept. Returns centres [k, d] and row ids."""
     N = X.shape[0]
-    if n_local_trials is None:
-        n_local_trials = 2 + int(math.log(k))
+    n_local_trials = 2 + int(math.log(k))
     first = int(torch.randint(N, (1,), generator=gen))
     ids = [first]
     centers = torch.empty(k, X.shape[1], dtype=X.dtype, device=X.device)
@@ -192,11 +179,7 @@ def choose_k(X, candidates=(8, 16, 32, 64), *, sample: int = 2000, seed: int = 0
     return best, scores
 
 
-# ================================================================================================
 # Difficulty: ElasticNet proxy
-# ================================================================================================
-
-
 def enet_coordinate_descent_plain(X, y, l1, l2, *, sweeps: int = 1000, tol: float = 1e-10):
     """The textbook algorithm ElasticNet runs, without its accelerations (Friedman et al. 2010):
     minimise ½‖y − Xw‖² + l1‖w‖₁ + ½ l2‖w‖² by cycling over the coordinates j = 1..d:
@@ -235,11 +218,9 @@ class ElasticNet:
     divided by n, as sklearn does). The intercept is fitted by centring X and y (it is not
     penalised). standardize=True (default) z-scores each feature with the training mean and
     standard deviation (a constant feature gets scale 1) before the fit: coef_ lives in the
-    standardised space and predict applies the same transform. fit(X, y, coef_init=...) warm starts.
-    """
+    standardised space and predict applies the same transform. fit(X, y, coef_init=...) warm starts."""
 
-    def __init__(self, alpha=1.0, l1_ratio=0.5, max_iter=1000, tol=1e-4, fit_intercept=True,
-                 standardize=True):
+    def __init__(self, alpha=1.0, l1_ratio=0.5, max_iter=1000, tol=1e-4, fit_intercept=True, standardize=True):
         if alpha < 0 or not 0 <= l1_ratio <= 1:
             raise ValueError(f"need alpha >= 0 and 0 <= l1_ratio <= 1, got {alpha}, {l1_ratio}")
         self.alpha, self.l1_ratio = float(alpha), float(l1_ratio)
@@ -274,11 +255,9 @@ class ElasticNet:
         return linear_scores(self, X)
 
 
-def alpha_grid(X, y, *, l1_ratio=0.5, n_alphas=30, eps=1e-3, standardize=True,
-               fit_intercept=True) -> np.ndarray:
-    """scikit-learn's _alpha_grid: α_max = max_j |x_jᵀ(y − ȳ)| / (n·ρ) on the (standardised,
-    centred) design — the smallest α with w = 0 — then n_alphas log-spaced values down to
-    eps·α_max."""
+def alpha_grid(X, y, *, l1_ratio=0.5, n_alphas=30, eps=1e-3, standardize=True, fit_intercept=True) -> np.ndarray:
+    """scikit-learn's _alpha_grid: α_max = max_j |x_jᵀ(y − ȳ)| / (n·ρ) on the (standardised, centred)
+    design -- the smallest α with w = 0 -- then n_alphas log-spaced values down to eps·α_max."""
     X = as_numpy(X)
     y = as_vector(y, X.shape[0])
     if standardize:
@@ -300,15 +279,12 @@ def kfold(n: int, folds: int, seed: int) -> list[np.ndarray]:
     return np.array_split(np.random.default_rng(seed).permutation(n), folds)
 
 
-def fit_alpha(X, y, *, l1_ratio=0.5, n_alphas=30, eps=1e-3, folds=5, seed=0, max_iter=1000, tol=1e-4,
-              standardize=True):
-    """Choose α by k-fold cross-validation (scikit-learn's ElasticNetCV), then refit on all rows.
-
-    The grid is alpha_grid on all rows (largest α first). For each of `folds` seeded folds the path
-    is fit on the other folds, each α warm-starting from the previous one, and scored by its MSE on
-    the fold. The α with the lowest mean MSE over the folds wins (ties: the larger α, the sparser
-    model); the returned model is refit on all rows at that α. info: alphas, cv_mse (mean over
-    folds, per α), cv_mse_folds [folds, α], alpha, folds, n."""
+def fit_alpha(X, y, *, l1_ratio=0.5, n_alphas=30, eps=1e-3, folds=5, seed=0, max_iter=1000, tol=1e-4, standardize=True):
+    """Choose α by k-fold cross-validation (scikit-learn's ElasticNetCV), then refit on all rows. The grid is
+    alpha_grid on all rows (largest α first). For each of `folds` seeded folds the path is fit on the other folds,
+    each α warm-starting from the previous one, and scored by its MSE on the fold. The α with the lowest mean MSE
+    wins (ties: the larger α, the sparser model) and is refit on all rows. info: alphas, cv_mse (mean over folds,
+    per α), cv_mse_folds [folds, α], alpha, folds, n."""
     X = as_numpy(X)
     y = as_vector(y, X.shape[0])
     alphas = alpha_grid(X, y, l1_ratio=l1_ratio, n_alphas=n_alphas, eps=eps, standardize=standardize)
@@ -331,11 +307,7 @@ def fit_alpha(X, y, *, l1_ratio=0.5, n_alphas=30, eps=1e-3, folds=5, seed=0, max
     return model, info
 
 
-# ================================================================================================
 # Quality: L2 logistic probe
-# ================================================================================================
-
-
 class LogisticProbe:
     """L2-regularised logistic regression, scikit-learn's convention:
 
@@ -343,9 +315,7 @@ class LogisticProbe:
 
     solved by damped Newton (IRLS with a backtracking line search) until the largest Newton step
     is ≤ tol·(1 + max|θ|); when d > n, Newton runs on the exact n-dimensional reduction of
-    estimators_fast.row_space. standardize=True z-scores features with the training mean/std
-    (constant features get scale 1); coef_ lives in that standardised space.
-    """
+    estimators_fast.row_space. standardize and coef_'s space: as in ElasticNet."""
 
     def __init__(self, C=1.0, max_iter=100, tol=1e-8, standardize=True):
         if C <= 0:
@@ -362,8 +332,7 @@ class LogisticProbe:
         if not np.all((y == 0) | (y == 1)):
             raise ValueError("LogisticProbe labels must be 0 or 1")
         if y.min() == y.max():
-            raise ValueError(f"LogisticProbe needs both classes, all {X.shape[0]} labels are "
-                             f"{int(y[0])}")
+            raise ValueError(f"LogisticProbe needs both classes, all {X.shape[0]} labels are {int(y[0])}")
         Z = X
         if self.standardize:
             Z, self.shift_, self.scale_ = zscore(X)  # [n, d]
@@ -382,8 +351,7 @@ class LogisticProbe:
 
         def objective(t):
             eta = A @ t
-            return self.C * float(np.sum(log1pexp(eta) - y * eta)) + 0.5 * float(
-                (penalty * t) @ t)
+            return self.C * float(np.sum(log1pexp(eta) - y * eta)) + 0.5 * float((penalty * t) @ t)
 
         f = objective(theta)
         for it in range(1, self.max_iter + 1):
@@ -402,8 +370,7 @@ class LogisticProbe:
             theta, f = cand, f_new
             if t * np.max(np.abs(step)) <= self.tol * (1.0 + np.max(np.abs(theta))):
                 return theta, it
-        warnings.warn(f"LogisticProbe did not converge in {self.max_iter} Newton steps",
-                      RuntimeWarning)
+        warnings.warn(f"LogisticProbe did not converge in {self.max_iter} Newton steps", RuntimeWarning)
         return theta, self.max_iter
 
     def decision_function(self, X) -> np.ndarray:
@@ -413,10 +380,7 @@ class LogisticProbe:
         """P(y = 1 | x) for every row, [n]."""
         return sigmoid(self.decision_function(X))
 
-
-# ================================================================================================
 # Metrics
-# ================================================================================================
 
 
 def spearman(a, b) -> float:

@@ -27,17 +27,15 @@ the loss) or the soft overlong punishment added to the reward (DAPO §3.4).
     python grpo.py --model M --plan [--gpu-memory 80]          the memory plan, nothing loaded
     torchrun --nproc_per_node N grpo.py ... [--parallel fsdp2]  data parallel / sharded (parallel.py)
 
-The file reads top-down: the math, the step (`grpo_step`, then its helpers in the order it calls
-them), the run (`train`), the CLI; at ~620 lines it stays one file so that GRPO runs end to end from
-it. Off the reader's path: micro-batches and packing (batching.py), the collectives (parallel.py),
-the log row (train_log.py), every knob (config.py); how and why: docs/design.md.
+Top-down: the math, the step (`grpo_step`, then its helpers in call order), the run (`train`), the CLI; one
+file (~600 lines) so that GRPO runs end to end from it. Elsewhere: micro-batches and packing (batching.py), the
+collectives (parallel.py), the log row (train_log.py), every knob (config.py); how and why: docs/design.md.
 """
 from __future__ import annotations
 
 import os
 
-# Before torch loads OpenMP: waiting threads sleep instead of spinning (a busy machine no longer
-# stalls every small op, docs/measurements.md); numpy's small matrices here get one BLAS thread.
+# before torch loads OpenMP: waiting threads sleep, not spin; numpy's OpenBLAS spins regardless (docs/measurements.md)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -71,17 +69,15 @@ from schedule import random_schedule, read_schedule, write_schedule
 from train_log import LOSS_MAXIMA, LOSS_SUMS, log_row, pass_rates, sampler_gap
 from verifier import math_reward
 
-# ----------------------------------------------------------------------------------------------
+
 # The math: advantages and the clipped surrogate
-# ----------------------------------------------------------------------------------------------
 def group_advantages(rewards: torch.Tensor, *, scale: str = "std", eps: float = 1e-6) -> torch.Tensor:
     """Group-relative advantages. rewards [B, G] -> [B, G].
 
     scale="std":  (r - mean_g) / (std_g + eps), std the *unbiased* (G - 1) sample std, as torch.std
                   and TRL; GRPO (DeepSeekMath §4.1.2).
     scale="none": r - mean_g (Dr. GRPO: the std division over-weights near-solved / near-failed groups).
-    A group with equal rewards gets advantage 0 either way.
-    """
+    A group with equal rewards gets advantage 0 either way."""
     if rewards.dim() != 2:
         raise ValueError(f"rewards must be [B, G]; got shape {tuple(rewards.shape)}")
     if scale not in ADV_SCALES:
@@ -102,12 +98,10 @@ def loss_normalizer(mask: torch.Tensor, loss_type: str, max_len: int | None = No
 
 
 def normalizer_from_counts(n_rows: float, n_tokens: float, loss_type: str, max_len: int) -> float:
-    """The denominator of the step's loss from its counts (under torchrun, summed over ranks).
-
-    grpo: n_rows sequences (each contributes its own token mean); dapo: n_tokens completion tokens;
-    dr_grpo: n_rows * max_len. Computed once per step and passed to every micro-batch, so that
-    accumulated micro-batch gradients equal the full-batch gradient.
-    """
+    """The denominator of the step's loss from its counts (under torchrun, summed over ranks): grpo, n_rows
+    sequences (each contributes its own token mean); dapo, n_tokens completion tokens; dr_grpo, n_rows * max_len.
+    Computed once per step and passed to every micro-batch, so that accumulated micro-batch gradients equal the
+    full-batch gradient."""
     if loss_type == "grpo":
         return float(n_rows)
     if loss_type == "dapo":
@@ -123,15 +117,12 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, m
                 normalizer: float | None = None, is_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Clipped surrogate + k3 KL, aggregated per `loss_type` (see the module docstring).
 
-    is_weight [N, T] (optional, no gradient): a per-token importance weight on the surrogate, the
-    truncated min(pi_train / pi_sampler, cap) that corrects for sampling from a bf16 copy.
-
-    logp, old_logp, ref_logp, mask: [N, T]; adv: [N]. `normalizer` is the step's denominator
-    (`loss_normalizer` of the whole step's mask); None computes it from this call's mask, i.e. the
-    call is the whole step. Returns (scalar loss, stats) where stats are detached token means over
-    this call's mask: clip_frac (tokens whose gradient is zeroed by the clip), kl (k3; 0 without a
-    reference), ratio_mean, ratio_max, entropy (mean -old_logp) and tokens (the count the means are over).
-    """
+    logp, old_logp, ref_logp, mask: [N, T]; adv: [N]; is_weight [N, T] (optional, no gradient): per-token weights
+    on the surrogate (importance_weights). `normalizer` is the step's denominator (`loss_normalizer` of the whole
+    step's mask); None computes it from this call's mask, i.e. the call is the whole step. Returns (scalar loss,
+    stats) where stats are detached token means over this call's mask: clip_frac (tokens whose gradient is zeroed
+    by the clip), kl (k3; 0 without a reference), ratio_mean, ratio_max, entropy (mean -old_logp) and tokens (the
+    count the means are over)."""
     if not (logp.shape == old_logp.shape == mask.shape) or adv.shape != logp.shape[:1]:
         raise ValueError(f"shape mismatch: logp {tuple(logp.shape)}, old_logp {tuple(old_logp.shape)}, "
                          f"mask {tuple(mask.shape)} must be [N, T] and adv {tuple(adv.shape)} must be [N]")
@@ -144,14 +135,11 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, m
     per_token = -torch.minimum(ratio * a, clipped * a)  # [N, T]
     if is_weight is not None:
         per_token = per_token * is_weight.detach().to(logp.dtype)
-    kl = torch.zeros_like(logp)
+    if beta != 0.0 and ref_logp is None:
+        raise ValueError("beta != 0 needs ref_logp (log-probs of the reference policy)")
+    kl = torch.zeros_like(logp) if ref_logp is None else k3_kl(logp, ref_logp)  # [N, T]; reported when beta = 0
     if beta != 0.0:
-        if ref_logp is None:
-            raise ValueError("beta != 0 needs ref_logp (log-probs of the reference policy)")
-        kl = k3_kl(logp, ref_logp)
         per_token = per_token + beta * kl
-    elif ref_logp is not None:
-        kl = k3_kl(logp, ref_logp)  # reported only
 
     if normalizer is None:
         normalizer = loss_normalizer(mask, loss_type, max_len)
@@ -192,9 +180,7 @@ def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int) -> torch.
     return torch.clamp((start - lengths.to(torch.float32)) / buffer, min=-1.0, max=0.0)
 
 
-# ----------------------------------------------------------------------------------------------
 # One step: sample -> score -> advantage -> loss -> update
-# ----------------------------------------------------------------------------------------------
 def step_seed(seed: int, step: int) -> int:
     """Sampling seed of schedule step `step`: a function of (seed, step) only, so resume is exact."""
     return (seed * 1_000_003 + step * 7_919 + 1) % (2 ** 63)
@@ -202,11 +188,10 @@ def step_seed(seed: int, step: int) -> int:
 
 def grpo_step(policy, tokenizer, batch: list, cfg: GRPOConfig, optimizer, *, step: int,
               reward_fn: Callable[[str, str], float], ref_model=None, stop_ids=None, rollout=None) -> dict:
-    """One scheduled batch -> cfg.num_iterations optimizer updates. Returns the step's log row.
-
-    `rollout` samples (`sampler.rollout_model`: the policy itself, or a bf16 copy that this function
-    refreshes after each update; None: the policy). Under FSDP2 `policy` is the sharded root
-    (parallel.fsdp2) and `rollout` its unsharded copy. Under torchrun each rank samples its share."""
+    """One scheduled batch -> cfg.num_iterations optimizer updates; returns the step's log row. `rollout` samples
+    (`sampler.rollout_model`: the policy itself, or a bf16 copy that this function refreshes after each update;
+    None: the policy). Under FSDP2 `policy` is the sharded root (parallel.fsdp2) and `rollout` its unsharded
+    copy. Under torchrun each rank samples its share."""
     device = next(policy.parameters()).device
     rollout = policy if rollout is None else rollout
     g = cfg.group_size
@@ -337,9 +322,8 @@ def build_loss_batch(policy, ref_model, rollout, roll: Rollouts, rows: torch.Ten
 
 def accumulate_policy_gradient(policy, loss_batch: LossBatch, norm: float, cfg: GRPOConfig,
                                step: int) -> tuple[dict, dict]:
-    """One pass of the loss's backward, a micro-batch at a time. Each micro-batch's `policy_loss` is
-    divided by the whole step's denominator `norm` (all ranks' rows), so the gradients accumulated in
-    .grad are those of the step's loss. Returns this rank's sums (LOSS_SUMS) and maxima (LOSS_MAXIMA);
+    """One pass of the loss's backward, a micro-batch at a time, each `policy_loss` divided by the step's
+    denominator `norm` (normalizer_from_counts). Returns this rank's sums (LOSS_SUMS) and maxima (LOSS_MAXIMA);
     the sampler gap is measured against the frozen old log-probs, so every pass reports the same."""
     device = next(policy.parameters()).device
     sums, maxima = dict.fromkeys(LOSS_SUMS, 0.0), dict.fromkeys(LOSS_MAXIMA, 0.0)
@@ -381,9 +365,7 @@ def importance_weights(logp: torch.Tensor, sampler_logp: torch.Tensor, mask: tor
     return torch.exp(logp - sampler_logp).clamp(max=cap) * mask
 
 
-# ----------------------------------------------------------------------------------------------
 # The run
-# ----------------------------------------------------------------------------------------------
 def _truncate_log(path: Path, key_ok: Callable[[dict], bool]) -> None:
     """After a resume, drop log rows written after the checkpoint (they will be written again)."""
     if path.exists():
@@ -518,9 +500,7 @@ def train(policy, tokenizer, problems: list, schedule: list[list[str]], cfg: GRP
     return row
 
 
-# ----------------------------------------------------------------------------------------------
 # The CLI
-# ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description="GRPO / DAPO / Dr. GRPO on a batch schedule.", parents=[plan.plan_flags()])
     ap.add_argument("--model", required=True, help="policy: HF model id or folder")

@@ -21,8 +21,7 @@ def token_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.M
 
     logit[target] - logsumexp(logits), in float32, `chunk_size` positions at a time; in backward each
     chunk is recomputed (checkpoint), so at most one [chunk, V] float32 block of logits (plus the
-    softmax temporary) exists at any time, whatever the sequence lengths.
-    """
+    softmax temporary) exists at any time, whatever the sequence lengths."""
     def chunk(h, y):
         logits = head(h).float() / temperature  # [c, V] float32 whatever the autocast dtype
         return logits.gather(-1, y[:, None]).squeeze(-1) - logits.logsumexp(-1)  # [c]
@@ -44,17 +43,14 @@ def decoder_and_head(model):
     return decoder, head
 
 
-def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      completion_mask: torch.Tensor, *, temperature: float = 1.0,
-                      chunk_size: int = 1024) -> torch.Tensor:
-    """Log-probs of the completion tokens under `model`, padded layout. Returns [N, C], 0 where
-    completion_mask is 0.
+def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor, *,
+                      temperature: float = 1.0, chunk_size: int = 1024) -> torch.Tensor:
+    """Log-probs of the completion tokens under `model`, padded layout: [N, C], 0 where completion_mask is 0.
 
     input_ids, attention_mask: [N, P + C], prompts left-padded, completions in the last C columns;
     completion_mask: [N, C]. Positions follow the attention mask (as in `generate`), so left padding
     does not shift them. The decoder runs once; the lm head and the float32 log-softmax run only on
-    the real completion positions (`token_logprobs`).
-    """
+    the real completion positions (`token_logprobs`)."""
     n, width = input_ids.shape
     c = completion_mask.shape[1]
     if completion_mask.shape[0] != n or c >= width:

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import os
 
-# Before torch loads OpenMP: a thread waiting for its peers sleeps instead of spinning, so a busy
-# machine (another job on a core) no longer stalls every small op (docs/measurements.md). numpy's
-# OpenBLAS threads spin regardless and its matrices here are small: one thread.
+# before torch loads OpenMP: waiting threads sleep, not spin; numpy's OpenBLAS spins regardless (docs/measurements.md)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -41,10 +39,7 @@ from runtime import (add_dataclass_args, atomic_path, check, check_device, comma
 from sae_formats import DEFAULT_ENCODE_ELEMENTS, SAE, load_sae, residual_layer, sae_check, save_sae, topk_relu
 
 
-# ---------------------------------------------------------------------------------------------
 # Residual capture
-# ---------------------------------------------------------------------------------------------
-
 class _StopForward(Exception):
     """Raised by the capture hook once layer L has run, so no later layer computes."""
 
@@ -59,8 +54,7 @@ def decoder_layers(model) -> torch.nn.ModuleList:
 
 
 @torch.no_grad()
-def capture_residuals(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      layer: int) -> torch.Tensor:
+def capture_residuals(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
     """[B, T] ids -> [B, T, d] output of decoder layer `layer` (the residual stream after the block,
     equal to HF hidden_states[layer + 1] for every layer but the last, whose HF entry is after the
     final norm). A forward hook raises once the block has run, so later layers do no work."""
@@ -122,8 +116,7 @@ def _token_batches(tokenizer, texts: Sequence[str], *, batch_size: int, max_leng
                 keep[0] = False
             if char_spans is not None:
                 lo, hi = char_spans[r]
-                keep = [kp and s < hi and e > lo and e > s
-                        for kp, (s, e) in zip(keep, enc["offset_mapping"][r])]
+                keep = [kp and s < hi and e > lo and e > s for kp, (s, e) in zip(keep, enc["offset_mapping"][r])]
             valid[b, off:off + n] = torch.tensor(keep, dtype=torch.bool)
         yield rows, input_ids, mask, valid
 
@@ -131,10 +124,9 @@ def _token_batches(tokenizer, texts: Sequence[str], *, batch_size: int, max_leng
 def _pool_batch(sae: SAE, hidden: torch.Tensor, valid: torch.Tensor, pooling: str) -> torch.Tensor:
     """hidden [B, T, d], valid [B, T] -> [B, d_sae] mean or max of the codes over valid tokens,
     encoded in token chunks so only [chunk, d_sae] codes exist at once."""
-    B = hidden.shape[0]
     tokens = hidden[valid]  # [n, d]
     owner = torch.nonzero(valid)[:, 0].to(sae.device)  # [n] row of each token
-    pooled = torch.zeros(B, sae.d_sae, dtype=torch.float32, device=sae.device)
+    pooled = torch.zeros(hidden.shape[0], sae.d_sae, dtype=torch.float32, device=sae.device)
     rows = max(1, DEFAULT_ENCODE_ELEMENTS // sae.d_sae)
     for i in range(0, tokens.shape[0], rows):
         codes = sae.encode(tokens[i:i + rows]).float()  # [c, d_sae], all >= 0
@@ -144,24 +136,19 @@ def _pool_batch(sae: SAE, hidden: torch.Tensor, valid: torch.Tensor, pooling: st
         else:
             pooled.scatter_reduce_(0, who[:, None].expand_as(codes), codes, reduce="amax")
     if pooling == "mean":
-        counts = valid.sum(1).to(pooled).clamp_min(1)
-        pooled /= counts[:, None]
+        pooled /= valid.sum(1).to(pooled).clamp_min(1)[:, None]  # tokens per row
     return pooled
 
 
 @torch.no_grad()
-def encode_problems(model, tokenizer, texts: Sequence[str], sae: SAE, layer: int, *,
-                    pooling: str = "mean", top_m: int = 256, batch_size: int = 16,
-                    max_length: int = 512, device: str | torch.device | None = None,
-                    dtype: torch.dtype | None = None, cache_dir: str | os.PathLike | None = None,
-                    char_spans: Sequence[tuple[int, int]] | None = None, shard_batches: int = 50,
-                    cache_key_parts: Sequence = (), progress: bool = True) -> PooledFeatures:
-    """Pooled SAE features of each text: residual of decoder layer `layer`, SAE codes per token,
-    masked mean (or max) over the text's tokens excluding padding, special tokens and the first
-    real token (and tokens outside char_spans[i] when given), then the top_m values + indices.
-
-    Batches run longest first. With cache_dir a killed run resumes from its finished batches
-    (features.ShardCache). `device` / `dtype` move the model (and the SAE) in place."""
+def encode_problems(model, tokenizer, texts: Sequence[str], sae: SAE, layer: int, *, pooling: str = "mean",
+                    top_m: int = 256, batch_size: int = 16, max_length: int = 512,
+                    device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                    cache_dir: str | os.PathLike | None = None, char_spans: Sequence[tuple[int, int]] | None = None,
+                    shard_batches: int = 50, cache_key_parts: Sequence = (), progress: bool = True) -> PooledFeatures:
+    """Pooled SAE features of each text: residual of decoder layer `layer`, SAE codes per token, masked mean (or
+    max) over the text's valid tokens (_token_batches), then the top_m values + indices. With cache_dir a killed
+    run resumes from its finished batches (features.ShardCache); `device` / `dtype` move the model and SAE in place."""
     if pooling not in ("mean", "max"):
         raise ValueError(f"pooling={pooling!r}; expected 'mean' or 'max'")
     device = torch.device(device) if device is not None else _model_device(model)
@@ -183,10 +170,8 @@ def encode_problems(model, tokenizer, texts: Sequence[str], sae: SAE, layer: int
                                        list(map(str, cache_key_parts))), n_batches, shard_batches)
         if (done := cache.finished()) is not None:
             return done
-    values = torch.zeros(N, m)
-    indices = torch.zeros(N, m, dtype=torch.long)
-    batches = _token_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length,
-                             char_spans=char_spans)
+    values, indices = torch.zeros(N, m), torch.zeros(N, m, dtype=torch.long)
+    batches = _token_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length, char_spans=char_spans)
     bar = tqdm(total=n_batches, desc=f"SAE features (layer {layer})", disable=not progress)
     empty = 0
     for b, (rows, input_ids, mask, valid) in enumerate(batches):
@@ -209,10 +194,7 @@ def encode_problems(model, tokenizer, texts: Sequence[str], sae: SAE, layer: int
     return features
 
 
-# ---------------------------------------------------------------------------------------------
 # Training a TopK SAE (Gao et al. 2024)
-# ---------------------------------------------------------------------------------------------
-
 def _activation_stream(model, tokenizer, texts: Sequence[str], layer: int, *, batch_size: int,
                        max_length: int, seed: int, device, skip: int = 0) -> Iterator[torch.Tensor]:
     """Endless stream of [n, d] residual tokens (valid positions only, as in pooling), epoch after
@@ -445,10 +427,7 @@ def fit_sae(stream, d_in: int, *, d_sae: int, k: int, tokens: int, layer: int,
     return sae
 
 
-# ---------------------------------------------------------------------------------------------
 # A loaded SAE on this model; the prompts and the layer to encode
-# ---------------------------------------------------------------------------------------------
-
 def check_on_model(model, tokenizer, texts: Sequence[str], sae: SAE, layer: int, *, tokens: int = 4096,
                    batch_size: int = 16, max_length: int = 512, device=None, fvu_warn: float = 0.5,
                    model_name: str = "the model", sae_name: str = "the SAE") -> dict:
@@ -519,10 +498,7 @@ def sae_layer(model, sae: SAE | None = None, layer: int | None = None, *, model_
     return layer
 
 
-# ---------------------------------------------------------------------------------------------
 # Command line
-# ---------------------------------------------------------------------------------------------
-
 @dataclass
 class InputArgs:
     """Flags of both subcommands: the model and the problems it reads."""

@@ -1,6 +1,4 @@
-"""sae_formats.py -- the SAE itself and the files it lives in: one internal layout (the SAE module:
-encode / decode, TopK / ReLU / JumpReLU), readers for public releases, a SAELens-compatible writer, a
-self-check.
+"""sae_formats.py -- the SAE itself (one internal layout, the SAE module) and the files it lives in.
 Imports: runtime (atomic file writes) from this project; sae.py builds on this file, never the reverse.
 
     SAE                      one internal layout (below); encode / decode / forward
@@ -46,10 +44,7 @@ INPUT_NORMS = ("scale", "token")
 DEFAULT_ENCODE_ELEMENTS = 1 << 24
 
 
-# ---------------------------------------------------------------------------------------------
 # The SAE
-# ---------------------------------------------------------------------------------------------
-
 def topk_relu(pre: torch.Tensor, k: int) -> torch.Tensor:
     """The TopK activation (Gao et al. 2024): relu of the k largest entries of each row, 0 elsewhere.
     [n, d_sae] -> [n, d_sae]; differentiable (SAE training) as well as used for encoding."""
@@ -168,10 +163,7 @@ def _make_sae(tensors: dict, source: str, *, d_in: int, d_sae: int, **kwargs) ->
     return sae
 
 
-# ---------------------------------------------------------------------------------------------
 # Loading and saving
-# ---------------------------------------------------------------------------------------------
-
 def load_sae(path_or_repo: str | os.PathLike, *, subfolder: str | None = None,
              device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SAE:
     """Loads an SAE from a local directory or a Hugging Face Hub repo id (+ subfolder), detecting
@@ -531,10 +523,7 @@ def save_sae(sae: SAE, out_dir: str | os.PathLike) -> Path:
     return out
 
 
-# ---------------------------------------------------------------------------------------------
 # Self-check
-# ---------------------------------------------------------------------------------------------
-
 @torch.no_grad()
 def sae_check(sae: SAE, activations: torch.Tensor, *, fvu_warn: float = 0.5,
               l0_tolerance: float = 0.5, verbose: bool = False) -> dict:

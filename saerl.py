@@ -78,9 +78,8 @@ def main(argv=None) -> Path | None:
 
 
 def run(cfg: Config, grpo_overrides: dict | None = None) -> Path:
-    """Run the pipeline up to cfg.stage; returns the run folder. Every flag is checked first (resolve), then
-    the run folder is opened (run_folder.open_run_folder: locked, one run at a time) and run_stages runs in it.
-    Ctrl-C raises runtime.Interrupted, saying where the run stopped; the same command resumes it."""
+    """Run the pipeline up to cfg.stage in its locked run folder (run_folder.open_run_folder); returns the
+    folder. Ctrl-C raises runtime.Interrupted, saying where the run stopped; the same command resumes it."""
     cfg, gcfg = resolve(cfg, grpo_overrides)  # on every rank: a bad flag fails at once, before anything loads
     with open_run_folder(cfg, gcfg) as (stages, cfg, device):
         return run_stages(stages, cfg, gcfg, device)
@@ -134,9 +133,7 @@ def run_stages(stages: Stages, cfg: Config, gcfg, device) -> Path:
     return stages.finish()
 
 
-# --- The stages, in order: each computes its output unless the cache holds it, then reads it back ----------------
-
-
+# The stages, in order: each computes its output unless the cache holds it, then reads it back
 def problems_stage(stages: Stages, cfg: Config, gcfg) -> list[Problem]:
     """--train-data read (bad rows reported, duplicates kept once), its seeded --limit subset."""
     with stages.run("problems", stamp=file_stamp(cfg.train_data)) as compute:
@@ -235,9 +232,7 @@ def train_stage(stages: Stages, cfg: Config, gcfg, problems, schedules: dict, de
     return results
 
 
-# --- Stage bodies: the labels, the quality probe, the difficulty proxy, the clusters ------------------------------
-
-
+# Stage bodies: the labels, the quality probe, the difficulty proxy, the clusters
 def label_size(cfg: Config, n: int) -> int:
     """The labelled subset's size: --label-size, else min(2000, 5% of the n problems, at least 50); at most n."""
     return min(cfg.label_size or min(2000, max(50, round(0.05 * n))), n)
@@ -281,9 +276,9 @@ def fit_quality(cfg: Config, problems, feats, labels, encoder: Encoder) -> dict:
     cols = feats.most_active(subset, cfg.probe_features)
     given = [problems[i].meta.get("quality") for i in subset]
     groups = [problems[i].id for i in subset]  # held-out split by original problem (copies follow it)
+    X = feats.columns(subset, cols)
     if all(q in (0, 1) for q in given) and len(set(given)) == 2:
         source = "the problems' own 'quality' field"
-        X = feats.columns(subset, cols)
         y = np.array(given, dtype=np.float64)
     else:
         source = "automatic labels (unparseable answers, confident rollout disagreement, corrupted copies)"
@@ -293,7 +288,6 @@ def fit_quality(cfg: Config, problems, feats, labels, encoder: Encoder) -> dict:
         auto = auto_quality_labels(picked, rollout_answers=labels.get("rollout_answers"),
                                    parse_ok=answers_parse(picked), same_answer=is_equiv)
         copies = corrupt_copies(picked, seed=cfg.seed, frac=0.5)
-        X = feats.columns(subset, cols)
         if copies:
             X = np.concatenate([X, encoder(copies).columns(range(len(copies)), cols)])
         y = np.array(auto + [0] * len(copies), dtype=np.float64)
@@ -317,9 +311,8 @@ def answers_parse(problems) -> list[bool]:
 
 def fit_difficulty(cfg: Config, problems, feats, labels) -> dict:
     """The difficulty proxy: ElasticNet from the probe columns to the labels, α by 5-fold cross-validation
-    (estimators.fit_alpha), fit on every label to predict all problems. Its held-out figure is nested
-    cross-validation's: every label predicted by that whole procedure run without it, α choice included
-    (estimators.nested_cv_predictions), so it describes the deployed procedure on labels it never saw.
+    (estimators.fit_alpha), fit on every label to predict all problems. Its held-out figure is that whole
+    procedure's, by nested cross-validation (estimators.nested_cv_predictions): labels it never saw.
     --oracle difficulty: every problem's known difficulty (meta 'difficulty') instead."""
     if "difficulty" in cfg.oracles:
         return oracle_difficulty(problems)
@@ -365,21 +358,17 @@ def cluster_kept(cfg: Config, problems, feats, kept, predicted, device) -> tuple
             "purity": cluster_purity(labels, [problems[i].meta for i in kept])}, summary
 
 
-# --- The SAERL data operations: quality labels and the quality filter --------------------------------------------
-
-
+# The SAERL data operations: quality labels and the quality filter
 CORRUPTIONS = ("shuffled", "truncated", "answer-swapped")
 
 
 def corrupt_copies(problems, *, seed: int = 0, frac: float = 0.15) -> list:
-    """Corrupted copies of a seeded ⌈frac·N⌉ sample of problems, negatives for the quality probe.
-
-    Kinds cycle in a seeded order over the sample: "shuffled" (words of the statement permuted),
-    "truncated" (the first half of the words kept), "answer-swapped" (the reference answer of
-    another problem whose answer differs). A kind that cannot change the text (one word, or all
-    answers equal) falls through to the next kind; if none applies the problem gets no copy.
-    Copies have id "<id>#corrupt-<kind>" and meta {..., quality: 0, corruption: kind,
-    corrupt_copy_of: id}."""
+    """Corrupted copies of a seeded ⌈frac·N⌉ sample of problems, negatives for the quality probe. Kinds
+    cycle in a seeded order over the sample: "shuffled" (words of the statement permuted), "truncated" (the
+    first half of the words kept), "answer-swapped" (the reference answer of another problem whose answer
+    differs). A kind that cannot change the text (one word, or all answers equal) falls through to the next;
+    if none applies the problem gets no copy. Copies have id "<id>#corrupt-<kind>" and meta {..., quality: 0,
+    corruption: kind, corrupt_copy_of: id}."""
     if not 0 <= frac <= 1:
         raise ValueError(f"frac must be in [0, 1], got {frac}")
     rng = random.Random(seed)
@@ -419,16 +408,13 @@ def _same_answer(a: str, b: str) -> bool:
 
 def auto_quality_labels(problems, *, rollout_answers=None, parse_ok=None, agree: float = 0.75,
                         min_rollouts: int = 2, same_answer=_same_answer) -> list[int]:
-    """Automatic quality labels (docs/design.md), 1 = keep-worthy, 0 = suspect.
-
-    Label 0 when (a) parse_ok[i] is False — the reference answer does not parse; or (b) the
-    problem has ≥ min_rollouts rollout answers, the most common parsed answer (None = unparsed,
-    never a majority) is given by ≥ agree of all its rollouts, and it differs from the reference
-    (`same_answer`, by default whitespace-normalised string equality; the pipeline passes the
-    verifier's equivalence); or (c) it is a copy made by corrupt_copies (meta has
-    "corrupt_copy_of"). Otherwise 1. Any other meta field, e.g. a dataset's own 0/1 quality, is
-    ignored: using an explicit label instead is the caller's choice.
-    Pure: parse_ok and rollout_answers are lists aligned with problems."""
+    """Automatic quality labels (docs/design.md), 1 = keep-worthy, 0 = suspect. Label 0 when (a) parse_ok[i]
+    is False (the reference answer does not parse); or (b) the problem has ≥ min_rollouts rollout answers, the
+    most common parsed answer (None = unparsed, never a majority) is given by ≥ agree of all its rollouts, and
+    it differs from the reference by `same_answer` (default: whitespace-normalised string equality; the
+    pipeline passes the verifier's equivalence); or (c) it is a corrupt_copies copy (meta "corrupt_copy_of").
+    Otherwise 1; other meta fields (a dataset's own 0/1 quality) are ignored. Pure: parse_ok and
+    rollout_answers are lists aligned with problems."""
     n = len(problems)
     for name, seq in (("parse_ok", parse_ok), ("rollout_answers", rollout_answers)):
         if seq is not None and len(seq) != n:

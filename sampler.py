@@ -5,12 +5,11 @@ rollout difficulty/quality labels, the toy world's greedy answers) is decoded he
     sample_rollouts(model, tok, prompts, group_size=G, ...) -> Rollouts   (the GRPO step's input)
     complete(model, tok, prompts, n=..., temperature=...) -> texts        (evaluation, labels, toy)
 
-Sampling is softmax(logits / temperature) with optional top-p; temperature 0 is greedy. Every
-decoding knob a model's generation_config may carry (top-k 20, repetition penalty 1.05 on Qwen) is
-switched off, so the distribution is exactly the one `logprobs.sequence_logprobs` scores. The
-engines that decode (`engine=`: compact, our loop with a preallocated KV cache, the default; hf,
-transformers' `generate`; graph, CUDA graphs) live off the reader's path in decode_engines.py and
-graph_decode.py. Imports torch, data (stop tokens), runtime and those two.
+Sampling is softmax(logits / temperature) with optional top-p; temperature 0 is greedy. Every decoding knob
+a model's generation_config may carry (top-k 20, repetition penalty 1.05 on Qwen) is switched off, so the
+distribution is exactly the one `logprobs.sequence_logprobs` scores. The engines (`engine=`: compact, our
+loop with a preallocated KV cache, the default; hf, transformers' `generate`; graph, CUDA graphs) live off the
+reader's path in decode_engines.py and graph_decode.py. Imports torch, data (stop tokens), runtime, those two.
 """
 from __future__ import annotations
 
@@ -45,9 +44,7 @@ class Rollouts:
         return self.completion_mask.sum(1)  # [N]
 
 
-# ----------------------------------------------------------------------------------------------
 # The rollout copy of the policy
-# ----------------------------------------------------------------------------------------------
 def rollout_model(policy, dtype: str = "auto"):
     """The model that generates. dtype "auto": a bf16 copy on CUDA, the policy itself elsewhere;
     "policy": the policy itself (fp32 weights, generation under bf16 autocast on CUDA);
@@ -77,11 +74,7 @@ def context_length(model) -> int | None:
     return getattr(model.config.get_text_config(), "max_position_embeddings", None)
 
 
-
-
-# ----------------------------------------------------------------------------------------------
 # Texts in, texts out (evaluation, rollout labels, the toy)
-# ----------------------------------------------------------------------------------------------
 def complete(model, tokenizer, prompts: list[str], *, n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
              max_new_tokens: int = 1024, batch_size: int = 8, seed: int = 0, engine: str = "compact",
              stop_ids: list[int] | None = None) -> list[list[str]]:
@@ -115,9 +108,7 @@ def complete(model, tokenizer, prompts: list[str], *, n: int = 1, temperature: f
     return out
 
 
-# ----------------------------------------------------------------------------------------------
 # Prompts in, rollouts out (the GRPO step)
-# ----------------------------------------------------------------------------------------------
 def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -132,11 +123,9 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 def sample_rollouts(model, tokenizer, prompts: list[str], *, group_size: int, temperature: float = 1.0,
                     top_p: float = 1.0, max_new_tokens: int, gen_batch_size: int, seed: int,
                     stop_ids: list[int] | None = None, engine: str = "compact", check_every: int = 32) -> Rollouts:
-    """Sample `group_size` completions per prompt on token ids (never re-tokenising decoded text).
-
-    Prompts go to the engine `gen_batch_size` at a time (each expanded to G rows). The result
-    depends only on (weights, prompts, seed, engine): the global RNG is neither read nor moved.
-    """
+    """Sample `group_size` completions per prompt on token ids (never re-tokenising decoded text). Prompts go
+    to the engine `gen_batch_size` at a time (each expanded to G rows). The result depends only on (weights,
+    prompts, seed, engine): the global RNG is neither read nor moved."""
     if engine not in ENGINES:
         raise ValueError(f"rollout engine {engine!r}; expected one of {ENGINES}")
     stop_ids = stop_ids or stop_token_ids(model, tokenizer)
@@ -171,8 +160,7 @@ def sample_rollouts(model, tokenizer, prompts: list[str], *, group_size: int, te
         model.train(was_training)
     c = max(x.shape[1] for x in comps)
     comp = torch.cat([F.pad(x, (0, c - x.shape[1]), value=pad_id) for x in comps])  # [N, C]
-    stop = torch.tensor(stop_ids, device=comp.device)
-    is_stop = torch.isin(comp, stop).long()
+    is_stop = torch.isin(comp, torch.tensor(stop_ids, device=comp.device)).long()
     cmask = ((is_stop.cumsum(1) - is_stop) == 0).long()  # up to and including the first stop token
     truncated = ~(is_stop.bool() & cmask.bool()).any(1)  # [N]
     sampler_lp = None
@@ -180,7 +168,6 @@ def sample_rollouts(model, tokenizer, prompts: list[str], *, group_size: int, te
         sampler_lp = torch.cat([F.pad(x, (0, c - x.shape[1])) for x in logps]) * cmask  # [N, C]
     prompt_ids = prompt_ids.repeat_interleave(group_size, 0).to(comp.device)
     prompt_att = prompt_att.repeat_interleave(group_size, 0).to(comp.device)
-    texts = tokenizer.batch_decode([row[m.bool()].tolist() for row, m in zip(comp, cmask)],
-                                   skip_special_tokens=True)
+    texts = tokenizer.batch_decode([row[m.bool()].tolist() for row, m in zip(comp, cmask)], skip_special_tokens=True)
     return Rollouts(input_ids=torch.cat([prompt_ids, comp], 1), attention_mask=torch.cat([prompt_att, cmask], 1),
                     completion_mask=cmask, truncated=truncated, texts=texts, sampler_logprobs=sampler_lp)

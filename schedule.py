@@ -3,14 +3,11 @@ random one, and the schedule file. The one file a curriculum experiment forks: c
 `python saerl.py` trains on it (the data stages before it are cached, the trainer follows any schedule).
 Imports: runtime (JSONL files) from this project -- never saerl.py or grpo.py; numpy.
 
-SAERL's schedule is one engineered epoch over the kept problems (build_schedule: easy to hard by the
-predicted difficulty inside each cluster, batches ordered by progress so every cluster advances at the same
-pace, neighbouring batches' tails swapped). A step budget shorter than one epoch trains the epoch's first
-steps (`--pace epoch`) or the schedule of a stratified subset of each cluster (`--pace budget`,
-budget_subset), so every cluster still runs easy to hard. Further epochs are reshuffled by seed. The vanilla
-arm is random_schedule over every problem: shuffled epochs. make_schedules builds every arm's batches;
-read_schedule / write_schedule (schedule.jsonl, one {"step": i, "ids": [...]} per batch) and the input
-checks are below the method, in the last section.
+build_schedule makes SAERL's engineered epoch (easy to hard inside each cluster, every cluster at the same
+pace), budget_subset its stratified rows when a step budget is under one epoch (`--pace budget`; `--pace
+epoch` trains the epoch's first steps), random_schedule vanilla's shuffled epochs, make_schedules every
+arm's batches. The schedule file (schedule.jsonl, one {"step": i, "ids": [...]} per batch) and the input
+checks come last, below the method.
 """
 from __future__ import annotations
 
@@ -27,13 +24,11 @@ from runtime import read_jsonl, write_jsonl
 def make_schedules(problems, quality: dict, difficulty: dict, clusters: dict, *, batch_size: int, steps: int,
                    schedule: str, compare: bool, seeds: int, seed: int, mix: float, curriculum: bool,
                    paced: bool) -> tuple[dict, list[list[str]]]:
-    """One schedule per (arm, seed) of `arms`, each `steps` full batches of problem ids; and one whole
-    epoch of the engineered arm over the kept problems (each exactly once, the last batch possibly
-    short) for schedule.jsonl, which any trainer can follow. The engineered arm repeats build_schedule
-    epochs (epoch n seeded seed*1000 + n; with `paced`, each epoch over a budget_subset of steps * B
-    rows); the random arms are random_schedule's shuffled epochs (seeded seed*1000). With
-    schedule="random" the epoch is random_schedule's first shuffled epoch of the kept problems.
-    quality, difficulty, clusters: the saerl stages' outputs ("kept"; "predicted" for every problem;
+    """One schedule per (arm, seed) of `arms`, each `steps` full batches of problem ids; and one whole epoch of
+    the engineered arm over the kept problems (each exactly once, the last batch possibly short) for
+    schedule.jsonl, which any trainer can follow. The engineered arm repeats build_schedule epochs (with
+    `paced`, each over a budget_subset of steps * B rows); the random arms are random_schedule's shuffled
+    epochs. quality, difficulty, clusters: the saerl stages' outputs ("kept"; "predicted" for every problem;
     "labels" for the kept ones)."""
     B = batch_size
     kept = quality["kept"]
@@ -66,18 +61,17 @@ def make_schedules(problems, quality: dict, difficulty: dict, clusters: dict, *,
             out[f"{arm}-s{arm_seed}"] = random_schedule(ids, B, steps, arm_seed * 1000)
     if schedule in ("saerl", "mixed"):
         epoch = engineered_epoch(seed * 1000)
-    else:  # one batch of all kept ids is random_schedule's first shuffled epoch
+    else:  # schedule "random": random_schedule's first shuffled epoch of the kept ids (as one batch)
         order = random_schedule(kept_ids, len(kept_ids), 1, seed * 1000)[0]
         epoch = [order[s:s + B] for s in range(0, len(order), B)]
     return out, epoch
 
 
 def arms(schedule: str, compare: bool, seeds: int, seed: int) -> list[tuple[str, int]]:
-    """(arm, seed) pairs. `vanilla`: random order over every problem (plain GRPO). `saerl`: the
-    engineered schedule over the kept problems; with schedule="random", `saerl-random`: random
-    order over the kept problems (the filter without the schedule); with schedule="mixed",
-    `saerl-mixed`: the engineered progress with every batch mixed over all clusters. compare adds
-    vanilla; seeds arms of each kind, seeded seed, seed+1, ..."""
+    """(arm, seed) pairs. `vanilla`: random order over every problem (plain GRPO). `saerl`: the engineered
+    schedule over the kept problems; with schedule="random", `saerl-random`: random order over the kept problems
+    (the filter without the schedule); with schedule="mixed", `saerl-mixed`: the engineered progress with every
+    batch mixed over all clusters. compare adds vanilla; seeds arms of each kind, seeded seed, seed+1, ..."""
     engineered = {"saerl": "saerl", "random": "saerl-random", "mixed": "saerl-mixed"}[schedule]
     names = ["vanilla", engineered] if compare else [engineered]
     return [(name, seed + s) for s in range(seeds) for name in names]
@@ -95,30 +89,27 @@ def pace_applies(pace: str, schedule: str, steps: int, batch_size: int, n_kept: 
     return paced
 
 
-def build_schedule(cluster_ids, difficulty, batch_size: int, *, mix: float = 0.25,
-                   curriculum: bool = True, seed: int = 0, interleave: bool = False) -> list[list[int]]:
-    """The SAERL batch schedule: a list of batches of row indices into
-    cluster_ids / difficulty (the kept problems).
+def build_schedule(cluster_ids, difficulty, batch_size: int, *, mix: float = 0.25, curriculum: bool = True,
+                   seed: int = 0, interleave: bool = False) -> list[list[int]]:
+    """The SAERL batch schedule: a list of batches of row indices into cluster_ids / difficulty (the kept problems).
 
-    1. Inside each cluster, order problems easy first: stable sort by predicted difficulty, ties
-       by index (curriculum=False: a seeded shuffle instead; difficulty may then be None).
-    2. Cut each cluster of n_c problems into ⌊n_c / B⌋ full batches; full batch i of a cluster with
-       n_b of them gets progress (i + ½) / n_b.
-    3. Remainders (the last n_c mod B problems of each cluster) are pooled: each keeps its own
-       within-cluster progress (pos + ½) / n_c, the pool is sorted by (progress, cluster rank,
-       index) and cut into batches of B whose progress is the mean of their items'.
-    4. All complete batches are ordered by (progress, full before pooled, cluster rank), where the
-       cluster rank is a seeded permutation of the clusters, so batches of equal progress come
-       from different clusters in a seeded order; progress is compared as exact fractions. The
-       one possibly partial batch (the end of the pool, N mod B problems) goes last.
-    5. Mixing: s = ⌊mix·B/2⌋; for j = 0, 2, 4, … the last s items of batch j and of batch j+1 are
-       swapped (disjoint pairs, so no item moves twice; with a short final batch the tail is
-       min(s, its size)). mix=0 keeps pure cluster batches, mix=1 makes every paired batch half
-       and half.
-    interleave=True (--schedule mixed, the fully mixed ablation): no cluster-first batches; every
-    problem goes to the pool of step 3, so each batch holds the problems of every cluster at the
-    same progress, and mixing has nothing left to do.
-    Every index appears exactly once; every batch has B items except possibly the last one."""
+    1. Inside each cluster, order problems easy first: stable sort by predicted difficulty, ties by index
+       (curriculum=False: a seeded shuffle instead; difficulty may then be None).
+    2. Cut each cluster of n_c problems into ⌊n_c / B⌋ full batches; full batch i of a cluster with n_b of them
+       gets progress (i + ½) / n_b.
+    3. Remainders (the last n_c mod B problems of each cluster) are pooled: each keeps its own within-cluster
+       progress (pos + ½) / n_c, the pool is sorted by (progress, cluster rank, index) and cut into batches of B
+       whose progress is the mean of their items'.
+    4. All complete batches are ordered by (progress, full before pooled, cluster rank), where the cluster rank
+       is a seeded permutation of the clusters, so batches of equal progress come from different clusters in a
+       seeded order; progress is compared as exact fractions. The one possibly partial batch (the end of the
+       pool, N mod B problems) goes last.
+    5. Mixing: s = ⌊mix·B/2⌋; for j = 0, 2, 4, … the last s items of batch j and of batch j+1 are swapped
+       (disjoint pairs, so no item moves twice; with a short final batch the tail is min(s, its size)). mix=0
+       keeps pure cluster batches, mix=1 makes every paired batch half and half.
+    interleave=True (--schedule mixed, the fully mixed ablation): no cluster-first batches; every problem goes to
+    the pool of step 3, so each batch holds the problems of every cluster at the same progress, and mixing has
+    nothing left to do. Every index appears exactly once; every batch has B items except possibly the last."""
     clusters, diff = _schedule_inputs(cluster_ids, difficulty, batch_size, mix, curriculum)
     rng = np.random.default_rng(seed)
     ids = sorted(set(clusters))
@@ -137,8 +128,7 @@ def build_schedule(cluster_ids, difficulty, batch_size: int, *, mix: float = 0.2
             items = [items[j] for j in rng.permutation(len(items))]
         n_full = 0 if interleave else len(items) // B
         for b in range(n_full):
-            keyed.append(((Fraction(2 * b + 1, 2 * n_full), 0, rank[c]),
-                          items[b * B:(b + 1) * B]))
+            keyed.append(((Fraction(2 * b + 1, 2 * n_full), 0, rank[c]), items[b * B:(b + 1) * B]))
         pool += [(Fraction(2 * pos + 1, 2 * len(items)), rank[c], i)
                  for pos, i in enumerate(items) if pos >= n_full * B]
     pool.sort()
@@ -163,15 +153,14 @@ def build_schedule(cluster_ids, difficulty, batch_size: int, *, mix: float = 0.2
 
 
 def budget_subset(cluster_ids, difficulty, n_take: int, *, seed: int = 0) -> list[int]:
-    """The rows a step budget shorter than one epoch trains on (`--pace budget`): n_take of them,
-    sorted, so that a curriculum over the subset still runs from each cluster's easiest to its
-    hardest problems within the budget.
+    """The rows a step budget shorter than one epoch trains on (`--pace budget`): n_take of them, sorted, so that
+    a curriculum over the subset still runs from each cluster's easiest to its hardest problems within the budget.
 
-    Each cluster's share is proportional to its size: n_c * n_take / n rounded down, the leftover
-    rows going to the largest remainders (ties: smaller cluster id). A cluster's m rows are drawn one
-    per stratum: its easy-to-hard order (stable sort by difficulty, ties by index) cut into m
-    ranges [floor(t n_c / m), floor((t + 1) n_c / m)), one seeded pick in each. difficulty=None
-    (no curriculum): m seeded picks without replacement. n_take >= n returns every row."""
+    Each cluster's share is proportional to its size: n_c * n_take / n rounded down, the leftover rows going to
+    the largest remainders (ties: smaller cluster id). A cluster's m rows are drawn one per stratum: its
+    easy-to-hard order (stable sort by difficulty, ties by index) cut into m ranges [floor(t n_c / m),
+    floor((t + 1) n_c / m)), one seeded pick in each. difficulty=None (no curriculum): m seeded picks without
+    replacement. n_take >= n returns every row."""
     clusters = _int_list(cluster_ids)
     n = len(clusters)
     if n_take < 0:
@@ -214,7 +203,6 @@ def random_schedule(ids: list[str], batch_size: int, num_steps: int, seed: int) 
     return [order[i * batch_size:(i + 1) * batch_size] for i in range(num_steps)]
 
 
-# ------------------------------------------------------------------------------------------------
 # The schedule file and the input checks (below the method)
 
 

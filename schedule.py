@@ -83,7 +83,7 @@ def pace_applies(pace: str, schedule: str, steps: int, batch_size: int, n_kept: 
     where it cannot act, `log` says why."""
     paced = pace == "budget" and schedule in ("saerl", "mixed") and steps * batch_size < n_kept
     if pace == "budget" and not paced:
-        why = ("--schedule random has no easy-to-hard order" if schedule != "saerl" else
+        why = ("--schedule random has no easy-to-hard order" if schedule == "random" else
                f"--steps {steps} x batch {batch_size} covers all {n_kept} kept problems")
         log(f"--pace budget has no effect here: {why}")
     return paced

@@ -17,7 +17,7 @@ import sae
 import run_folder
 import saerl
 import toy
-from config import GRPOConfig
+from config import Config, GRPOConfig, resolve
 from runtime import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -260,3 +260,12 @@ def test_toy_refuses_a_bad_flag_before_building(flags, shown, tmp_path, capsys, 
 def test_every_toy_flag_with_a_range_is_checked():
     named = {flags[0][2:].replace("-", "_") for flags, _ in BAD_WORLD}
     assert {f.name for f in dataclasses.fields(toy.WorldArgs)} - named - {"out"} == set()
+
+
+def test_pace_default_depends_on_the_world_and_a_given_flag_wins():
+    # the real run's budget is a third of its kept problems, so its curriculum is paced over the budget;
+    # the toy keeps the engineered epoch's first steps
+    assert resolve(Config())[0].pace == "epoch"
+    assert resolve(Config(model="/some/local/model"))[0].pace == "budget"
+    assert resolve(Config(model="/some/local/model", pace="epoch"))[0].pace == "epoch"
+    assert resolve(Config(pace="budget"))[0].pace == "budget"

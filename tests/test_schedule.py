@@ -169,3 +169,15 @@ def test_interleaved_schedule_mixes_every_batch_over_the_clusters_by_progress():
     assert sch.build_schedule(clusters, diff, 2, mix=1.0, interleave=True) == [[0, 4], [1, 2], [5, 3]]
     # cluster-first (the default) keeps whole-cluster batches instead
     assert sorted(map(sorted, sch.build_schedule(clusters, diff, 2, mix=0.0))) == [[0, 1], [2, 3], [4, 5]]
+
+
+def test_pace_applies_only_under_one_epoch_of_an_ordered_schedule_and_says_why_not():
+    said = []
+    assert sch.pace_applies("budget", "saerl", 4, 8, 100, log=said.append)  # 32 of 100
+    assert sch.pace_applies("budget", "mixed", 4, 8, 100, log=said.append)
+    assert said == []
+    assert not sch.pace_applies("budget", "mixed", 20, 8, 100, log=said.append)  # 160 >= 100
+    assert not sch.pace_applies("budget", "random", 4, 8, 100, log=said.append)
+    assert said == ["--pace budget has no effect here: --steps 20 x batch 8 covers all 100 kept problems",
+                    "--pace budget has no effect here: --schedule random has no easy-to-hard order"]
+    assert not sch.pace_applies("epoch", "saerl", 4, 8, 100, log=said.append) and len(said) == 2

@@ -37,7 +37,7 @@ def token_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.M
 
 
 def decoder_and_head(model):
-    decoder, head = model.base_model, model.get_output_embeddings()
+    decoder, head = getattr(model, "base_model", model), getattr(model, "get_output_embeddings", lambda: None)()
     if decoder is model or head is None:
         raise TypeError(f"{type(model).__name__} needs a base model and an output embedding (a *ForCausalLM)")
     return decoder, head

@@ -8,17 +8,12 @@ import batching
 from conftest import assert_close_to_scale
 from grpo import GRPOConfig, loss_normalizer, policy_loss
 from logprobs import sequence_logprobs
-from sampler import sample_rollouts
-from test_grpo import chatml, tiny_model, tiny_problems, tiny_tokenizer
+from test_grpo import tiny_rollouts
 
 
 @pytest.fixture(scope="module")
 def rollouts():
-    """test_grpo's rollouts: 4 prompts (one much longer) x 3 completions of a tiny Qwen2."""
-    model = tiny_model()
-    prompts = [chatml(p.problem) for p in tiny_problems(3)] + [chatml("a much longer prompt 12+34")]
-    return model, sample_rollouts(model, tiny_tokenizer(), prompts, group_size=3, max_new_tokens=20,
-                                  gen_batch_size=3, seed=1)
+    return tiny_rollouts()  # test_grpo's: 4 prompts (one much longer) x 3 completions
 
 
 def test_packed_logprobs_and_gradients_equal_padded(rollouts):

@@ -219,12 +219,17 @@ def chatml(text):
     return f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
 
 
-@pytest.fixture(scope="module")
-def rollouts(tok):
+def tiny_rollouts():
+    """4 prompts (one much longer, so the others are left-padded) x 3 completions of a tiny Qwen2."""
     model = tiny_model()
     prompts = [chatml(p.problem) for p in tiny_problems(3)] + [chatml("a much longer prompt 12+34")]
-    return model, grpo.sample_rollouts(model, tok, prompts, group_size=3, max_new_tokens=20,
+    return model, grpo.sample_rollouts(model, tiny_tokenizer(), prompts, group_size=3, max_new_tokens=20,
                                        gen_batch_size=3, seed=1)
+
+
+@pytest.fixture(scope="module")
+def rollouts():
+    return tiny_rollouts()
 
 
 def test_rollout_mask_ends_at_first_stop_token_and_flags_truncation(rollouts, tok):

@@ -6,17 +6,12 @@ import torch
 
 from conftest import assert_close_to_scale, attention_masks, every_query_row_attends
 from logprobs import decoder_and_head, sequence_logprobs, token_logprobs
-from sampler import sample_rollouts
-from test_grpo import chatml, tiny_model, tiny_problems, tiny_tokenizer
+from test_grpo import tiny_model, tiny_rollouts
 
 
 @pytest.fixture(scope="module")
 def rollouts():
-    """test_grpo's rollouts: 4 prompts (one much longer, so the others are left-padded) x 3 completions."""
-    model = tiny_model()
-    prompts = [chatml(p.problem) for p in tiny_problems(3)] + [chatml("a much longer prompt 12+34")]
-    return model, sample_rollouts(model, tiny_tokenizer(), prompts, group_size=3, max_new_tokens=20,
-                                  gen_batch_size=3, seed=1)
+    return tiny_rollouts()  # test_grpo's: 4 prompts (one much longer) x 3 completions
 
 
 def head_and_positions(seed=0, n=23, hidden=8, vocab=11):
